@@ -1,0 +1,188 @@
+"""The Driver interface and the URL registry that picks a driver by scheme.
+
+A device is named by a URL such as ``sim://?seed=3`` or
+``serial:///dev/ttyACM0``. The scheme selects the driver class; the query
+holds parameters that the class declares in ``params``. Drivers are imported
+only when their scheme is used, so an optional driver's dependencies are not
+needed by anyone else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit
+
+from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport
+
+
+class DriverError(Exception):
+    """A problem a user can fix (bad URL, bad parameter, device not answering)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    raw_stream: bool = True
+    onboard_detection: bool = False
+    stim_modes: tuple[str, ...] = ("current",)
+    #: True when the device executes a pattern at a requested ``at_sample``.
+    scheduled_stim: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    n_channels: int
+    sample_rate: float
+    uV_per_bit: float
+    layout: Layout
+    capabilities: Capabilities = Capabilities()
+    #: The device's own stimulation limits, by SafetyLimits field name.
+    limits: dict[str, Any] = field(default_factory=dict)
+    simulated: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary."""
+        return {
+            "name": self.name,
+            "n_channels": self.n_channels,
+            "sample_rate": self.sample_rate,
+            "uV_per_bit": self.uV_per_bit,
+            "layout": self.layout.name,
+            "capabilities": {
+                "raw_stream": self.capabilities.raw_stream,
+                "onboard_detection": self.capabilities.onboard_detection,
+                "stim_modes": list(self.capabilities.stim_modes),
+                "scheduled_stim": self.capabilities.scheduled_stim,
+            },
+            "limits": dict(self.limits),
+            "simulated": self.simulated,
+        }
+
+
+@dataclass(frozen=True)
+class Param:
+    """A URL parameter a driver accepts."""
+
+    type: type
+    default: Any
+    help: str = ""
+
+    def parse(self, name: str, text: str) -> Any:
+        try:
+            if self.type is bool:
+                low = text.lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                return low in ("1", "true", "yes", "on")
+            return self.type(text)
+        except ValueError:
+            raise DriverError(
+                f"bad value {text!r} for URL parameter {name!r}: expected {self.type.__name__}"
+            ) from None
+
+
+Event = Block | SpikeEvents | StimReport
+
+
+class Driver(ABC):
+    """A device family. Lifecycle: open -> start -> read/stimulate ... -> stop -> close."""
+
+    scheme: ClassVar[str]
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
+        self.url = url
+        self.options = options
+        self.location = location
+
+    @property
+    @abstractmethod
+    def info(self) -> DeviceInfo:
+        """What the device is; valid after open()."""
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def start(self, block_samples: int | None = None) -> None:
+        """Start streaming, in blocks of ``block_samples`` where the device lets us choose."""
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def read(self, timeout: float | None = None) -> Event | None:
+        """The next Block, SpikeEvents or StimReport, or None after ``timeout`` seconds."""
+
+    @abstractmethod
+    def stimulate(self, pattern: StimPattern) -> int:
+        """Queue a pattern that already passed the safety gate; returns a ticket."""
+
+    def abort_stimulation(self) -> None:
+        """Cancel queued stimulation; a device that cannot is a no-op."""
+
+    def set_fast(self, fast: bool) -> None:
+        """Run as fast as possible instead of in real time (simulators only)."""
+        if fast:
+            raise DriverError(f"--fast works with the simulator only, not {self.scheme}://")
+
+    def __enter__(self) -> Driver:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: scheme -> "module:Class"; drivers are imported on first use.
+REGISTRY: dict[str, str] = {
+    "sim": "drivers.sim:SimDriver",
+}
+
+
+def driver_class(scheme: str) -> type[Driver]:
+    target = REGISTRY.get(scheme)
+    if target is None:
+        raise DriverError(
+            f"unknown device scheme {scheme + '://'!r}; accepted: "
+            + ", ".join(f"{s}://" for s in sorted(REGISTRY))
+        )
+    module, name = target.split(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise DriverError(f"the {scheme}:// driver needs a missing package: {exc.name}") from None
+
+
+def parse_url(url: str) -> tuple[type[Driver], str, dict[str, Any]]:
+    """Split a device URL into (driver class, location, parsed options)."""
+    if "://" not in url:
+        raise DriverError(
+            f"device URL {url!r} has no scheme; write it like sim://?seed=1 (accepted: "
+            + ", ".join(f"{s}://" for s in sorted(REGISTRY))
+            + ")"
+        )
+    parts = urlsplit(url)
+    cls = driver_class(parts.scheme)
+    location = parts.netloc + parts.path
+    options = {name: p.default for name, p in cls.params.items()}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in cls.params:
+            accepted = ", ".join(sorted(cls.params)) or "none"
+            raise DriverError(
+                f"unknown parameter {key!r} for {parts.scheme}://; accepted: {accepted}"
+            )
+        options[key] = cls.params[key].parse(key, value)
+    return cls, location, options
+
+
+def open_driver(url: str) -> Driver:
+    """Build (but do not open) the driver for a device URL."""
+    cls, location, options = parse_url(url)
+    return cls(url, options, location)

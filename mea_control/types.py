@@ -1,0 +1,265 @@
+"""Value types shared by drivers, the engine, protocols and the simulator.
+
+The device's sample index (int64) is the only time base: every block, spike,
+pulse and decision carries it. Channel indices are the columns of
+``Block.data``; a :class:`Layout` maps them to electrode labels and positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+StimMode = Literal["current", "voltage"]
+
+# Units of a phase amplitude by stimulation mode.
+AMPLITUDE_UNIT: dict[str, str] = {"current": "uA", "voltage": "mV"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """A run of raw samples from the device.
+
+    ``data`` is ``(n_samples, n_channels)`` int16; microvolts are
+    ``data * uV_per_bit``. ``seq`` is the device's block counter: a jump in it
+    (or in ``start_sample``) is a gap, reported and never filled.
+    """
+
+    start_sample: int
+    data: np.ndarray
+    uV_per_bit: float
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 2 or self.data.dtype != np.int16:
+            raise ValueError("Block.data must be a 2-D int16 array (samples x channels)")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def stop_sample(self) -> int:
+        """One past the last sample in the block."""
+        return self.start_sample + self.n_samples
+
+    def microvolts(self) -> np.ndarray:
+        """The samples in microvolts, float32."""
+        return self.data.astype(np.float32) * np.float32(self.uV_per_bit)
+
+
+@dataclass(frozen=True)
+class SpikeEvents:
+    """Detected spikes as a struct of arrays, sorted by sample."""
+
+    sample: np.ndarray  # int64
+    channel: np.ndarray  # int16
+    amplitude_uV: np.ndarray  # float32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sample", np.asarray(self.sample, dtype=np.int64))
+        object.__setattr__(self, "channel", np.asarray(self.channel, dtype=np.int16))
+        object.__setattr__(self, "amplitude_uV", np.asarray(self.amplitude_uV, dtype=np.float32))
+        if not (len(self.sample) == len(self.channel) == len(self.amplitude_uV)):
+            raise ValueError("SpikeEvents arrays must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.sample)
+
+    @classmethod
+    def empty(cls) -> SpikeEvents:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int16), np.empty(0, np.float32))
+
+    @classmethod
+    def concat(cls, parts: Iterable[SpikeEvents]) -> SpikeEvents:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        sample = np.concatenate([p.sample for p in parts])
+        order = np.argsort(sample, kind="stable")
+        return cls(
+            sample[order],
+            np.concatenate([p.channel for p in parts])[order],
+            np.concatenate([p.amplitude_uV for p in parts])[order],
+        )
+
+    def between(self, start: int, stop: int) -> SpikeEvents:
+        """The spikes with ``start <= sample < stop``."""
+        lo, hi = np.searchsorted(self.sample, [start, stop])
+        return SpikeEvents(self.sample[lo:hi], self.channel[lo:hi], self.amplitude_uV[lo:hi])
+
+
+@dataclass(frozen=True)
+class StimPulse:
+    """One stimulation pulse: phases of (duration_us, amplitude).
+
+    Amplitude is in uA for ``mode="current"`` and in mV for ``mode="voltage"``.
+    A zero-amplitude phase is an interphase gap. Use :meth:`biphasic` for a
+    charge-balanced pulse; the safety gate checks balance for any other shape.
+    """
+
+    mode: StimMode
+    phases: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        if self.mode not in AMPLITUDE_UNIT:
+            raise ValueError(f"stimulation mode must be 'current' or 'voltage', not {self.mode!r}")
+        phases = tuple((float(d), float(a)) for d, a in self.phases)
+        if not phases:
+            raise ValueError("a pulse needs at least one phase")
+        if any(d <= 0 for d, _ in phases):
+            raise ValueError("phase durations must be positive (microseconds)")
+        object.__setattr__(self, "phases", phases)
+
+    @classmethod
+    def biphasic(
+        cls,
+        amplitude: float,
+        duration_us: float,
+        mode: StimMode = "current",
+        interphase_us: float = 0.0,
+        negative_first: bool = True,
+    ) -> StimPulse:
+        """A symmetric, charge-balanced biphasic pulse (amplitude > 0 is its magnitude)."""
+        first = -abs(amplitude) if negative_first else abs(amplitude)
+        phases = [(duration_us, first)]
+        if interphase_us > 0:
+            phases.append((interphase_us, 0.0))
+        phases.append((duration_us, -first))
+        return cls(mode, tuple(phases))
+
+    @property
+    def unit(self) -> str:
+        return AMPLITUDE_UNIT[self.mode]
+
+    @property
+    def duration_us(self) -> float:
+        return sum(d for d, _ in self.phases)
+
+    @property
+    def peak_amplitude(self) -> float:
+        """The largest phase magnitude (uA or mV)."""
+        return max(abs(a) for _, a in self.phases)
+
+    def phase_charges(self) -> list[float]:
+        """Signed amplitude x duration per non-zero phase: nC in current mode, mV*us in voltage."""
+        scale = 1e-3 if self.mode == "current" else 1.0
+        return [a * d * scale for d, a in self.phases if a != 0.0]
+
+
+@dataclass(frozen=True)
+class StimPattern:
+    """Pulses on electrodes (channel index -> pulse), optionally as a train.
+
+    ``at_sample`` asks the device to run the pattern at that sample; ``None``
+    means as soon as possible. Immutable once built.
+    """
+
+    pulses: tuple[tuple[int, StimPulse], ...]
+    train_count: int = 1
+    train_rate_hz: float = 0.0
+    at_sample: int | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        pulses = self.pulses
+        if isinstance(pulses, Mapping):
+            pulses = tuple(pulses.items())
+        pulses = tuple(sorted((int(ch), p) for ch, p in pulses))
+        if not pulses:
+            raise ValueError("a stimulation pattern needs at least one electrode")
+        channels = [ch for ch, _ in pulses]
+        if len(set(channels)) != len(channels):
+            raise ValueError("an electrode appears twice in one pattern")
+        if self.train_count < 1:
+            raise ValueError("train_count must be at least 1")
+        if self.train_count > 1 and self.train_rate_hz <= 0:
+            raise ValueError("a train of several pulses needs train_rate_hz > 0")
+        object.__setattr__(self, "pulses", pulses)
+
+    @classmethod
+    def single(
+        cls, channels: Iterable[int], pulse: StimPulse, at_sample: int | None = None, label: str = ""
+    ) -> StimPattern:
+        """The same pulse on each of ``channels``."""
+        return cls(tuple((int(ch), pulse) for ch in channels), at_sample=at_sample, label=label)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(ch for ch, _ in self.pulses)
+
+    def pulse_offsets(self, sample_rate: float) -> list[int]:
+        """Sample offsets of each pulse of the train from the pattern's start."""
+        if self.train_count == 1:
+            return [0]
+        step = sample_rate / self.train_rate_hz
+        return [int(round(i * step)) for i in range(self.train_count)]
+
+
+@dataclass(frozen=True)
+class StimReport:
+    """The device's word on a submitted pattern: executed at ``sample``, or dropped."""
+
+    ticket: int
+    sample: int
+    executed: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Electrode geometry: labels, positions and diameters in um, roles.
+
+    Index ``i`` of every array is channel ``i`` of the device.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    positions_um: np.ndarray  # (n, 2) float64
+    diameters_um: np.ndarray  # (n,) float64
+    can_stimulate: np.ndarray  # (n,) bool
+    ground: tuple[int, ...] = ()
+    reference: tuple[int, ...] = ()
+    annotations: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        pos = np.asarray(self.positions_um, dtype=np.float64).reshape(n, 2)
+        dia = np.asarray(self.diameters_um, dtype=np.float64).reshape(n)
+        stim = np.asarray(self.can_stimulate, dtype=bool).reshape(n)
+        object.__setattr__(self, "positions_um", pos)
+        object.__setattr__(self, "diameters_um", dia)
+        object.__setattr__(self, "can_stimulate", stim)
+        if len(set(self.labels)) != n:
+            raise ValueError(f"layout {self.name}: electrode labels must be unique")
+
+    @property
+    def n_electrodes(self) -> int:
+        return len(self.labels)
+
+    def channel(self, label: str | int) -> int:
+        """The channel index of an electrode label (an int is checked and returned)."""
+        if isinstance(label, (int, np.integer)):
+            if not 0 <= int(label) < self.n_electrodes:
+                raise ValueError(f"layout {self.name} has no channel {label}")
+            return int(label)
+        try:
+            return self.labels.index(str(label))
+        except ValueError:
+            raise ValueError(f"layout {self.name} has no electrode {label!r}") from None
+
+    def area_cm2(self, channel: int) -> float:
+        """Geometric area of a disc electrode in cm^2."""
+        r_cm = self.diameters_um[channel] / 2 * 1e-4
+        return float(np.pi * r_cm**2)
+
+    def distances_um(self, channel: int) -> np.ndarray:
+        """Distance from one electrode to every electrode, um."""
+        return np.linalg.norm(self.positions_um - self.positions_um[channel], axis=1)
