@@ -124,7 +124,7 @@ class Driver(ABC):
     def stimulate(self, pattern: StimPattern) -> int:
         """Queue a pattern that already passed the safety gate; returns a ticket."""
 
-    def abort_stimulation(self) -> None:
+    def abort_stimulation(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Cancel queued stimulation; a device that cannot is a no-op."""
 
     def set_fast(self, fast: bool) -> None:

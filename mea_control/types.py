@@ -186,7 +186,11 @@ class StimPattern:
 
     @classmethod
     def single(
-        cls, channels: Iterable[int], pulse: StimPulse, at_sample: int | None = None, label: str = ""
+        cls,
+        channels: Iterable[int],
+        pulse: StimPulse,
+        at_sample: int | None = None,
+        label: str = "",
     ) -> StimPattern:
         """The same pulse on each of ``channels``."""
         return cls(tuple((int(ch), pulse) for ch in channels), at_sample=at_sample, label=label)

@@ -1,0 +1,282 @@
+"""``sim://``: an in-process simulated MEA device over :mod:`hardware_sim`.
+
+The device runs in lockstep with its reader: :meth:`SimDriver.read` generates
+the next block on demand, so the same seed and the same ``stimulate()`` calls at
+the same points of the stream give the same blocks, paced in real time or not
+(``set_fast``). A pattern runs at ``max(at_sample, start of the next block not
+yet returned)``; the :class:`StimReport` of a pattern comes out of ``read()``
+just before the block that holds its first pulse.
+
+URL parameters: see :attr:`SimDriver.params`, e.g. ``sim://?seed=3&noise_uV=5``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import deque
+from typing import Any, ClassVar
+
+import numpy as np
+
+from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
+from hardware_sim.culture import CULTURES, Culture, StimEvent
+from hardware_sim.electrodes import ElectrodeArray
+from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
+from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport
+
+UV_PER_BIT = 0.195
+#: the simulated device's own stimulation limits, by SafetyLimits field name
+DEVICE_LIMITS: dict[str, float] = {"max_current_uA": 50.0, "max_voltage_mV": 1500.0}
+_MAX_BLOCK_S = 0.1
+
+
+class SimDriver(Driver):
+    """A simulated 25 kHz MEA with a living (Poisson, bursting) culture on it."""
+
+    scheme: ClassVar[str] = "sim"
+    params: ClassVar[dict[str, Param]] = {
+        "seed": Param(int, 0, "random seed of the culture, the noise and the drops"),
+        "layout": Param(str, DEFAULT_LAYOUT, "layout name or probeinterface JSON path"),
+        "rate": Param(float, 25000.0, "sample rate, Hz"),
+        "noise_uV": Param(float, 7.0, "rms noise per channel, uV"),
+        "drop": Param(float, 0.0, "probability of losing a block (to test gap handling)"),
+        "culture": Param(str, "poisson_burst", "culture model: " + ", ".join(CULTURES)),
+        "bursts": Param(bool, True, "network bursts on (off: spontaneous + evoked only)"),
+        "truth": Param(bool, True, "keep the ground-truth spike log (memory grows with time)"),
+    }
+
+    def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
+        super().__init__(url, options, location)
+        rate, noise, drop = options["rate"], options["noise_uV"], options["drop"]
+        if not 1000.0 <= rate <= 100000.0:
+            raise DriverError(f"sim:// rate={rate} is out of range; use 1000 to 100000 Hz")
+        if not 0.0 <= noise <= 1000.0:
+            raise DriverError(f"sim:// noise_uV={noise} is out of range; use 0 to 1000")
+        if not 0.0 <= drop < 1.0:
+            raise DriverError(f"sim:// drop={drop} is out of range; use 0 <= drop < 1")
+        if options["culture"] not in CULTURES:
+            raise DriverError(
+                f"sim:// has no culture {options['culture']!r}; accepted: " + ", ".join(CULTURES)
+            )
+        self._info: DeviceInfo | None = None
+        self._lock = threading.Lock()
+        self._fast = False
+        self._state = "closed"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def info(self) -> DeviceInfo:
+        if self._info is None:
+            raise DriverError("sim:// device info is available after open()")
+        return self._info
+
+    def open(self) -> None:
+        if self._state != "closed":
+            return
+        opts = self.options
+        layout = _load_layout(opts["layout"])
+        rate = float(opts["rate"])
+        self._info = DeviceInfo(
+            name="mea-control simulator",
+            n_channels=layout.n_electrodes,
+            sample_rate=rate,
+            uV_per_bit=UV_PER_BIT,
+            layout=layout,
+            capabilities=Capabilities(
+                raw_stream=True,
+                onboard_detection=False,
+                stim_modes=("current", "voltage"),
+                scheduled_stim=True,
+            ),
+            limits=dict(DEVICE_LIMITS),
+            simulated=True,
+        )
+        seq_culture, seq_electrodes, seq_drop = np.random.SeedSequence(opts["seed"]).spawn(3)
+        culture_cls = CULTURES[opts["culture"]]
+        self.culture: Culture = culture_cls(
+            layout, rate, seed=seq_culture, bursts=opts["bursts"], keep_log=opts["truth"]
+        )
+        self.electrodes = ElectrodeArray(
+            layout,
+            self.culture.unit_positions_um,
+            rate,
+            uV_per_bit=UV_PER_BIT,
+            noise_uV=opts["noise_uV"],
+            seed=seq_electrodes,
+            max_block_samples=int(rate * _MAX_BLOCK_S),
+        )
+        self._rng_drop = np.random.default_rng(seq_drop)
+        self._block_samples = int(round(rate / 1000.0))
+        self._next_sample = 0
+        self._seq = 0
+        self._ticket = 0
+        self._pulses: list[tuple[int, int, int, Any]] = []  # (sample, ticket, channel, pulse)
+        self._unreported: list[tuple[int, int]] = []  # (first pulse sample, ticket)
+        self._reports: deque[StimReport] = deque()
+        self._t0 = 0.0
+        self._state = "open"
+
+    def close(self) -> None:
+        self._state = "closed"
+
+    def start(self, block_samples: int | None = None) -> None:
+        if self._state == "closed":
+            raise DriverError("sim:// start() before open()")
+        if self._state != "open":
+            raise DriverError("sim:// can be started once per open(); open a new driver")
+        if block_samples is not None:
+            limit = int(self.info.sample_rate * _MAX_BLOCK_S)
+            if not 1 <= int(block_samples) <= limit:
+                raise DriverError(f"sim:// block size {block_samples} must be 1 to {limit} samples")
+            self._block_samples = int(block_samples)
+        self._t0 = time.monotonic()
+        self._state = "running"
+
+    def stop(self) -> None:
+        if self._state == "running":
+            self._state = "stopped"
+
+    def set_fast(self, fast: bool) -> None:
+        """Run as fast as possible (True) or paced by the wall clock (False); same blocks."""
+        if not fast and self._fast and self._state == "running":
+            # resume pacing from here: the next block is due one block from now
+            self._t0 = time.monotonic() - self._next_sample / self.info.sample_rate
+        self._fast = bool(fast)
+
+    # -- streaming -------------------------------------------------------------------------
+
+    @property
+    def block_samples(self) -> int:
+        return self._block_samples
+
+    @property
+    def next_sample(self) -> int:
+        """Start of the next block not yet returned: where a pattern sent now would run."""
+        return self._next_sample
+
+    def read(self, timeout: float | None = None) -> Event | None:
+        """The next StimReport or Block; None once stopped or if no block is due in ``timeout``."""
+        if self._state == "stopped":
+            return None
+        if self._state != "running":
+            raise DriverError("sim:// read() before start()")
+        rate = self.info.sample_rate
+        while True:
+            report = self._due_report()
+            if report is not None:
+                return report
+            if not self._fast:
+                wait = (
+                    self._t0 + (self._next_sample + self._block_samples) / rate - time.monotonic()
+                )
+                if wait > 0:
+                    if timeout is not None and wait > timeout:
+                        time.sleep(max(0.0, timeout))
+                        return None
+                    time.sleep(wait)
+            with self._lock:
+                report = self._due_report()
+                if report is not None:  # a pattern arrived while we waited
+                    return report
+                start = self._next_sample
+                stop = start + self._block_samples
+                block = self._generate(start, stop, self._take_pulses(stop))
+            if block is not None:
+                return block
+
+    def _due_report(self) -> StimReport | None:
+        """A report that must precede the next block, if any."""
+        if self._reports:
+            return self._reports.popleft()
+        if self._unreported and self._unreported[0][0] < self._next_sample + self._block_samples:
+            sample, ticket = self._unreported.pop(0)
+            return StimReport(ticket, sample)
+        return None
+
+    def _take_pulses(self, stop: int) -> list[StimEvent]:
+        if not self._pulses or self._pulses[0][0] >= stop:
+            return []
+        i = bisect.bisect_left(self._pulses, (stop,))
+        taken = self._pulses[:i]
+        del self._pulses[:i]
+        return [(sample, channel, pulse) for sample, _, channel, pulse in taken]
+
+    def _generate(self, start: int, stop: int, stims: list[StimEvent]) -> Block | None:
+        n = stop - start
+        spikes, units = self.culture.advance(start, n, stims)
+        data = self.electrodes.render(start, n, spikes, units, stims)
+        seq = self._seq
+        self._seq += 1
+        self._next_sample = stop
+        if self.options["drop"] > 0.0 and self._rng_drop.random() < self.options["drop"]:
+            return None
+        return Block(start, data, UV_PER_BIT, seq)
+
+    # -- stimulation -----------------------------------------------------------------------
+
+    def stimulate(self, pattern: StimPattern) -> int:
+        """Queue a pattern; it runs at max(at_sample, next block start). Returns its ticket."""
+        if self._state in ("closed", "stopped"):
+            raise DriverError(f"sim:// cannot stimulate: the device is {self._state}")
+        info = self.info
+        with self._lock:
+            self._ticket += 1
+            ticket = self._ticket
+            at = self._next_sample
+            if pattern.at_sample is not None:
+                at = max(at, int(pattern.at_sample))
+            problem = self._check(pattern, info)
+            if problem:
+                self._reports.append(StimReport(ticket, at, executed=False, reason=problem))
+                return ticket
+            for offset in pattern.pulse_offsets(info.sample_rate):
+                for channel, pulse in pattern.pulses:
+                    bisect.insort(self._pulses, (at + offset, ticket, channel, pulse))
+            bisect.insort(self._unreported, (at, ticket))
+        return ticket
+
+    def _check(self, pattern: StimPattern, info: DeviceInfo) -> str:
+        layout = info.layout
+        for channel, pulse in pattern.pulses:
+            if not 0 <= channel < layout.n_electrodes:
+                return f"no channel {channel} on {layout.name}"
+            if not layout.can_stimulate[channel]:
+                return f"electrode {layout.labels[channel]} (channel {channel}) cannot stimulate"
+            if pulse.mode not in info.capabilities.stim_modes:
+                return f"stimulation mode {pulse.mode!r} is not supported"
+            key = "max_current_uA" if pulse.mode == "current" else "max_voltage_mV"
+            if pulse.peak_amplitude > DEVICE_LIMITS[key]:
+                return (
+                    f"{pulse.peak_amplitude:g} {pulse.unit} exceeds the device limit "
+                    f"{key}={DEVICE_LIMITS[key]:g}"
+                )
+        return ""
+
+    def abort_stimulation(self) -> None:
+        """Drop every queued pulse; patterns that had not started are reported as not run."""
+        with self._lock:
+            self._pulses.clear()
+            for sample, ticket in self._unreported:
+                self._reports.append(StimReport(ticket, sample, executed=False, reason="aborted"))
+            self._unreported.clear()
+
+    # -- ground truth ----------------------------------------------------------------------
+
+    def ground_truth(self) -> tuple[SpikeEvents, np.ndarray]:
+        """Every spike generated so far: (trough sample, nearest channel, peak uV) and unit ids."""
+        samples, units = self.culture.spike_log()
+        el = self.electrodes
+        events = SpikeEvents(
+            samples + el.trough_offset, el.unit_home[units], -el.unit_peak_uV[units]
+        )
+        return events, units
+
+
+def _load_layout(name: str) -> Layout:
+    try:
+        return load_layout(name)
+    except LayoutError as exc:
+        raise DriverError(f"sim:// layout: {exc}") from None

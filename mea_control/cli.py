@@ -1,0 +1,286 @@
+"""`mea-control`: run protocols on a device or the simulator.
+
+Errors a user can cause print one line on stderr and exit with code 2; a
+protocol that raises prints its traceback and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from drivers.base import REGISTRY, DriverError, open_driver
+from mea_control.engine import Engine, EngineConfig
+from mea_control.protocol import ProtocolError, load_protocol, shipped_protocols
+from mea_control.safety import RigFileError, SafetyLimits, load_rig
+
+EXIT_PROTOCOL_ERROR = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+DEMO_DEVICE = "sim://?seed=1"
+
+
+class UserError(Exception):
+    """Reported as one line and exit code 2."""
+
+
+class Progress:
+    """A progress bar on stderr; plain lines every 10 % when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last_decile = -1
+
+    def __call__(self, fraction: float, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            bar = "#" * int(fraction * 30)
+            sys.stderr.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {text}   ")
+            sys.stderr.flush()
+        elif int(fraction * 10) > self.last_decile:
+            self.last_decile = int(fraction * 10)
+            print(f"{fraction * 100:5.1f}% {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UserError(f"--param takes NAME=VALUE, not {pair!r}")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def _format_summary(s: dict[str, Any]) -> str:
+    lat = s["latency_samples"]
+    ms = 1000.0 / s["sample_rate"]
+    lines = [
+        f"protocol        {s['protocol']} on {s['device']}",
+        f"duration        {s['duration_s']:.1f} s of data in {s['wall_s']:.1f} s "
+        f"({s['realtime_factor']}x real time{', fast' if s['fast'] else ''})",
+        f"blocks          {s['blocks']} of {s['block_samples']} samples, "
+        f"{s['blocks_dropped']} dropped, {s['gaps']} gaps",
+        f"spikes          {s['spikes']}",
+        f"stimulation     {s['stims_executed']} executed, {s['stims_refused']} refused, "
+        f"{s['stims_dropped']} dropped by the device",
+    ]
+    if lat["p50"] is not None:
+        lines.append(
+            f"latency         trigger->execution p50 {lat['p50']:.0f} samples "
+            f"({lat['p50'] * ms:.2f} ms), p99 {lat['p99']:.0f} ({lat['p99'] * ms:.2f} ms), "
+            f"max {lat['max']}"
+        )
+    cost = s["loop_cost_us"]
+    if cost["p50"] is not None:
+        lines.append(f"loop cost       p50 {cost['p50']:.0f} us, p99 {cost['p99']:.0f} us a block")
+    if s["watchdog_trips"]:
+        lines.append(f"watchdog        tripped {s['watchdog_trips']} time(s): stimulation stopped")
+    lines.append(f"trials          {s['trials']}")
+    ev = s.get("evoked")
+    if ev and ev["response_spikes_stimulated"] is not None:
+        lines.append(
+            f"evoked          {ev['response_spikes_stimulated']} spikes per stimulated trial "
+            f"in the response window vs {ev['baseline_spikes']} in the same time before it"
+        )
+    for key, value in (s.get("protocol_summary") or {}).items():
+        if key != "stim_channels":
+            lines.append(f"{key:<15} {value}")
+    return "\n".join(lines)
+
+
+def _write_json(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _check_writable(path: str | None, what: str) -> None:
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {what} {path}: folder {parent} does not exist")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cls, path = load_protocol(args.protocol)
+    values: dict[str, Any] = _parse_params(args.param)
+    if args.sessions is not None:
+        if "sessions" not in cls.parameters:
+            raise UserError(f"--sessions: protocol {cls.name} has no sessions; use --duration")
+        values["sessions"] = args.sessions
+    protocol = cls(**values)
+    _check_writable(args.summary_json, "the summary")
+    _check_writable(args.trials, "the trial table")
+    limits = SafetyLimits()
+    notes: tuple[str, ...] = ()
+    if args.rig:
+        rig = load_rig(args.rig)
+        limits, notes = rig.limits, rig.notes
+    driver = open_driver(args.device)
+    try:
+        driver.open()
+    except DriverError:
+        raise
+    except OSError as exc:
+        raise DriverError(f"device {args.device} is not answering: {exc}") from None
+    config = EngineConfig(
+        block_ms=args.block_ms,
+        fast=args.fast,
+        duration_s=args.duration,
+        watchdog_ms=args.watchdog_ms,
+        seed=args.seed,
+        limits=limits,
+    )
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    progress = Progress(enabled=not args.quiet)
+    for note in notes:
+        log(f"[limits] {note}")
+    try:
+        try:
+            engine = Engine(driver, protocol, config, log=_quiet_filter(log))
+        except ValueError as exc:  # limits that do not fit this device or layout
+            raise UserError(f"safety limits: {exc}") from None
+        summary = engine.run(progress=progress)
+    finally:
+        progress.close()
+        driver.close()
+    summary["protocol_file"] = str(path)
+    _write_json(args.summary_json, summary)
+    if args.trials and engine.trials is not None:
+        engine.trials.table().save_npz(args.trials)
+    if isinstance(engine.exception, ProtocolError):
+        raise engine.exception
+    if engine.error_kind == "protocol":
+        print(f"protocol {protocol.name} raised an error; stimulation was stopped:",
+              file=sys.stderr)
+        print(engine.error, file=sys.stderr, end="")
+        return EXIT_PROTOCOL_ERROR
+    if engine.error_kind == "device":
+        message = engine.error or "device error"
+        if "Traceback" in message:
+            print(message, file=sys.stderr, end="")
+            return EXIT_PROTOCOL_ERROR
+        raise DriverError(message)
+    if not args.quiet:
+        print(_format_summary(summary))
+    return EXIT_INTERRUPTED if engine.interrupted else 0
+
+
+def _quiet_filter(log):
+    """Log run events, but not one line per refusal beyond the first few."""
+    shown = {"refusal": 0}
+
+    def emit(message: str) -> None:
+        if message.startswith("[refusal]"):
+            shown["refusal"] += 1
+            if shown["refusal"] > 5:
+                if shown["refusal"] == 6:
+                    log("[refusal] further refusals are counted in the summary")
+                return
+        log(message)
+
+    return emit
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print(
+        "Demo: blind-source-separation training (Isomura et al.) on a simulated culture,\n"
+        f"closed loop in fast mode: {args.sessions} session(s) of {args.trials} trials, "
+        f"device {DEMO_DEVICE}.\n",
+        file=sys.stderr,
+    )
+    run_args = build_parser().parse_args(
+        [
+            "run", "bss_isomura", "--device", DEMO_DEVICE, "--fast",
+            "--param", f"trials_per_session={args.trials}",
+            "--sessions", str(args.sessions),
+            "--summary-json", args.summary_json,
+            "--trials", args.trials_file,
+        ]
+    )
+    code = cmd_run(run_args)
+    if code == 0:
+        print(f"\nSummary written to {args.summary_json}, trial table to {args.trials_file}.")
+    return code
+
+
+def cmd_protocols(args: argparse.Namespace) -> int:
+    for name, path in shipped_protocols().items():
+        cls, _ = load_protocol(str(path))
+        print(f"{name}: {cls.describe()}")
+        for pname, p in cls.parameters.items():
+            line = f"    {pname:<20} {p.describe()}"
+            if p.help:
+                line += f"  -- {p.help}"
+            print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mea-control",
+        description="Closed-loop acquisition and stimulation for MEA cultures.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a protocol on a device or the simulator")
+    run.add_argument("protocol", help="a protocol file, or the name of a shipped protocol")
+    run.add_argument("--device", default="sim://",
+                     help="device URL (default sim://); schemes: "
+                     + ", ".join(f"{s}://" for s in sorted(REGISTRY)))
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a protocol parameter (repeatable)")
+    stop = run.add_mutually_exclusive_group()
+    stop.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of data")
+    stop.add_argument("--sessions", type=int, metavar="N",
+                      help="number of sessions (protocols with sessions)")
+    run.add_argument("--fast", action="store_true",
+                     help="run as fast as possible (simulator only); same results as real time")
+    run.add_argument("--summary-json", metavar="FILE", help="write the end-of-run summary")
+    run.add_argument("--trials", metavar="FILE.npz", help="write the trial table (o, s, r)")
+    run.add_argument("--rig", metavar="FILE.toml", help="rig file with safety limits")
+    run.add_argument("--block-ms", type=float, default=1.0, help="block length (default 1 ms)")
+    run.add_argument("--watchdog-ms", type=float, default=200.0,
+                     help="stop stimulation when the loop falls this far behind (default 200)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the protocol's random generator")
+    run.add_argument("--quiet", action="store_true", help="no progress, log or summary on screen")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="a short closed-loop BSS run on the simulator")
+    demo.add_argument("--sessions", type=int, default=1)
+    demo.add_argument("--trials", type=int, default=64, help="trials per session")
+    demo.add_argument("--summary-json", default="demo-summary.json")
+    demo.add_argument("--trials-file", default="demo-trials.npz")
+    demo.set_defaults(func=cmd_demo)
+
+    protocols = sub.add_parser("protocols", help="list shipped protocols and their parameters")
+    protocols.set_defaults(func=cmd_protocols)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, ProtocolError, DriverError, RigFileError) as exc:
+        print(f"mea-control: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mea-control: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

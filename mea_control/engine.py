@@ -1,0 +1,499 @@
+"""The closed loop: acquisition thread, protocol callbacks, stimulation in sample time.
+
+One thread reads the driver, filters and detects spikes, calls the protocol's
+hooks and sends its patterns through the safety gate. The caller's thread
+only waits and reports progress, so Ctrl-C there stops the run cleanly.
+Everything is stamped with the device's sample index; wall-clock time is used
+only by the watchdog and for loop-cost figures.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from drivers.base import DeviceInfo, Driver, DriverError
+from mea_control.dsp import DetectorConfig, SpikeDetector
+from mea_control.protocol import Protocol
+from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
+from mea_control.trials import Trial, Trials
+from mea_control.types import Block, SpikeEvents, StimPattern, StimReport
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_ms: float = 1.0
+    fast: bool = False
+    duration_s: float | None = None
+    #: Stimulation stops when the loop falls this far behind the device (real time only).
+    watchdog_ms: float = 200.0
+    #: Seed of ``ctx.rng``, the protocol's random generator.
+    seed: int = 0
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    #: A device silent for this long ends the run with an error.
+    device_timeout_s: float = 5.0
+
+
+@dataclass
+class StimRecord:
+    """One pattern's life: trigger, decision and execution samples, and its fate."""
+
+    ticket: int | None
+    pattern: StimPattern
+    trigger_sample: int
+    decision_sample: int
+    execution_sample: int | None = None
+    status: str = "sent"  # sent, executed, dropped, refused
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    sample: int
+    kind: str  # start, stop, gap, watchdog, rearm, refusal, protocol_error, device_error
+    message: str
+
+
+class Sink:
+    """Receives everything the loop sees; recorders and the GUI plug in here.
+
+    Methods run on the acquisition thread and must return quickly (queue the
+    work, never write to disk or draw here).
+    """
+
+    def on_start(self, info: DeviceInfo, protocol: Protocol) -> None: ...
+    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None: ...
+    def on_spikes(self, spikes: SpikeEvents) -> None: ...
+    def on_stim(self, record: StimRecord) -> None: ...
+    def on_trial(self, trial: Trial) -> None: ...
+    def on_event(self, event: RunEvent) -> None: ...
+    def on_stop(self, summary: dict[str, Any]) -> None: ...
+
+
+class Context:
+    """What a protocol's hooks see: the clock, the device, the gate and helpers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        info = engine.info
+        self.info = info
+        self.layout = info.layout
+        self.sample_rate = info.sample_rate
+        self.n_channels = info.n_channels
+        self.rng = np.random.default_rng(engine.config.seed)
+
+    @property
+    def now(self) -> int:
+        """The device sample just after the latest processed block."""
+        return self._engine.now
+
+    @property
+    def start_sample(self) -> int:
+        return self._engine.t0
+
+    def samples(self, seconds: float) -> int:
+        """Seconds -> samples at the device's rate."""
+        return int(round(seconds * self.sample_rate))
+
+    def stimulate(self, pattern: StimPattern, trigger_sample: int | None = None) -> int:
+        """Send a pattern through the safety gate; returns the device's ticket.
+
+        ``trigger_sample`` is the sample of what caused the pattern (a spike, a
+        scheduled trial); it defaults to now. Raises SafetyRefusal if the gate
+        refuses it, in which case nothing was sent.
+        """
+        return self._engine.stimulate(pattern, trigger_sample)
+
+    def use_trials(self, trials: Trials) -> Trials:
+        """Let the engine run a trial design (one per run)."""
+        self._engine.set_trials(trials)
+        return trials
+
+    def log(self, message: str) -> None:
+        self._engine.event("log", message)
+
+    def finish(self) -> None:
+        """End the run after this block."""
+        self._engine.finish()
+
+
+class _LoopCost:
+    """Histogram of per-block processing time in microseconds (constant memory)."""
+
+    def __init__(self) -> None:
+        self.hist = np.zeros(100_001, np.int64)
+
+    def add(self, seconds: float) -> None:
+        self.hist[min(int(seconds * 1e6), 100_000)] += 1
+
+    def quantiles(self) -> dict[str, float | None]:
+        total = int(self.hist.sum())
+        if not total:
+            return {"p50": None, "p99": None, "max": None}
+        cum = np.cumsum(self.hist)
+        q = {k: float(np.searchsorted(cum, p * total)) for k, p in (("p50", 0.5), ("p99", 0.99))}
+        q["max"] = float(np.flatnonzero(self.hist)[-1])
+        return q
+
+
+class Engine:
+    """Runs one protocol on one device until it finishes, the duration ends, or stop()."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        protocol: Protocol,
+        config: EngineConfig | None = None,
+        sinks: Iterable[Sink] = (),
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.driver = driver
+        self.protocol = protocol
+        self.config = config or EngineConfig()
+        self.sinks = list(sinks)
+        self._log = log or (lambda message: None)
+        self.info = driver.info
+        fs = self.info.sample_rate
+        limits, self.limit_notes = effective_limits(self.config.limits, self.info.limits)
+        self.gate = SafetyGate(limits, self.info.layout, fs)
+        self.detector = SpikeDetector(
+            self.info.n_channels, fs, self.info.uV_per_bit, self.config.detector
+        )
+        self.block_samples = max(1, int(round(self.config.block_ms * fs / 1000.0)))
+        self.now = 0
+        self.t0 = 0
+        self.trials: Trials | None = None
+        self.stims: dict[int, StimRecord] = {}
+        self.refused: list[StimRecord] = []
+        self.events: list[RunEvent] = []
+        self.error: str | None = None
+        self.error_kind: str | None = None
+        #: The exception that ended the run, if any.
+        self.exception: BaseException | None = None
+        self.interrupted = False
+        self.n_blocks = 0
+        self.n_spikes = 0
+        self.samples_lost = 0
+        self.watchdog_trips = 0
+        self._expected: int | None = None
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._cost = _LoopCost()
+        self._wall_start = 0.0
+        self._wall_end = 0.0
+        self.ctx: Context | None = None
+
+    # -- control, from any thread -------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to end after the current block."""
+        self._stop.set()
+
+    def finish(self) -> None:
+        self._stop.set()
+
+    def rearm(self) -> None:
+        """A person re-enables stimulation after the watchdog or an error stopped it."""
+        self.gate.rearm()
+        self.event("rearm", "stimulation re-armed")
+
+    def set_trials(self, trials: Trials) -> None:
+        if self.trials is not None:
+            raise RuntimeError("a run has one trial design; use_trials was called twice")
+        trials.attach(self.info.sample_rate, self.t0, self.info.n_channels)
+        self.trials = trials
+
+    def event(self, kind: str, message: str) -> None:
+        ev = RunEvent(self.now, kind, message)
+        self.events.append(ev)
+        self._log(f"[{kind}] {message}" if kind != "log" else message)
+        for sink in self.sinks:
+            sink.on_event(ev)
+
+    def progress(self) -> tuple[float, str]:
+        fs = self.info.sample_rate
+        elapsed = (self.now - self.t0) / fs if self.n_blocks else 0.0
+        if self.trials is not None:
+            fraction, text = self.trials.progress()
+        elif self.config.duration_s:
+            fraction, text = elapsed / self.config.duration_s, ""
+        else:
+            fraction, text = 0.0, ""
+        return min(fraction, 1.0), (text + f" t={elapsed:.1f}s").strip()
+
+    # -- stimulation ---------------------------------------------------------------
+    def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
+        trigger = self.now if trigger_sample is None else int(trigger_sample)
+        try:
+            self._check_mode(pattern)
+            self.gate.admit(pattern, self.now)
+        except SafetyRefusal as refusal:
+            record = StimRecord(None, pattern, trigger, self.now, status="refused",
+                                reason=str(refusal))
+            self.refused.append(record)
+            self.event("refusal", str(refusal))
+            for sink in self.sinks:
+                sink.on_stim(record)
+            raise
+        ticket = self.driver.stimulate(pattern)
+        self.stims[ticket] = StimRecord(ticket, pattern, trigger, self.now)
+        return ticket
+
+    def _check_mode(self, pattern: StimPattern) -> None:
+        modes = self.info.capabilities.stim_modes
+        for channel, pulse in pattern.pulses:
+            if pulse.mode not in modes:
+                label = self.info.layout.labels[channel]
+                raise SafetyRefusal(
+                    "mode", label, pulse.mode, modes,
+                    f"refused: {pulse.mode} stimulation on electrode {label}: "
+                    f"{self.info.name} supports {', '.join(modes) or 'no stimulation'}",
+                )
+
+    def _on_report(self, report: StimReport) -> None:
+        record = self.stims.get(report.ticket)
+        if record is None:
+            return
+        record.execution_sample = report.sample
+        record.status = "executed" if report.executed else "dropped"
+        record.reason = report.reason
+        if report.executed:
+            for offset in record.pattern.pulse_offsets(self.info.sample_rate):
+                self.detector.blank(report.sample + offset)
+        else:
+            self.event("stim_dropped", f"device dropped pattern {report.ticket}: {report.reason}")
+        if self.trials is not None:
+            self.trials.on_report(report)
+        for sink in self.sinks:
+            sink.on_stim(record)
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self, progress: Callable[[float, str], None] | None = None,
+            interval_s: float = 0.25) -> dict[str, Any]:
+        """Run to the end on a worker thread; returns the summary. Ctrl-C stops cleanly."""
+        self.driver.set_fast(self.config.fast)
+        self.driver.start(self.block_samples)
+        worker = threading.Thread(target=self._loop, name="mea-acquisition", daemon=True)
+        self._wall_start = time.perf_counter()
+        worker.start()
+        try:
+            while not self._finished.wait(interval_s):
+                if progress is not None:
+                    progress(*self.progress())
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.stop()
+            self._finished.wait()
+        worker.join()
+        if progress is not None:
+            progress(*self.progress())
+        summary = self.summary()
+        for sink in self.sinks:
+            sink.on_stop(summary)
+        return summary
+
+    def _loop(self) -> None:
+        try:
+            self._acquire()
+        except DriverError as exc:
+            self._fail("device", str(exc), exc)
+        except Exception as exc:  # a driver bug must still end the run cleanly
+            self._fail("device", traceback.format_exc(), exc)
+        finally:
+            self._wall_end = time.perf_counter()
+            try:
+                self.driver.stop()
+            except Exception as exc:  # stopping a broken device must not hide the first error
+                self.event("device_error", f"stopping the device failed: {exc}")
+            self._finished.set()
+
+    def _fail(self, kind: str, message: str, exc: BaseException | None = None) -> None:
+        if self.error is None:
+            self.error, self.error_kind, self.exception = message, kind, exc
+        self.gate.disarm(f"{kind} error")
+        try:
+            self.driver.abort_stimulation()
+        except Exception:
+            pass
+        self.event(f"{kind}_error", message.strip().splitlines()[-1])
+        self._stop.set()
+
+    def _call(self, hook: Callable[..., Any], *args: Any) -> Any:
+        """Run a protocol hook; an exception stops stimulation and the run."""
+        try:
+            return hook(*args)
+        except SafetyRefusal:
+            return None  # counted and logged by stimulate(); the run goes on
+        except Exception as exc:
+            self._fail("protocol", traceback.format_exc(), exc)
+            return None
+
+    def _acquire(self) -> None:
+        first = self._wait_first_block()
+        if first is None:
+            return
+        self.t0 = first.start_sample
+        self.now = first.start_sample
+        for sink in self.sinks:
+            sink.on_start(self.info, self.protocol)
+        self.ctx = Context(self)
+        self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
+        for note in self.limit_notes:
+            self.event("limits", note)
+        self._call(self.protocol.setup, self.ctx)
+        duration = (
+            int(round(self.config.duration_s * self.info.sample_rate))
+            if self.config.duration_s else None
+        )
+        item: Block | SpikeEvents | StimReport | None = first
+        silent_since = time.perf_counter()
+        while not self._stop.is_set():
+            if item is None:
+                item = self.driver.read(timeout=0.5)
+                if item is None:
+                    if time.perf_counter() - silent_since > self.config.device_timeout_s:
+                        raise DriverError(
+                            f"device {self.driver.url} sent nothing for "
+                            f"{self.config.device_timeout_s:g} s"
+                        )
+                    continue
+            silent_since = time.perf_counter()
+            tick = time.perf_counter()
+            if isinstance(item, Block):
+                self._on_block(item)
+                self._cost.add(time.perf_counter() - tick)
+            elif isinstance(item, StimReport):
+                self._on_report(item)
+            elif isinstance(item, SpikeEvents):
+                self._on_spikes(item)
+            item = None
+            if self.trials is not None and self.trials.done:
+                break
+            if duration is not None and self.now - self.t0 >= duration:
+                break
+        self._call(self.protocol.teardown, self.ctx)
+        self.event("stop", "interrupted" if self.interrupted else "end of run")
+
+    def _wait_first_block(self) -> Block | None:
+        deadline = time.perf_counter() + self.config.device_timeout_s
+        while not self._stop.is_set():
+            item = self.driver.read(timeout=0.5)
+            if isinstance(item, Block):
+                return item
+            if isinstance(item, StimReport):
+                self._on_report(item)
+            if time.perf_counter() > deadline:
+                raise DriverError(
+                    f"device {self.driver.url} sent no data within "
+                    f"{self.config.device_timeout_s:g} s of start"
+                )
+        return None
+
+    def _on_block(self, block: Block) -> None:
+        if self._expected is not None and block.start_sample != self._expected:
+            lost = block.start_sample - self._expected
+            self.samples_lost += max(lost, 0)
+            # the detector restarts its filter at the gap by itself and keeps its noise estimate
+            self.event("gap", f"{lost} samples missing before sample {block.start_sample}")
+        self._expected = block.stop_sample
+        self.n_blocks += 1
+        filtered, spikes = self.detector.process(block)
+        self.now = block.stop_sample
+        ctx = self.ctx
+        self._call(self.protocol.on_block, ctx, block, filtered)
+        if len(spikes):
+            self._on_spikes(spikes)
+        for sink in self.sinks:
+            sink.on_block(block, filtered, spikes)
+        if self.trials is not None:
+            for trial in self._call(self.trials.on_block, ctx, self.now) or ():
+                self._call(self.protocol.on_trial, ctx, trial)
+                for sink in self.sinks:
+                    sink.on_trial(trial)
+        if not self.config.fast:
+            self._watchdog()
+
+    def _on_spikes(self, spikes: SpikeEvents) -> None:
+        self.n_spikes += len(spikes)
+        if self.trials is not None:
+            self.trials.on_spikes(spikes)
+        self._call(self.protocol.on_spikes, self.ctx, spikes)
+        for sink in self.sinks:
+            sink.on_spikes(spikes)
+
+    def _watchdog(self) -> None:
+        if not self.gate.armed:
+            return
+        behind_s = (time.perf_counter() - self._wall_start) - (
+            self.now - self.t0
+        ) / self.info.sample_rate
+        if behind_s * 1000.0 > self.config.watchdog_ms:
+            self.watchdog_trips += 1
+            self.gate.disarm(f"watchdog: the loop fell {behind_s * 1000:.0f} ms behind")
+            self.driver.abort_stimulation()
+            self.event(
+                "watchdog",
+                f"loop fell {behind_s * 1000:.0f} ms behind the device "
+                f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
+            )
+
+    # -- results -------------------------------------------------------------------
+    def latency_samples(self) -> np.ndarray:
+        """Trigger -> execution, in samples, for every executed pattern."""
+        return np.array(
+            [r.execution_sample - r.trigger_sample for r in self.stims.values()
+             if r.status == "executed" and r.execution_sample is not None],
+            np.int64,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        fs = self.info.sample_rate
+        lat = self.latency_samples()
+        duration_s = (self.now - self.t0) / fs if self.n_blocks else 0.0
+        wall = max((self._wall_end or time.perf_counter()) - self._wall_start, 1e-9)
+        executed = sum(r.status == "executed" for r in self.stims.values())
+        out: dict[str, Any] = {
+            "protocol": self.protocol.name,
+            "parameters": self.protocol.values,
+            "device": self.driver.url,
+            "device_info": self.info.describe(),
+            "sample_rate": fs,
+            "block_samples": self.block_samples,
+            "fast": self.config.fast,
+            "seed": self.config.seed,
+            "duration_s": round(duration_s, 6),
+            "wall_s": round(wall, 3),
+            "realtime_factor": round(duration_s / wall, 2),
+            "blocks": self.n_blocks,
+            "blocks_dropped": -(-self.samples_lost // self.block_samples),
+            "samples_lost": self.samples_lost,
+            "spikes": self.n_spikes,
+            "stims_executed": executed,
+            "stims_dropped": sum(r.status == "dropped" for r in self.stims.values()),
+            "stims_refused": len(self.refused),
+            "latency_samples": {
+                "p50": float(np.percentile(lat, 50)) if len(lat) else None,
+                "p99": float(np.percentile(lat, 99)) if len(lat) else None,
+                "max": int(lat.max()) if len(lat) else None,
+            },
+            "loop_cost_us": self._cost.quantiles(),
+            "watchdog_trips": self.watchdog_trips,
+            "gaps": sum(e.kind == "gap" for e in self.events),
+            "trials": len(self.trials.finished) if self.trials is not None else 0,
+            "limits": self.gate.limits.as_dict(),
+            "interrupted": self.interrupted,
+            "error": self.error_kind,
+        }
+        if self.trials is not None and self.trials.finished:
+            out["evoked"] = self.trials.table().evoked_summary()
+        try:
+            out["protocol_summary"] = self.protocol.summary()
+        except Exception as exc:
+            out["protocol_summary"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out

@@ -1,0 +1,221 @@
+"""The protocol scripting API.
+
+A protocol is a Python file with one :class:`Protocol` subclass. It declares
+its parameters (type, default, unit, range) and implements any of the hooks
+``setup``, ``on_block``, ``on_spikes``, ``on_trial`` and ``teardown``; each
+hook receives the run's :class:`~mea_control.engine.Context` (``ctx``), which
+gives the clock (``ctx.now``, in device samples), the layout, a seeded random
+generator and ``ctx.stimulate``. See ``protocols/`` for examples.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from mea_control.trials import Trial, Trials, TrialSpec, TrialTable
+from mea_control.types import Block, SpikeEvents
+
+if TYPE_CHECKING:
+    from mea_control.engine import Context
+
+__all__ = [
+    "Parameter",
+    "Protocol",
+    "ProtocolError",
+    "Trial",
+    "TrialSpec",
+    "TrialTable",
+    "Trials",
+    "load_protocol",
+    "shipped_protocols",
+]
+
+PROTOCOLS_DIR = Path(__file__).resolve().parent.parent / "protocols"
+
+
+class ProtocolError(Exception):
+    """A problem with a protocol file or its parameters that the user can fix."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A declared protocol parameter: type, default, unit, allowed range or choices."""
+
+    type: type
+    default: Any
+    unit: str = ""
+    range: tuple[float, float] | None = None
+    choices: tuple[Any, ...] | None = None
+    help: str = ""
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """Convert (from text if needed) and validate a value; ProtocolError if it is bad."""
+        if isinstance(value, str) and self.type is not str:
+            value = self._parse(name, value)
+        elif self.type is float and isinstance(value, (int, np.integer)) and not isinstance(
+            value, bool
+        ):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ProtocolError(
+                f"parameter {name} must be {self.type.__name__}, not {type(value).__name__}"
+            )
+        if self.range is not None:
+            lo, hi = self.range
+            if not lo <= value <= hi:
+                raise ProtocolError(
+                    f"parameter {name}={value} is out of range: allowed {lo} to {hi}"
+                    + (f" {self.unit}" if self.unit else "")
+                )
+        if self.choices is not None and value not in self.choices:
+            raise ProtocolError(
+                f"parameter {name}={value!r} is not one of: "
+                + ", ".join(str(c) for c in self.choices)
+            )
+        return value
+
+    def _parse(self, name: str, text: str) -> Any:
+        try:
+            if self.type is bool:
+                low = text.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return self.type(text)
+        except ValueError:
+            raise ProtocolError(
+                f"parameter {name}={text!r} is not a valid {self.type.__name__}"
+            ) from None
+
+    def describe(self) -> str:
+        text = f"{self.type.__name__} = {self.default!r}"
+        if self.unit:
+            text += f" {self.unit}"
+        if self.range is not None:
+            text += f"  [{self.range[0]} .. {self.range[1]}]"
+        if self.choices is not None:
+            text += "  {" + ", ".join(str(c) for c in self.choices) + "}"
+        return text
+
+
+class Protocol:
+    """Base class of every protocol. Subclasses set ``parameters`` and override hooks."""
+
+    #: Declared parameters, by name.
+    parameters: ClassVar[dict[str, Parameter]] = {}
+    #: Shown in listings and recordings; defaults to the class name.
+    name: ClassVar[str] = "Protocol"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(self.parameters))
+        if unknown:
+            accepted = ", ".join(sorted(self.parameters)) or "none"
+            raise ProtocolError(
+                f"{self.name} has no parameter {unknown[0]!r}; accepted: {accepted}"
+            )
+        resolved = {
+            name: p.coerce(name, values.get(name, p.default)) for name, p in self.parameters.items()
+        }
+        #: The validated parameter values, as attributes (``self.p.mixing``).
+        self.p = SimpleNamespace(**resolved)
+        self.values: dict[str, Any] = resolved
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameters against each other; raise ProtocolError with a clear message."""
+
+    @classmethod
+    def describe(cls) -> str:
+        """The first line of the class docstring."""
+        doc = inspect.getdoc(cls) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    # Hooks, all optional. They run on the engine's acquisition thread.
+    def setup(self, ctx: Context) -> None:
+        """Called once, before the first block."""
+
+    def on_block(self, ctx: Context, block: Block, filtered: np.ndarray | None) -> None:
+        """Called for every block; ``filtered`` is band-passed microvolts (or None)."""
+
+    def on_spikes(self, ctx: Context, spikes: SpikeEvents) -> None:
+        """Called with the spikes detected in the latest block (only when there are any)."""
+
+    def on_trial(self, ctx: Context, trial: Trial) -> None:
+        """Called when a trial's response window has closed."""
+
+    def teardown(self, ctx: Context) -> None:
+        """Called once at the end of the run, also after an error or Ctrl-C."""
+
+    def summary(self) -> dict[str, Any]:
+        """Protocol-specific figures for the end-of-run summary."""
+        return {}
+
+
+def shipped_protocols() -> dict[str, Path]:
+    """Shipped protocol names -> files."""
+    return {
+        p.stem: p
+        for p in sorted(PROTOCOLS_DIR.glob("*.py"))
+        if not p.name.startswith("_")
+    }
+
+
+def _module_from_file(path: Path) -> ModuleType:
+    name = f"mea_protocol_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ProtocolError(f"cannot load protocol file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ProtocolError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a user's module may raise anything at import
+        raise ProtocolError(f"{path}: error while loading: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_protocol(name_or_path: str) -> tuple[type[Protocol], Path]:
+    """The Protocol subclass in a file, or in a shipped protocol named without ``.py``."""
+    shipped = shipped_protocols()
+    path = Path(name_or_path)
+    if name_or_path in shipped:
+        path = shipped[name_or_path]
+    elif not path.exists():
+        raise ProtocolError(
+            f"no protocol file {name_or_path!r}; give a path to a .py file or one of: "
+            + ", ".join(shipped)
+        )
+    if path.is_dir() or path.suffix != ".py":
+        raise ProtocolError(f"{path} is not a Python protocol file (.py)")
+    module = _module_from_file(path.resolve())
+    found = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj)
+        and issubclass(obj, Protocol)
+        and obj is not Protocol
+        and obj.__module__ == module.__name__
+    ]
+    if len(found) != 1:
+        what = "no Protocol subclass" if not found else "more than one Protocol subclass"
+        raise ProtocolError(f"{path} defines {what}; a protocol file defines exactly one")
+    return found[0], path.resolve()

@@ -1,0 +1,23 @@
+"""Shared fixtures: tests run offscreen and write their artefacts under tests/output."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = Path(__file__).resolve().parent / "output"
+
+
+@pytest.fixture
+def output_dir() -> Path:
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT
+
+
+def cli_command(*args: str) -> list[str]:
+    """The mea-control CLI as a subprocess command line."""
+    return [sys.executable, "-m", "mea_control.cli", *args]

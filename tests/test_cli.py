@@ -1,0 +1,148 @@
+"""The CLI as a user runs it: a subprocess, exit codes, one-line errors, the summary."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, cli_command
+
+from mea_control import cli
+from mea_control.trials import TrialTable
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def test_bss_run_end_to_end(tmp_path):
+    summary, trials = tmp_path / "s.json", tmp_path / "t.npz"
+    proc = run_cli("run", "protocols/bss_isomura.py", "--device", "sim://?seed=1",
+                   "--sessions", "2", "--param", "trials_per_session=16", "--fast",
+                   "--summary-json", str(summary), "--trials", str(trials))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(summary.read_text())
+    for key in ("sample_rate", "duration_s", "blocks", "blocks_dropped", "spikes",
+                "stims_executed", "stims_refused", "latency_samples", "trials"):
+        assert key in s
+    assert s["trials"] == 32 and s["sample_rate"] == 25000.0 and s["stims_refused"] == 0
+    assert set(s["latency_samples"]) == {"p50", "p99", "max"}
+    assert s["latency_samples"]["p99"] <= 2 * s["block_samples"]
+    table = TrialTable.load_npz(trials)
+    assert table.o.shape == (32, 32) and table.s.shape == (32, 2) and table.r.shape == (32, 64)
+    # Stimulated trials evoke more spikes than the spontaneous rate predicts.
+    stimulated = table.o.any(axis=1)
+    assert table.r[stimulated].sum(axis=1).mean() > 2 * table.r_pre.sum(axis=1).mean()
+    assert "evoked" in proc.stdout and "latency" in proc.stdout
+    assert "100.0%" in proc.stderr  # progress reached the end
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "no_such_protocol.py"], "no protocol file 'no_such_protocol.py'"),
+        (["run", "bss_isomura", "--param", "mixing=0.9"], "mixing=0.9 is out of range"),
+        (["run", "bss_isomura", "--param", "mixing"], "--param takes NAME=VALUE"),
+        (["run", "bss_isomura", "--param", "speed=3"], "has no parameter 'speed'"),
+        (["run", "bss_isomura", "--device", "usb://x"], "unknown device scheme 'usb://'"),
+        (["run", "bss_isomura", "--device", "sim://?sed=1"], "unknown parameter 'sed'"),
+        (["run", "bss_isomura", "--device", "sim://?seed=x"], "bad value 'x'"),
+        (["run", "spontaneous", "--sessions", "2"], "has no sessions"),
+        (["run", "spontaneous", "--rig", "missing.toml"], "missing.toml"),
+        (["run", "spontaneous", "--summary-json", "/no/such/dir/s.json"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    proc = run_cli(*args, "--duration", "0.1") if "--sessions" not in args else run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mea-control: error:")
+    assert message in lines[0]
+
+
+def test_protocol_exception_prints_traceback_and_exits_1(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text(
+        "from mea_control.protocol import Protocol\n"
+        "class Bad(Protocol):\n"
+        "    def on_block(self, ctx, block, filtered):\n"
+        "        if ctx.now - ctx.start_sample > 100:\n"
+        "            raise ZeroDivisionError('oops')\n"
+    )
+    proc = run_cli("run", str(path), "--fast", "--duration", "1")
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ZeroDivisionError: oops" in proc.stderr
+    assert "stimulation was stopped" in proc.stderr
+
+
+def test_protocols_lists_shipped_protocols_and_parameters():
+    proc = run_cli("protocols")
+    assert proc.returncode == 0
+    assert "bss_isomura:" in proc.stdout and "spontaneous:" in proc.stdout
+    assert "mixing" in proc.stdout and "[0.0 .. 0.5]" in proc.stdout
+
+
+def test_demo_runs_and_writes_its_results(tmp_path):
+    proc = subprocess.run(cli_command("demo", "--trials", "8"), capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "demo-summary.json").exists() and (tmp_path / "demo-trials.npz").exists()
+    assert "trials          8" in proc.stdout
+
+
+def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        cli_command("run", "spontaneous", "--summary-json", str(summary)),
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    # wait for the run to start (its first log line), then interrupt
+    for line in proc.stderr:
+        if "[start]" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    s = json.loads(summary.read_text())
+    assert s["interrupted"] is True and s["blocks"] > 0
+
+
+def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys):
+    from drivers.sim import SimDriver
+
+    from drivers import base
+
+    class Mute(SimDriver):
+        def read(self, timeout=None):
+            return None
+
+    module = type(sys)("mute_driver")
+    module.Mute = Mute
+    monkeypatch.setitem(sys.modules, "mute_driver", module)
+    monkeypatch.setitem(base.REGISTRY, "mute", "mute_driver:Mute")
+    monkeypatch.setattr(cli.EngineConfig, "__init__", _short_timeout(cli.EngineConfig.__init__))
+    code = cli.main(["run", "spontaneous", "--device", "mute://", "--duration", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sent no data" in err and "Traceback" not in err
+
+
+def _short_timeout(init):
+    def wrapped(self, *args, **kwargs):
+        kwargs["device_timeout_s"] = 0.5
+        init(self, *args, **kwargs)
+
+    return wrapped
+
+
+def test_trial_table_arrays_are_integers(tmp_path):
+    trials = tmp_path / "t.npz"
+    proc = run_cli("run", "bss_isomura", "--fast", "--quiet", "--param", "trials_per_session=4",
+                   "--sessions", "1", "--trials", str(trials))
+    assert proc.returncode == 0 and proc.stdout == ""
+    with np.load(trials) as f:
+        assert f["o"].dtype == np.uint8 and f["r"].dtype == np.int32

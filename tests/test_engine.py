@@ -1,0 +1,218 @@
+"""The closed loop on the simulator: timing, stimulation, errors, watchdog, gaps."""
+
+import time
+
+import numpy as np
+import pytest
+
+from drivers.base import open_driver
+from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.protocol import Protocol
+from mea_control.safety import SafetyLimits, SafetyRefusal
+from mea_control.trials import Trials, TrialSpec
+from mea_control.types import StimPattern, StimPulse
+
+PULSE = StimPulse.biphasic(5.0, 200.0)
+
+
+class Spy:
+    """Wraps a driver and remembers what reached it."""
+
+    def __init__(self, driver):
+        self._driver = driver
+        self.sent = []
+        self.aborts = 0
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+    def stimulate(self, pattern):
+        self.sent.append(pattern)
+        return self._driver.stimulate(pattern)
+
+    def abort_stimulation(self):
+        self.aborts += 1
+        self._driver.abort_stimulation()
+
+
+def run(protocol, url="sim://?seed=1", sinks=(), **config):
+    driver = Spy(open_driver(url))
+    driver.open()
+    config.setdefault("fast", True)
+    engine = Engine(driver, protocol, EngineConfig(**config), sinks=sinks)
+    try:
+        summary = engine.run()
+    finally:
+        driver.close()
+    return engine, driver, summary
+
+
+class Quiet(Protocol):
+    pass
+
+
+class EveryTenthSecond(Protocol):
+    """A pulse on channel 10 every 100 ms, counted in trials."""
+
+    def setup(self, ctx):
+        ctx.use_trials(Trials(self.design, n_trials=12, stim_channels=[10], isi_s=0.1,
+                              window_ms=(5, 50), first_trial_s=0.2))
+
+    def design(self, ctx, index):
+        return TrialSpec(StimPattern.single([10], PULSE) if index % 3 else None)
+
+
+def test_spontaneous_run_counts_blocks_and_spikes():
+    engine, driver, s = run(Quiet(), duration_s=2.0)
+    assert s["blocks"] == 2000 and s["block_samples"] == 25 and s["sample_rate"] == 25000
+    assert s["duration_s"] == pytest.approx(2.0)
+    assert s["spikes"] > 0 and s["stims_executed"] == 0 and s["error"] is None
+    assert driver.sent == []
+
+
+def test_trials_stimulate_with_all_three_samples_recorded():
+    engine, driver, s = run(EveryTenthSecond())
+    assert s["trials"] == 12 and s["stims_executed"] == 8 and len(driver.sent) == 8
+    for record in engine.stims.values():
+        assert record.trigger_sample <= record.decision_sample <= record.execution_sample
+        # executed at the start of the block after the decision
+        assert record.execution_sample - record.trigger_sample <= 2 * engine.block_samples
+    table = engine.trials.table()
+    executed = table.status == "executed"
+    assert executed.sum() == 8 and (table.status[~executed] == "none").all()
+    assert s["latency_samples"]["max"] <= 2 * engine.block_samples
+
+
+def test_fast_and_real_time_give_identical_results():
+    fast_engine, _, fast = run(EveryTenthSecond(), fast=True)
+    slow_engine, _, slow = run(EveryTenthSecond(), fast=False)
+    assert fast["spikes"] == slow["spikes"] and fast["blocks"] == slow["blocks"]
+    a, b = fast_engine.trials.table(), slow_engine.trials.table()
+    np.testing.assert_array_equal(a.r, b.r)
+    np.testing.assert_array_equal(a.stim_sample, b.stim_sample)
+    assert slow["realtime_factor"] < 1.5 < fast["realtime_factor"]
+
+
+class Refused(Protocol):
+    def on_block(self, ctx, block, filtered):
+        if ctx.now == ctx.start_sample + 250:
+            self.caught = None
+            try:
+                ctx.stimulate(StimPattern.single([10], StimPulse.biphasic(50.0, 200.0)))
+            except SafetyRefusal as refusal:
+                self.caught = refusal
+            ctx.stimulate(StimPattern.single([10], StimPulse.biphasic(50.0, 200.0)))
+            self.after = True  # never reached: the uncaught refusal ends this hook
+
+
+def test_refused_pattern_sends_nothing_is_counted_and_the_run_goes_on():
+    proto = Refused()
+    engine, driver, s = run(proto, duration_s=0.5)
+    assert driver.sent == [] and s["stims_refused"] == 2 and s["error"] is None
+    assert proto.caught.limit == "max_current_uA" and not hasattr(proto, "after")
+    assert s["blocks"] == 500
+    assert sum(e.kind == "refusal" for e in engine.events) == 2
+
+
+def test_rig_limits_apply_and_device_limits_win():
+    class Five(Protocol):
+        def on_block(self, ctx, block, filtered):
+            if ctx.now == ctx.start_sample + 250:
+                ctx.stimulate(StimPattern.single([10], PULSE))
+
+    _, driver, s = run(Five(), duration_s=0.3, limits=SafetyLimits(max_current_uA=4.0))
+    assert s["stims_refused"] == 1 and driver.sent == []
+    assert s["limits"]["max_current_uA"] == 4.0
+
+
+class Explodes(Protocol):
+    def on_block(self, ctx, block, filtered):
+        if ctx.now >= ctx.start_sample + 100:
+            ctx.stimulate(StimPattern.single([10], PULSE, at_sample=ctx.now + 2500))
+            raise RuntimeError("analysis bug")
+
+    def teardown(self, ctx):
+        self.torn_down = True
+
+
+def test_protocol_error_stops_stimulation_and_the_run():
+    proto = Explodes()
+    engine, driver, s = run(proto, duration_s=5.0)
+    assert s["error"] == "protocol" and "RuntimeError: analysis bug" in engine.error
+    assert not engine.gate.armed and driver.aborts >= 1
+    assert s["blocks"] < 200 and proto.torn_down
+    assert s["stims_executed"] == 0  # the queued pulse was aborted before it ran
+
+
+class Reacts(Protocol):
+    """Stimulates channel 10 on the first spike seen on channel 20, every 50 ms at most."""
+
+    def setup(self, ctx):
+        self.next_ok = 0
+
+    def on_spikes(self, ctx, spikes):
+        hits = spikes.sample[spikes.channel == 20]
+        if len(hits) and ctx.now >= self.next_ok:
+            ctx.stimulate(StimPattern.single([10], PULSE), trigger_sample=int(hits[0]))
+            self.next_ok = ctx.now + ctx.samples(0.05)
+
+
+def test_reaction_latency_is_within_two_blocks():
+    engine, _, s = run(Reacts(), duration_s=10.0)
+    lat = engine.latency_samples()
+    assert len(lat) >= 5
+    assert lat.max() <= 2 * engine.block_samples and lat.min() > 0
+
+
+class Stalls(Protocol):
+    def on_block(self, ctx, block, filtered):
+        if ctx.now == ctx.start_sample + 50:
+            time.sleep(0.3)  # a stalled analysis step
+        if ctx.now == ctx.start_sample + 400:
+            try:
+                ctx.stimulate(StimPattern.single([10], PULSE))
+            except SafetyRefusal as refusal:
+                self.refusal = refusal
+
+
+def test_watchdog_stops_stimulation_until_rearmed():
+    proto = Stalls()
+    engine, driver, s = run(proto, fast=False, duration_s=0.5, watchdog_ms=100.0)
+    assert s["watchdog_trips"] == 1 and driver.aborts >= 1
+    assert proto.refusal.limit == "disarmed" and driver.sent == []
+    assert any(e.kind == "watchdog" for e in engine.events)
+    engine.rearm()
+    assert engine.gate.armed
+
+
+def test_gaps_are_reported_not_filled():
+    engine, _, s = run(Quiet(), url="sim://?seed=2&drop=0.01", duration_s=2.0)
+    assert s["gaps"] > 0 and s["blocks_dropped"] >= s["gaps"]
+    assert s["samples_lost"] == s["blocks_dropped"] * engine.block_samples
+    assert s["blocks"] + s["blocks_dropped"] == pytest.approx(2000, abs=2)
+
+
+class Recorder(Sink):
+    def __init__(self):
+        self.calls = {"start": 0, "block": 0, "stim": 0, "trial": 0, "stop": 0}
+
+    def on_start(self, info, protocol):
+        self.calls["start"] += 1
+
+    def on_block(self, block, filtered, spikes):
+        self.calls["block"] += 1
+
+    def on_stim(self, record):
+        self.calls["stim"] += 1
+
+    def on_trial(self, trial):
+        self.calls["trial"] += 1
+
+    def on_stop(self, summary):
+        self.calls["stop"] += 1
+
+
+def test_sinks_see_every_block_stim_and_trial():
+    sink = Recorder()
+    _, _, s = run(EveryTenthSecond(), sinks=[sink])
+    assert sink.calls == {"start": 1, "block": s["blocks"], "stim": 8, "trial": 12, "stop": 1}

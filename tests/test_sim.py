@@ -1,0 +1,422 @@
+"""The simulated device (sim://): determinism, signal realism, stimulation semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drivers.base import DriverError, open_driver
+from drivers.sim import SimDriver
+from hardware_sim.culture import PoissonBurstCulture
+from mea_control.layouts import load_layout
+from mea_control.types import Block, StimPattern, StimPulse, StimReport
+
+PULSE = StimPulse.biphasic(20.0, 200.0)
+
+
+def make(url: str = "sim://?seed=1", block: int | None = None, fast: bool = True) -> SimDriver:
+    driver = open_driver(url)
+    assert isinstance(driver, SimDriver)
+    driver.open()
+    driver.set_fast(fast)
+    driver.start(block)
+    return driver
+
+
+def read_blocks(driver: SimDriver, n: int) -> tuple[list[Block], list[StimReport]]:
+    """The next ``n`` blocks, and the reports read on the way."""
+    blocks: list[Block] = []
+    reports: list[StimReport] = []
+    while len(blocks) < n:
+        event = driver.read()
+        if isinstance(event, Block):
+            blocks.append(event)
+        else:
+            assert isinstance(event, StimReport)
+            reports.append(event)
+    return blocks, reports
+
+
+def trace_uV(blocks: list[Block]) -> np.ndarray:
+    return np.concatenate([b.microvolts() for b in blocks])
+
+
+def scripted_run(url: str, n_blocks: int, block: int | None = None, fast: bool = True) -> list:
+    """Every event of a run with pulses sent at fixed points of the stream."""
+    driver = make(url, block, fast)
+    ch = driver.info.layout.channel("44")
+    events: list = []
+    for n in range(n_blocks):
+        if n in (10, 30):
+            driver.stimulate(StimPattern.single([ch], PULSE))
+        if n == 12:
+            driver.stimulate(StimPattern.single([ch, ch + 1], PULSE, at_sample=1234))
+        while True:
+            events.append(driver.read())
+            if isinstance(events[-1], Block):
+                break
+    return events
+
+
+def same_events(a: list, b: list) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, Block):
+            if (x.start_sample, x.seq) != (y.start_sample, y.seq):
+                return False
+            if not np.array_equal(x.data, y.data):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+# -- URL, info, lifecycle ----------------------------------------------------------------------
+
+
+def test_url_parameters_and_info():
+    driver = open_driver("sim://?seed=3&layout=mcs60mea200&noise_uV=5&drop=0.1&bursts=no")
+    assert isinstance(driver, SimDriver)
+    assert driver.options["seed"] == 3 and driver.options["noise_uV"] == 5.0
+    assert driver.options["bursts"] is False and driver.options["drop"] == 0.1
+    with pytest.raises(DriverError):
+        driver.info  # noqa: B018 - only after open()
+    driver.open()
+    info = driver.info
+    assert info.name == "mea-control simulator" and info.simulated
+    assert info.n_channels == 60 and info.layout.name == "mcs60mea200"
+    assert info.sample_rate == 25000.0 and info.uV_per_bit == 0.195
+    caps = info.capabilities
+    assert caps.raw_stream and not caps.onboard_detection and caps.scheduled_stim
+    assert set(caps.stim_modes) == {"current", "voltage"}
+    assert info.limits["max_current_uA"] > 0 and info.limits["max_voltage_mV"] > 0
+    assert info.describe()["layout"] == "mcs60mea200"
+
+    default = open_driver("sim://")
+    default.open()
+    assert default.info.layout.name == "grid8x8_200um" and default.info.n_channels == 64
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("sim://?seed=abc", "seed"),
+        ("sim://?sed=1", "unknown parameter"),
+        ("sim://?drop=1.5", "drop"),
+        ("sim://?rate=10", "rate"),
+        ("sim://?noise_uV=-1", "noise_uV"),
+        ("sim://?culture=brain", "culture"),
+    ],
+)
+def test_bad_parameters_are_driver_errors(url, message):
+    with pytest.raises(DriverError, match=message):
+        open_driver(url)
+
+
+def test_unknown_layout_is_a_driver_error_at_open():
+    driver = open_driver("sim://?layout=nope")
+    with pytest.raises(DriverError, match="nope"):
+        driver.open()
+
+
+def test_lifecycle():
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    with pytest.raises(DriverError):
+        driver.read()
+    driver.set_fast(True)
+    driver.start()
+    with pytest.raises(DriverError):
+        driver.start()
+    block = driver.read()
+    assert isinstance(block, Block) and block.data.shape == (25, 64)
+    assert block.data.dtype == np.int16 and block.start_sample == 0 and block.seq == 0
+    driver.stop()
+    assert driver.read() is None
+    with pytest.raises(DriverError):
+        driver.stimulate(StimPattern.single([0], PULSE))
+    driver.close()
+
+
+def test_blocks_are_consecutive_and_sized():
+    driver = make(block=40)
+    blocks, _ = read_blocks(driver, 20)
+    assert [b.start_sample for b in blocks] == [40 * i for i in range(20)]
+    assert [b.seq for b in blocks] == list(range(20))
+    assert all(b.n_samples == 40 for b in blocks)
+
+
+# -- determinism -------------------------------------------------------------------------------
+
+
+def test_same_seed_same_blocks_different_seed_differs():
+    a = scripted_run("sim://?seed=5", 200)
+    b = scripted_run("sim://?seed=5", 200)
+    c = scripted_run("sim://?seed=6", 200)
+    assert same_events(a, b)
+    assert not same_events(a, c)
+
+
+def test_block_size_does_not_change_the_signal():
+    """Pulses at fixed samples give the same samples whatever the block size."""
+    pulses = [(2000, 20.0), (9000, 40.0), (9500, 40.0), (30000, 10.0)]
+
+    def run(block: int) -> np.ndarray:
+        driver = make("sim://?seed=4", block)
+        for at, amp in pulses:
+            driver.stimulate(StimPattern.single([27], StimPulse.biphasic(amp, 200), at))
+        blocks, reports = read_blocks(driver, 50000 // block)
+        assert [r.sample for r in reports] == [at for at, _ in pulses]
+        return np.concatenate([b.data for b in blocks])
+
+    assert np.array_equal(run(25), run(40))
+
+
+def test_fast_and_paced_give_identical_blocks():
+    fast = scripted_run("sim://?seed=7", 50, fast=True)
+    paced = scripted_run("sim://?seed=7", 50, fast=False)
+    assert same_events(fast, paced)
+
+
+def test_paced_read_honours_timeout():
+    driver = make("sim://?seed=1", block=2500, fast=False)  # one 100 ms block
+    assert driver.read(timeout=0.001) is None
+    block = driver.read()
+    assert isinstance(block, Block) and block.start_sample == 0
+
+
+def test_dropped_blocks_leave_gaps_and_change_nothing_else():
+    full, _ = read_blocks(make("sim://?seed=2"), 300)
+    driver = make("sim://?seed=2&drop=0.2")
+    lossy: list[Block] = []
+    while not lossy or lossy[-1].seq < 299:
+        lossy.append(driver.read())
+    seqs = [b.seq for b in lossy]
+    assert len(seqs) < 290 and seqs == sorted(set(seqs))
+    for b in lossy:
+        assert b.start_sample == 25 * b.seq
+        assert np.array_equal(b.data, full[b.seq].data)
+
+
+# -- the signal --------------------------------------------------------------------------------
+
+
+def test_noise_rms_in_range():
+    driver = make("sim://?seed=1&bursts=0")
+    blocks, _ = read_blocks(driver, 1000)
+    x = trace_uV(blocks)
+    robust_rms = np.median(np.abs(x - np.median(x, axis=0)), axis=0) / 0.6745
+    assert np.all((robust_rms > 5.5) & (robust_rms < 8.5))
+    assert 5.0 < np.median(x.std(axis=0)) < 10.0
+
+
+def test_spike_waveforms_have_realistic_peaks_and_shape():
+    driver = make("sim://?seed=3&noise_uV=0&bursts=0")
+    blocks, _ = read_blocks(driver, 4000)
+    x = trace_uV(blocks)
+    events, _ = driver.ground_truth()
+    assert len(events) > 200
+    window = int(0.003 * 25000)
+    checked = 0
+    for i, (s, ch, amp) in enumerate(
+        zip(events.sample, events.channel, events.amplitude_uV, strict=True)
+    ):
+        others = np.abs(events.sample - s) < window
+        others[i] = False
+        if others.any() or not window <= s < len(x) - window:
+            continue  # overlapping spikes or too near the edge
+        seg = x[s - window : s + window, ch]
+        assert -150.0 <= seg.min() <= -40.0
+        assert np.argmin(seg) == window  # the trough is at the ground-truth sample
+        assert abs(seg.min() - amp) < 0.05 * abs(amp) + 1.0
+        half = np.nonzero(seg < seg.min() / 2)[0]
+        assert 0.1e-3 < len(half) / 25000 < 0.6e-3  # sharp trough, ~1 ms spike overall
+        assert seg[window + 5 : window + 25].max() > 0.05 * abs(amp)  # repolarisation
+        checked += 1
+    assert checked > 100
+
+
+def test_spontaneous_rate_and_bursts():
+    driver = make("sim://?seed=1")
+    read_blocks(driver, 20000)
+    events, _ = driver.ground_truth()
+    rates = np.bincount(events.channel, minlength=64) / 20.0
+    active = rates > 0.2
+    assert active.sum() > 32
+    assert 1.0 < np.median(rates[active]) < 15.0
+    # population rate in 10 ms bins: bursts are runs of high bins, every few seconds
+    counts = np.bincount(events.sample // 250, minlength=2000)
+    high = counts > max(4 * np.median(counts), 5)
+    edges = np.diff(np.concatenate([[0], high.astype(int), [0]]))
+    starts, stops = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    gaps = starts[1:] - stops[:-1]
+    starts = starts[np.concatenate([[True], gaps > 10])]  # merge runs < 100 ms apart
+    stops = stops[np.concatenate([gaps > 10, [True]])]
+    long = (stops - starts) >= 8
+    starts, stops = starts[long] * 0.01, stops[long] * 0.01
+    assert 3 <= len(starts) <= 12
+    assert 1.5 < np.median(np.diff(starts)) < 8.0
+    assert np.all((stops - starts > 0.08) & (stops - starts < 0.8))
+    # and the culture's own log agrees
+    onsets = driver.culture.burst_onsets() / 25000
+    assert len(onsets) == pytest.approx(len(starts), abs=2)
+
+
+def test_stimulation_evokes_spikes_nearby_rising_with_amplitude():
+    driver = make("sim://?seed=2&bursts=0")
+    layout = driver.info.layout
+    ch = layout.channel("44")
+    near = np.nonzero(layout.distances_um(ch) <= 250.0)[0]
+    starts: dict[float, list[int]] = {}
+    for amp in (5.0, 15.0, 40.0):
+        starts[amp] = []
+        for _ in range(25):
+            driver.stimulate(StimPattern.single([ch], StimPulse.biphasic(amp, 200)))
+            _, reports = read_blocks(driver, 200)
+            starts[amp].append(reports[0].sample)
+    events, _ = driver.ground_truth()
+    samples = events.sample[np.isin(events.channel, near)]
+
+    def count(at: list[int], lo_ms: float, hi_ms: float) -> int:
+        s = np.asarray(at)
+        lo, hi = s + int(lo_ms * 25), s + int(hi_ms * 25)
+        return int((np.searchsorted(samples, hi) - np.searchsorted(samples, lo)).sum())
+
+    evoked = {amp: count(at, 5, 50) for amp, at in starts.items()}
+    spontaneous = sum(count(at, -50, -5) for at in starts.values()) / 3
+    assert evoked[5.0] < evoked[15.0] < evoked[40.0]
+    assert evoked[15.0] > 3 * spontaneous + 10
+    # nothing is evoked outside 5-50 ms beyond the spontaneous level
+    assert count(starts[40.0], 0.6, 4.5) <= 2 * spontaneous / 45 * 4 + 5
+    # the effect falls with distance: far electrodes barely notice
+    far = np.nonzero(layout.distances_um(ch) >= 800.0)[0]
+    far_samples = events.sample[np.isin(events.channel, far)]
+    at = np.asarray(starts[40.0])
+    far_after = (
+        np.searchsorted(far_samples, at + 1250) - np.searchsorted(far_samples, at + 125)
+    ).sum()
+    far_before = (
+        np.searchsorted(far_samples, at - 125) - np.searchsorted(far_samples, at - 1250)
+    ).sum()
+    assert far_after < 2 * far_before + 10
+
+
+def test_culture_is_independent_of_interval_size():
+    layout = load_layout("grid8x8_200um")
+    stims = [(1000, 27, PULSE), (1000, 28, PULSE), (40123, 30, StimPulse.biphasic(40, 200))]
+
+    def run(step: int) -> tuple[np.ndarray, np.ndarray]:
+        culture = PoissonBurstCulture(layout, 25000.0, seed=9)
+        for start in range(0, 100000, step):
+            culture.advance(start, step, [s for s in stims if start <= s[0] < start + step])
+        return culture.spike_log()
+
+    (s1, u1), (s2, u2) = run(25), run(1000)
+    assert np.array_equal(s1, s2) and np.array_equal(u1, u2)
+
+
+# -- stimulation semantics ---------------------------------------------------------------------
+
+
+def test_report_precedes_the_block_with_the_pulse_and_artifact_is_there():
+    driver = make("sim://?seed=1")
+    blocks, _ = read_blocks(driver, 10)
+    ch = driver.info.layout.channel("44")
+    ticket = driver.stimulate(StimPattern.single([ch], PULSE))
+    report = driver.read()
+    assert isinstance(report, StimReport) and report.ticket == ticket and report.executed
+    assert report.sample == blocks[-1].stop_sample
+    block = driver.read()
+    assert isinstance(block, Block) and block.start_sample == report.sample
+    x = block.microvolts()
+    assert abs(x[0, ch]) > 5000.0  # saturating on the stimulated electrode
+    neighbour = driver.info.layout.channel("45")
+    assert 200.0 < abs(x[0, neighbour]) < abs(x[0, ch])
+
+
+def test_future_pattern_runs_at_its_sample_and_artifact_decays():
+    driver = make("sim://?seed=1")
+    ch = driver.info.layout.channel("44")
+    at = 5000 + 7
+    ticket = driver.stimulate(StimPattern.single([ch], PULSE, at_sample=at))
+    events = [driver.read() for _ in range(260)]
+    i = next(k for k, e in enumerate(events) if isinstance(e, StimReport))
+    report = events[i]
+    assert report == StimReport(ticket, at)
+    before = [e for e in events[:i] if isinstance(e, Block)]
+    assert before[-1].stop_sample <= at < before[-1].stop_sample + 25
+    after = [e for e in events[i + 1 :] if isinstance(e, Block)]
+    x = trace_uV(before + after)
+    assert np.abs(x[: at - 25, ch]).max() < 300.0  # nothing before
+    assert abs(x[at, ch]) > 5000.0
+    assert np.abs(x[at + 100 : at + 150, ch]).max() < 300.0  # recovered within 4 ms
+
+
+def test_train_pulses_fall_in_later_blocks_with_one_report():
+    driver = make("sim://?seed=1")
+    ch = driver.info.layout.channel("44")
+    pattern = StimPattern(((ch, PULSE),), train_count=3, train_rate_hz=50.0, at_sample=1000)
+    driver.stimulate(pattern)
+    blocks, reports = read_blocks(driver, 100)
+    assert [r.sample for r in reports] == [1000]
+    x = trace_uV(blocks)
+    for offset in pattern.pulse_offsets(25000.0):
+        assert abs(x[1000 + offset, ch]) > 5000.0
+    assert np.abs(x[1100:1400, ch]).max() < 300.0
+
+
+def test_voltage_mode_pulse_is_executed():
+    driver = make("sim://?seed=1")
+    pulse = StimPulse.biphasic(800.0, 200.0, mode="voltage")
+    driver.stimulate(StimPattern.single([10], pulse, at_sample=500))
+    blocks, reports = read_blocks(driver, 30)
+    assert reports[0].executed and reports[0].sample == 500
+    assert abs(trace_uV(blocks)[500, 10]) > 5000.0
+
+
+def test_refused_patterns_are_reported_not_executed():
+    driver = make("sim://?seed=1&layout=mcs60mea200")
+    layout = driver.info.layout
+    ref = layout.reference[0]
+    bad = [
+        (StimPattern.single([ref], PULSE), "cannot stimulate"),
+        (StimPattern.single([0], StimPulse.biphasic(80.0, 200.0)), "limit"),
+        (StimPattern.single([99], PULSE), "no channel"),
+    ]
+    tickets = [driver.stimulate(p) for p, _ in bad]
+    blocks, reports = read_blocks(driver, 5)
+    assert [r.ticket for r in reports] == tickets
+    for report, (_, reason) in zip(reports, bad, strict=True):
+        assert not report.executed and reason in report.reason
+    assert np.abs(trace_uV(blocks)).max() < 1000.0  # no artifact anywhere
+
+
+def test_abort_drops_queued_pulses():
+    driver = make("sim://?seed=1")
+    ticket = driver.stimulate(StimPattern.single([27], PULSE, at_sample=2000))
+    read_blocks(driver, 10)
+    driver.abort_stimulation()
+    blocks, reports = read_blocks(driver, 100)
+    assert len(reports) == 1 and reports[0].ticket == ticket
+    assert not reports[0].executed and reports[0].reason == "aborted"
+    assert np.abs(trace_uV(blocks)).max() < 1000.0
+
+
+def test_stimulating_does_not_change_the_noise():
+    """The noise has its own random stream: away from spikes and the artifact, the
+    traces of a run with a pulse equal those of the same run without it."""
+    quiet, _ = read_blocks(make("sim://?seed=8&bursts=0"), 400)
+    driver = make("sim://?seed=8&bursts=0")
+    driver.stimulate(StimPattern.single([27], PULSE, at_sample=1000))
+    stimulated, _ = read_blocks(driver, 400)
+    a, b = trace_uV(quiet), trace_uV(stimulated)
+    events, _ = driver.ground_truth()
+    untouched = np.ones(len(a), bool)
+    untouched[1000 : 1000 + 200] = False  # the artifact
+    for s in events.sample:
+        untouched[max(0, s - 25) : s + 50] = False
+    assert untouched[:1000].sum() > 500 and untouched[1200:].sum() > 2000
+    assert np.array_equal(a[untouched], b[untouched])
