@@ -165,7 +165,8 @@ class SimDriver(Driver):
             raise DriverError("sim:// read() before start()")
         rate = self.info.sample_rate
         while True:
-            report = self._due_report()
+            with self._lock:
+                report = self._due_report()
             if report is not None:
                 return report
             if not self._fast:

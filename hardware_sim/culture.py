@@ -51,7 +51,12 @@ def pulse_charge_nC(pulse: StimPulse) -> float:
 
 
 class Culture(ABC):
-    """A population of units on the array, advanced interval by interval in sample time."""
+    """A population of units on the array, advanced interval by interval in sample time.
+
+    Subclasses set ``unit_positions_um`` (n_units, 2) and implement :meth:`_advance`;
+    those in :data:`CULTURES` are built as ``cls(layout, sample_rate, seed=SeedSequence,
+    bursts=bool, keep_log=bool)`` by the sim driver.
+    """
 
     def __init__(self, layout: Layout, sample_rate: float, keep_log: bool = True) -> None:
         self.layout = layout
@@ -271,7 +276,7 @@ class PoissonBurstCulture(Culture):
             self._evoke(k, stims[i:j])
             i = j
         self._simulate_to(-(-stop // tick))
-        hi = int(np.searchsorted(self._spk_samples, stop))
+        hi = int(self._spk_samples.searchsorted(stop))
         samples, units = self._spk_samples[:hi], self._spk_units[:hi]
         self._spk_samples, self._spk_units = self._spk_samples[hi:], self._spk_units[hi:]
         if len(self._pend_samples) and self._pend_samples[0] < stop:

@@ -93,7 +93,7 @@ class DetectorConfig:
     threshold_sigma: float = -5.0
     dead_time_ms: float = 1.0
     peak_window_ms: float = 0.5
-    blank_ms: float = 2.0
+    blank_ms: float = 3.0
     noise_update_ms: float = 50.0
     noise_window_ms: float = 1000.0
 

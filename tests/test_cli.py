@@ -113,9 +113,8 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
 
 
 def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys):
-    from drivers.sim import SimDriver
-
     from drivers import base
+    from drivers.sim import SimDriver
 
     class Mute(SimDriver):
         def read(self, timeout=None):
@@ -146,3 +145,24 @@ def test_trial_table_arrays_are_integers(tmp_path):
     assert proc.returncode == 0 and proc.stdout == ""
     with np.load(trials) as f:
         assert f["o"].dtype == np.uint8 and f["r"].dtype == np.int32
+
+
+def test_rig_file_limits_are_enforced_and_reported(tmp_path):
+    rig = tmp_path / "rig.toml"
+    rig.write_text('[rig]\nname = "rig 2"\n[limits]\nmax_current_uA = 2.0\n')
+    summary = tmp_path / "s.json"
+    proc = run_cli("run", "bss_isomura", "--fast", "--rig", str(rig), "--sessions", "1",
+                   "--param", "trials_per_session=6", "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(summary.read_text())
+    assert s["limits"]["max_current_uA"] == 2.0
+    assert s["stims_executed"] == 0 and s["stims_refused"] > 0
+    assert "refused: " in proc.stderr and "max_current_uA" in proc.stderr
+
+
+def test_rig_file_forbidding_an_unknown_electrode_is_a_user_error(tmp_path):
+    rig = tmp_path / "rig.toml"
+    rig.write_text('[limits]\nforbidden = ["99"]\n')
+    proc = run_cli("run", "spontaneous", "--rig", str(rig), "--duration", "0.1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "99" in proc.stderr.strip().splitlines()[-1]

@@ -216,3 +216,40 @@ def test_sinks_see_every_block_stim_and_trial():
     sink = Recorder()
     _, _, s = run(EveryTenthSecond(), sinks=[sink])
     assert sink.calls == {"start": 1, "block": s["blocks"], "stim": 8, "trial": 12, "stop": 1}
+
+
+class Strong(Protocol):
+    """10 uA pulses on eight electrodes every 200 ms."""
+
+    def setup(self, ctx):
+        self.channels = [3, 12, 21, 30, 35, 44, 53, 60]
+        pulse = StimPulse.biphasic(10.0, 200.0)
+        ctx.use_trials(Trials(lambda ctx, i: TrialSpec(StimPattern.single(self.channels, pulse)),
+                              n_trials=40, stim_channels=self.channels, isi_s=0.2,
+                              window_ms=(5, 100), first_trial_s=0.2))
+
+
+class KeepSpikes(Sink):
+    def __init__(self):
+        self.batches = []
+
+    def on_spikes(self, spikes):
+        self.batches.append(spikes)
+
+
+def test_stimulus_artifacts_are_not_detected_as_spikes():
+    from mea_control.types import SpikeEvents
+
+    sink = KeepSpikes()
+    engine, _, s = run(Strong(), sinks=[sink])
+    spikes = SpikeEvents.concat(sink.batches)
+    on_stim = np.isin(spikes.channel, [3, 12, 21, 30, 35, 44, 53, 60])
+    early = before = 0
+    for record in engine.stims.values():
+        t = record.execution_sample
+        four_ms = 4 * engine.block_samples
+        early += int(on_stim[(spikes.sample >= t) & (spikes.sample < t + four_ms)].sum())
+        before += int(on_stim[(spikes.sample >= t - four_ms) & (spikes.sample < t)].sum())
+    # The simulated culture answers 5 ms or later; before that only spontaneous spikes belong.
+    assert s["stims_executed"] == 40
+    assert early <= 2 * before + 5

@@ -1,0 +1,26 @@
+"""The README's protocol example runs as written."""
+
+import re
+
+from conftest import ROOT
+
+from drivers.base import open_driver
+from mea_control.engine import Engine, EngineConfig
+from mea_control.protocol import load_protocol
+
+
+def test_readme_protocol_example_runs(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"### Write your own protocol.*?```python\n(.*?)```", text, re.S).group(1)
+    path = tmp_path / "echo_burst.py"
+    path.write_text(example)
+    cls, _ = load_protocol(str(path))
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    engine = Engine(driver, cls(), EngineConfig(fast=True, duration_s=20.0))
+    summary = engine.run()
+    driver.close()
+    assert summary["error"] is None and summary["stims_refused"] == 0
+    assert summary["stims_executed"] > 0
+    label_44 = engine.info.layout.channel("44")
+    assert all(r.pattern.channels == (label_44,) for r in engine.stims.values())
