@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,14 @@ class Progress:
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.last_decile = -1
+        self.started = time.monotonic()
 
     def __call__(self, fraction: float, text: str) -> None:
         if not self.enabled:
             return
+        if 0.01 <= fraction < 1.0:
+            left = (time.monotonic() - self.started) * (1.0 - fraction) / fraction
+            text += f", about {left:.0f} s left"
         if self.tty:
             bar = "#" * int(fraction * 30)
             sys.stderr.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {text}   ")
