@@ -4,10 +4,15 @@ The device runs in lockstep with its reader: :meth:`SimDriver.read` generates
 the next block on demand, so the same seed and the same ``stimulate()`` calls at
 the same points of the stream give the same blocks, paced in real time or not
 (``set_fast``). A pattern runs at ``max(at_sample, start of the next block not
-yet returned)``; the :class:`StimReport` of a pattern comes out of ``read()``
-just before the block that holds its first pulse.
+yet returned)``; in real time, if the reader has fallen more than a block
+behind the wall clock, no earlier than the block the device is acquiring then
+(so a slow reader's latency shows). The :class:`StimReport` of a pattern comes
+out of ``read()`` just before the block that holds its first pulse.
 
 URL parameters: see :attr:`SimDriver.params`, e.g. ``sim://?seed=3&noise_uV=5``.
+``seed`` must be >= 0. ``rate`` is 10000 to 100000 Hz: real MEA amplifiers sample
+at 10-50 kHz, and the engine's default 300-3000 Hz spike band needs a rate above
+6000 Hz (twice its upper edge).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ UV_PER_BIT = 0.195
 #: the simulated device's own stimulation limits, by SafetyLimits field name
 DEVICE_LIMITS: dict[str, float] = {"max_current_uA": 50.0, "max_voltage_mV": 1500.0}
 _MAX_BLOCK_S = 0.1
+#: Sample rates the simulator accepts, Hz (real MEA amplifiers: 10-50 kHz).
+MIN_RATE_HZ = 10_000.0
+MAX_RATE_HZ = 100_000.0
 
 
 class SimDriver(Driver):
@@ -37,9 +45,9 @@ class SimDriver(Driver):
 
     scheme: ClassVar[str] = "sim"
     params: ClassVar[dict[str, Param]] = {
-        "seed": Param(int, 0, "random seed of the culture, the noise and the drops"),
+        "seed": Param(int, 0, "random seed (>= 0) of the culture, the noise and the drops"),
         "layout": Param(str, DEFAULT_LAYOUT, "layout name or probeinterface JSON path"),
-        "rate": Param(float, 25000.0, "sample rate, Hz"),
+        "rate": Param(float, 25000.0, "sample rate, 10000 to 100000 Hz"),
         "noise_uV": Param(float, 7.0, "rms noise per channel, uV"),
         "drop": Param(float, 0.0, "probability of losing a block (to test gap handling)"),
         "culture": Param(str, "poisson_burst", "culture model: " + ", ".join(CULTURES)),
@@ -50,8 +58,14 @@ class SimDriver(Driver):
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         super().__init__(url, options, location)
         rate, noise, drop = options["rate"], options["noise_uV"], options["drop"]
-        if not 1000.0 <= rate <= 100000.0:
-            raise DriverError(f"sim:// rate={rate} is out of range; use 1000 to 100000 Hz")
+        if options["seed"] < 0:
+            raise DriverError(f"sim:// seed={options['seed']} is out of range; use a seed >= 0")
+        if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+            raise DriverError(
+                f"sim:// rate={rate:g} Hz is out of range; use {MIN_RATE_HZ:g} to "
+                f"{MAX_RATE_HZ:g} Hz (real MEA amplifiers sample at 10-50 kHz, and the "
+                "default 300-3000 Hz spike band needs more than 6000 Hz)"
+            )
         if not 0.0 <= noise <= 1000.0:
             raise DriverError(f"sim:// noise_uV={noise} is out of range; use 0 to 1000")
         if not 0.0 <= drop < 1.0:
@@ -177,7 +191,7 @@ class SimDriver(Driver):
                     if timeout is not None and wait > timeout:
                         time.sleep(max(0.0, timeout))
                         return None
-                    time.sleep(wait)
+                    _sleep_until(time.monotonic() + wait)
             with self._lock:
                 report = self._due_report()
                 if report is not None:  # a pattern arrived while we waited
@@ -226,7 +240,7 @@ class SimDriver(Driver):
         with self._lock:
             self._ticket += 1
             ticket = self._ticket
-            at = self._next_sample
+            at = max(self._next_sample, self._device_block_start())
             if pattern.at_sample is not None:
                 at = max(at, int(pattern.at_sample))
             problem = self._check(pattern, info)
@@ -238,6 +252,19 @@ class SimDriver(Driver):
                     bisect.insort(self._pulses, (at + offset, ticket, channel, pulse))
             bisect.insort(self._unreported, (at, ticket))
         return ticket
+
+    def _device_block_start(self) -> int:
+        """In real time, the start of the block the device is acquiring by the wall clock.
+
+        A reader that keeps up sends its patterns within one block of the last
+        block's end, so they run at the next block either way and real time
+        matches fast mode; a reader that lags has its patterns run late, as on
+        a real device.
+        """
+        if self._fast or self._state != "running":
+            return 0
+        elapsed = int((time.monotonic() - self._t0) * self.info.sample_rate)
+        return elapsed // self._block_samples * self._block_samples
 
     def _check(self, pattern: StimPattern, info: DeviceInfo) -> str:
         layout = info.layout
@@ -274,6 +301,20 @@ class SimDriver(Driver):
             samples + el.trough_offset, el.unit_home[units], -el.unit_peak_uV[units]
         )
         return events, units
+
+
+#: The last stretch of a wait is spun, not slept: waking from sleep costs the
+#: loop hundreds of microseconds (cold caches, scheduler), a real device's data
+#: arrives on a thread that is already awake.
+_SPIN_S = 0.0003
+
+
+def _sleep_until(deadline: float) -> None:
+    rest = deadline - time.monotonic()
+    if rest > _SPIN_S:
+        time.sleep(rest - _SPIN_S)
+    while time.monotonic() < deadline:
+        pass
 
 
 def _load_layout(name: str) -> Layout:

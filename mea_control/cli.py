@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from mea_control.safety import RigFileError, SafetyLimits, load_rig
 
 EXIT_PROTOCOL_ERROR = 1
 EXIT_USER_ERROR = 2
+#: The run ended with stimulation stopped by the watchdog (no one re-armed it).
+EXIT_WATCHDOG = 3
 EXIT_INTERRUPTED = 130
 
 DEMO_DEVICE = "sim://?seed=1"
@@ -110,11 +115,22 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 
 
 def _check_writable(path: str | None, what: str) -> None:
+    """Fail before the run, not after it, if a result file cannot be written."""
     if path is None:
         return
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise UserError(f"cannot write {what} {path}: folder {parent} does not exist")
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"cannot write {what} to {path}: it is a folder; give a file name")
+    if not target.resolve().parent.is_dir():
+        raise UserError(f"cannot write {what} to {path}: folder {target.parent} does not exist")
+    existed = target.exists()
+    try:
+        with open(target, "ab"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write {what} to {path}: {exc.strerror}") from None
+    if not existed:
+        os.unlink(target)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,7 +140,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if "sessions" not in cls.parameters:
             raise UserError(f"--sessions: protocol {cls.name} has no sessions; use --duration")
         values["sessions"] = args.sessions
-    protocol = cls(**values)
+    try:
+        protocol = cls(**values)
+    except ProtocolError:
+        raise
+    except Exception:
+        print(f"protocol {cls.name} failed while checking its parameters:", file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_PROTOCOL_ERROR
+    if args.trials and not args.trials.endswith(".npz"):
+        raise UserError(f"--trials {args.trials}: the trial table is a .npz file; end it in .npz")
     _check_writable(args.summary_json, "the summary")
     _check_writable(args.trials, "the trial table")
     limits = SafetyLimits()
@@ -154,21 +179,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         try:
             engine = Engine(driver, protocol, config, log=_quiet_filter(log))
-        except ValueError as exc:  # limits that do not fit this device or layout
-            raise UserError(f"safety limits: {exc}") from None
+        except ValueError as exc:  # limits or detection settings that do not fit this device
+            raise UserError(str(exc)) from None
         summary = engine.run(progress=progress)
     finally:
         progress.close()
         driver.close()
     summary["protocol_file"] = str(path)
-    _write_json(args.summary_json, summary)
     if args.trials and engine.trials is not None:
         engine.trials.table().save_npz(args.trials)
+    _write_json(args.summary_json, summary)
     if isinstance(engine.exception, ProtocolError):
         raise engine.exception
-    if engine.error_kind == "protocol":
-        print(f"protocol {protocol.name} raised an error; stimulation was stopped:",
-              file=sys.stderr)
+    if engine.error_kind in ("protocol", "sink"):
+        who = f"protocol {protocol.name}" if engine.error_kind == "protocol" else "a recorder"
+        print(f"{who} raised an error; stimulation was stopped:", file=sys.stderr)
         print(engine.error, file=sys.stderr, end="")
         return EXIT_PROTOCOL_ERROR
     if engine.error_kind == "device":
@@ -179,7 +204,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DriverError(message)
     if not args.quiet:
         print(_format_summary(summary))
-    return EXIT_INTERRUPTED if engine.interrupted else 0
+    if engine.interrupted:
+        return EXIT_INTERRUPTED
+    if engine.watchdog_trips and not engine.gate.armed:
+        print("mea-control: warning: the watchdog stopped stimulation during the run "
+              "(see the [watchdog] line); the trials after it were not stimulated",
+              file=sys.stderr)
+        return EXIT_WATCHDOG
+    return 0
 
 
 def _quiet_filter(log):
@@ -232,8 +264,47 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"mea-control: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _positive(upper: float = math.inf) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and 0 < value <= upper):
+            limit = "" if upper == math.inf else f" and at most {upper:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0{limit}")
+        return value
+
+    return parse
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mea-control",
         description="Closed-loop acquisition and stimulation for MEA cultures.",
     )
@@ -247,24 +318,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="set a protocol parameter (repeatable)")
     stop = run.add_mutually_exclusive_group()
-    stop.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of data")
-    stop.add_argument("--sessions", type=int, metavar="N",
+    stop.add_argument("--duration", type=_positive(), metavar="S",
+                      help="stop after S seconds of data")
+    stop.add_argument("--sessions", type=_positive_int, metavar="N",
                       help="number of sessions (protocols with sessions)")
     run.add_argument("--fast", action="store_true",
                      help="run as fast as possible (simulator only); same results as real time")
     run.add_argument("--summary-json", metavar="FILE", help="write the end-of-run summary")
     run.add_argument("--trials", metavar="FILE.npz", help="write the trial table (o, s, r)")
     run.add_argument("--rig", metavar="FILE.toml", help="rig file with safety limits")
-    run.add_argument("--block-ms", type=float, default=1.0, help="block length (default 1 ms)")
-    run.add_argument("--watchdog-ms", type=float, default=200.0,
+    run.add_argument("--block-ms", type=_positive(100.0), default=1.0,
+                     help="block length, up to 100 ms (default 1 ms)")
+    run.add_argument("--watchdog-ms", type=_positive(), default=200.0,
                      help="stop stimulation when the loop falls this far behind (default 200)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the protocol's random generator")
+    run.add_argument("--seed", type=_count, default=0,
+                     help="seed of the protocol's random generator (default 0)")
     run.add_argument("--quiet", action="store_true", help="no progress, log or summary on screen")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a short closed-loop BSS run on the simulator")
-    demo.add_argument("--sessions", type=int, default=1)
-    demo.add_argument("--trials", type=int, default=64, help="trials per session")
+    demo.add_argument("--sessions", type=_positive_int, default=1)
+    demo.add_argument("--trials", type=_positive_int, default=64, help="trials per session")
     demo.add_argument("--summary-json", default="demo-summary.json")
     demo.add_argument("--trials-file", default="demo-trials.npz")
     demo.set_defaults(func=cmd_demo)

@@ -35,6 +35,10 @@ is read from a per-channel histogram (1/16 uV bins, exact integer counts) and
 turned into sigma = median / 0.6745. The noise is the mean of the
 last ``noise_window_ms / noise_update_ms`` such epoch estimates; epochs that are
 mostly blanked are skipped. Medians above 64 uV (sigma above ~95 uV) saturate.
+The noise never goes below a floor, :attr:`SpikeDetector.noise_floor_uV` =
+``max(min_noise_uV, 2 * uV_per_bit)``: on a flat channel (a noiseless simulator, a
+disconnected input) the median is ~0 and without the floor every ADC step would
+cross the threshold.
 
 Blanking. :meth:`SpikeDetector.blank` marks ``[start, stop)`` in device samples.
 Inside it the raw input is held at the last value before the window (so the
@@ -86,6 +90,13 @@ class DetectorConfig:
     negative peak after a crossing (0 reports the crossing sample itself).
     ``noise_update_ms`` is the epoch of the noise estimate and the warm-up;
     ``noise_window_ms`` is how far back the estimate averages.
+
+    ``min_noise_uV`` is the floor of the noise estimate (sigma, uV), so the threshold
+    is never closer to zero than ``threshold_sigma * min_noise_uV``. The default 1 uV
+    is below the band-limited noise of any real MEA recording (amplifier and electrode
+    together give about 2 uV rms or more in the 300-3000 Hz band); it only matters on a
+    flat channel, where the noise estimate would otherwise be ~0. The detector also
+    never uses a floor below two ADC steps (``2 * uV_per_bit``).
     """
 
     band_hz: tuple[float, float] = (300.0, 3000.0)
@@ -96,6 +107,7 @@ class DetectorConfig:
     blank_ms: float = 3.0
     noise_update_ms: float = 50.0
     noise_window_ms: float = 1000.0
+    min_noise_uV: float = 1.0
 
     def __post_init__(self) -> None:
         low, high = (float(f) for f in self.band_hz)
@@ -120,6 +132,10 @@ class DetectorConfig:
                 f"noise_window_ms must be >= noise_update_ms ({self.noise_update_ms} ms), "
                 f"not {self.noise_window_ms}"
             )
+        if not (math.isfinite(self.min_noise_uV) and self.min_noise_uV > 0):
+            raise ValueError(
+                f"min_noise_uV must be a finite number > 0 uV (e.g. 1.0), not {self.min_noise_uV}"
+            )
 
 
 @njit(cache=True, nogil=True)
@@ -141,8 +157,11 @@ def _close_search(c, dead, fstate, istate, counters, spk_sample, spk_channel, sp
 
 
 @njit(cache=True, nogil=True)
-def _update_noise(hist, ring, fstate, counters, thr_sigma):
-    """Close a noise epoch: histogram median -> sigma, push to ring, refresh thresholds."""
+def _update_noise(hist, ring, fstate, counters, thr_sigma, noise_floor):
+    """Close a noise epoch: histogram median -> sigma, push to ring, refresh thresholds.
+
+    The noise is the mean of the ring, but never below ``noise_floor``.
+    """
     n_ch, n_bins = hist.shape
     half = counters[_HIST_COUNT] / 2.0
     pos = counters[_RING_POS]
@@ -164,7 +183,7 @@ def _update_noise(hist, ring, fstate, counters, thr_sigma):
         acc = 0.0
         for r in range(fill):
             acc += ring[r, c]
-        noise = np.float32(acc / fill)
+        noise = np.float32(max(acc / fill, noise_floor))
         fstate[_NOISE, c] = noise
         fstate[_THR, c] = noise * np.float32(thr_sigma)
 
@@ -177,8 +196,8 @@ def _section(sos, k):
 
 @njit(cache=True, nogil=True)
 def _run(
-    data, start_sample, uv_per_bit, thr_sigma, out, win_start, win_stop, sos, zi_unit,
-    zf, fstate, istate, hist, ring, counters, params, spk_sample, spk_channel, spk_amp,
+    data, start_sample, uv_per_bit, thr_sigma, noise_floor, out, win_start, win_stop, sos,
+    zi_unit, zf, fstate, istate, hist, ring, counters, params, spk_sample, spk_channel, spk_amp,
 ):  # fmt: skip
     """Filter and detect one block in three passes over it (input, filter, detection).
 
@@ -347,7 +366,7 @@ def _run(
         if epoch_phase == epoch:
             epoch_phase = 0
             if counters[_HIST_COUNT] >= min_count:
-                _update_noise(hist, ring, fstate, counters, thr_sigma)
+                _update_noise(hist, ring, fstate, counters, thr_sigma, noise_floor)
             hist[:, :] = 0
             counters[_HIST_COUNT] = 0
     fstate[_PREV, :] = out[n - 1]
@@ -363,7 +382,9 @@ class SpikeDetector:
     ``process(block)`` returns the filtered signal in uV (float32, samples x
     channels) and the spikes reported while processing the block. The numba
     kernel is compiled (or loaded from the on-disk cache) in the constructor.
-    Not thread-safe: one thread calls :meth:`blank` and :meth:`process`.
+    ``noise_floor_uV`` is the smallest noise the detector uses,
+    ``max(config.min_noise_uV, 2 * uV_per_bit)``. Not thread-safe: one thread calls
+    :meth:`blank` and :meth:`process`.
     """
 
     def __init__(
@@ -390,6 +411,7 @@ class SpikeDetector:
         self.sample_rate = float(sample_rate)
         self.uV_per_bit = float(uV_per_bit)
         self.config = config
+        self.noise_floor_uV = max(float(config.min_noise_uV), 2.0 * self.uV_per_bit)
         sos = scipy.signal.butter(
             int(config.order), (low, high), btype="bandpass", fs=sample_rate, output="sos"
         )
@@ -426,7 +448,7 @@ class SpikeDetector:
 
     @property
     def noise_uV(self) -> np.ndarray:
-        """Current noise sigma per channel (float32 uV); NaN until the first estimate."""
+        """Current noise sigma per channel (float32 uV, >= ``noise_floor_uV``); NaN in warm-up."""
         noise = self._fstate[_NOISE].copy()
         if self._counters[_RING_FILL] == 0:
             noise[:] = np.nan
@@ -517,9 +539,9 @@ class SpikeDetector:
         out = np.empty((n, self.n_channels), np.float32)
         win_start, win_stop = self._windows_in(start, start + n)
         _run(
-            data, start, self.uV_per_bit, self.config.threshold_sigma, out, win_start,
-            win_stop, self._sos_run, self._zi_unit, self._zf, self._fstate, self._istate,
-            self._hist, self._ring, self._counters, self._params, self._spk_sample,
+            data, start, self.uV_per_bit, self.config.threshold_sigma, self.noise_floor_uV,
+            out, win_start, win_stop, self._sos_run, self._zi_unit, self._zf, self._fstate,
+            self._istate, self._hist, self._ring, self._counters, self._params, self._spk_sample,
             self._spk_channel, self._spk_amp,
         )  # fmt: skip
         n_spk = int(self._counters[_N_SPIKES])
@@ -558,7 +580,7 @@ class SpikeDetector:
         """Compile (or load) the kernel with the exact argument types, touching no state."""
         empty = np.zeros((0, self.n_channels), np.int16)
         _run(
-            empty, 0, self.uV_per_bit, self.config.threshold_sigma,
+            empty, 0, self.uV_per_bit, self.config.threshold_sigma, self.noise_floor_uV,
             np.zeros((0, self.n_channels), np.float32), self._no_windows, self._no_windows,
             self._sos_run, self._zi_unit, self._zf, self._fstate, self._istate, self._hist,
             self._ring, self._counters, self._params, self._spk_sample, self._spk_channel,

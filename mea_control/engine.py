@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,15 @@ from mea_control.protocol import Protocol
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.trials import Trial, Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport
+
+#: How many recent events, pattern records and refusals the engine keeps in memory.
+KEEP_RECENT = 10_000
+#: How fast the watchdog lets the loop's offset from the device clock creep (clock drift).
+DRIFT_ALLOWANCE = 1e-3
+
+
+class SinkError(Exception):
+    """A sink (recorder, display) failed; the run stops."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,16 @@ class Context:
     def start_sample(self) -> int:
         return self._engine.t0
 
+    def can_stimulate(self, channel: int) -> bool:
+        """Whether the layout and the limits in force let this electrode stimulate."""
+        layout, limits = self.layout, self._engine.gate.limits
+        return bool(
+            layout.can_stimulate[channel]
+            and channel not in layout.ground
+            and channel not in layout.reference
+            and layout.labels[channel] not in limits.forbidden
+        )
+
     def samples(self, seconds: float) -> int:
         """Seconds -> samples at the device's rate."""
         return int(round(seconds * self.sample_rate))
@@ -161,18 +181,28 @@ class Engine:
         self._log = log or (lambda message: None)
         self.info = driver.info
         fs = self.info.sample_rate
-        limits, self.limit_notes = effective_limits(self.config.limits, self.info.limits)
-        self.gate = SafetyGate(limits, self.info.layout, fs)
-        self.detector = SpikeDetector(
-            self.info.n_channels, fs, self.info.uV_per_bit, self.config.detector
-        )
+        try:
+            limits, self.limit_notes = effective_limits(self.config.limits, self.info.limits)
+            self.gate = SafetyGate(limits, self.info.layout, fs)
+        except ValueError as exc:
+            raise ValueError(f"safety limits: {exc}") from None
+        try:
+            self.detector = SpikeDetector(
+                self.info.n_channels, fs, self.info.uV_per_bit, self.config.detector
+            )
+        except ValueError as exc:
+            raise ValueError(f"spike detection at {fs:g} Hz: {exc}") from None
         self.block_samples = max(1, int(round(self.config.block_ms * fs / 1000.0)))
         self.now = 0
         self.t0 = 0
         self.trials: Trials | None = None
-        self.stims: dict[int, StimRecord] = {}
-        self.refused: list[StimRecord] = []
-        self.events: list[RunEvent] = []
+        #: Patterns sent and not yet reported by the device, by ticket.
+        self.pending: dict[int, StimRecord] = {}
+        #: The latest pattern records (executed, dropped, refused), oldest first.
+        self.recent_stims: deque[StimRecord] = deque(maxlen=KEEP_RECENT)
+        self.recent_events: deque[RunEvent] = deque(maxlen=KEEP_RECENT)
+        self.counts = {"executed": 0, "dropped": 0, "refused": 0, "gaps": 0}
+        self._latencies: list[int] = []
         self.error: str | None = None
         self.error_kind: str | None = None
         #: The exception that ended the run, if any.
@@ -188,6 +218,8 @@ class Engine:
         self._cost = _LoopCost()
         self._wall_start = 0.0
         self._wall_end = 0.0
+        self._lag_anchor: tuple[float, float] | None = None  # (offset s, wall s)
+        self._queued_events: deque[tuple[str, str]] = deque()
         self.ctx: Context | None = None
 
     # -- control, from any thread -------------------------------------------------
@@ -201,7 +233,8 @@ class Engine:
     def rearm(self) -> None:
         """A person re-enables stimulation after the watchdog or an error stopped it."""
         self.gate.rearm()
-        self.event("rearm", "stimulation re-armed")
+        self._lag_anchor = None
+        self._queued_events.append(("rearm", "stimulation re-armed"))
 
     def set_trials(self, trials: Trials) -> None:
         if self.trials is not None:
@@ -210,11 +243,20 @@ class Engine:
         self.trials = trials
 
     def event(self, kind: str, message: str) -> None:
+        """Log an event and give it to the sinks (acquisition thread)."""
         ev = RunEvent(self.now, kind, message)
-        self.events.append(ev)
+        self.recent_events.append(ev)
+        if kind == "gap":
+            self.counts["gaps"] += 1
         self._log(f"[{kind}] {message}" if kind != "log" else message)
+        self._notify("on_event", ev)
+
+    def _notify(self, method: str, *args: Any) -> None:
         for sink in self.sinks:
-            sink.on_event(ev)
+            try:
+                getattr(sink, method)(*args)
+            except Exception as exc:
+                raise SinkError(f"{type(sink).__name__}.{method} failed: {exc}") from exc
 
     def progress(self) -> tuple[float, str]:
         fs = self.info.sample_rate
@@ -236,13 +278,13 @@ class Engine:
         except SafetyRefusal as refusal:
             record = StimRecord(None, pattern, trigger, self.now, status="refused",
                                 reason=str(refusal))
-            self.refused.append(record)
+            self.counts["refused"] += 1
+            self.recent_stims.append(record)
             self.event("refusal", str(refusal))
-            for sink in self.sinks:
-                sink.on_stim(record)
+            self._notify("on_stim", record)
             raise
         ticket = self.driver.stimulate(pattern)
-        self.stims[ticket] = StimRecord(ticket, pattern, trigger, self.now)
+        self.pending[ticket] = StimRecord(ticket, pattern, trigger, self.now)
         return ticket
 
     def _check_mode(self, pattern: StimPattern) -> None:
@@ -257,21 +299,23 @@ class Engine:
                 )
 
     def _on_report(self, report: StimReport) -> None:
-        record = self.stims.get(report.ticket)
+        record = self.pending.pop(report.ticket, None)
         if record is None:
             return
         record.execution_sample = report.sample
         record.status = "executed" if report.executed else "dropped"
         record.reason = report.reason
+        self.counts[record.status] += 1
+        self.recent_stims.append(record)
         if report.executed:
+            self._latencies.append(report.sample - record.trigger_sample)
             for offset in record.pattern.pulse_offsets(self.info.sample_rate):
                 self.detector.blank(report.sample + offset)
         else:
             self.event("stim_dropped", f"device dropped pattern {report.ticket}: {report.reason}")
         if self.trials is not None:
             self.trials.on_report(report)
-        for sink in self.sinks:
-            sink.on_stim(record)
+        self._notify("on_stim", record)
 
     # -- the loop ------------------------------------------------------------------
     def run(self, progress: Callable[[float, str], None] | None = None,
@@ -289,13 +333,21 @@ class Engine:
         except KeyboardInterrupt:
             self.interrupted = True
             self.stop()
-            self._finished.wait()
+            while True:  # further Ctrl-C while the loop winds down changes nothing
+                try:
+                    self._finished.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue
         worker.join()
         if progress is not None:
             progress(*self.progress())
         summary = self.summary()
-        for sink in self.sinks:
-            sink.on_stop(summary)
+        try:
+            self._notify("on_stop", summary)
+        except SinkError as exc:
+            self._fail("sink", traceback.format_exc(), exc)
+            summary["error"] = "sink"
         return summary
 
     def _loop(self) -> None:
@@ -303,6 +355,8 @@ class Engine:
             self._acquire()
         except DriverError as exc:
             self._fail("device", str(exc), exc)
+        except SinkError as exc:
+            self._fail("sink", traceback.format_exc(), exc)
         except Exception as exc:  # a driver bug must still end the run cleanly
             self._fail("device", traceback.format_exc(), exc)
         finally:
@@ -321,7 +375,10 @@ class Engine:
             self.driver.abort_stimulation()
         except Exception:
             pass
-        self.event(f"{kind}_error", message.strip().splitlines()[-1])
+        try:
+            self.event(f"{kind}_error", message.strip().splitlines()[-1])
+        except SinkError:
+            pass  # the first error is the one reported
         self._stop.set()
 
     def _call(self, hook: Callable[..., Any], *args: Any) -> Any:
@@ -330,6 +387,8 @@ class Engine:
             return hook(*args)
         except SafetyRefusal:
             return None  # counted and logged by stimulate(); the run goes on
+        except (DriverError, SinkError):
+            raise  # not the protocol's fault: the loop reports it as such
         except Exception as exc:
             self._fail("protocol", traceback.format_exc(), exc)
             return None
@@ -340,20 +399,28 @@ class Engine:
             return
         self.t0 = first.start_sample
         self.now = first.start_sample
-        for sink in self.sinks:
-            sink.on_start(self.info, self.protocol)
+        self._notify("on_start", self.info, self.protocol)
         self.ctx = Context(self)
         self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
             self.event("limits", note)
-        self._call(self.protocol.setup, self.ctx)
+        try:
+            self._call(self.protocol.setup, self.ctx)
+            self._stream(first)
+        finally:
+            self._call(self.protocol.teardown, self.ctx)
+            self.event("stop", "interrupted" if self.interrupted else "end of run")
+
+    def _stream(self, first: Block) -> None:
         duration = (
             int(round(self.config.duration_s * self.info.sample_rate))
-            if self.config.duration_s else None
+            if self.config.duration_s is not None else None
         )
         item: Block | SpikeEvents | StimReport | None = first
         silent_since = time.perf_counter()
         while not self._stop.is_set():
+            while self._queued_events:
+                self.event(*self._queued_events.popleft())
             if item is None:
                 item = self.driver.read(timeout=0.5)
                 if item is None:
@@ -377,8 +444,6 @@ class Engine:
                 break
             if duration is not None and self.now - self.t0 >= duration:
                 break
-        self._call(self.protocol.teardown, self.ctx)
-        self.event("stop", "interrupted" if self.interrupted else "end of run")
 
     def _wait_first_block(self) -> Block | None:
         deadline = time.perf_counter() + self.config.device_timeout_s
@@ -407,15 +472,13 @@ class Engine:
         self.now = block.stop_sample
         ctx = self.ctx
         self._call(self.protocol.on_block, ctx, block, filtered)
-        if len(spikes):
+        if self.error is None and len(spikes):
             self._on_spikes(spikes)
-        for sink in self.sinks:
-            sink.on_block(block, filtered, spikes)
-        if self.trials is not None:
+        self._notify("on_block", block, filtered, spikes)
+        if self.trials is not None and self.error is None:
             for trial in self._call(self.trials.on_block, ctx, self.now) or ():
                 self._call(self.protocol.on_trial, ctx, trial)
-                for sink in self.sinks:
-                    sink.on_trial(trial)
+                self._notify("on_trial", trial)
         if not self.config.fast:
             self._watchdog()
 
@@ -424,40 +487,45 @@ class Engine:
         if self.trials is not None:
             self.trials.on_spikes(spikes)
         self._call(self.protocol.on_spikes, self.ctx, spikes)
-        for sink in self.sinks:
-            sink.on_spikes(spikes)
+        self._notify("on_spikes", spikes)
 
     def _watchdog(self) -> None:
-        if not self.gate.armed:
+        """Disarm stimulation when the loop falls behind the device by more than watchdog_ms.
+
+        Lag is the growth of (wall time - data time) above its running minimum,
+        which is allowed to creep up by DRIFT_ALLOWANCE so that the drift
+        between the device's and the computer's clocks, and the time setup
+        took, are not taken for lag. The backlog after a stall is.
+        """
+        wall = time.perf_counter()
+        offset = wall - (self.now - self.t0) / self.info.sample_rate
+        if self._lag_anchor is None:
+            self._lag_anchor = (offset, wall)
             return
-        behind_s = (time.perf_counter() - self._wall_start) - (
-            self.now - self.t0
-        ) / self.info.sample_rate
-        if behind_s * 1000.0 > self.config.watchdog_ms:
+        anchor, since = self._lag_anchor
+        anchor = min(offset, anchor + DRIFT_ALLOWANCE * (wall - since))
+        self._lag_anchor = (anchor, wall)
+        behind_ms = (offset - anchor) * 1000.0
+        if behind_ms > self.config.watchdog_ms and self.gate.armed:
             self.watchdog_trips += 1
-            self.gate.disarm(f"watchdog: the loop fell {behind_s * 1000:.0f} ms behind")
+            self.gate.disarm(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
             self.driver.abort_stimulation()
             self.event(
                 "watchdog",
-                f"loop fell {behind_s * 1000:.0f} ms behind the device "
+                f"loop fell {behind_ms:.0f} ms behind the device "
                 f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
             )
 
     # -- results -------------------------------------------------------------------
     def latency_samples(self) -> np.ndarray:
         """Trigger -> execution, in samples, for every executed pattern."""
-        return np.array(
-            [r.execution_sample - r.trigger_sample for r in self.stims.values()
-             if r.status == "executed" and r.execution_sample is not None],
-            np.int64,
-        )
+        return np.array(self._latencies, np.int64)
 
     def summary(self) -> dict[str, Any]:
         fs = self.info.sample_rate
         lat = self.latency_samples()
         duration_s = (self.now - self.t0) / fs if self.n_blocks else 0.0
         wall = max((self._wall_end or time.perf_counter()) - self._wall_start, 1e-9)
-        executed = sum(r.status == "executed" for r in self.stims.values())
         out: dict[str, Any] = {
             "protocol": self.protocol.name,
             "parameters": self.protocol.values,
@@ -474,9 +542,9 @@ class Engine:
             "blocks_dropped": -(-self.samples_lost // self.block_samples),
             "samples_lost": self.samples_lost,
             "spikes": self.n_spikes,
-            "stims_executed": executed,
-            "stims_dropped": sum(r.status == "dropped" for r in self.stims.values()),
-            "stims_refused": len(self.refused),
+            "stims_executed": self.counts["executed"],
+            "stims_dropped": self.counts["dropped"],
+            "stims_refused": self.counts["refused"],
             "latency_samples": {
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,
@@ -484,7 +552,8 @@ class Engine:
             },
             "loop_cost_us": self._cost.quantiles(),
             "watchdog_trips": self.watchdog_trips,
-            "gaps": sum(e.kind == "gap" for e in self.events),
+            "gaps": self.counts["gaps"],
+            "stimulation_armed": self.gate.armed,
             "trials": len(self.trials.finished) if self.trials is not None else 0,
             "limits": self.gate.limits.as_dict(),
             "interrupted": self.interrupted,

@@ -120,6 +120,13 @@ class Protocol:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = cls.__name__
+        for pname, param in cls.parameters.items():
+            try:
+                param.coerce(pname, param.default)
+            except ProtocolError as exc:
+                raise ProtocolError(
+                    f"protocol {cls.name}: the default of parameter {pname} is invalid ({exc})"
+                ) from None
 
     def __init__(self, **values: Any) -> None:
         unknown = sorted(set(values) - set(self.parameters))

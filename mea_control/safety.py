@@ -41,6 +41,10 @@ LIMIT_UNITS: dict[str, str] = {
 #: Limits where a larger value is stricter; every other numeric limit is stricter when smaller.
 _LARGER_IS_STRICTER = frozenset({"min_phase_us"})
 _POSITIVE = frozenset({"burst_window_ms", "mean_window_s"})
+#: Longest allowed windows: the gate remembers every pulse of the longest window.
+_MAXIMUM = {"burst_window_ms": 10_000.0, "mean_window_s": 3600.0}
+#: Each rate limit with its window, and the window's length in seconds per unit.
+_RATE_WINDOWS = (("burst_rate_hz", "burst_window_ms", 1e-3), ("mean_rate_hz", "mean_window_s", 1.0))
 #: Float slack for comparisons against limits (values are user-facing, not bit-exact).
 _EPS = 1e-9
 RECENT_REFUSALS = 100
@@ -53,6 +57,11 @@ class SafetyLimits:
     Rates: at most ``burst_rate_hz * burst_window_ms / 1000`` pulses (10) in any
     ``burst_window_ms`` window and ``mean_rate_hz * mean_window_s`` pulses (400) in any
     ``mean_window_s`` window, per electrode. ``forbidden`` holds electrode labels.
+
+    Every number must be finite and >= 0; the windows > 0, ``burst_window_ms`` at most
+    10000 and ``mean_window_s`` at most 3600. Each rate limit must allow at least one
+    pulse per window, and ``min_phase_us`` must not exceed ``max_phase_us``: limits no
+    pulse could pass are a mistake, so they raise ValueError rather than refuse silently.
     """
 
     max_voltage_mV: float = 900.0
@@ -76,6 +85,16 @@ class SafetyLimits:
                 f"min_phase_us ({self.min_phase_us:g}) exceeds max_phase_us "
                 f"({self.max_phase_us:g}); no pulse could pass"
             )
+        for rate, window, seconds in _RATE_WINDOWS:
+            per_window = getattr(self, rate) * getattr(self, window) * seconds
+            if not math.isfinite(per_window):
+                raise ValueError(f"{rate} ({getattr(self, rate):g} Hz) is too large")
+            if per_window < 1 - _EPS:
+                raise ValueError(
+                    f"{rate} x {window} allows {per_window:.3g} pulses per window "
+                    f"({_fmt(rate, getattr(self, rate))} x {_fmt(window, getattr(self, window))})"
+                    f"; no pulse could pass: raise {rate} or {window} to allow at least 1"
+                )
         forbidden = self.forbidden
         if isinstance(forbidden, str) or not all(isinstance(x, str) for x in forbidden):
             raise ValueError(
@@ -117,7 +136,7 @@ LIMIT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(SafetyLimits))
 
 
 def _checked_number(name: str, value: Any) -> float:
-    """A numeric limit as float; ValueError if not a finite number >= 0 (> 0 for windows)."""
+    """A numeric limit as float; ValueError unless a finite number in :func:`_allowed_range`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"safety limit {name} must be a number, not {value!r}")
     value = float(value)
@@ -125,7 +144,19 @@ def _checked_number(name: str, value: Any) -> float:
         raise ValueError(f"safety limit {name} must be a finite number >= 0, not {value}")
     if name in _POSITIVE and value == 0:
         raise ValueError(f"safety limit {name} must be > 0")
+    if name in _MAXIMUM and value > _MAXIMUM[name]:
+        raise ValueError(
+            f"safety limit {name} must be <= {_fmt(name, _MAXIMUM[name])}, not {value:g}"
+        )
     return value
+
+
+def _allowed_range(name: str) -> str:
+    """The values a numeric limit accepts, for messages: '>= 0', '> 0 and <= 3600'."""
+    text = "> 0" if name in _POSITIVE else ">= 0"
+    if name in _MAXIMUM:
+        text += f" and <= {_MAXIMUM[name]:g}"
+    return text
 
 
 def _label_key(label: str) -> tuple[int, int | str]:
@@ -215,17 +246,32 @@ def load_rig(path: str | Path) -> Rig:
     path = Path(path)
     where = str(path)
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise RigFileError(f"rig file {where}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise RigFileError(
+            f"rig file {where}: is a directory, not a rig file; give the path of a .toml file"
+        ) from None
     except OSError as exc:
         raise RigFileError(f"rig file {where}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise RigFileError(
+            f"rig file {where}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8 TOML"
+        ) from None
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RigFileError(f"rig file {where}: not valid TOML ({exc}); fix the syntax") from None
 
     for key, value in doc.items():
         if not isinstance(value, dict):
+            if key in _RIG_TABLES:
+                raise RigFileError(
+                    f"rig file {where}: {key!r} must be a table: write [{key}] on its own "
+                    f"line, then its keys below it, one per line"
+                )
             hint = " under [limits]" if key in LIMIT_NAMES else " under [rig]"
             raise RigFileError(f"rig file {where}: key {key!r} is outside any table; put it{hint}")
         if key not in _RIG_TABLES:
@@ -286,9 +332,10 @@ def _rig_value(where: str, key: str, value: Any) -> Any:
     try:
         return _checked_number(key, value)
     except ValueError:
+        finite = "" if math.isfinite(value) else ", a finite number"
         raise RigFileError(
-            f"rig file {where}: [limits] {key} = {value} is not allowed; give a value "
-            f"{'> 0' if key in _POSITIVE else '>= 0'} (default {getattr(SafetyLimits(), key):g})"
+            f"rig file {where}: [limits] {key} = {value:g} is not allowed; give a value "
+            f"{_allowed_range(key)}{finite} (default {getattr(SafetyLimits(), key):g})"
         ) from None
 
 
@@ -432,9 +479,11 @@ class SafetyGate:
             self.admitted += 1
 
     def history(self) -> dict[int, tuple[int, ...]]:
-        """Start samples of the remembered admitted pulses, by channel (a copy)."""
+        """Start samples of the admitted pulses that still count for a limit, by channel."""
         with self._lock:
-            return {ch: tuple(int(s) for s in starts) for ch, (starts, _) in self._history.items()}
+            cutoff = (self._clock or 0) - self._keep
+            recent = {ch: starts[starts > cutoff] for ch, (starts, _) in self._history.items()}
+            return {ch: tuple(int(s) for s in st) for ch, st in recent.items() if len(st)}
 
     def _check(
         self, pattern: StimPattern, now_sample: int
@@ -442,7 +491,7 @@ class SafetyGate:
         """Every check; returns the new history of the pattern's channels, changes nothing."""
         if self._clock is None or now_sample > self._clock:
             self._clock = now_sample
-            self._prune()
+        self._prune(pattern.channels)
         now = self._clock
         first = self._label(pattern.channels[0])
         if not self._armed:
@@ -636,11 +685,17 @@ class SafetyGate:
             sample=int(starts[first + max_pulses]),
         )
 
-    def _prune(self) -> None:
-        """Forget pulses that can no longer share a window with a pulse at or after now."""
+    def _prune(self, channels: tuple[int, ...]) -> None:
+        """Forget the pulses of these electrodes that can no longer share a window with now.
+
+        Only the electrodes of the pattern at hand are pruned, which keeps admit
+        cheap; an electrode's history is bounded by what fits in the longest window.
+        """
         assert self._clock is not None
         cutoff = self._clock - self._keep
-        for channel in list(self._history):
+        for channel in channels:
+            if channel not in self._history:
+                continue
             starts, lengths = self._history[channel]
             keep = starts > cutoff
             if keep.all():

@@ -42,7 +42,8 @@ class TrialSpec:
 class Trial:
     """One finished trial.
 
-    ``o`` marks which of the design's stimulation channels got a pulse, ``s``
+    ``o`` marks which of the design's stimulation channels got a pulse (all
+    zero when the gate refused the pattern or the device dropped it), ``s``
     the hidden sources, ``r`` the spikes per channel in the response window
     after ``stim_sample``, and ``r_pre`` the spikes per channel in an equally
     long window just before ``trigger_sample`` (the spontaneous baseline).
@@ -200,6 +201,8 @@ class Trials:
 
     def _finish(self, p: _Pending, w0: int, w1: int) -> Trial:
         assert p.stim is not None
+        if p.status in ("refused", "dropped"):
+            p.o[:] = 0  # nothing was delivered
         trial = Trial(
             index=p.index,
             session=p.index // self.trials_per_session,
@@ -275,11 +278,11 @@ class TrialTable:
             return cls(**{k: f[k] for k in cls.__dataclass_fields__})
 
     def evoked_summary(self) -> dict[str, Any]:
-        """Mean spikes per trial (all electrodes) after a pulse vs. before the trigger."""
+        """Mean spikes per stimulated trial (all electrodes) after the pulse vs. before it."""
         stimulated = self.o.any(axis=1) & (self.status == "executed")
-        quiet = ~self.o.any(axis=1)
+        quiet = self.status == "none"
         total = self.r.sum(axis=1)
-        pre = self.r_pre.sum(axis=1)
+        pre = self.r_pre.sum(axis=1)[stimulated]
 
         def mean(x: np.ndarray) -> float | None:
             return round(float(x.mean()), 3) if len(x) else None

@@ -52,7 +52,7 @@ class BSSIsomura(Protocol):
 
     def setup(self, ctx):
         p = self.p
-        self.channels = self._electrodes(ctx.layout)
+        self.channels = self._electrodes(ctx)
         # group[i] is 0 for the first 16 electrodes and 1 for the rest
         self.group = np.repeat([0, 1], N_PER_GROUP)
         self.pulse = StimPulse.biphasic(p.amplitude, p.phase_us, mode=p.pulse_mode)
@@ -67,20 +67,27 @@ class BSSIsomura(Protocol):
             trials_per_session=p.trials_per_session,
         ))
 
-    def _electrodes(self, layout):
+    def _electrodes(self, ctx):
+        layout = ctx.layout
         if self.p.electrodes != "auto":
             labels = [x.strip() for x in self.p.electrodes.split(",") if x.strip()]
-            if len(labels) != 2 * N_PER_GROUP:
+            if len(labels) != 2 * N_PER_GROUP or len(set(labels)) != len(labels):
                 raise ProtocolError(
-                    f"electrodes: give {2 * N_PER_GROUP} labels, not {len(labels)}")
+                    f"electrodes: give {2 * N_PER_GROUP} different labels, not {len(labels)}"
+                    + (" with repeats" if len(set(labels)) != len(labels) else ""))
             try:
-                return [layout.channel(label) for label in labels]
+                channels = [layout.channel(label) for label in labels]
             except ValueError as exc:
                 raise ProtocolError(f"electrodes: {exc}") from None
+            blocked = [label for label, ch in zip(labels, channels, strict=True)
+                       if not ctx.can_stimulate(ch)]
+            if blocked:
+                raise ProtocolError(
+                    f"electrodes: {', '.join(blocked)} cannot stimulate here (ground, "
+                    "reference, forbidden by the rig, or not a stimulation electrode)")
+            return channels
         # Left half of the array is group 1, right half group 2, 16 spread over each.
-        blocked = set(layout.ground) | set(layout.reference)
-        usable = [i for i in range(layout.n_electrodes)
-                  if layout.can_stimulate[i] and i not in blocked]
+        usable = [i for i in range(layout.n_electrodes) if ctx.can_stimulate(i)]
         usable.sort(key=lambda i: tuple(layout.positions_um[i]))
         half = len(usable) // 2
         chosen = []

@@ -64,6 +64,41 @@ def test_user_errors_are_one_line_and_exit_2(args, message):
     assert message in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--duration", "0"], "--duration: 0 must be a finite number above 0"),
+        (["--duration", "nan"], "--duration: nan must be"),
+        (["--duration", "inf"], "--duration: inf must be"),
+        (["--block-ms", "0"], "--block-ms: 0 must be a finite number above 0 and at most 100"),
+        (["--block-ms", "x"], "--block-ms: 'x' is not a number"),
+        (["--seed", "-1"], "--seed: -1 must be 0 or more"),
+        (["--watchdog-ms", "-5"], "--watchdog-ms: -5 must be"),
+        (["--sessions", "0"], "--sessions: must be 1 or more"),
+        (["--summary-json", "."], "it is a folder"),
+        (["--trials", "t.csv"], "end it in .npz"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["--device", "sim://?seed=-1"], "seed"),
+    ],
+)
+def test_bad_run_options_are_one_line_and_exit_2(args, message):
+    proc = run_cli("run", "bss_isomura", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mea-control: error:"), proc.stderr
+    assert message in lines[0]
+
+
+def test_unwritable_result_file_is_refused_before_the_run(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    proc = run_cli("run", "spontaneous", "--duration", "0.1",
+                   "--summary-json", str(locked / "sub" / "s.json"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert "[start]" not in proc.stderr
+
+
 def test_protocol_exception_prints_traceback_and_exits_1(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text(
@@ -158,6 +193,19 @@ def test_rig_file_limits_are_enforced_and_reported(tmp_path):
     assert s["limits"]["max_current_uA"] == 2.0
     assert s["stims_executed"] == 0 and s["stims_refused"] > 0
     assert "refused: " in proc.stderr and "max_current_uA" in proc.stderr
+
+
+def test_bss_avoids_electrodes_the_rig_forbids(tmp_path):
+    rig = tmp_path / "rig.toml"
+    rig.write_text('[limits]\nforbidden = ["18", "22", "12"]\n')
+    summary = tmp_path / "s.json"
+    proc = run_cli("run", "bss_isomura", "--fast", "--rig", str(rig), "--sessions", "1",
+                   "--param", "trials_per_session=20", "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(summary.read_text())
+    assert s["stims_refused"] == 0 and s["stims_executed"] > 0
+    forbidden = {7, 9, 1}  # channels of electrodes 18, 22, 12 (column-major)
+    assert not forbidden & set(s["protocol_summary"]["stim_channels"])
 
 
 def test_rig_file_forbidding_an_unknown_electrode_is_a_user_error(tmp_path):

@@ -364,6 +364,54 @@ def test_one_sample_blocks_match_one_block():
     np.testing.assert_array_equal(spk.amplitude_uV, INV_REF[1].amplitude_uV)
 
 
+# -- noise floor --------------------------------------------------------------------------
+
+
+def flat_recording(n: int, n_ch: int, seed: int, spikes: list[tuple[int, int, float]]):
+    """No noise at all: zeros, the given spikes, and 2 uV spikes of distant units (~50 Hz).
+
+    Like ``sim://?noise_uV=0``: the signal is flat but for a few ADC steps now and then.
+    """
+    rng = np.random.default_rng(seed)
+    distant = [
+        (int(t), ch, 2.0) for ch in range(n_ch) for t in rng.integers(100, n - 100, n // 500)
+    ]
+    return recording(n, n_ch, seed, spikes=[*spikes, *distant], noise_uV=0.0)
+
+
+def test_flat_channel_gives_only_the_real_spikes():
+    truth = [(5_000 + 2_500 * i, i % 4, 80.0) for i in range(16)]
+    data = flat_recording(50_000, 4, seed=12, spikes=truth)
+    # A 2 ms dead time covers the spikes' filtered after-lobe (~1.2 ms after the trough),
+    # which a 5 uV threshold would otherwise also catch.
+    cfg = DetectorConfig(dead_time_ms=2.0)
+    found = detect(data, FS, UV, cfg)
+    assert len(found) == len(truth) and matched(truth, found) == len(truth)
+    det = SpikeDetector(4, FS, UV)
+    det.process(Block(0, data, UV))
+    assert det.noise_floor_uV == DetectorConfig().min_noise_uV == 1.0
+    np.testing.assert_array_equal(det.noise_uV, np.float32(1.0))
+    np.testing.assert_array_equal(det.thresholds_uV, np.float32(-5.0))
+
+
+def test_noise_floor_is_at_least_two_adc_steps():
+    det = SpikeDetector(2, FS, 2.0)
+    det.process(Block(0, np.zeros((5_000, 2), np.int16), 2.0))
+    assert det.noise_floor_uV == 4.0
+    np.testing.assert_array_equal(det.noise_uV, np.float32(4.0))
+    assert SpikeDetector(2, FS, UV, DetectorConfig(min_noise_uV=3.0)).noise_floor_uV == 3.0
+
+
+def test_noise_floor_does_not_change_a_normal_noise_estimate():
+    data = recording(50_000, 4, seed=13)
+    det = SpikeDetector(4, FS, UV)
+    det.process(Block(0, data, UV))
+    loose = SpikeDetector(4, FS, UV, DetectorConfig(min_noise_uV=1e-6))
+    loose.process(Block(0, data, UV))
+    assert det.noise_uV.min() > 5.0
+    np.testing.assert_array_equal(det.noise_uV, loose.noise_uV)
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -379,6 +427,10 @@ def test_one_sample_blocks_match_one_block():
         ({"blank_ms": float("nan")}, "blank_ms"),
         ({"noise_update_ms": 0.0}, "noise_update_ms"),
         ({"noise_window_ms": 10.0}, "noise_window_ms"),
+        ({"min_noise_uV": 0.0}, "min_noise_uV"),
+        ({"min_noise_uV": -1.0}, "min_noise_uV"),
+        ({"min_noise_uV": float("nan")}, "min_noise_uV"),
+        ({"min_noise_uV": float("inf")}, "min_noise_uV"),
     ],
 )
 def test_bad_config_raises_clear_error(kwargs: dict, word: str):

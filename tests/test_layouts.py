@@ -228,3 +228,38 @@ def test_not_probeinterface_format(tmp_path: Path, content: str, problem: str) -
     with pytest.raises(LayoutError, match=problem) as info:
         load_layout(str(path))
     assert "bad.json" in str(info.value) and "write_probeinterface" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "shape, params, problem",
+    [
+        ("circle", {"radius": 0}, "radius 0"),
+        ("circle", {"radius": -5}, "radius -5"),
+        ("circle", {"radius": float("nan")}, "radius nan"),
+        ("square", {"width": 0}, "width 0"),
+        ("square", {"width": -20}, "width -20"),
+        ("rect", {"width": 20, "height": 0}, "height 0"),
+        ("rect", {"width": -20, "height": -10}, "width -20"),
+    ],
+)
+def test_electrode_size_must_be_positive(
+    tmp_path: Path, shape: str, params: dict, problem: str
+) -> None:
+    doc = {
+        "specification": "probeinterface",
+        "probes": [
+            {
+                "ndim": 2,
+                "si_units": "um",
+                "contact_positions": [[0, 0], [100, 0]],
+                "contact_shapes": ["circle", shape],
+                "contact_shape_params": [{"radius": 15}, params],
+                "contact_ids": ["a", "b"],
+            }
+        ],
+    }
+    path = tmp_path / "sizes.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LayoutError, match=f"contact 'b'.*{problem}") as info:
+        load_layout(str(path))
+    assert "sizes.json" in str(info.value) and "> 0" in str(info.value)

@@ -71,6 +71,12 @@ def test_missing_file_lists_the_shipped_protocols(tmp_path):
         ),
         ("def broken(:\n", r"bad\.py:1: syntax error"),
         ("import numpy\nraise RuntimeError('boom')\n", "error while loading: RuntimeError: boom"),
+        (
+            "from mea_control.protocol import Parameter, Protocol\n"
+            "class A(Protocol):\n"
+            "    parameters = {'x': Parameter(float, 50.0, range=(0.0, 10.0))}\n",
+            "protocol A: the default of parameter x is invalid",
+        ),
     ],
 )
 def test_bad_protocol_files(tmp_path, source, message):
@@ -95,10 +101,14 @@ def test_user_protocol_file_loads(tmp_path):
 
 
 class FakeCtx:
-    def __init__(self, seed=0):
+    def __init__(self, seed=0, forbidden=()):
         self.layout = load_layout()
+        self.forbidden = {self.layout.channel(label) for label in forbidden}
         self.rng = np.random.default_rng(seed)
         self.trials = None
+
+    def can_stimulate(self, channel):
+        return channel not in self.forbidden
 
     def use_trials(self, trials):
         self.trials = trials
@@ -167,5 +177,22 @@ def test_bss_rejects_bad_parameter_combinations():
     with pytest.raises(ProtocolError, match="must end before the next trial"):
         cls(isi_s=0.2, window_stop_ms=300)
     proto = cls(electrodes="11,12")
-    with pytest.raises(ProtocolError, match="give 32 labels"):
+    with pytest.raises(ProtocolError, match="give 32 different labels, not 2"):
         proto.setup(FakeCtx())
+    labels = ",".join(["11"] * 32)
+    with pytest.raises(ProtocolError, match="with repeats"):
+        cls(electrodes=labels).setup(FakeCtx())
+    labels = ",".join(f"{c}{r}" for c in range(1, 5) for r in range(1, 9))
+    with pytest.raises(ProtocolError, match="electrodes: 23 cannot stimulate here"):
+        cls(electrodes=labels).setup(FakeCtx(forbidden=["23"]))
+    cls(electrodes=labels).setup(FakeCtx())
+
+
+def test_bss_auto_electrodes_leave_out_those_that_cannot_stimulate():
+    proto, ctx = bss()
+    forbidden = [ctx.layout.labels[ch] for ch in proto.channels[:3]]
+    cls, _ = load_protocol("bss_isomura")
+    other = cls()
+    other.setup(FakeCtx(forbidden=forbidden))
+    assert len(other.channels) == 32
+    assert not {ctx.layout.channel(label) for label in forbidden} & set(other.channels)

@@ -339,11 +339,37 @@ def test_defaults_and_as_dict() -> None:
         ({"max_charge_nC": "4"}, "max_charge_nC"),
         ({"forbidden": "15"}, "forbidden"),
         ({"max_amps": 1.0}, "max_amps"),
+        ({"max_current_uA": math.nan}, "max_current_uA must be a finite number"),
+        ({"max_voltage_mV": math.inf}, "max_voltage_mV must be a finite number"),
+        ({"mean_window_s": 1e308}, r"mean_window_s must be <= 3600 s"),
+        ({"burst_window_ms": 10_001.0}, r"burst_window_ms must be <= 10000 ms"),
+        ({"mean_rate_hz": 1e308}, "mean_rate_hz"),
+        ({"burst_window_ms": 1.0}, r"burst_rate_hz x burst_window_ms allows 0.2 pulses"),
+        ({"burst_rate_hz": 0.0}, r"burst_rate_hz x burst_window_ms allows 0 pulses"),
+        ({"mean_rate_hz": 0.05}, r"mean_rate_hz x mean_window_s allows 0.5 pulses"),
     ],
 )
 def test_bad_limits(values: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SafetyLimits.from_dict(values)
+
+
+def test_longest_windows_and_one_pulse_per_window_make_a_working_gate() -> None:
+    lim = SafetyLimits(burst_window_ms=10_000.0, burst_rate_hz=0.1, mean_window_s=3600.0)
+    assert (lim.burst_max_pulses, lim.mean_max_pulses) == (1, 144_000)
+    gate = make_gate(lim)
+    gate.admit(single(bip(5.0)), 0)
+    assert refused(gate, single(bip(5.0), at=int(10 * FS) - 1)).limit == "burst_rate_hz"
+    gate.admit(single(bip(5.0), at=int(10 * FS)), 0)
+
+
+def test_tighten_cannot_leave_less_than_one_pulse_per_window() -> None:
+    with pytest.raises(
+        ValueError, match="device's limits conflict.*burst_rate_hz x burst_window_ms"
+    ):
+        SafetyLimits().tighten({"burst_window_ms": 1.0})
+    with pytest.raises(ValueError, match="device's limits conflict.*mean_rate_hz x mean_window_s"):
+        effective_limits(SafetyLimits(), {"mean_rate_hz": 0.01})
 
 
 def test_tighten_stricter_wins() -> None:
@@ -435,6 +461,23 @@ def test_rig_without_tables_uses_defaults(tmp_path: Path) -> None:
         ("[limit]\nmax_current_uA = 5", r"unknown table \[limit\]; did you mean \[limits\]"),
         ("[rig]\nname = 2", "name must be a string"),
         ("[limits]\nmin_phase_us = 600", "min_phase_us"),
+        ("limits = 3", r"'limits' must be a table: write \[limits\] on its own line"),
+        ("rig = 'rig 2'", r"'rig' must be a table: write \[rig\] on its own line"),
+        ("[[limits]]\nmax_current_uA = 5", r"'limits' must be a table: write \[limits\]"),
+        ("name = 'rig 2'", r"outside any table; put it under \[rig\]"),
+        (
+            "[limits]\nmax_current_uA = nan",
+            "max_current_uA = nan is not allowed; give a value >= 0, a finite number",
+        ),
+        (
+            "[limits]\nmax_charge_nC = inf",
+            "max_charge_nC = inf is not allowed; give a value >= 0, a finite number",
+        ),
+        ("[limits]\nmean_window_s = -inf", "mean_window_s = -inf is not allowed"),
+        ("[limits]\nmean_window_s = 1e308", r"mean_window_s = 1e\+308 is not allowed.*<= 3600"),
+        ("[limits]\nburst_window_ms = 60000", r"burst_window_ms = 60000 .*<= 10000"),
+        ("[limits]\nburst_window_ms = 1", r"burst_rate_hz x burst_window_ms allows 0.2 pulses"),
+        ("[limits]\nmean_rate_hz = 0", r"mean_rate_hz x mean_window_s allows 0 pulses"),
     ],
 )
 def test_bad_rig_files(tmp_path: Path, text: str, match: str) -> None:
@@ -449,6 +492,19 @@ def test_missing_rig_file(tmp_path: Path) -> None:
     with pytest.raises(RigFileError, match="no such file"):
         load_rig(tmp_path / "absent.toml")
     assert issubclass(RigFileError, ValueError)
+
+
+def test_unreadable_rig_files(tmp_path: Path) -> None:
+    path = tmp_path / "rig2.toml"
+    path.write_bytes(b"\xff\xfe[limits]")
+    with pytest.raises(RigFileError, match="not UTF-8 text") as info:
+        load_rig(path)
+    assert str(path) in str(info.value)
+    folder = tmp_path / "rigs.toml"
+    folder.mkdir()
+    with pytest.raises(RigFileError, match="is a directory, not a rig file") as info:
+        load_rig(folder)
+    assert str(folder) in str(info.value)
 
 
 # ---------------------------------------------------------------------------- property
@@ -510,7 +566,12 @@ patterns = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.lists(patterns, min_size=1, max_size=25))
 def test_admitted_patterns_satisfy_every_limit(sequence) -> None:
     lim = SafetyLimits(forbidden=("27",), mean_rate_hz=20.0, mean_window_s=1.0)

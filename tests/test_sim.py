@@ -8,6 +8,7 @@ import pytest
 from drivers.base import DriverError, open_driver
 from drivers.sim import SimDriver
 from hardware_sim.culture import PoissonBurstCulture
+from mea_control.dsp import SpikeDetector
 from mea_control.layouts import load_layout
 from mea_control.types import Block, StimPattern, StimPulse, StimReport
 
@@ -114,6 +115,30 @@ def test_url_parameters_and_info():
 def test_bad_parameters_are_driver_errors(url, message):
     with pytest.raises(DriverError, match=message):
         open_driver(url)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("sim://?seed=-1", r"seed=-1 is out of range; use a seed >= 0"),
+        ("sim://?rate=5000", r"rate=5000 Hz is out of range; use 10000 to 100000 Hz"),
+        ("sim://?rate=9999", r"real MEA amplifiers sample at 10-50 kHz"),
+        ("sim://?rate=200000", r"rate=200000 Hz is out of range"),
+    ],
+)
+def test_negative_seed_and_low_rate_are_one_line_driver_errors(url, message):
+    with pytest.raises(DriverError, match=message) as info:
+        open_driver(url)
+    assert "\n" not in str(info.value)
+
+
+def test_lowest_rate_runs_the_default_detector():
+    driver = make("sim://?seed=2&rate=10000")
+    assert driver.info.sample_rate == 10_000.0
+    blocks, _ = read_blocks(driver, 5)
+    assert blocks[0].data.shape == (10, 64)
+    SpikeDetector(64, driver.info.sample_rate, driver.info.uV_per_bit)  # band fits Nyquist
+    assert "10000" in SimDriver.params["rate"].help
 
 
 def test_unknown_layout_is_a_driver_error_at_open():

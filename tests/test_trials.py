@@ -95,6 +95,7 @@ def test_refused_pattern_makes_an_unstimulated_trial():
     done = run_blocks(trials, ctx, 2000)
     assert done[0].status == "refused" and ctx.sent == []
     assert ctx.gate.refused == 1
+    assert done[0].o.tolist() == [0, 0]  # nothing was delivered
 
 
 def test_missing_report_falls_back_to_the_decision_sample():
@@ -112,7 +113,7 @@ def test_dropped_report_is_recorded():
         if ctx.sent and now == 1102:
             trials.on_report(StimReport(0, 1101, executed=False, reason="busy"))
         finished += trials.on_block(ctx, now)
-    assert finished[0].status == "dropped"
+    assert finished[0].status == "dropped" and finished[0].o.tolist() == [0, 0]
 
 
 def test_pattern_on_an_electrode_outside_the_design_is_an_error():

@@ -108,15 +108,18 @@ def _probe_to_layout(probe: dict[str, Any], name: str, source: str) -> Layout:
     n = len(positions)
     if n == 0 or positions.shape != (n, 2):
         raise ValueError("contact_positions must be a non-empty list of [x, y] pairs")
-    shapes = _per_contact(probe.get("contact_shapes", "circle"), n, "contact_shapes")
-    params = _per_contact(probe.get("contact_shape_params", {}), n, "contact_shape_params")
-    diameters = np.array(
-        [_disc_diameter(s, p) * _UNIT_TO_UM[unit] for s, p in zip(shapes, params, strict=True)]
-    )
     ids = probe.get("contact_ids") or [str(i) for i in range(n)]
     labels = [str(x) for x in _per_contact(ids, n, "contact_ids")]
     if any(label == "" for label in labels):
         raise ValueError("contact_ids has empty labels; give every contact a label")
+    shapes = _per_contact(probe.get("contact_shapes", "circle"), n, "contact_shapes")
+    params = _per_contact(probe.get("contact_shape_params", {}), n, "contact_shape_params")
+    diameters = np.array(
+        [
+            _disc_diameter(s, p, label, unit) * _UNIT_TO_UM[unit]
+            for s, p, label in zip(shapes, params, labels, strict=True)
+        ]
+    )
 
     annotations = probe.get("contact_annotations", {}) or {}
     roles = [str(r) for r in _per_contact(annotations.get("role", "electrode"), n, "role")]
@@ -155,16 +158,24 @@ def _per_contact(value: Any, n: int, field: str) -> list[Any]:
     return value
 
 
-def _disc_diameter(shape: str, params: dict[str, Any]) -> float:
-    """Diameter of the disc with the contact's area (in the file's units)."""
-    if shape == "circle":
-        return 2.0 * float(params["radius"])
-    if shape == "square":
-        area = float(params["width"]) ** 2
-    elif shape == "rect":
-        area = float(params["width"]) * float(params["height"])
-    else:
+def _disc_diameter(shape: str, params: dict[str, Any], label: str, unit: str) -> float:
+    """Diameter of the disc with the contact's area (in the file's units).
+
+    Every size must be finite and > 0: the safety gate divides by the area.
+    """
+    keys = {"circle": ("radius",), "square": ("width",), "rect": ("width", "height")}.get(shape)
+    if keys is None:
         raise ValueError(f"contact shape {shape!r} is not circle, square or rect")
+    sizes = [float(params[key]) for key in keys]
+    for key, size in zip(keys, sizes, strict=True):
+        if not (math.isfinite(size) and size > 0):
+            raise ValueError(
+                f"contact {label!r} has {key} {size:g} {unit}; electrode sizes must be "
+                "finite and > 0 (the charge density limits divide by the area)"
+            )
+    if shape == "circle":
+        return 2.0 * sizes[0]
+    area = sizes[0] ** 2 if shape == "square" else sizes[0] * sizes[1]
     return 2.0 * math.sqrt(area / math.pi)
 
 
