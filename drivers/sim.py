@@ -125,6 +125,7 @@ class SimDriver(Driver):
         self._rng_drop = np.random.default_rng(seq_drop)
         self._block_samples = int(round(rate / 1000.0))
         self._next_sample = 0
+        self._ready: tuple[int, Block | None] | None = None  # made, not yet due
         self._seq = 0
         self._ticket = 0
         self._pulses: list[tuple[int, int, int, Any]] = []  # (sample, ticket, channel, pulse)
@@ -180,25 +181,25 @@ class SimDriver(Driver):
         rate = self.info.sample_rate
         while True:
             with self._lock:
-                report = self._due_report()
-            if report is not None:
-                return report
+                if self._ready is None:
+                    report = self._due_report()
+                    if report is not None:
+                        return report
+                    # Make the block now and hand it over when it is due, as a device
+                    # whose data are ready the moment their last sample is taken.
+                    start = self._next_sample
+                    stop = start + self._block_samples
+                    self._ready = (stop, self._generate(start, stop, self._take_pulses(stop)))
+                stop, block = self._ready
             if not self._fast:
-                wait = (
-                    self._t0 + (self._next_sample + self._block_samples) / rate - time.monotonic()
-                )
+                wait = self._t0 + stop / rate - time.monotonic()
                 if wait > 0:
                     if timeout is not None and wait > timeout:
                         time.sleep(max(0.0, timeout))
                         return None
                     _sleep_until(time.monotonic() + wait)
             with self._lock:
-                report = self._due_report()
-                if report is not None:  # a pattern arrived while we waited
-                    return report
-                start = self._next_sample
-                stop = start + self._block_samples
-                block = self._generate(start, stop, self._take_pulses(stop))
+                self._ready = None
             if block is not None:
                 return block
 

@@ -14,13 +14,12 @@ import difflib
 import math
 import threading
 import tomllib
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from mea_control.types import Layout, StimPattern, StimPulse
 
@@ -405,6 +404,18 @@ def pulse_imbalance(pulse: StimPulse) -> float:
     return abs(sum(charges)) / (total / 2) if total else 0.0
 
 
+def _overlap(label: str, start: int, prev: int, prev_end: int) -> SafetyRefusal:
+    return SafetyRefusal(
+        "overlap",
+        label,
+        start,
+        prev_end,
+        f"refused: pulse at sample {start} on electrode {label} overlaps the pulse at sample "
+        f"{prev} (it lasts until sample {prev_end})",
+        sample=start,
+    )
+
+
 class SafetyGate:
     """Checks every pattern against the limits and the layout; remembers what it admitted.
 
@@ -438,7 +449,7 @@ class SafetyGate:
         self._mean_span = limits.mean_window_s * self.sample_rate
         self._keep = int(math.ceil(max(self._burst_span, self._mean_span))) + 1
         # channel -> (start samples, lengths in samples), sorted by start
-        self._history: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._history: dict[int, tuple[list[int], list[int]]] = {}
 
     # -- arming ------------------------------------------------------------------
 
@@ -482,12 +493,15 @@ class SafetyGate:
         """Start samples of the admitted pulses that still count for a limit, by channel."""
         with self._lock:
             cutoff = (self._clock or 0) - self._keep
-            recent = {ch: starts[starts > cutoff] for ch, (starts, _) in self._history.items()}
-            return {ch: tuple(int(s) for s in st) for ch, st in recent.items() if len(st)}
+            recent = {
+                ch: tuple(starts[bisect_right(starts, cutoff):])
+                for ch, (starts, _) in self._history.items()
+            }
+            return {ch: st for ch, st in recent.items() if st}
 
     def _check(
         self, pattern: StimPattern, now_sample: int
-    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    ) -> dict[int, tuple[list[int], list[int]]]:
         """Every check; returns the new history of the pattern's channels, changes nothing."""
         if self._clock is None or now_sample > self._clock:
             self._clock = now_sample
@@ -517,8 +531,7 @@ class SafetyGate:
         for channel, pulse in pattern.pulses:
             self._check_electrode(channel)
             self._check_pulse(channel, pulse)
-        offsets = np.asarray(pattern.pulse_offsets(self.sample_rate), dtype=np.int64)
-        starts = start + offsets
+        starts = [start + offset for offset in pattern.pulse_offsets(self.sample_rate)]
         updates = {}
         for channel, pulse in pattern.pulses:
             updates[channel] = self._check_timing(channel, pulse, starts)
@@ -614,31 +627,26 @@ class SafetyGate:
             raise _exceeds("charge imbalance", imbalance, label, "max_imbalance", lim.max_imbalance)
 
     def _check_timing(
-        self, channel: int, pulse: StimPulse, new_starts: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Overlap and rate checks for new pulses on one channel; returns its new history."""
+        self, channel: int, pulse: StimPulse, new_starts: list[int]
+    ) -> tuple[list[int], list[int]]:
+        """Overlap and rate checks for new pulses on one channel; returns its new history.
+
+        Plain sorted lists and bisect: an electrode's history is short (what fits
+        in the longest window) and this runs inside the closed loop.
+        """
         label = self.layout.labels[channel]
         length = max(1, int(math.ceil(pulse.duration_us * 1e-6 * self.sample_rate - _EPS)))
-        old_starts, old_lengths = self._history.get(
-            channel, (np.empty(0, np.int64), np.empty(0, np.int64))
-        )
-        starts = np.concatenate([old_starts, new_starts])
-        lengths = np.concatenate([old_lengths, np.full(len(new_starts), length, np.int64)])
-        order = np.argsort(starts, kind="stable")
-        starts, lengths = starts[order], lengths[order]
-
-        clash = np.flatnonzero(starts[1:] < starts[:-1] + lengths[:-1])
-        if len(clash):
-            i = int(clash[0])
-            raise SafetyRefusal(
-                "overlap",
-                label,
-                int(starts[i + 1]),
-                int(starts[i] + lengths[i]),
-                f"refused: pulse at sample {starts[i + 1]} on electrode {label} overlaps the "
-                f"pulse at sample {starts[i]} (it lasts until sample {starts[i] + lengths[i]})",
-                sample=int(starts[i + 1]),
-            )
+        old_starts, old_lengths = self._history.get(channel, ([], []))
+        starts, lengths = list(old_starts), list(old_lengths)
+        for s in new_starts:
+            i = bisect_right(starts, s)
+            if i > 0 and starts[i - 1] + lengths[i - 1] > s:
+                prev, prev_end = starts[i - 1], starts[i - 1] + lengths[i - 1]
+                raise _overlap(label, s, prev, prev_end)
+            if i < len(starts) and s + length > starts[i]:
+                raise _overlap(label, starts[i], s, s + length)
+            starts.insert(i, s)
+            lengths.insert(i, length)
         lim = self.limits
         burst_window, mean_window = f"{lim.burst_window_ms:g} ms", f"{lim.mean_window_s:g} s"
         for name, span, max_pulses, window in (
@@ -646,7 +654,7 @@ class SafetyGate:
             ("mean_rate_hz", self._mean_span, lim.mean_max_pulses, mean_window),
         ):
             refusal = self._window_refusal(
-                starts, span, max_pulses, name, window, label, getattr(lim, name)
+                starts, new_starts, span, max_pulses, name, window, label, getattr(lim, name)
             )
             if refusal is not None:
                 raise refusal
@@ -654,7 +662,8 @@ class SafetyGate:
 
     def _window_refusal(
         self,
-        starts: np.ndarray,
+        starts: list[int],
+        new_starts: list[int],
         span: float,
         max_pulses: int,
         name: str,
@@ -662,28 +671,34 @@ class SafetyGate:
         label: str,
         rate: float,
     ) -> SafetyRefusal | None:
-        """A refusal if any window of ``span`` samples holds more than ``max_pulses`` starts."""
+        """A refusal if a window of ``span`` samples around a new pulse holds too many starts.
+
+        The admitted history already kept the limit, so only windows that
+        contain a new pulse need checking: those starting at a pulse in
+        ``(s - span, s]``.
+        """
         if len(starts) <= max_pulses:
             return None
-        if max_pulses == 0:
-            first, count = 0, 1
-        else:
-            bad = np.flatnonzero(starts[max_pulses:] - starts[:-max_pulses] < span - _EPS)
-            if not len(bad):
-                return None
-            first = int(bad[0])
-            # window [starts[first], starts[first] + span) holds `count` pulses
-            count = int(np.searchsorted(starts, starts[first] + span, side="left")) - first
-        value = count / (span / self.sample_rate)
-        return SafetyRefusal(
-            name,
-            label,
-            value,
-            rate,
-            f"refused: {count} pulses in {window} ({value:.2f} Hz) on electrode {label} exceeds "
-            f"{name} = {rate:.2f} Hz (at most {max_pulses} pulses in any {window})",
-            sample=int(starts[first + max_pulses]),
-        )
+        for s in new_starts:
+            lo = bisect_right(starts, s - span + _EPS)
+            hi = bisect_right(starts, s)
+            for first in range(lo, hi):
+                last = first + max_pulses
+                if last < len(starts) and starts[last] - starts[first] < span - _EPS:
+                    # window [starts[first], starts[first] + span) holds `count` pulses
+                    count = bisect_left(starts, starts[first] + span - _EPS) - first
+                    value = count / (span / self.sample_rate)
+                    return SafetyRefusal(
+                        name,
+                        label,
+                        value,
+                        rate,
+                        f"refused: {count} pulses in {window} ({value:.2f} Hz) on electrode "
+                        f"{label} exceeds {name} = {rate:.2f} Hz (at most {max_pulses} pulses "
+                        f"in any {window})",
+                        sample=int(starts[last]),
+                    )
+        return None
 
     def _prune(self, channels: tuple[int, ...]) -> None:
         """Forget the pulses of these electrodes that can no longer share a window with now.
@@ -697,10 +712,8 @@ class SafetyGate:
             if channel not in self._history:
                 continue
             starts, lengths = self._history[channel]
-            keep = starts > cutoff
-            if keep.all():
-                continue
-            if keep.any():
-                self._history[channel] = (starts[keep], lengths[keep])
-            else:
+            k = bisect_right(starts, cutoff)
+            if k == len(starts):
                 del self._history[channel]
+            elif k:
+                self._history[channel] = (starts[k:], lengths[k:])
