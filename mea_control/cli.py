@@ -96,16 +96,17 @@ def _format_summary(s: dict[str, Any]) -> str:
         lines.append(f"loop cost       p50 {cost['p50']:.0f} us, p99 {cost['p99']:.0f} us a block")
     if s["watchdog_trips"]:
         lines.append(f"watchdog        tripped {s['watchdog_trips']} time(s): stimulation stopped")
-    lines.append(f"trials          {s['trials']}")
+    if s["trials"]:
+        lines.append(f"trials          {s['trials']}")
     ev = s.get("evoked")
     if ev and ev["response_spikes_stimulated"] is not None:
         lines.append(
             f"evoked          {ev['response_spikes_stimulated']} spikes per stimulated trial "
             f"in the response window vs {ev['baseline_spikes']} in the same time before it"
         )
-    for key, value in (s.get("protocol_summary") or {}).items():
-        if key != "stim_channels":
-            lines.append(f"{key:<15} {value}")
+    extra = {k: v for k, v in (s.get("protocol_summary") or {}).items() if k != "stim_channels"}
+    if extra:
+        lines.append(f"{s['protocol']:<15} " + ", ".join(f"{k} {v}" for k, v in extra.items()))
     return "\n".join(lines)
 
 

@@ -182,27 +182,28 @@ def test_trial_table_arrays_are_integers(tmp_path):
         assert f["o"].dtype == np.uint8 and f["r"].dtype == np.int32
 
 
-def test_rig_file_limits_are_enforced_and_reported(tmp_path):
+def run_bss_with_rig(tmp_path, rig_text, trials):
+    """A short BSS run under a rig file; returns the process and its summary."""
     rig = tmp_path / "rig.toml"
-    rig.write_text('[rig]\nname = "rig 2"\n[limits]\nmax_current_uA = 2.0\n')
+    rig.write_text(rig_text)
     summary = tmp_path / "s.json"
     proc = run_cli("run", "bss_isomura", "--fast", "--rig", str(rig), "--sessions", "1",
-                   "--param", "trials_per_session=6", "--summary-json", str(summary))
+                   "--param", f"trials_per_session={trials}", "--summary-json", str(summary))
     assert proc.returncode == 0, proc.stderr
-    s = json.loads(summary.read_text())
+    return proc, json.loads(summary.read_text())
+
+
+def test_rig_file_limits_are_enforced_and_reported(tmp_path):
+    proc, s = run_bss_with_rig(
+        tmp_path, '[rig]\nname = "rig 2"\n[limits]\nmax_current_uA = 2.0\n', trials=6
+    )
     assert s["limits"]["max_current_uA"] == 2.0
     assert s["stims_executed"] == 0 and s["stims_refused"] > 0
     assert "refused: " in proc.stderr and "max_current_uA" in proc.stderr
 
 
 def test_bss_avoids_electrodes_the_rig_forbids(tmp_path):
-    rig = tmp_path / "rig.toml"
-    rig.write_text('[limits]\nforbidden = ["18", "22", "12"]\n')
-    summary = tmp_path / "s.json"
-    proc = run_cli("run", "bss_isomura", "--fast", "--rig", str(rig), "--sessions", "1",
-                   "--param", "trials_per_session=20", "--summary-json", str(summary))
-    assert proc.returncode == 0, proc.stderr
-    s = json.loads(summary.read_text())
+    _, s = run_bss_with_rig(tmp_path, '[limits]\nforbidden = ["18", "22", "12"]\n', trials=20)
     assert s["stims_refused"] == 0 and s["stims_executed"] > 0
     forbidden = {7, 9, 1}  # channels of electrodes 18, 22, 12 (column-major)
     assert not forbidden & set(s["protocol_summary"]["stim_channels"])
