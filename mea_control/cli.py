@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.base import REGISTRY, DriverError, open_driver
+from mea_control import __version__
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import ProtocolError, load_protocol, shipped_protocols
 from mea_control.safety import RigFileError, SafetyLimits, load_rig
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mea-control",
         description="Closed-loop acquisition and stimulation for MEA cultures.",
     )
+    parser.add_argument("--version", action="version", version=f"mea-control {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a protocol on a device or the simulator")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from drivers.base import DeviceInfo, Driver, DriverError
+from mea_control import __version__
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
@@ -527,6 +528,7 @@ class Engine:
         duration_s = (self.now - self.t0) / fs if self.n_blocks else 0.0
         wall = max((self._wall_end or time.perf_counter()) - self._wall_start, 1e-9)
         out: dict[str, Any] = {
+            "software_version": __version__,
             "protocol": self.protocol.name,
             "parameters": self.protocol.values,
             "device": self.driver.url,

@@ -215,3 +215,11 @@ def test_rig_file_forbidding_an_unknown_electrode_is_a_user_error(tmp_path):
     proc = run_cli("run", "spontaneous", "--rig", str(rig), "--duration", "0.1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "99" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_version_and_missing_command():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("mea-control 0.")
+    proc = run_cli()
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "required: COMMAND" in proc.stderr
