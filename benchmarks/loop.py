@@ -217,7 +217,7 @@ def bench_reaction_latency(quick: bool = False) -> dict:
                           trigger_sample=int(spikes.sample.min()))
             self.count += 1
             self.ready_at = ctx.now + ctx.samples(0.02)
-            if self.count > n_reactions:  # the last one runs after finish()
+            if self.count > 1.05 * n_reactions:  # some may be dropped late
                 ctx.finish()
 
     driver = open_driver("sim://?seed=7")
@@ -229,6 +229,7 @@ def bench_reaction_latency(quick: bool = False) -> dict:
     block = engine.block_samples
     out = {
         "reactions": int(len(lat)),
+        "dropped_late": summary["stims_dropped"],
         "block_samples": block,
         "p50_samples": float(np.percentile(lat, 50)),
         "p99_samples": float(np.percentile(lat, 99)),
@@ -240,7 +241,9 @@ def bench_reaction_latency(quick: bool = False) -> dict:
     ms = 1000.0 / engine.info.sample_rate
     print("(c) reaction latency on the simulator in real time, spike -> pulse execution, "
           "1 ms blocks")
-    print(f"  {out['reactions']} reactions: p50 {out['p50_samples']:.0f} samples "
+    print(f"  {out['reactions']} reactions ({out['dropped_late']} more dropped: the loop "
+          "answered after the device had passed the booked sample)")
+    print(f"  p50 {out['p50_samples']:.0f} samples "
           f"({out['p50_samples'] * ms:.2f} ms), p99 {out['p99_samples']:.0f} samples "
           f"({out['p99_blocks']:.2f} blocks; goal <= 2), max {out['max_samples']}")
     cost = out["loop_cost_us"]

@@ -124,6 +124,12 @@ class Driver(ABC):
     def stimulate(self, pattern: StimPattern) -> int:
         """Queue a pattern that already passed the safety gate; returns a ticket."""
 
+    def earliest_stim_sample(self) -> int | None:
+        """The first sample at which a pattern sent now could run; None if the device
+        cannot tell. Drivers with ``scheduled_stim`` should answer, so that the safety
+        gate books a pulse at the sample where it will really run."""
+        return None
+
     def abort_stimulation(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Cancel queued stimulation; a device that cannot is a no-op."""
 

@@ -3,11 +3,13 @@
 The device runs in lockstep with its reader: :meth:`SimDriver.read` generates
 the next block on demand, so the same seed and the same ``stimulate()`` calls at
 the same points of the stream give the same blocks, paced in real time or not
-(``set_fast``). A pattern runs at ``max(at_sample, start of the next block not
-yet returned)``; in real time, if the reader has fallen more than a block
-behind the wall clock, no earlier than the block the device is acquiring then
-(so a slow reader's latency shows). The :class:`StimReport` of a pattern comes
-out of ``read()`` just before the block that holds its first pulse.
+(``set_fast``). A pattern without ``at_sample`` runs at the start of the next
+block not yet returned or, in real time, if the reader has fallen a block or
+more behind the wall clock, at the block the device is acquiring then (so a
+slow reader's latency shows); :meth:`SimDriver.earliest_stim_sample` says which.
+A pattern with ``at_sample`` runs exactly there, or is dropped (reported, not
+run) if the device is already past it. The :class:`StimReport` of a pattern
+comes out of ``read()`` just before the block that holds its first pulse.
 
 URL parameters: see :attr:`SimDriver.params`, e.g. ``sim://?seed=3&noise_uV=5``.
 ``seed`` must be >= 0. ``rate`` is 10000 to 100000 Hz: real MEA amplifiers sample
@@ -234,17 +236,18 @@ class SimDriver(Driver):
     # -- stimulation -----------------------------------------------------------------------
 
     def stimulate(self, pattern: StimPattern) -> int:
-        """Queue a pattern; it runs at max(at_sample, next block start). Returns its ticket."""
+        """Queue a pattern: at its ``at_sample``, or as soon as possible. Returns its ticket."""
         if self._state in ("closed", "stopped"):
             raise DriverError(f"sim:// cannot stimulate: the device is {self._state}")
         info = self.info
         with self._lock:
             self._ticket += 1
             ticket = self._ticket
-            at = max(self._next_sample, self._device_block_start())
-            if pattern.at_sample is not None:
-                at = max(at, int(pattern.at_sample))
+            earliest = max(self._next_sample, self._device_block_start())
+            at = earliest if pattern.at_sample is None else int(pattern.at_sample)
             problem = self._check(pattern, info)
+            if not problem and at < earliest:
+                problem = f"late: asked for sample {at}, the device is at sample {earliest}"
             if problem:
                 self._reports.append(StimReport(ticket, at, executed=False, reason=problem))
                 return ticket
@@ -253,6 +256,11 @@ class SimDriver(Driver):
                     bisect.insort(self._pulses, (at + offset, ticket, channel, pulse))
             bisect.insort(self._unreported, (at, ticket))
         return ticket
+
+    def earliest_stim_sample(self) -> int:
+        """Where a pattern sent now without ``at_sample`` would run."""
+        with self._lock:
+            return max(self._next_sample, self._device_block_start())
 
     def _device_block_start(self) -> int:
         """In real time, the start of the block the device is acquiring by the wall clock.

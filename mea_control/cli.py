@@ -217,16 +217,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _quiet_filter(log):
-    """Log run events, but not one line per refusal beyond the first few."""
-    shown = {"refusal": 0}
+    """Log run events, but only the first few refusals and dropped patterns."""
+    shown = {"refusal": 0, "stim_dropped": 0}
 
     def emit(message: str) -> None:
-        if message.startswith("[refusal]"):
-            shown["refusal"] += 1
-            if shown["refusal"] > 5:
-                if shown["refusal"] == 6:
-                    log("[refusal] further refusals are counted in the summary")
-                return
+        for kind in shown:
+            if message.startswith(f"[{kind}]"):
+                shown[kind] += 1
+                if shown[kind] == 6:
+                    log(f"[{kind}] further ones are counted in the summary")
+                if shown[kind] > 5:
+                    return
         log(message)
 
     return emit

@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,8 +29,9 @@ from mea_control.types import Block, SpikeEvents, StimPattern, StimReport
 
 #: How many recent events, pattern records and refusals the engine keeps in memory.
 KEEP_RECENT = 10_000
-#: How fast the watchdog lets the loop's offset from the device clock creep (clock drift).
-DRIFT_ALLOWANCE = 1e-3
+#: How fast the watchdog lets the loop's offset from the device clock creep: drift
+#: between the device's clock and the computer's (crystals: tens of ppm).
+DRIFT_ALLOWANCE = 2e-4
 
 
 class SinkError(Exception):
@@ -203,7 +204,8 @@ class Engine:
         self.recent_stims: deque[StimRecord] = deque(maxlen=KEEP_RECENT)
         self.recent_events: deque[RunEvent] = deque(maxlen=KEEP_RECENT)
         self.counts = {"executed": 0, "dropped": 0, "refused": 0, "gaps": 0}
-        self._latencies: list[int] = []
+        #: trigger -> execution latency in samples -> number of patterns (constant memory)
+        self.latency_counts: Counter[int] = Counter()
         self.error: str | None = None
         self.error_kind: str | None = None
         #: The exception that ended the run, if any.
@@ -240,7 +242,8 @@ class Engine:
     def set_trials(self, trials: Trials) -> None:
         if self.trials is not None:
             raise RuntimeError("a run has one trial design; use_trials was called twice")
-        trials.attach(self.info.sample_rate, self.t0, self.info.n_channels)
+        trials.attach(self.info.sample_rate, self.t0, self.info.n_channels,
+                      scheduled=self.info.capabilities.scheduled_stim)
         self.trials = trials
 
     def event(self, kind: str, message: str) -> None:
@@ -273,6 +276,11 @@ class Engine:
     # -- stimulation ---------------------------------------------------------------
     def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
         trigger = self.now if trigger_sample is None else int(trigger_sample)
+        if pattern.at_sample is None and self.info.capabilities.scheduled_stim:
+            # book the pulse where the device will run it, not where the loop is
+            earliest = self.driver.earliest_stim_sample()
+            if earliest is not None:
+                pattern = replace(pattern, at_sample=max(self.now, earliest))
         try:
             self._check_mode(pattern)
             self.gate.admit(pattern, self.now)
@@ -309,7 +317,7 @@ class Engine:
         self.counts[record.status] += 1
         self.recent_stims.append(record)
         if report.executed:
-            self._latencies.append(report.sample - record.trigger_sample)
+            self.latency_counts[report.sample - record.trigger_sample] += 1
             for offset in record.pattern.pulse_offsets(self.info.sample_rate):
                 self.detector.blank(report.sample + offset)
         else:
@@ -365,8 +373,12 @@ class Engine:
             try:
                 self.driver.stop()
             except Exception as exc:  # stopping a broken device must not hide the first error
-                self.event("device_error", f"stopping the device failed: {exc}")
-            self._finished.set()
+                try:
+                    self.event("device_error", f"stopping the device failed: {exc}")
+                except SinkError:
+                    pass
+            finally:
+                self._finished.set()
 
     def _fail(self, kind: str, message: str, exc: BaseException | None = None) -> None:
         if self.error is None:
@@ -419,7 +431,7 @@ class Engine:
         )
         item: Block | SpikeEvents | StimReport | None = first
         silent_since = time.perf_counter()
-        while not self._stop.is_set():
+        while item is first or not self._stop.is_set():
             while self._queued_events:
                 self.event(*self._queued_events.popleft())
             if item is None:
@@ -500,10 +512,11 @@ class Engine:
         """
         wall = time.perf_counter()
         offset = wall - (self.now - self.t0) / self.info.sample_rate
-        if self._lag_anchor is None:
+        last = self._lag_anchor  # one read: rearm() may reset it from another thread
+        if last is None:
             self._lag_anchor = (offset, wall)
             return
-        anchor, since = self._lag_anchor
+        anchor, since = last
         anchor = min(offset, anchor + DRIFT_ALLOWANCE * (wall - since))
         self._lag_anchor = (anchor, wall)
         behind_ms = (offset - anchor) * 1000.0
@@ -520,7 +533,9 @@ class Engine:
     # -- results -------------------------------------------------------------------
     def latency_samples(self) -> np.ndarray:
         """Trigger -> execution, in samples, for every executed pattern."""
-        return np.array(self._latencies, np.int64)
+        values = sorted(self.latency_counts)
+        return np.repeat(np.array(values, np.int64),
+                         [self.latency_counts[v] for v in values])
 
     def summary(self) -> dict[str, Any]:
         fs = self.info.sample_rate

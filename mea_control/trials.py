@@ -1,19 +1,21 @@
 """Trial designs: a pattern every inter-stimulus interval, spike counts after each pulse.
 
 A protocol builds a :class:`Trials` in ``setup`` and hands it to the engine
-with ``ctx.use_trials(...)``. At each trial's scheduled sample the engine asks
-the protocol's ``design(ctx, index)`` for a :class:`TrialSpec` (the pattern,
-and the hidden-source labels if the protocol has them), sends the pattern
-through the safety gate, and counts spikes per electrode in the response
-window after the device executed it. Finished trials are kept as the o, s, r
-arrays of a :class:`TrialTable`.
+with ``ctx.use_trials(...)``. Shortly before each trial's scheduled sample
+(``lead_ms``, on devices that run patterns at a requested sample; at the
+sample itself on others) the engine asks the protocol's ``design(ctx, index)``
+for a :class:`TrialSpec` (the pattern, and the hidden-source labels if the
+protocol has them), sends the pattern through the safety gate to run at the
+trial's sample, and counts spikes per electrode in the response window after
+the device executed it. Finished trials are kept as the o, s, r arrays of a
+:class:`TrialTable`.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +89,7 @@ class Trials:
         n_sources: int = 0,
         trials_per_session: int | None = None,
         first_trial_s: float = 1.0,
+        lead_ms: float = 20.0,
     ) -> None:
         if n_trials < 1:
             raise ValueError("n_trials must be at least 1")
@@ -103,6 +106,8 @@ class Trials:
         self.n_sources = n_sources
         self.trials_per_session = trials_per_session or n_trials
         self.first_trial_s = first_trial_s
+        self.lead_ms = lead_ms
+        self._lead = 0
         self.finished: list[Trial] = []
         self._pending: deque[_Pending] = deque()
         self._by_ticket: dict[int, _Pending] = {}
@@ -113,10 +118,14 @@ class Trials:
         self._n_channels = 0
 
     # Called by the engine.
-    def attach(self, sample_rate: float, start_sample: int, n_channels: int) -> None:
+    def attach(
+        self, sample_rate: float, start_sample: int, n_channels: int, scheduled: bool = False
+    ) -> None:
+        """Start the clock; ``scheduled``: the device runs patterns at a requested sample."""
         self._rate = sample_rate
         self._t0 = start_sample
         self._n_channels = n_channels
+        self._lead = self._samples(self.lead_ms) if scheduled else 0
 
     @property
     def done(self) -> bool:
@@ -146,7 +155,10 @@ class Trials:
 
     def on_block(self, ctx: Context, now: int) -> list[Trial]:
         """Start trials that are due and return those whose window has closed."""
-        while self._next_index < self.n_trials and now >= self.trigger_sample(self._next_index):
+        while (
+            self._next_index < self.n_trials
+            and now >= self.trigger_sample(self._next_index) - self._lead
+        ):
             self._start(ctx, self._next_index, now)
             self._next_index += 1
         done: list[Trial] = []
@@ -155,7 +167,7 @@ class Trials:
         while self._pending:
             head = self._pending[0]
             if head.stim is None:
-                if now < head.decision + self._samples(REPORT_TIMEOUT_MS):
+                if now < max(head.decision, head.trigger) + self._samples(REPORT_TIMEOUT_MS):
                     break
                 head.stim, head.status = head.decision, "unconfirmed"
                 self._by_ticket.pop(head.ticket or -1, None)
@@ -183,8 +195,11 @@ class Trials:
                         f"trial {index}: channel {ch} is not one of the design's stim_channels"
                     )
                 o[self._stim_index[ch]] = 1
+            pattern = spec.pattern
+            if pattern.at_sample is None and trigger >= now:
+                pattern = replace(pattern, at_sample=trigger)  # on time, whatever the jitter
             try:
-                pending.ticket = ctx.stimulate(spec.pattern, trigger_sample=trigger)
+                pending.ticket = ctx.stimulate(pattern, trigger_sample=trigger)
                 pending.status, pending.stim = "executed", None
                 self._by_ticket[pending.ticket] = pending
             except SafetyRefusal:

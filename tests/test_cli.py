@@ -135,9 +135,9 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
         cli_command("run", "spontaneous", "--summary-json", str(summary)),
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
-    # wait for the run to start (its first log line), then interrupt
+    # wait until the run reports progress (blocks are flowing), then interrupt
     for line in proc.stderr:
-        if "[start]" in line:
+        if "%" in line:
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -73,10 +73,12 @@ def test_spontaneous_run_counts_blocks_and_spikes():
 def test_trials_stimulate_with_all_three_samples_recorded():
     engine, driver, s = run(EveryTenthSecond())
     assert s["trials"] == 12 and s["stims_executed"] == 8 and len(driver.sent) == 8
+    lead = engine.trials._lead
+    assert lead == 500  # 20 ms ahead: the simulator runs patterns at a requested sample
     for record in engine.recent_stims:
-        assert record.trigger_sample <= record.decision_sample <= record.execution_sample
-        # executed at the start of the block after the decision
-        assert record.execution_sample - record.trigger_sample <= 2 * engine.block_samples
+        # decided ahead, booked by the gate and run exactly at the trial's sample
+        assert record.decision_sample == record.trigger_sample - lead
+        assert record.pattern.at_sample == record.execution_sample == record.trigger_sample
     table = engine.trials.table()
     executed = table.status == "executed"
     assert executed.sum() == 8 and (table.status[~executed] == "none").all()
@@ -84,9 +86,8 @@ def test_trials_stimulate_with_all_three_samples_recorded():
 
 
 def test_fast_and_real_time_give_identical_results():
-    # 5 ms blocks: a loop that answers within a block matches fast mode exactly
-    fast_engine, _, fast = run(EveryTenthSecond(), fast=True, block_ms=5.0)
-    slow_engine, _, slow = run(EveryTenthSecond(), fast=False, block_ms=5.0)
+    fast_engine, _, fast = run(EveryTenthSecond(), fast=True)
+    slow_engine, _, slow = run(EveryTenthSecond(), fast=False)
     assert fast["spikes"] == slow["spikes"] and fast["blocks"] == slow["blocks"]
     a, b = fast_engine.trials.table(), slow_engine.trials.table()
     np.testing.assert_array_equal(a.r, b.r)
@@ -371,3 +372,46 @@ def test_in_real_time_a_slow_decision_shows_in_the_latency():
     assert fast_engine.latency_samples().tolist() == [0]  # lockstep: the next block
     # real time: the device has moved on by at least the 8 ms spent deciding
     assert engine.latency_samples()[0] >= 8 * engine.block_samples
+
+
+class StallThenPulse(Protocol):
+    """A train booked ahead, a stalled hook, then a pulse 'as soon as possible'."""
+
+    def on_block(self, ctx, block, filtered):
+        if ctx.now == ctx.start_sample + 100:
+            train = StimPattern(((10, PULSE),), train_count=10, train_rate_hz=200.0,
+                                at_sample=ctx.now + 2000)
+            ctx.stimulate(train)
+            time.sleep(0.1)  # the loop stalls; the device runs on into the train
+            try:
+                ctx.stimulate(StimPattern.single([10], PULSE))
+            except SafetyRefusal as refusal:
+                self.refusal = refusal
+
+
+def test_gate_books_a_late_pulse_where_the_device_will_run_it():
+    proto = StallThenPulse()
+    engine, _, s = run(proto, fast=False, duration_s=0.4, watchdog_ms=1000.0)
+    # booked at the device's sample, inside the train: 11 pulses in 50 ms are refused
+    assert proto.refusal.limit in ("burst_rate_hz", "overlap")
+    assert s["stims_executed"] == 1 and s["stims_refused"] == 1
+
+
+class StopFails(Spy):
+    def stop(self):
+        raise OSError("device gone")
+
+
+class EventSinkFails(Sink):
+    def on_event(self, event):
+        if event.kind == "device_error":
+            raise OSError("log disk full")
+
+
+def test_run_returns_even_when_stopping_and_a_sink_both_fail():
+    driver = StopFails(open_driver("sim://?seed=1"))
+    driver.open()
+    engine = Engine(driver, Quiet(), EngineConfig(fast=True, duration_s=0.1),
+                    sinks=[EventSinkFails()])
+    s = engine.run()
+    assert s["blocks"] == 100

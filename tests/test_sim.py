@@ -445,3 +445,14 @@ def test_stimulating_does_not_change_the_noise():
         untouched[max(0, s - 25) : s + 50] = False
     assert untouched[:1000].sum() > 500 and untouched[1200:].sum() > 2000
     assert np.array_equal(a[untouched], b[untouched])
+
+
+def test_pattern_for_a_sample_already_past_is_dropped_not_run_late():
+    driver = make("sim://?seed=1")
+    read_blocks(driver, 10)
+    assert driver.earliest_stim_sample() == 250
+    ticket = driver.stimulate(StimPattern.single([27], PULSE, at_sample=100))
+    blocks, reports = read_blocks(driver, 20)
+    assert [r.ticket for r in reports] == [ticket] and not reports[0].executed
+    assert "late: asked for sample 100, the device is at sample 250" in reports[0].reason
+    assert np.abs(trace_uV(blocks)).max() < 1000.0  # nothing ran

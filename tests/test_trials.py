@@ -132,3 +132,22 @@ def test_bad_design_arguments():
     with pytest.raises(ValueError, match="window_ms"):
         Trials(design, n_trials=1, stim_channels=[1], window_ms=(20, 10))
 
+
+
+def test_on_scheduling_devices_trials_are_sent_ahead_for_their_exact_sample():
+    trials, ctx = make_trials(n_trials=2, lead_ms=20.0), FakeCtx()
+    trials.attach(RATE, start_sample=100, n_channels=8, scheduled=True)
+    for now in range(101, 1080):
+        trials.on_block(ctx, now)
+    assert ctx.sent == []
+    trials.on_block(ctx, 1080)  # 20 samples (ms) before the trigger at 1100
+    (pattern, trigger), = ctx.sent
+    assert trigger == 1100 and pattern.at_sample == 1100
+
+
+def test_a_trial_started_late_goes_as_soon_as_possible():
+    trials, ctx = make_trials(n_trials=1), FakeCtx()
+    trials.attach(RATE, start_sample=100, n_channels=8, scheduled=True)
+    trials.on_block(ctx, 1150)  # the loop was stalled past the trigger
+    (pattern, trigger), = ctx.sent
+    assert trigger == 1100 and pattern.at_sample is None
