@@ -128,6 +128,7 @@ class SimDriver(Driver):
         self._block_samples = int(round(rate / 1000.0))
         self._next_sample = 0
         self._ready: tuple[int, Block | None] | None = None  # made, not yet due
+        self._promised: int | None = None  # offered by earliest_stim_sample()
         self._seq = 0
         self._ticket = 0
         self._pulses: list[tuple[int, int, int, Any]] = []  # (sample, ticket, channel, pulse)
@@ -244,6 +245,9 @@ class SimDriver(Driver):
             self._ticket += 1
             ticket = self._ticket
             earliest = max(self._next_sample, self._device_block_start())
+            promised, self._promised = self._promised, None
+            if promised is not None and pattern.at_sample == promised >= self._next_sample:
+                earliest = promised  # the slot earliest_stim_sample() offered is kept
             at = earliest if pattern.at_sample is None else int(pattern.at_sample)
             problem = self._check(pattern, info)
             if not problem and at < earliest:
@@ -258,9 +262,15 @@ class SimDriver(Driver):
         return ticket
 
     def earliest_stim_sample(self) -> int:
-        """Where a pattern sent now without ``at_sample`` would run."""
+        """Where a pattern sent now without ``at_sample`` would run.
+
+        The sample is kept for the next :meth:`stimulate` that asks for it, so the
+        time the caller spends between the two calls (the safety gate) does not
+        make the pattern late.
+        """
         with self._lock:
-            return max(self._next_sample, self._device_block_start())
+            self._promised = max(self._next_sample, self._device_block_start())
+            return self._promised
 
     def _device_block_start(self) -> int:
         """In real time, the start of the block the device is acquiring by the wall clock.

@@ -261,7 +261,7 @@ class SlowSetup(Protocol):
         time.sleep(0.4)  # e.g. loading a model before the first block
 
     def on_block(self, ctx, block, filtered):
-        if ctx.now == ctx.start_sample + 300:
+        if ctx.now == ctx.start_sample + 12_500:  # 0.5 s, after the backlog of setup
             ctx.stimulate(StimPattern.single([10], PULSE))
 
 

@@ -456,3 +456,17 @@ def test_pattern_for_a_sample_already_past_is_dropped_not_run_late():
     assert [r.ticket for r in reports] == [ticket] and not reports[0].executed
     assert "late: asked for sample 100, the device is at sample 250" in reports[0].reason
     assert np.abs(trace_uV(blocks)).max() < 1000.0  # nothing ran
+
+
+def test_the_offered_sample_is_kept_for_the_next_pattern():
+    driver = make("sim://?seed=1")
+    read_blocks(driver, 4)
+    offered = driver.earliest_stim_sample()
+    assert offered == 100
+    ticket = driver.stimulate(StimPattern.single([27], PULSE, at_sample=offered))
+    _, reports = read_blocks(driver, 3)
+    assert reports[0].ticket == ticket and reports[0].executed and reports[0].sample == 100
+    # an offer is for one pattern only
+    late = driver.stimulate(StimPattern.single([27], PULSE, at_sample=offered))
+    _, reports = read_blocks(driver, 1)
+    assert reports[0].ticket == late and not reports[0].executed
