@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport
+from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport, parse_bool
 
 
 class DriverError(Exception):
@@ -73,10 +73,7 @@ class Param:
     def parse(self, name: str, text: str) -> Any:
         try:
             if self.type is bool:
-                low = text.lower()
-                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError
-                return low in ("1", "true", "yes", "on")
+                return parse_bool(text)
             return self.type(text)
         except ValueError:
             raise DriverError(

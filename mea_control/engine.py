@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo, Driver, DriverError
+from drivers.base import DeviceInfo, Driver, DriverError, Event
 from mea_control import __version__
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
@@ -112,13 +112,7 @@ class Context:
 
     def can_stimulate(self, channel: int) -> bool:
         """Whether the layout and the limits in force let this electrode stimulate."""
-        layout, limits = self.layout, self._engine.gate.limits
-        return bool(
-            layout.can_stimulate[channel]
-            and channel not in layout.ground
-            and channel not in layout.reference
-            and layout.labels[channel] not in limits.forbidden
-        )
+        return self._engine.gate.can_stimulate(channel)
 
     def samples(self, seconds: float) -> int:
         """Seconds -> samples at the device's rate."""
@@ -143,7 +137,7 @@ class Context:
 
     def finish(self) -> None:
         """End the run after this block."""
-        self._engine.finish()
+        self._engine.stop()
 
 
 class _LoopCost:
@@ -230,9 +224,6 @@ class Engine:
         """Ask the loop to end after the current block."""
         self._stop.set()
 
-    def finish(self) -> None:
-        self._stop.set()
-
     def rearm(self) -> None:
         """A person re-enables stimulation after the watchdog or an error stopped it."""
         self.gate.rearm()
@@ -250,8 +241,6 @@ class Engine:
         """Log an event and give it to the sinks (acquisition thread)."""
         ev = RunEvent(self.now, kind, message)
         self.recent_events.append(ev)
-        if kind == "gap":
-            self.counts["gaps"] += 1
         self._log(f"[{kind}] {message}" if kind != "log" else message)
         self._notify("on_event", ev)
 
@@ -276,7 +265,7 @@ class Engine:
     # -- stimulation ---------------------------------------------------------------
     def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
         trigger = self.now if trigger_sample is None else int(trigger_sample)
-        if pattern.at_sample is None and self.info.capabilities.scheduled_stim:
+        if pattern.at_sample is None:
             # book the pulse where the device will run it, not where the loop is
             earliest = self.driver.earliest_stim_sample()
             if earliest is not None:
@@ -429,47 +418,45 @@ class Engine:
             int(round(self.config.duration_s * self.info.sample_rate))
             if self.config.duration_s is not None else None
         )
-        item: Block | SpikeEvents | StimReport | None = first
-        silent_since = time.perf_counter()
-        while item is first or not self._stop.is_set():
+        item: Event | None = first
+        while item is not None:
             while self._queued_events:
                 self.event(*self._queued_events.popleft())
-            if item is None:
-                item = self.driver.read(timeout=0.5)
-                if item is None:
-                    if time.perf_counter() - silent_since > self.config.device_timeout_s:
-                        raise DriverError(
-                            f"device {self.driver.url} sent nothing for "
-                            f"{self.config.device_timeout_s:g} s"
-                        )
-                    continue
-            silent_since = time.perf_counter()
-            tick = time.perf_counter()
             if isinstance(item, Block):
+                tick = time.perf_counter()
                 self._on_block(item)
                 self._cost.add(time.perf_counter() - tick)
             elif isinstance(item, StimReport):
                 self._on_report(item)
             elif isinstance(item, SpikeEvents):
                 self._on_spikes(item)
-            item = None
             if self.trials is not None and self.trials.done:
                 break
             if duration is not None and self.now - self.t0 >= duration:
                 break
+            item = self._read()
 
     def _wait_first_block(self) -> Block | None:
-        deadline = time.perf_counter() + self.config.device_timeout_s
-        while not self._stop.is_set():
-            item = self.driver.read(timeout=0.5)
+        while (item := self._read()) is not None:
             if isinstance(item, Block):
                 return item
             if isinstance(item, StimReport):
                 self._on_report(item)
+        return None
+
+    def _read(self) -> Event | None:
+        """The device's next item, or None once a stop was asked for.
+
+        Raises DriverError if the device stays silent for ``device_timeout_s``.
+        """
+        deadline = time.perf_counter() + self.config.device_timeout_s
+        while not self._stop.is_set():
+            item = self.driver.read(timeout=0.5)
+            if item is not None:
+                return item
             if time.perf_counter() > deadline:
                 raise DriverError(
-                    f"device {self.driver.url} sent no data within "
-                    f"{self.config.device_timeout_s:g} s of start"
+                    f"device {self.driver.url} sent nothing for {self.config.device_timeout_s:g} s"
                 )
         return None
 
@@ -477,6 +464,7 @@ class Engine:
         if self._expected is not None and block.start_sample != self._expected:
             lost = block.start_sample - self._expected
             self.samples_lost += max(lost, 0)
+            self.counts["gaps"] += 1
             # the detector restarts its filter at the gap by itself and keeps its noise estimate
             self.event("gap", f"{lost} samples missing before sample {block.start_sample}")
         self._expected = block.stop_sample

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from mea_control.trials import Trial, Trials, TrialSpec, TrialTable
-from mea_control.types import Block, SpikeEvents
+from mea_control.types import Block, SpikeEvents, parse_bool
 
 if TYPE_CHECKING:
     from mea_control.engine import Context
@@ -85,12 +85,7 @@ class Parameter:
     def _parse(self, name: str, text: str) -> Any:
         try:
             if self.type is bool:
-                low = text.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
+                return parse_bool(text)
             return self.type(text)
         except ValueError:
             raise ProtocolError(

@@ -542,6 +542,14 @@ class SafetyGate:
             return self.layout.labels[channel]
         return f"#{channel}"
 
+    def can_stimulate(self, channel: int) -> bool:
+        """Whether any pattern on this electrode could pass (layout roles, forbidden list)."""
+        try:
+            self._check_electrode(channel)
+        except SafetyRefusal:
+            return False
+        return True
+
     def _check_electrode(self, channel: int) -> None:
         layout = self.layout
         if not 0 <= channel < layout.n_electrodes:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mea_control.safety import SafetyRefusal
 from mea_control.types import SpikeEvents, StimPattern, StimReport
 
 if TYPE_CHECKING:
@@ -107,7 +108,8 @@ class Trials:
         self.trials_per_session = trials_per_session or n_trials
         self.first_trial_s = first_trial_s
         self.lead_ms = lead_ms
-        self._lead = 0
+        # in samples, set by attach(): lead, response window, settle, report timeout
+        self._lead = self._w0 = self._w1 = self._settle = self._report_timeout = 0
         self.finished: list[Trial] = []
         self._pending: deque[_Pending] = deque()
         self._by_ticket: dict[int, _Pending] = {}
@@ -126,6 +128,9 @@ class Trials:
         self._t0 = start_sample
         self._n_channels = n_channels
         self._lead = self._samples(self.lead_ms) if scheduled else 0
+        self._w0, self._w1 = (self._samples(ms) for ms in self.window_ms)
+        self._settle = self._samples(SETTLE_MS)
+        self._report_timeout = self._samples(REPORT_TIMEOUT_MS)
 
     @property
     def done(self) -> bool:
@@ -162,25 +167,22 @@ class Trials:
             self._start(ctx, self._next_index, now)
             self._next_index += 1
         done: list[Trial] = []
-        w0, w1 = self._samples(self.window_ms[0]), self._samples(self.window_ms[1])
-        settle = self._samples(SETTLE_MS)
         while self._pending:
             head = self._pending[0]
             if head.stim is None:
-                if now < max(head.decision, head.trigger) + self._samples(REPORT_TIMEOUT_MS):
+                if now < max(head.decision, head.trigger) + self._report_timeout:
                     break
                 head.stim, head.status = head.decision, "unconfirmed"
-                self._by_ticket.pop(head.ticket or -1, None)
-            if now < head.stim + w1 + settle:
+                if head.ticket is not None:
+                    self._by_ticket.pop(head.ticket, None)
+            if now < head.stim + self._w1 + self._settle:
                 break
             self._pending.popleft()
-            done.append(self._finish(head, w0, w1))
-        self._prune(now, w1 + settle)
+            done.append(self._finish(head))
+        self._prune(now, self._w1 + self._settle)
         return done
 
     def _start(self, ctx: Context, index: int, now: int) -> None:
-        from mea_control.safety import SafetyRefusal
-
         trigger = self.trigger_sample(index)
         spec = self.design(ctx, index)
         o = np.zeros(len(self.stim_channels), np.uint8)
@@ -206,18 +208,17 @@ class Trials:
                 pending.status = "refused"
         self._pending.append(pending)
 
-    def _counts(self, start: int, stop: int) -> np.ndarray:
-        counts = np.zeros(self._n_channels, np.int32)
-        for chunk in self._spikes:
-            if len(chunk) and chunk.sample[-1] >= start and chunk.sample[0] < stop:
-                sel = chunk.between(start, stop)
-                counts += np.bincount(sel.channel, minlength=self._n_channels).astype(np.int32)
-        return counts
-
-    def _finish(self, p: _Pending, w0: int, w1: int) -> Trial:
+    def _finish(self, p: _Pending) -> Trial:
         assert p.stim is not None
         if p.status in ("refused", "dropped"):
             p.o[:] = 0  # nothing was delivered
+        recent = SpikeEvents.concat(self._spikes)
+
+        def counts(start: int, stop: int) -> np.ndarray:
+            sel = recent.between(start, stop)
+            return np.bincount(sel.channel, minlength=self._n_channels).astype(np.int32)
+
+        w0, w1 = self._w0, self._w1
         trial = Trial(
             index=p.index,
             session=p.index // self.trials_per_session,
@@ -226,8 +227,8 @@ class Trials:
             stim_sample=p.stim,
             o=p.o,
             s=p.s,
-            r=self._counts(p.stim + w0, p.stim + w1),
-            r_pre=self._counts(p.trigger - (w1 - w0), p.trigger),
+            r=counts(p.stim + w0, p.stim + w1),
+            r_pre=counts(p.trigger - (w1 - w0), p.trigger),
             ticket=p.ticket,
             status=p.status,
         )

@@ -18,6 +18,18 @@ StimMode = Literal["current", "voltage"]
 # Units of a phase amplitude by stimulation mode.
 AMPLITUDE_UNIT: dict[str, str] = {"current": "uA", "voltage": "mV"}
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """A yes/no word from a URL or a command line; ValueError for anything else."""
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
 
 @dataclass(frozen=True)
 class Block:

@@ -1,5 +1,7 @@
 """Record spontaneous activity; never stimulates."""
 
+import numpy as np
+
 from mea_control.protocol import Parameter, Protocol
 
 
@@ -15,12 +17,11 @@ class Spontaneous(Protocol):
     }
 
     def setup(self, ctx):
-        self.counts = [0] * ctx.n_channels
+        self.counts = np.zeros(ctx.n_channels, np.int64)
         self.start = ctx.now
 
     def on_spikes(self, ctx, spikes):
-        for ch in spikes.channel:
-            self.counts[ch] += 1
+        self.counts += np.bincount(spikes.channel, minlength=ctx.n_channels)
 
     def teardown(self, ctx):
         self.seconds = max((ctx.now - self.start) / ctx.sample_rate, 1e-9)
@@ -29,9 +30,9 @@ class Spontaneous(Protocol):
         seconds = getattr(self, "seconds", 0.0)
         if not seconds:
             return {}
-        rates = [c / seconds for c in self.counts]
-        active = [r for r in rates if r >= self.p.active_rate_hz]
+        rates = self.counts / seconds
+        active = rates[rates >= self.p.active_rate_hz]
         return {
-            "active_electrodes": len(active),
-            "mean_rate_active_hz": round(sum(active) / len(active), 3) if active else 0.0,
+            "active_electrodes": int(len(active)),
+            "mean_rate_active_hz": round(float(active.mean()), 3) if len(active) else 0.0,
         }

@@ -162,7 +162,7 @@ def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setattr(cli.EngineConfig, "__init__", _short_timeout(cli.EngineConfig.__init__))
     code = cli.main(["run", "spontaneous", "--device", "mute://", "--duration", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and "sent no data" in err and "Traceback" not in err
+    assert code == 2 and "sent nothing for 0.5 s" in err and "Traceback" not in err
 
 
 def _short_timeout(init):

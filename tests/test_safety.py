@@ -594,3 +594,18 @@ def test_admitted_patterns_satisfy_every_limit(sequence) -> None:
         for begin in s:
             assert np.count_nonzero((s >= begin) & (s < begin + 0.05 * FS)) <= 10
             assert np.count_nonzero((s >= begin) & (s < begin + 1.0 * FS)) <= 20
+
+
+def test_can_stimulate_agrees_with_the_electrode_checks() -> None:
+    mcs = load_layout("mcs60mea200")
+    gate = make_gate(SafetyLimits(forbidden=("27",)), layout=mcs)
+    allowed = [ch for ch in range(mcs.n_electrodes) if gate.can_stimulate(ch)]
+    assert mcs.channel("15") not in allowed and mcs.channel("27") not in allowed
+    assert len(allowed) == 58
+    for ch in range(mcs.n_electrodes):
+        pattern = StimPattern.single([ch], StimPulse.biphasic(5.0, 200.0))
+        if ch in allowed:
+            gate.admit(pattern, 0)
+        else:
+            with pytest.raises(SafetyRefusal):
+                gate.admit(pattern, 0)
