@@ -116,10 +116,6 @@ class SafetyLimits:
         out["forbidden"] = list(self.forbidden)
         return out
 
-    def tighten(self, device_limits: Mapping[str, Any]) -> SafetyLimits:
-        """These limits with each of ``device_limits`` applied where it is stricter."""
-        return _combine(self, device_limits)[0]
-
     @property
     def burst_max_pulses(self) -> int:
         """Pulses allowed per electrode in any ``burst_window_ms`` window."""
@@ -175,10 +171,12 @@ def _fmt(name: str, value: float) -> str:
     return f"{value:g} {unit}".rstrip()
 
 
-def _combine(
+def effective_limits(
     base: SafetyLimits, device_limits: Mapping[str, Any]
 ) -> tuple[SafetyLimits, list[str]]:
-    """Apply device limits, the stricter value winning; notes where the device clamped."""
+    """The limits in force: ``base`` (the rig's) with each device limit applied where it
+    is stricter. Returns the limits and one human-readable note per value the device
+    clamped."""
     _check_keys(device_limits)
     changes: dict[str, Any] = {}
     notes: list[str] = []
@@ -206,16 +204,6 @@ def _combine(
         return replace(base, **changes), notes
     except ValueError as exc:
         raise ValueError(f"the device's limits conflict with the rig's: {exc}") from None
-
-
-def effective_limits(
-    rig_limits: SafetyLimits, device_limits: Mapping[str, Any]
-) -> tuple[SafetyLimits, list[str]]:
-    """The limits in force: the rig's, with each device limit applied where it is stricter.
-
-    Returns the limits and human-readable notes, one for every value the device clamped.
-    """
-    return _combine(rig_limits, device_limits)
 
 
 # ---------------------------------------------------------------------------- rig file

@@ -363,18 +363,19 @@ def test_longest_windows_and_one_pulse_per_window_make_a_working_gate() -> None:
     gate.admit(single(bip(5.0), at=int(10 * FS)), 0)
 
 
-def test_tighten_cannot_leave_less_than_one_pulse_per_window() -> None:
+def test_device_limits_cannot_leave_less_than_one_pulse_per_window() -> None:
     with pytest.raises(
         ValueError, match="device's limits conflict.*burst_rate_hz x burst_window_ms"
     ):
-        SafetyLimits().tighten({"burst_window_ms": 1.0})
+        effective_limits(SafetyLimits(), {"burst_window_ms": 1.0})
     with pytest.raises(ValueError, match="device's limits conflict.*mean_rate_hz x mean_window_s"):
         effective_limits(SafetyLimits(), {"mean_rate_hz": 0.01})
 
 
-def test_tighten_stricter_wins() -> None:
+def test_device_limits_stricter_wins() -> None:
     limits = SafetyLimits(max_current_uA=20.0, forbidden=("15",))
-    tight = limits.tighten(
+    tight, _ = effective_limits(
+        limits,
         {
             "max_current_uA": 5.0,
             "max_voltage_mV": 2000.0,
@@ -382,17 +383,17 @@ def test_tighten_stricter_wins() -> None:
             "max_phase_us": 1000.0,
             "burst_rate_hz": 100.0,
             "forbidden": ["27", "15"],
-        }
+        },
     )
     assert tight.max_current_uA == 5.0 and tight.max_voltage_mV == 900.0
     assert tight.min_phase_us == 50.0 and tight.max_phase_us == 500.0
     assert tight.burst_rate_hz == 100.0 and tight.forbidden == ("15", "27")
-    assert limits.tighten({}) == limits
+    assert effective_limits(limits, {}) == (limits, [])
 
 
-def test_tighten_unknown_keys_are_named() -> None:
+def test_device_limits_unknown_keys_are_named() -> None:
     with pytest.raises(ValueError, match="max_amps, volts"):
-        SafetyLimits().tighten({"volts": 1, "max_amps": 2, "max_current_uA": 3})
+        effective_limits(SafetyLimits(), {"volts": 1, "max_amps": 2, "max_current_uA": 3})
 
 
 def test_effective_limits_notes() -> None:
