@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from drivers.base import REGISTRY, DriverError, open_driver
 from mea_control import __version__
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import ProtocolError, load_protocol, shipped_protocols
-from mea_control.safety import RigFileError, SafetyLimits, load_rig
+from mea_control.recording.errors import RecordingError
+from mea_control.safety import Rig, RigFileError, SafetyLimits, load_rig
 
 EXIT_PROTOCOL_ERROR = 1
 EXIT_USER_ERROR = 2
@@ -29,6 +31,8 @@ EXIT_WATCHDOG = 3
 EXIT_INTERRUPTED = 130
 
 DEMO_DEVICE = "sim://?seed=1"
+#: Days in vitro written for a simulated culture: it models a mature culture (3-5 weeks).
+SIMULATED_DIV = 28
 
 
 class UserError(Exception):
@@ -154,11 +158,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--trials {args.trials}: the trial table is a .npz file; end it in .npz")
     _check_writable(args.summary_json, "the summary")
     _check_writable(args.trials, "the trial table")
+    if args.no_raw and not args.record:
+        raise UserError("--no-raw applies to a recording: add --record FILE.nwb")
     limits = SafetyLimits()
     notes: tuple[str, ...] = ()
+    rig: Rig | None = None
     if args.rig:
         rig = load_rig(args.rig)
         limits, notes = rig.limits, rig.notes
+    meta = None
+    if args.record:
+        from mea_control.recording.writer import check_target
+
+        check_target(args.record, args.overwrite)
+        meta = _recording_meta(args, rig)
     driver = open_driver(args.device)
     try:
         driver.open()
@@ -178,15 +191,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = Progress(enabled=not args.quiet)
     for note in notes:
         log(f"[limits] {note}")
+    recorder = None
     try:
         try:
             engine = Engine(driver, protocol, config, log=_quiet_filter(log))
         except ValueError as exc:  # limits or detection settings that do not fit this device
             raise UserError(str(exc)) from None
+        if args.record:
+            recorder = _open_recorder(args, engine, path, meta, log)
+            engine.sinks.append(recorder)
+        if args.lsl:
+            engine.sinks.append(_open_lsl(engine))
         summary = engine.run(progress=progress)
     finally:
         progress.close()
         driver.close()
+        if recorder is not None:
+            recorder.close()  # only does something if the run never started
     summary["protocol_file"] = str(path)
     if args.trials and engine.trials is not None:
         engine.trials.table().save_npz(args.trials)
@@ -206,6 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DriverError(message)
     if not args.quiet:
         print(_format_summary(summary))
+    if args.record and not args.quiet:
+        print(f"recording       {args.record}; `mea-control info {args.record}` describes it")
     if engine.interrupted:
         return EXIT_INTERRUPTED
     if engine.watchdog_trips and not engine.gate.armed:
@@ -214,6 +237,58 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_WATCHDOG
     return 0
+
+
+def _recording_meta(args: argparse.Namespace, rig: Rig | None) -> Any:
+    """NWB session and culture fields: options first, then the rig file's [recording] table."""
+    from mea_control.recording import RecordingMeta
+
+    table = dict(rig.tables.get("recording", {})) if rig is not None else {}
+    known = ("experimenter", "lab", "institution", "species")
+    for key, value in table.items():
+        if key not in known:
+            raise RigFileError(f"rig file {args.rig}: unknown key [recording] {key}; "
+                               f"accepted: {', '.join(known)}")
+        if not (isinstance(value, str) or (key == "experimenter" and isinstance(value, list)
+                                           and all(isinstance(v, str) for v in value))):
+            raise RigFileError(f"rig file {args.rig}: [recording] {key} must be text")
+    experimenter = args.experimenter or table.get("experimenter") or []
+    if isinstance(experimenter, str):
+        experimenter = [experimenter]
+    return RecordingMeta(
+        session_description=args.description or "",
+        experimenter=tuple(experimenter),
+        lab=args.lab or table.get("lab"),
+        institution=args.institution or table.get("institution"),
+        culture_id=args.culture,
+        species=args.species or table.get("species") or RecordingMeta.species,
+        div=args.div,
+    )
+
+
+def _open_recorder(args: argparse.Namespace, engine: Engine, protocol_file: Path, meta: Any,
+                   log: Any) -> Any:
+    from mea_control.recording import Recorder
+    from mea_control.recording.writer import engine_provenance
+
+    if meta.div is None and engine.info.simulated:
+        meta = replace(meta, div=SIMULATED_DIV, culture_id=meta.culture_id or "simulated",
+                       culture_description="simulated culture (mea-control hardware_sim)")
+    elif meta.div is None:
+        log("[recording] no --div: the file's culture has no age (DIV); nwbinspector flags that")
+    provenance = engine_provenance(engine, protocol_file, command_line=sys.argv,
+                                   rig=str(args.rig) if args.rig else None)
+    return Recorder(args.record, engine.info, provenance, meta=meta, raw=not args.no_raw,
+                    overwrite=args.overwrite, duration_s=args.duration)
+
+
+def _open_lsl(engine: Engine) -> Any:
+    from mea_control.lsl import LslOutlet, LslUnavailable
+
+    try:
+        return LslOutlet(engine.info)
+    except LslUnavailable as exc:
+        raise UserError(str(exc)) from None
 
 
 def _quiet_filter(log):
@@ -247,12 +322,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--sessions", str(args.sessions),
             "--summary-json", args.summary_json,
             "--trials", args.trials_file,
+            "--record", args.record, "--overwrite",
         ]
     )
     code = cmd_run(run_args)
     if code == 0:
-        print(f"\nSummary written to {args.summary_json}, trial table to {args.trials_file}.")
+        print(f"\nSummary written to {args.summary_json}, trial table to {args.trials_file}, "
+              f"recording to {args.record}:\n")
+        cmd_info(argparse.Namespace(file=args.record))
     return code
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mea_control.recording import describe, open
+
+    with open(args.file) as rec:
+        print(describe(rec))
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from mea_control.recording import recover
+
+    contents = recover(args.file)
+    print(f"{args.file}: recovered {len(contents.spikes)} spikes, {len(contents.stims)} "
+          f"patterns, {len(contents.trials)} trials and {len(contents.events)} events"
+          + (f" ({contents.torn_lines} torn line(s) of the side journal skipped)"
+             if contents.torn_lines else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mea_control.recording import open
+    from mea_control.recording.export import export_compressed
+
+    src = Path(args.file)
+    dst = Path(args.output) if args.output else src.with_name(f"{src.stem}-{args.compress}.nwb")
+    with open(src) as rec:  # a clear error for anything but a recording
+        if not rec.complete:
+            raise UserError(f"{src} is incomplete; run `mea-control recover {src}` first")
+    progress = Progress()
+    try:
+        result = export_compressed(src, dst, compression=args.compress,
+                                   level=args.level if args.compress == "gzip" else None,
+                                   overwrite=args.overwrite,
+                                   progress=lambda f: progress(f, f"writing {dst}"))
+    finally:
+        progress.close()
+    print(f"{dst}: {result.dst_bytes / 1e6:.1f} MB ({result.ratio:.2f}x smaller than "
+          f"{result.src_bytes / 1e6:.1f} MB) in {result.seconds:.1f} s")
+    return 0
 
 
 def cmd_protocols(args: argparse.Namespace) -> int:
@@ -338,6 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_count, default=0,
                      help="seed of the protocol's random generator (default 0)")
     run.add_argument("--quiet", action="store_true", help="no progress, log or summary on screen")
+    rec = run.add_argument_group("recording")
+    rec.add_argument("--record", metavar="FILE.nwb",
+                     help="record the run to an NWB file (crash-safe; see mea-control info)")
+    rec.add_argument("--overwrite", action="store_true", help="replace an existing recording")
+    rec.add_argument("--no-raw", action="store_true",
+                     help="record spikes, pulses, trials and events only, no raw samples")
+    rec.add_argument("--lsl", action="store_true",
+                     help="also stream raw blocks, spikes and markers to Lab Streaming Layer")
+    rec.add_argument("--description", metavar="TEXT", help="session description for the file")
+    rec.add_argument("--experimenter", action="append", metavar="NAME",
+                     help="experimenter, 'Last, First' (repeatable; default from the rig file)")
+    rec.add_argument("--lab", help="lab (default from the rig file's [recording] table)")
+    rec.add_argument("--institution", help="institution (default from the rig file)")
+    rec.add_argument("--culture", metavar="ID", help="culture (subject) id, e.g. MEA-17")
+    rec.add_argument("--div", type=_count, metavar="N", help="the culture's days in vitro")
+    rec.add_argument("--species", help="species of the culture (default Rattus norvegicus)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a short closed-loop BSS run on the simulator")
@@ -345,7 +480,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--trials", type=_positive_int, default=64, help="trials per session")
     demo.add_argument("--summary-json", default="demo-summary.json")
     demo.add_argument("--trials-file", default="demo-trials.npz")
+    demo.add_argument("--record", default="demo.nwb", metavar="FILE.nwb")
     demo.set_defaults(func=cmd_demo)
+
+    info = sub.add_parser("info", help="summarise a recording: duration, spikes, pulses, health")
+    info.add_argument("file", help="a recording (.nwb)")
+    info.set_defaults(func=cmd_info)
+
+    recover = sub.add_parser(
+        "recover", help="write a crashed recording's spikes, pulses and trials into it")
+    recover.add_argument("file", help="a recording (.nwb) whose run did not stop cleanly")
+    recover.set_defaults(func=cmd_recover)
+
+    export = sub.add_parser("export", help="write a compressed copy of a recording")
+    export.add_argument("file", help="a recording (.nwb)")
+    export.add_argument("--compress", choices=("gzip", "lzf"), nargs="?", const="gzip",
+                        default="gzip",
+                        help="compression (default gzip)")
+    export.add_argument("--level", type=int, choices=range(1, 10), default=4, metavar="1-9",
+                        help="gzip level (default 4)")
+    export.add_argument("-o", "--output", metavar="FILE.nwb",
+                        help="the copy (default: FILE-gzip.nwb beside the original)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing copy")
+    export.set_defaults(func=cmd_export)
 
     protocols = sub.add_parser("protocols", help="list shipped protocols and their parameters")
     protocols.set_defaults(func=cmd_protocols)
@@ -357,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ProtocolError, DriverError, RigFileError) as exc:
+    except (UserError, ProtocolError, DriverError, RigFileError, RecordingError) as exc:
         print(f"mea-control: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -85,6 +85,7 @@ class Sink:
     def on_spikes(self, spikes: SpikeEvents) -> None: ...
     def on_stim(self, record: StimRecord) -> None: ...
     def on_trial(self, trial: Trial) -> None: ...
+    def on_decision(self, sample: int, decision: dict[str, Any]) -> None: ...
     def on_event(self, event: RunEvent) -> None: ...
     def on_stop(self, summary: dict[str, Any]) -> None: ...
 
@@ -134,6 +135,16 @@ class Context:
 
     def log(self, message: str) -> None:
         self._engine.event("log", message)
+
+    def decision(self, choice: Any, candidates: Any = None, scores: Any = None,
+                 **details: Any) -> None:
+        """Record a model's stimulus choice: what it chose, among what, with which scores.
+
+        Values must be JSON-friendly (numbers, strings, lists, numpy arrays);
+        recorders keep them in the recording's decisions table.
+        """
+        self._engine.notify_decision({"choice": choice, "candidates": candidates,
+                                      "scores": scores, **details})
 
     def finish(self) -> None:
         """End the run after this block."""
@@ -243,6 +254,9 @@ class Engine:
         self.recent_events.append(ev)
         self._log(f"[{kind}] {message}" if kind != "log" else message)
         self._notify("on_event", ev)
+
+    def notify_decision(self, decision: dict[str, Any]) -> None:
+        self._notify("on_decision", self.now, decision)
 
     def _notify(self, method: str, *args: Any) -> None:
         for sink in self.sinks:

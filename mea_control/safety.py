@@ -225,7 +225,7 @@ class Rig:
     notes: tuple[str, ...] = ()
 
 
-_RIG_TABLES = ("rig", "limits")
+_RIG_TABLES = ("rig", "limits", "recording")
 
 
 def load_rig(path: str | Path) -> Rig:

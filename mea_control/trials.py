@@ -63,6 +63,10 @@ class Trial:
     r_pre: np.ndarray
     ticket: int | None
     status: str  # "executed", "none", "refused", "dropped" or "unconfirmed"
+    #: The design's stimulation channels (the columns of ``o``).
+    stim_channels: tuple[int, ...] = ()
+    #: The response window in samples after ``stim_sample``: [start, stop).
+    window: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -231,6 +235,8 @@ class Trials:
             r_pre=counts(p.trigger - (w1 - w0), p.trigger),
             ticket=p.ticket,
             status=p.status,
+            stim_channels=self.stim_channels,
+            window=(w0, w1),
         )
         self.finished.append(trial)
         return trial

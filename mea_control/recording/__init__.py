@@ -1,0 +1,18 @@
+"""Recording runs to NWB 2.x files that survive a crash and open in pynwb and SpikeInterface.
+
+- :class:`Recorder` (an engine sink) writes a run; ``mea-control run --record``.
+- :func:`open` reads one back; :func:`describe` summarises it (``mea-control info``).
+- :func:`recover` writes a crashed run's tables (``mea-control recover``).
+- :func:`export_compressed` writes a compressed copy (``mea-control export --compress``).
+
+The file layout is described in the README ("Recordings").
+"""
+
+from mea_control.recording.errors import RecordingError
+from mea_control.recording.nwbfile import RecordingMeta
+from mea_control.recording.reader import Recording, describe, health, open
+from mea_control.recording.tables import recover
+from mea_control.recording.writer import Recorder
+
+__all__ = ["Recorder", "Recording", "RecordingError", "RecordingMeta", "describe", "health", "open",
+           "recover"]
