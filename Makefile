@@ -26,6 +26,8 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loop.py
+	$(BIN)/python benchmarks/sim.py
+	$(BIN)/python benchmarks/recording.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
