@@ -279,3 +279,11 @@ def test_truncated_file_gives_a_clear_message(tmp_path):
     proc = run_cli("info", str(cut))
     assert proc.returncode == 2 and "cut.nwb" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_being_recorded_is_named_as_such(tmp_path):
+    target = tmp_path / "live.nwb"
+    with h5py.File(target, "w") as f:  # held open for writing, as the recorder does
+        f.attrs["nwb_version"] = "2.9.0"
+        proc = run_cli("info", str(target))
+    assert proc.returncode == 2 and "open for writing" in proc.stderr, proc.stderr

@@ -36,6 +36,11 @@ def _open_hdf5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
+        if "lock" in str(exc):
+            raise RecordingError(
+                f"{path}: another program has it open for writing (a run still recording?); "
+                "try again when it has finished"
+            ) from None
         raise RecordingError(
             f"{path}: damaged or truncated HDF5 file ({exc}); it cannot be read"
         ) from None
