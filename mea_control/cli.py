@@ -28,6 +28,8 @@ EXIT_PROTOCOL_ERROR = 1
 EXIT_USER_ERROR = 2
 #: The run ended with stimulation stopped by the watchdog (no one re-armed it).
 EXIT_WATCHDOG = 3
+#: The run finished but its recording lost raw samples or could not be finished.
+EXIT_RECORDING = 4
 EXIT_INTERRUPTED = 130
 
 DEMO_DEVICE = "sim://?seed=1"
@@ -88,7 +90,8 @@ def _format_summary(s: dict[str, Any]) -> str:
         f"{s['blocks_dropped']} dropped, {s['gaps']} gaps",
         f"spikes          {s['spikes']}",
         f"stimulation     {s['stims_executed']} executed, {s['stims_refused']} refused, "
-        f"{s['stims_dropped']} dropped by the device",
+        f"{s['stims_dropped']} dropped by the device"
+        + (f", {s['stims_unreported']} not reported by the end" if s["stims_unreported"] else ""),
     ]
     if lat["p50"] is not None:
         lines.append(
@@ -167,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         rig = load_rig(args.rig)
         limits, notes = rig.limits, rig.notes
     meta = None
-    if args.record:
+    if args.record is not None:
         from mea_control.recording.writer import check_target
 
         check_target(args.record, args.overwrite)
@@ -192,22 +195,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     for note in notes:
         log(f"[limits] {note}")
     recorder = None
+    started = False
     try:
         try:
             engine = Engine(driver, protocol, config, log=_quiet_filter(log))
         except ValueError as exc:  # limits or detection settings that do not fit this device
             raise UserError(str(exc)) from None
-        if args.record:
-            recorder = _open_recorder(args, engine, path, meta, log)
-            engine.sinks.append(recorder)
         if args.lsl:
             engine.sinks.append(_open_lsl(engine))
+        if args.record is not None:  # last: it replaces an --overwrite target
+            recorder = _open_recorder(args, engine, path, meta, log)
+            engine.sinks.append(recorder)
+        started = True
         summary = engine.run(progress=progress)
     finally:
         progress.close()
         driver.close()
         if recorder is not None:
-            recorder.close()  # only does something if the run never started
+            if started:
+                recorder.close()  # does nothing after a run that reached its end
+            else:
+                recorder.discard()
     summary["protocol_file"] = str(path)
     if args.trials and engine.trials is not None:
         engine.trials.table().save_npz(args.trials)
@@ -227,8 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise DriverError(message)
     if not args.quiet:
         print(_format_summary(summary))
-    if args.record and not args.quiet:
-        print(f"recording       {args.record}; `mea-control info {args.record}` describes it")
+    if recorder is not None and _report_recording(summary["recording"], args.quiet):
+        return EXIT_RECORDING
     if engine.interrupted:
         return EXIT_INTERRUPTED
     if engine.watchdog_trips and not engine.gate.armed:
@@ -289,6 +297,28 @@ def _open_lsl(engine: Engine) -> Any:
         return LslOutlet(engine.info)
     except LslUnavailable as exc:
         raise UserError(str(exc)) from None
+
+
+def _report_recording(rec: dict[str, Any], quiet: bool) -> bool:
+    """Print where the recording went; warn (and return True) if it lost anything."""
+    name = rec["file"]
+    if not quiet:
+        raw = f"{rec['samples_written']} raw samples" if rec["raw"] else "no raw samples"
+        print(f"recording       {name}: {raw}, {rec['samples_lost']} lost; "
+              f"`mea-control info {name}` describes it")
+    problems = []
+    if rec["samples_lost"]:
+        why = rec["write_error"] or "the disk was too slow and the writer's backlog filled up"
+        problems.append(f"{rec['samples_lost']} raw samples were not written ({why})")
+    if rec["records_lost"]:
+        problems.append(f"{rec['records_lost']} batches of spikes, pulses, trials or events "
+                        "were not written")
+    if rec.get("error"):
+        problems.append(f"its tables could not be written ({rec['error']}); free space, then "
+                        f"run `mea-control recover {name}`")
+    for problem in problems:
+        print(f"mea-control: warning: recording {name}: {problem}", file=sys.stderr)
+    return bool(problems)
 
 
 def _quiet_filter(log):
@@ -358,13 +388,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     src = Path(args.file)
     dst = Path(args.output) if args.output else src.with_name(f"{src.stem}-{args.compress}.nwb")
+    if dst.suffix.lower() != ".nwb":
+        raise UserError(f"export to {dst}: the copy is an NWB file; end it in .nwb")
+    if args.compress == "lzf" and args.level is not None:
+        raise UserError("--level is for gzip; lzf has no levels")
     with open(src) as rec:  # a clear error for anything but a recording
-        if not rec.complete:
+        if rec.journal is not None:
             raise UserError(f"{src} is incomplete; run `mea-control recover {src}` first")
     progress = Progress()
     try:
         result = export_compressed(src, dst, compression=args.compress,
-                                   level=args.level if args.compress == "gzip" else None,
+                                   level=(args.level or 4) if args.compress == "gzip" else None,
                                    overwrite=args.overwrite,
                                    progress=lambda f: progress(f, f"writing {dst}"))
     finally:
@@ -497,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--compress", choices=("gzip", "lzf"), nargs="?", const="gzip",
                         default="gzip",
                         help="compression (default gzip)")
-    export.add_argument("--level", type=int, choices=range(1, 10), default=4, metavar="1-9",
+    export.add_argument("--level", type=int, choices=range(1, 10), metavar="1-9",
                         help="gzip level (default 4)")
     export.add_argument("-o", "--output", metavar="FILE.nwb",
                         help="the copy (default: FILE-gzip.nwb beside the original)")

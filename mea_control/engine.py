@@ -9,6 +9,8 @@ only by the watchdog and for loop-cost figures.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 import traceback
@@ -62,7 +64,7 @@ class StimRecord:
     trigger_sample: int
     decision_sample: int
     execution_sample: int | None = None
-    status: str = "sent"  # sent, executed, dropped, refused
+    status: str = "sent"  # sent (no report by the end of the run), executed, dropped, refused
     reason: str = ""
 
 
@@ -149,6 +151,19 @@ class Context:
     def finish(self) -> None:
         """End the run after this block."""
         self._engine.stop()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """Ignore SIGINT for a while (main thread only; elsewhere signals cannot arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _LoopCost:
@@ -354,11 +369,16 @@ class Engine:
         worker.join()
         if progress is not None:
             progress(*self.progress())
-        summary = self.summary()
-        try:
-            self._notify("on_stop", summary)
+        try:  # patterns the device never reported on: sent, fate unknown
+            for record in self.pending.values():
+                self.recent_stims.append(record)
+                self._notify("on_stim", record)
+            summary = self.summary()
+            with _ctrl_c_ignored():  # recorders finish their files whatever the user presses
+                self._notify("on_stop", summary)
         except SinkError as exc:
             self._fail("sink", traceback.format_exc(), exc)
+            summary = self.summary()
             summary["error"] = "sink"
         return summary
 
@@ -564,6 +584,7 @@ class Engine:
             "stims_executed": self.counts["executed"],
             "stims_dropped": self.counts["dropped"],
             "stims_refused": self.counts["refused"],
+            "stims_unreported": len(self.pending),
             "latency_samples": {
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,

@@ -275,7 +275,7 @@ def test_generic_hdf5_features(tmp_path, monkeypatch):
 def test_overwrite(recording, tmp_path):
     dst = tmp_path / "out.nwb"
     dst.write_text("old")
-    with pytest.raises(ExportError, match="already exists.*overwrite=True"):
+    with pytest.raises(ExportError, match="already exists.*--overwrite"):
         export_compressed(recording, dst)
     assert dst.read_text() == "old"
     export_compressed(recording, dst, compression="lzf", level=None, overwrite=True)

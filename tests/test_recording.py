@@ -177,7 +177,7 @@ def test_decisions_are_recorded(tmp_path):
         "        self.n += 1\n"
         "        if self.n % 100 == 0:\n"
         "            ctx.decision(self.n % 3, candidates=[0, 1, 2], scores=[0.1, 0.5, 0.4],\n"
-        "                         rule='infomax')\n"
+        "                         rule='infomax', sample=7, time=0.5, record='x')\n"
     )
     nwb = tmp_path / "d.nwb"
     proc = run_cli("run", str(protocol), "--fast", "--duration", "1", "--record", str(nwb),
@@ -186,8 +186,9 @@ def test_decisions_are_recorded(tmp_path):
     with recording.open(nwb) as rec:
         d = rec.decisions
     assert len(d) == 10
-    assert d[0]["choice"] == "1" and json.loads(d[0]["scores"]) == [0.1, 0.5, 0.4]
-    assert d[0]["rule"] == "infomax" and d[0]["sample"] == 100 * 25
+    assert d[0]["choice"] == 1 and d[0]["scores"] == [0.1, 0.5, 0.4]
+    assert d[0]["details"] == {"rule": "infomax", "sample": 7, "time": 0.5, "record": "x"}
+    assert d[0]["sample"] == 100 * 25 and d[0]["time"] == pytest.approx(0.1)
 
 
 def test_journal_skips_a_torn_last_line(tmp_path):

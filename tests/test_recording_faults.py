@@ -3,6 +3,7 @@
 import errno
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import namedtuple
@@ -175,25 +176,86 @@ def test_stalled_disk_loses_raw_blocks_but_not_the_loop(tmp_path, monkeypatch):
     assert np.array_equal(plain.trials.table().r, engine.trials.table().r)
 
 
-def test_full_disk_mid_run_is_counted_and_reported(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    RuntimeError("Unable to synchronously flush file (errno = 28, No space left on device)"),
+])
+def test_full_disk_mid_run_is_counted_and_reported(tmp_path, monkeypatch, error):
     real_write = writer._RawAppender._write
     calls = []
 
     def full(self):
         calls.append(1)
         if len(calls) > 10:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise error
         real_write(self)
 
     monkeypatch.setattr(writer._RawAppender, "_write", full)
     _, s = _run_bss(tmp_path)
     r = s["recording"]
-    assert "No space left" in r["write_error"] and r["samples_lost"] > 0
+    total = round(s["duration_s"] * 25000)
+    assert "No space left" in r["write_error"] and r["error"] is None
     with recording.open(tmp_path / "r.nwb") as rec:
-        kinds = [e["kind"] for e in rec.events]
-        assert "recorder_error" in kinds and "lost" in kinds
-        assert rec.n_samples >= 10 * 2500 - 2500
-        assert len(rec.trials) == 6  # tables still written
+        assert r["samples_written"] == rec.n_samples == 10 * 2500  # what reached the disk
+        assert r["samples_lost"] == total - rec.n_samples
+        events = {e["kind"]: e for e in rec.events}
+        assert events["lost"]["sample"] == rec.n_samples  # first sample not on disk (t0 = 0)
+        assert f"{r['samples_lost']} samples from sample {rec.n_samples}" in \
+            events["lost"]["message"]
+        assert "recorder_error" in events and "stop" in events  # the journal went on
+        assert len(rec.trials) == 6 and len(rec.spikes) == s["spikes"]
+
+
+def test_cli_warns_when_the_recording_lost_data(tmp_path, monkeypatch, capsys):
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer._RawAppender, "_write", full)
+    code = cli.main(["run", "spontaneous", "--fast", "--duration", "1", "--record",
+                     str(tmp_path / "r.nwb")])
+    out = capsys.readouterr()
+    assert code == cli.EXIT_RECORDING
+    assert "recording       " in out.out and "0 raw samples, 25000 lost" in out.out
+    assert "warning: recording" in out.err and "No space left on device" in out.err
+
+
+def test_patterns_without_a_report_are_recorded_as_sent(tmp_path):
+    protocol = tmp_path / "last.py"
+    protocol.write_text(
+        "from mea_control.protocol import Protocol\n"
+        "from mea_control.types import StimPattern, StimPulse\n\n\n"
+        "class Last(Protocol):\n"
+        '    """One pulse in the very last block."""\n\n'
+        "    def on_block(self, ctx, block, filtered):\n"
+        "        if ctx.now >= 12_500:\n"
+        "            ctx.stimulate(StimPattern.single([10], StimPulse.biphasic(5, 200)))\n"
+        "            ctx.finish()\n"
+    )
+    nwb = tmp_path / "last.nwb"
+    proc = run_cli("run", str(protocol), "--fast", "--record", str(nwb))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 not reported by the end" in proc.stdout
+    with recording.open(nwb) as rec:
+        assert list(rec.pulses["status"]) == ["sent"]
+        assert rec.summary["stims_unreported"] == 1
+
+
+def test_a_failed_lsl_outlet_leaves_no_recording(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pylsl", None)
+    target = tmp_path / "r.nwb"
+    code = cli.main(["run", "spontaneous", "--fast", "--duration", "1", "--record", str(target),
+                     "--lsl"])
+    assert code == 2 and "pylsl" in capsys.readouterr().err
+    assert not target.exists() and not journal_path(target).exists()
+
+
+def test_overwrite_refuses_a_file_another_run_is_writing(tmp_path):
+    target = tmp_path / "busy.nwb"
+    with h5py.File(target, "w"):
+        proc = run_cli("run", "spontaneous", "--duration", "30", "--record", str(target),
+                       "--overwrite")
+    assert proc.returncode == 2 and "another run is still writing it" in proc.stderr
+    assert target.exists()
 
 
 def test_cli_refuses_bad_targets_before_the_run(tmp_path):
@@ -204,6 +266,8 @@ def test_cli_refuses_bad_targets_before_the_run(tmp_path):
         (tmp_path / "nope" / "r.nwb", "does not exist"),
         (tmp_path, "it is a folder"),
         (tmp_path / "r.h5", "end it in .nwb"),
+        (existing / "r.nwb", "is a file, not a folder"),
+        ("", "--record needs a file name"),
         ("/proc/r.nwb", "cannot record to /proc/r.nwb"),
     ]:
         proc = run_cli("run", "spontaneous", "--duration", "30", "--record", str(target))
@@ -212,6 +276,10 @@ def test_cli_refuses_bad_targets_before_the_run(tmp_path):
         assert len(lines) == 1 and words in lines[0], proc.stderr
         assert "[start]" not in proc.stderr and not proc.stdout
     assert existing.read_bytes() == b"precious"
+    journal_path(tmp_path / "crashed.nwb").write_text("{}")  # a crashed run's tables
+    proc = run_cli("run", "spontaneous", "--duration", "30", "--record",
+                   str(tmp_path / "crashed.nwb"))
+    assert proc.returncode == 2 and "crashed.nwb.journal exists" in proc.stderr
     proc = run_cli("run", "spontaneous", "--duration", "30", "--no-raw")
     assert proc.returncode == 2 and "--record" in proc.stderr
 
@@ -277,7 +345,7 @@ def test_truncated_file_gives_a_clear_message(tmp_path):
         with recording.open(cut) as rec:
             rec.spikes  # noqa: B018 - reading is what fails
     proc = run_cli("info", str(cut))
-    assert proc.returncode == 2 and "cut.nwb" in proc.stderr
+    assert proc.returncode == 2 and "cut.nwb: damaged or truncated" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -287,3 +355,22 @@ def test_a_file_being_recorded_is_named_as_such(tmp_path):
         f.attrs["nwb_version"] = "2.9.0"
         proc = run_cli("info", str(target))
     assert proc.returncode == 2 and "open for writing" in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
+    nwb = tmp_path / "int.nwb"
+    proc = subprocess.Popen(
+        cli_command("run", "spontaneous", "--duration", "60", "--record", str(nwb), "--quiet"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = journal_path(nwb)
+    try:  # once a few batches of spikes are in the side journal
+        wait_for(lambda: journal.exists() and journal.stat().st_size > 2000)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)  # the second press lands while the run winds down
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == cli.EXIT_INTERRUPTED, proc.stderr.read()
+    with recording.open(nwb) as rec:
+        assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0

@@ -80,7 +80,7 @@ def export_compressed(
                 os.fsync(fh.fileno())
             if dst.exists() and not overwrite:
                 raise ExportError(
-                    f"{dst}: appeared during the export; remove it or pass overwrite=True"
+                    f"{dst}: appeared during the export; remove it or overwrite it (--overwrite)"
                 )
             os.replace(tmp, dst)
         except OSError as e:
@@ -118,7 +118,7 @@ def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.is_dir():
         raise ExportError(f"{dst}: is a folder; give a file name such as {dst / src.name}")
     if dst.exists() and not overwrite:
-        raise ExportError(f"{dst}: already exists; remove it or pass overwrite=True")
+        raise ExportError(f"{dst}: already exists; remove it or overwrite it (--overwrite)")
     if not dst.parent.is_dir():
         raise ExportError(f"{dst.parent}: no such folder; create it or choose another")
 

@@ -17,7 +17,7 @@ import numpy as np
 from mea_control.recording import nwbfile
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.journal import JournalContents, journal_path, read_journal
-from mea_control.recording.tables import stim_rows
+from mea_control.recording.tables import DECISION_FIELDS, stim_rows
 from mea_control.trials import TrialTable
 from mea_control.types import SpikeEvents
 
@@ -36,7 +36,7 @@ def _open_hdf5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        if "lock" in str(exc):
+        if "unable to lock file" in str(exc):
             raise RecordingError(
                 f"{path}: another program has it open for writing (a run still recording?); "
                 "try again when it has finished"
@@ -199,7 +199,13 @@ class Recording:
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
-        return self._log("decisions")
+        """Model decisions: sample, time, choice, candidates, scores, details."""
+        rows = self._log("decisions")
+        if self.journal is None:
+            for row in rows:
+                for key in DECISION_FIELDS:
+                    row[key] = json.loads(row[key])
+        return rows
 
     # -- lifetime ------------------------------------------------------------------
     def close(self) -> None:

@@ -67,6 +67,16 @@ def trial_record(trial: Trial) -> dict[str, Any]:
     }
 
 
+DECISION_FIELDS = ("choice", "candidates", "scores", "details")
+
+
+def decision_record(sample: int, decision: dict[str, Any]) -> dict[str, Any]:
+    """A model decision as a journal record: fixed fields, anything else under ``details``."""
+    fixed = {k: decision.get(k) for k in DECISION_FIELDS[:3]}
+    details = {k: v for k, v in decision.items() if k not in fixed}
+    return {"sample": int(sample), **fixed, "details": details}
+
+
 def _column(name: str, description: str, data: Any, dtype: Any = None):
     """A table column from an array, or from a list of text."""
     from hdmf.common import VectorData
@@ -274,7 +284,8 @@ def finalize(path: str | Path, recovered: bool = False) -> JournalContents:
         nwb.create_processing_module("ecephys", "spikes detected online").add(
             _spikes_table(nwb, c, t0, fs))
         nwb.units = _units(nwb, c, t0, fs, labels)
-        nwb.add_time_intervals(_stimulation_table(nwb, c, t0, fs))
+        if c.stims:
+            nwb.add_time_intervals(_stimulation_table(nwb, c, t0, fs))
         if c.trials:
             nwb.trials = _trials_table(c, t0, fs)
         log = nwb.create_processing_module("mea_control", "run log and model decisions")
@@ -282,10 +293,8 @@ def finalize(path: str | Path, recovered: bool = False) -> JournalContents:
                            "errors, data lost", c.events, t0, fs,
                            {"kind": "event kind", "message": "what happened"}))
         if c.decisions:
-            keys = sorted({k for d in c.decisions for k in d} - {"sample"})
             log.add(_log_table("decisions", "stimulus choices of the model (JSON values)",
-                               [{k: d.get(k) for k in ("sample", *keys)} for d in c.decisions],
-                               t0, fs, {k: k for k in keys}))
+                               c.decisions, t0, fs, {k: k for k in DECISION_FIELDS}))
         summary = dict(c.summary["summary"]) if c.summary else {}
         summary["first_sample"] = t0
         if c.trials:

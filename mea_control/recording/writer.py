@@ -12,7 +12,6 @@ At a clean stop the journal becomes the file's tables (see ``tables``).
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import shutil
 import threading
@@ -55,22 +54,45 @@ def _contiguous(blocks: list[Block]) -> list[Block]:
 
 
 def check_target(path: str | Path, overwrite: bool = False) -> Path:
-    """Fail early: the folder must exist and be writable, the file absent unless overwrite."""
+    """Fail early: a writable .nwb path in an existing folder, not in use, absent unless
+    ``overwrite`` (also its side journal, which may hold a crashed run's tables)."""
+    if not str(path).strip():
+        raise RecordingError("--record needs a file name, e.g. --record run.nwb")
     target = Path(path)
+    where = f"cannot record to {path}"
     if target.is_dir():
-        raise RecordingError(f"cannot record to {path}: it is a folder; give a file name")
+        raise RecordingError(f"{where}: it is a folder; give a file name")
     if target.suffix.lower() != ".nwb":
-        raise RecordingError(f"cannot record to {path}: a recording is an NWB file; end it in .nwb")
-    folder = target.resolve().parent
-    if not folder.is_dir():
-        raise RecordingError(f"cannot record to {path}: folder {target.parent} does not exist")
-    if target.exists() and not overwrite:
-        raise RecordingError(
-            f"cannot record to {path}: the file exists; choose another name or add --overwrite"
-        )
-    if not os.access(folder, os.W_OK):
-        raise RecordingError(f"cannot record to {path}: folder {folder} is not writable")
+        raise RecordingError(f"{where}: a recording is an NWB file; end it in .nwb")
+    parent = target.absolute().parent
+    if parent.exists() and not parent.is_dir():
+        raise RecordingError(f"{where}: {target.parent} is a file, not a folder")
+    if not parent.is_dir():
+        raise RecordingError(f"{where}: folder {target.parent} does not exist")
+    journal = journal_path(target)
+    for existing in (target, journal):
+        if existing.exists() and not overwrite:
+            raise RecordingError(
+                f"{where}: {existing.name} exists; choose another name or add --overwrite"
+            )
+    if target.exists():
+        _refuse_if_in_use(target, where)
+    probe = target if not target.exists() else parent / f".{target.name}.probe"
+    try:
+        with open(probe, "ab"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        raise RecordingError(f"{where}: {exc.strerror or exc}") from None
     return target
+
+
+def _refuse_if_in_use(target: Path, where: str) -> None:
+    try:
+        h5py.File(target, "r").close()
+    except OSError as exc:
+        if "unable to lock file" in str(exc):
+            raise RecordingError(f"{where}: another run is still writing it") from None
 
 
 def check_space(path: Path, bytes_per_s: float, duration_s: float | None) -> None:
@@ -123,13 +145,17 @@ class _RawAppender:
         self.rows = rows
         self.buf = np.empty((rows, n_channels), np.int16)
         self.start = 0  # data index of buf[0]
-        self.fill = 0
+        self.fill = 0  # rows in buf
+        self.on_disk = 0  # rows of buf already written and flushed
         self.capacity = rows
-        self.dirty = False  # buf holds rows not yet written
+        #: Rows written and flushed so far (what a crash would leave).
+        self.persisted = 0
 
     def add(self, index: int, data: np.ndarray) -> bool:
         """Buffer a block at data index ``index``; True if a chunk was written and flushed."""
         flushed = False
+        if index < self.start + self.fill:
+            raise ValueError(f"data index {index} goes back before {self.start + self.fill}")
         if index != self.start + self.fill:  # a gap (device or backlog): leave it unwritten
             flushed = self.write_partial()
             self._restart(index)
@@ -137,7 +163,6 @@ class _RawAppender:
             take = min(len(data), self.capacity - self.fill)
             self.buf[self.fill:self.fill + take] = data[:take]
             self.fill += take
-            self.dirty = True
             data = data[take:]
             if self.fill == self.capacity:
                 self._write()
@@ -146,12 +171,12 @@ class _RawAppender:
         return flushed
 
     def _restart(self, index: int) -> None:
-        self.start, self.fill, self.dirty = index, 0, False
+        self.start, self.fill, self.on_disk = index, 0, 0
         self.capacity = self.rows - index % self.rows  # end the buffer on a chunk boundary
 
     def write_partial(self) -> bool:
         """Write what the buffer holds (it is rewritten whole once the chunk fills)."""
-        wrote = self.dirty
+        wrote = self.fill > self.on_disk
         if wrote:
             self._write()
         return wrote
@@ -162,11 +187,13 @@ class _RawAppender:
             self.data.resize(end, axis=0)
         self.data[self.start:end] = self.buf[:self.fill]
         self.h5.flush()
-        self.dirty = False
+        self.persisted += self.fill - self.on_disk
+        self.on_disk = self.fill
 
     @property
-    def samples_on_disk(self) -> int:
-        return int(self.data.shape[0])
+    def first_unwritten(self) -> int:
+        """Data index of the first buffered row not yet on disk."""
+        return self.start + self.on_disk
 
 
 class Recorder(Sink):
@@ -174,7 +201,8 @@ class Recorder(Sink):
 
     The constructor checks the target and writes the file's structure, so bad
     paths and full disks fail before anything runs. ``raw=False`` keeps spikes,
-    pulses, trials and events only.
+    pulses, trials and events only. Failures while recording never stop the
+    run: they are counted (``stats()``), logged as events and left in the summary.
     """
 
     def __init__(
@@ -215,11 +243,13 @@ class Recorder(Sink):
         self._done = 0  # raw samples the writer thread has dealt with (writer thread adds)
         self.backlog_peak = 0
         self._lost_backlog = 0  # not queued: backlog full (acquisition thread adds)
-        self._lost_write = 0  # queued, not written: the disk failed (writer thread adds)
         self._lost_from: int | None = None  # first sample of the current run not queued
         self._lost_to = 0
         self.write_error: str | None = None
         self._error_sample = 0
+        self.journal_error: str | None = None
+        self.records_lost = 0  # side records the journal could not take
+        self.finalize_error: str | None = None
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._spikes: list[SpikeEvents] = []  # writer thread: batches since the last flush
         # acquisition thread: blocks and spikes gathered for the next queue put
@@ -227,10 +257,10 @@ class Recorder(Sink):
         self._outbox_spikes: list[SpikeEvents] = []
         self._outbox_samples = 0
         self._batch = max(1, int(info.sample_rate * BATCH_S))
+        self._stopped = False
         self._thread = threading.Thread(target=self._write_loop, name="mea-recorder",
                                         daemon=True)
         self._thread.start()
-        self._stopped = False
 
     # -- sink methods, acquisition thread -----------------------------------------
     def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
@@ -275,8 +305,15 @@ class Recorder(Sink):
             self._lost_from = None
 
     @property
+    def samples_written(self) -> int:
+        """Raw samples on disk, flushed."""
+        return self._raw.persisted if self._raw is not None else 0
+
+    @property
     def samples_lost(self) -> int:
-        return self._lost_backlog + self._lost_write
+        """Raw samples the run produced that are not on disk (backlog full or disk failed)."""
+        handed = self._done if self._raw is not None else 0
+        return self._lost_backlog + handed - self.samples_written
 
     def on_spikes(self, spikes: SpikeEvents) -> None:
         self._outbox_spikes.append(spikes)
@@ -288,7 +325,7 @@ class Recorder(Sink):
         self._queue.put(("trial", tables.trial_record(trial)))
 
     def on_decision(self, sample: int, decision: dict[str, Any]) -> None:
-        self._queue.put(("decision", {"sample": int(sample), **decision}))
+        self._queue.put(("decision", tables.decision_record(sample, decision)))
 
     def on_event(self, event: RunEvent) -> None:
         self._event(event.sample, event.kind, event.message)
@@ -296,48 +333,72 @@ class Recorder(Sink):
     def _event(self, sample: int, kind: str, message: str) -> None:
         self._queue.put(("event", {"sample": int(sample), "kind": kind, "message": message}))
 
+    # -- the end -------------------------------------------------------------------
     def on_stop(self, summary: dict[str, Any]) -> None:
-        """Drain the queue, close the raw file and write the tables (blocks until done)."""
+        """Drain the queue, close the raw file and write the tables (blocks until done).
+
+        Never raises for a disk problem: if the tables cannot be written, the side
+        journal stays for ``mea-control recover`` and ``stats()["error"]`` says why.
+        """
         if self._stopped:
             return
+        self._stopped = True
         self._end_lost_run()
         self._send()
         self._queue.put(("stop", None))
         self._thread.join()
-        if self._lost_write:
-            self._journal.write("event", {
+        if self.write_error is not None:
+            lost = self._done - self.samples_written
+            self._journal_write("event", {
                 "sample": self._error_sample, "kind": "lost",
-                "message": f"{self._lost_write} samples from sample {self._error_sample} on not "
-                f"written to disk: {self.write_error}"})
+                "message": f"{lost} samples from sample {self._error_sample} on not written "
+                f"to disk: {self.write_error}"})
         stats = self.stats()
         summary["recording"] = stats
-        self._journal.write("summary", {"summary": summary})
+        self._journal_write("summary", {"summary": summary})
         self._journal.close()
-        self._stopped = True
-        tables.finalize(self.path)
-        stats["bytes"] = self.path.stat().st_size
+        if self.journal_error is None:
+            try:
+                tables.finalize(self.path)
+            except Exception as exc:  # disk full at the end: the journal stays for recover
+                self.finalize_error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.finalize_error = f"the side journal failed ({self.journal_error})"
+        stats["error"] = self.finalize_error
+        stats["bytes"] = self.path.stat().st_size if self.path.exists() else 0
 
     def close(self) -> None:
-        """Stop without a summary (the run never started): keep what was written."""
+        """Stop without a summary (the run never got to its end): keep what was written."""
         if not self._stopped:
-            self.on_stop({"interrupted": True, "note": "the run did not start"})
+            self.on_stop({"interrupted": True, "note": "the run did not finish"})
+
+    def discard(self) -> None:
+        """The run never started: stop the writer and delete the file and its side journal."""
+        if not self._stopped:
+            self._stopped = True
+            self._queue.put(("stop", None))
+            self._thread.join()
+            self._journal.close()
+        for path in (self.path, self.journal_path):
+            path.unlink(missing_ok=True)
 
     def stats(self) -> dict[str, Any]:
         fs = self.info.sample_rate
         return {
             "file": str(self.path),
             "raw": self.raw,
-            "samples_written": self._done - self._lost_write,
+            "samples_written": self.samples_written,
             "samples_lost": self.samples_lost,
             "backlog_peak_s": round(self.backlog_peak / fs, 3),
             "backlog_s": round((self._queued - self._done) / fs, 3),
             "write_error": self.write_error,
+            "records_lost": self.records_lost,
         }
 
     # -- writer thread ---------------------------------------------------------------
     def _write_loop(self) -> None:
         """Write blocks as they come; spikes and the journal at each flush (100 ms of data,
-        or 100 ms of wall time, whichever comes first)."""
+        or 100 ms of wall time, whichever comes first). Nothing here may end the thread."""
         idle_s = nwbfile.CHUNK_S
         last_flush = time.monotonic()
         try:
@@ -357,7 +418,7 @@ class Recorder(Sink):
                 elif kind == "spikes":
                     self._spikes.extend(item)
                 else:
-                    self._journal.write(kind, item)
+                    self._journal_write(kind, item)
                 if flushed or time.monotonic() - last_flush > idle_s:
                     self._flush_journal()
                     last_flush = time.monotonic()
@@ -369,11 +430,32 @@ class Recorder(Sink):
                 except Exception:  # a broken disk must not hide what was already counted
                     pass
 
+    def _journal_write(self, kind: str, record: dict[str, Any]) -> None:
+        if self.journal_error is not None:
+            self.records_lost += 1
+            return
+        try:
+            self._journal.write(kind, record)
+        except Exception as exc:  # disk full: count what the journal could not take
+            self.journal_error = f"{type(exc).__name__}: {exc}"
+            self.records_lost += 1
+
     def _flush_journal(self) -> None:
         if self._spikes:
-            self._journal.write_spikes(SpikeEvents.concat(self._spikes))
+            spikes = SpikeEvents.concat(self._spikes)
             self._spikes.clear()
-        self._journal.flush()
+            if self.journal_error is None:
+                try:
+                    self._journal.write_spikes(spikes)
+                except Exception as exc:
+                    self.journal_error = f"{type(exc).__name__}: {exc}"
+            if self.journal_error is not None:
+                self.records_lost += 1
+        if self.journal_error is None:
+            try:
+                self._journal.flush()
+            except Exception as exc:
+                self.journal_error = f"{type(exc).__name__}: {exc}"
 
     def _write_block(self, block: Block) -> bool:
         """Hand a block to the appender; True if that flushed the file."""
@@ -381,18 +463,16 @@ class Recorder(Sink):
         if self.write_error is None:
             try:
                 flushed = self._raw.add(block.start_sample - self.t0, block.data)
-            except OSError as exc:
-                self._failed(block.start_sample, exc)
-        if self.write_error is not None:
-            self._lost_write += block.n_samples
+            except Exception as exc:  # h5py reports a full disk as OSError or RuntimeError
+                self._failed(exc)
         self._done += block.n_samples
         return flushed
 
-    def _failed(self, sample: int, exc: OSError) -> None:
+    def _failed(self, exc: Exception) -> None:
         """The disk refused a write: stop writing raw samples, count the rest as lost."""
-        self.write_error = f"writing raw samples failed ({exc})"
-        self._error_sample = sample
-        self._journal.write("event", {"sample": sample, "kind": "recorder_error",
+        self.write_error = f"writing raw samples failed ({type(exc).__name__}: {exc})"
+        self._error_sample = self.t0 + self._raw.first_unwritten
+        self._journal_write("event", {"sample": self._error_sample, "kind": "recorder_error",
                                       "message": f"{self.write_error}; the run goes on, "
                                       "spikes, pulses and trials are still recorded"})
 
@@ -400,6 +480,6 @@ class Recorder(Sink):
         if self._raw is not None and self.write_error is None:
             try:
                 self._raw.write_partial()
-            except OSError as exc:
-                self._failed(self._raw.start, exc)
+            except Exception as exc:
+                self._failed(exc)
         self._flush_journal()
