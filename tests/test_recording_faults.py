@@ -374,3 +374,24 @@ def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
     assert proc.returncode == cli.EXIT_INTERRUPTED, proc.stderr.read()
     with recording.open(nwb) as rec:
         assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0
+
+
+def test_raw_samples_stop_cleanly_before_the_disk_is_full(tmp_path, monkeypatch):
+    real = writer.shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    checks = []
+
+    def filling(path):
+        checks.append(1)
+        if len(checks) > 4:  # the start-up check, three chunks; the fourth leaves 10 MB
+            return usage(10**10, 10**10 - 10**7, 10**7)
+        return real(path)
+
+    monkeypatch.setattr(writer.shutil, "disk_usage", filling)
+    _, s = _run_bss(tmp_path)
+    r = s["recording"]
+    assert "nearly full (10 MB left)" in r["write_error"] and r["error"] is None
+    with recording.open(tmp_path / "r.nwb") as rec:
+        assert rec.complete and rec.n_samples == r["samples_written"] == 4 * 2500
+        assert r["samples_lost"] == round(s["duration_s"] * 25000) - 4 * 2500
+        assert len(rec.trials) == 6 and "lost" in [e["kind"] for e in rec.events]

@@ -236,8 +236,13 @@ def health(rec: Recording) -> tuple[str, list[str]]:
                         f"({s.get('samples_lost', 0)} samples missing)")
     if s.get("error"):
         problems.append(f"the run ended with a {s['error']} error")
+    if "recovered" in s:
+        problems.insert(0, "recovered after the run stopped without finishing the file: it "
+                        "holds the raw samples up to the last flush and the tables up to the "
+                        "side journal's last line")
+        return "recovered", problems
     if rec.summary is not None:
-        return ("recovered" if "recovered" in s else "complete"), problems
+        return "complete", problems
     if rec.journal is not None:
         problems.insert(0, "the run did not stop cleanly; run `mea-control recover "
                         f"{rec.path}` to write its spikes, pulses and trials into the file")

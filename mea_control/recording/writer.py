@@ -38,6 +38,9 @@ MIN_FREE_S = 60.0
 MIN_FREE_BYTES = 20_000_000
 #: The acquisition thread hands data to the writer in batches of this many seconds.
 BATCH_S = 0.01
+#: Raw samples stop while this much disk is left, so that the file closes cleanly and the
+#: side journal and the tables still fit (HDF5 cannot close a file on a full disk).
+RESERVE_BYTES = 50_000_000
 
 
 def _contiguous(blocks: list[Block]) -> list[Block]:
@@ -250,6 +253,8 @@ class Recorder(Sink):
         self.journal_error: str | None = None
         self.records_lost = 0  # side records the journal could not take
         self.finalize_error: str | None = None
+        #: A write failed inside HDF5: the library may crash when the process exits.
+        self.hdf5_broken = False
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._spikes: list[SpikeEvents] = []  # writer thread: batches since the last flush
         # acquisition thread: blocks and spikes gathered for the next queue put
@@ -356,7 +361,10 @@ class Recorder(Sink):
         stats = self.stats()
         summary["recording"] = stats
         self._journal_write("summary", {"summary": summary})
-        self._journal.close()
+        try:
+            self._journal.close()
+        except OSError as exc:
+            self.journal_error = self.journal_error or f"{type(exc).__name__}: {exc}"
         if self.journal_error is None:
             try:
                 tables.finalize(self.path)
@@ -463,14 +471,28 @@ class Recorder(Sink):
         if self.write_error is None:
             try:
                 flushed = self._raw.add(block.start_sample - self.t0, block.data)
+                if flushed:
+                    self._check_room()
             except Exception as exc:  # h5py reports a full disk as OSError or RuntimeError
                 self._failed(exc)
         self._done += block.n_samples
         return flushed
 
+    def _check_room(self) -> None:
+        """Stop raw samples, closing the file cleanly, before the disk is full."""
+        free = shutil.disk_usage(self.path.parent).free
+        if free < RESERVE_BYTES:
+            self._h5.close()
+            self.write_error = (f"the disk is nearly full ({free / 1e6:.0f} MB left): raw "
+                                "samples stopped to keep room for spikes, pulses and trials")
+            self._error_sample = self.t0 + self._raw.first_unwritten
+            self._journal_write("event", {"sample": self._error_sample, "kind": "recorder_error",
+                                          "message": self.write_error})
+
     def _failed(self, exc: Exception) -> None:
         """The disk refused a write: stop writing raw samples, count the rest as lost."""
         self.write_error = f"writing raw samples failed ({type(exc).__name__}: {exc})"
+        self.hdf5_broken = True
         self._error_sample = self.t0 + self._raw.first_unwritten
         self._journal_write("event", {"sample": self._error_sample, "kind": "recorder_error",
                                       "message": f"{self.write_error}; the run goes on, "
