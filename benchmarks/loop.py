@@ -24,7 +24,9 @@ import os
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")  # one core; set before numba loads
 
 import argparse  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -185,7 +187,7 @@ def bench_block_cost(quick: bool = False) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------
-def bench_reaction_latency(quick: bool = False) -> dict:
+def bench_reaction_latency(quick: bool = False, record: bool = False) -> dict:
     """(c) Spike-to-pulse latency through the engine on the simulator, in device samples.
 
     A protocol stimulates as soon as it sees a spike (the first in a batch, after
@@ -193,7 +195,8 @@ def bench_reaction_latency(quick: bool = False) -> dict:
     never reached). Latency is from the spike's sample to the sample at which
     the simulated device executed the pulse. The run is in real time: a pattern
     sent after the device has moved on to a later block runs there, so a loop
-    that falls behind shows in these figures.
+    that falls behind shows in these figures. ``record``: with a Recorder
+    writing the run to an NWB file in a temporary folder, as ``--record`` does.
     """
     from drivers.base import open_driver
     from mea_control.engine import Engine, EngineConfig
@@ -223,7 +226,13 @@ def bench_reaction_latency(quick: bool = False) -> dict:
     driver = open_driver("sim://?seed=7")
     driver.open()
     engine = Engine(driver, React(), EngineConfig(fast=False, duration_s=600.0))
-    summary = engine.run()
+    with tempfile.TemporaryDirectory() as folder:
+        if record:
+            from mea_control.recording.writer import Recorder, engine_provenance
+
+            engine.sinks.append(Recorder(Path(folder) / "bench.nwb", engine.info,
+                                         engine_provenance(engine)))
+        summary = engine.run()
     driver.close()
     lat = engine.latency_samples()
     block = engine.block_samples
@@ -240,7 +249,7 @@ def bench_reaction_latency(quick: bool = False) -> dict:
     }
     ms = 1000.0 / engine.info.sample_rate
     print("(c) reaction latency on the simulator in real time, spike -> pulse execution, "
-          "1 ms blocks")
+          f"1 ms blocks{', recording to NWB' if record else ''}")
     print(f"  {out['reactions']} reactions ({out['dropped_late']} more dropped: the loop "
           "answered after the device had passed the booked sample)")
     print(f"  p50 {out['p50_samples']:.0f} samples "
@@ -294,7 +303,11 @@ def print_block_cost(r: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter data, fewer repeats")
+    parser.add_argument("--record", action="store_true",
+                        help="(c) only, with the run recorded to NWB as --record does")
     args = parser.parse_args(argv)
+    if args.record:
+        return {"reaction_latency": bench_reaction_latency(args.quick, record=True)}
     results = {"detection": bench_detection(args.quick)}
     print_detection(results["detection"])
     results["block_cost"] = bench_block_cost(args.quick)

@@ -1,6 +1,7 @@
 """Recording when things go wrong: a killed process, a stalled or full disk, bad paths and files."""
 
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from drivers.base import open_driver
 from mea_control import cli, recording
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.protocol import load_protocol
-from mea_control.recording import writer
+from mea_control.recording import disk, writer
 from mea_control.recording.journal import journal_path
 from mea_control.recording.writer import Recorder, engine_provenance
 
@@ -35,6 +36,14 @@ def wait_for(condition, timeout=60.0):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def _openable(path) -> bool:
+    try:
+        recording.open(path).close()
+        return True
+    except recording.RecordingError:
+        return False
 
 
 def simulated_samples(url: str, n: int) -> np.ndarray:
@@ -68,6 +77,7 @@ def test_killed_run_leaves_a_readable_file_and_recover_restores_tables(tmp_path)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    wait_for(lambda: _openable(nwb))  # the recording process flushes and lets go
 
     with recording.open(nwb) as rec:  # opens as it is, tables from the side journal
         assert not rec.complete
@@ -120,6 +130,9 @@ class _Release(Sink):
 
 
 def _run_bss(tmp_path, record=True, sinks_before=(), **recorder_options):
+    """Two BSS sessions of 3 trials; the recorder's disk side runs as a thread (so that
+    tests can patch it) unless ``process=True``."""
+    recorder_options.setdefault("process", False)
     cls, path = load_protocol("bss_isomura")
     driver = open_driver("sim://?seed=1")
     driver.open()
@@ -136,7 +149,7 @@ def _run_bss(tmp_path, record=True, sinks_before=(), **recorder_options):
 
 def test_stalled_disk_loses_raw_blocks_but_not_the_loop(tmp_path, monkeypatch):
     gate = threading.Event()
-    real_write = writer._RawAppender._write
+    real_write = disk._RawAppender._write
     calls = []
 
     def stalled(self):
@@ -145,7 +158,7 @@ def test_stalled_disk_loses_raw_blocks_but_not_the_loop(tmp_path, monkeypatch):
             gate.wait(60)
         real_write(self)
 
-    monkeypatch.setattr(writer._RawAppender, "_write", stalled)
+    monkeypatch.setattr(disk._RawAppender, "_write", stalled)
     engine, s = _run_bss(tmp_path, sinks_before=[_Release(gate, 100_000)], max_backlog_s=0.5)
     assert s["error"] is None and s["trials"] == 6
     r = s["recording"]
@@ -181,7 +194,7 @@ def test_stalled_disk_loses_raw_blocks_but_not_the_loop(tmp_path, monkeypatch):
     RuntimeError("Unable to synchronously flush file (errno = 28, No space left on device)"),
 ])
 def test_full_disk_mid_run_is_counted_and_reported(tmp_path, monkeypatch, error):
-    real_write = writer._RawAppender._write
+    real_write = disk._RawAppender._write
     calls = []
 
     def full(self):
@@ -190,7 +203,7 @@ def test_full_disk_mid_run_is_counted_and_reported(tmp_path, monkeypatch, error)
             raise error
         real_write(self)
 
-    monkeypatch.setattr(writer._RawAppender, "_write", full)
+    monkeypatch.setattr(disk._RawAppender, "_write", full)
     _, s = _run_bss(tmp_path)
     r = s["recording"]
     total = round(s["duration_s"] * 25000)
@@ -210,13 +223,49 @@ def test_cli_warns_when_the_recording_lost_data(tmp_path, monkeypatch, capsys):
     def full(self):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer._RawAppender, "_write", full)
-    code = cli.main(["run", "spontaneous", "--fast", "--duration", "1", "--record",
-                     str(tmp_path / "r.nwb")])
+    monkeypatch.setattr(disk._RawAppender, "_write", full)
+    _, s = _run_bss(tmp_path)
+    assert cli._report_recording(s["recording"], quiet=False)  # -> exit code 4
     out = capsys.readouterr()
-    assert code == cli.EXIT_RECORDING
-    assert "recording       " in out.out and "0 raw samples, 25000 lost" in out.out
+    total = round(s["duration_s"] * 25000)
+    assert f"0 raw samples, {total} lost" in out.out
     assert "warning: recording" in out.err and "No space left on device" in out.err
+
+
+class _Freeze(Sink):
+    """Stops the recording process (as a hung disk would) between two samples."""
+
+    def __init__(self, recorder, start: int, stop: int) -> None:
+        self.pid, self.start, self.stop = recorder._process.pid, start, stop
+
+    def on_block(self, block, filtered, spikes):
+        if block.start_sample == self.start:
+            os.kill(self.pid, signal.SIGSTOP)
+        elif block.start_sample == self.stop:
+            os.kill(self.pid, signal.SIGCONT)
+
+
+def test_a_hung_recording_process_does_not_stall_the_loop(tmp_path):
+    cls, path = load_protocol("bss_isomura")
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    engine = Engine(driver, cls(sessions=1, trials_per_session=6),
+                    EngineConfig(fast=True, block_ms=1.0))
+    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, path),
+                   max_backlog_s=0.5)
+    engine.sinks += [_Freeze(rec, 25_000, 100_000), rec]
+    s = engine.run()
+    driver.close()
+    r = s["recording"]
+    assert s["error"] is None and s["trials"] == 6
+    assert r["samples_lost"] > 0 and r["error"] is None
+    total = round(s["duration_s"] * 25000)
+    with recording.open(tmp_path / "r.nwb") as rec_file:
+        assert rec_file.complete and rec_file.n_samples == total
+        assert r["samples_written"] + r["samples_lost"] == total
+        assert any(e["kind"] == "lost" for e in rec_file.events)
+    plain, _ = _run_bss(tmp_path, record=False)
+    assert np.array_equal(plain.trials.table().r, engine.trials.table().r)
 
 
 def test_patterns_without_a_report_are_recorded_as_sent(tmp_path):
@@ -377,7 +426,7 @@ def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
 
 
 def test_raw_samples_stop_cleanly_before_the_disk_is_full(tmp_path, monkeypatch):
-    real = writer.shutil.disk_usage
+    real = disk.shutil.disk_usage
     usage = namedtuple("usage", "total used free")
     checks = []
 
@@ -387,7 +436,7 @@ def test_raw_samples_stop_cleanly_before_the_disk_is_full(tmp_path, monkeypatch)
             return usage(10**10, 10**10 - 10**7, 10**7)
         return real(path)
 
-    monkeypatch.setattr(writer.shutil, "disk_usage", filling)
+    monkeypatch.setattr(disk.shutil, "disk_usage", filling)
     _, s = _run_bss(tmp_path)
     r = s["recording"]
     assert "nearly full (10 MB left)" in r["write_error"] and r["error"] is None

@@ -39,7 +39,7 @@ def _unpack(text: str, dtype: str) -> np.ndarray:
 
 
 class Journal:
-    """Appends records to the side file (one writer thread only)."""
+    """Appends records to the side file (one writer at a time)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -2,18 +2,22 @@
 
 On the acquisition thread it only queues: raw blocks (bounded: past
 ``max_backlog_s`` of unwritten data a block is counted as lost, never
-blocking the loop), spikes, pulses, trials, decisions and events. A writer
-thread appends raw samples to the ElectricalSeries with h5py in whole chunks
-of 100 ms, flushing the file after each (and after 100 ms without new data),
-and appends everything else to the side journal, flushed at the same time.
-At a clean stop the journal becomes the file's tables (see ``tables``).
+blocking the loop), spikes, pulses, trials, decisions and events, handed
+every 50 ms of data to the recording process (``disk``), which appends raw
+samples to the ElectricalSeries in chunks of 100 ms, flushing after each, and
+everything else to the side journal. At a clean stop the journal becomes the
+file's tables (see ``tables``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
 import queue
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -26,7 +30,7 @@ import numpy as np
 from drivers.base import DeviceInfo
 from mea_control import __version__
 from mea_control.engine import RunEvent, Sink, StimRecord
-from mea_control.recording import nwbfile, tables
+from mea_control.recording import disk, nwbfile, tables
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.journal import Journal, journal_path
 from mea_control.trials import Trial
@@ -36,24 +40,10 @@ from mea_control.types import Block, SpikeEvents
 MIN_FREE_S = 60.0
 #: Margin for tables and HDF5 metadata, bytes.
 MIN_FREE_BYTES = 20_000_000
+#: How long the recording process may take to start and open the file, seconds.
+STARTUP_S = 60.0
 #: The acquisition thread hands data to the writer in batches of this many seconds.
-BATCH_S = 0.01
-#: Raw samples stop while this much disk is left, so that the file closes cleanly and the
-#: side journal and the tables still fit (HDF5 cannot close a file on a full disk).
-RESERVE_BYTES = 50_000_000
-
-
-def _contiguous(blocks: list[Block]) -> list[Block]:
-    """Join consecutive blocks into one block per run without gaps."""
-    runs: list[list[Block]] = []
-    for block in blocks:
-        if runs and runs[-1][-1].stop_sample == block.start_sample:
-            runs[-1].append(block)
-        else:
-            runs.append([block])
-    return [r[0] if len(r) == 1 else
-            Block(r[0].start_sample, np.concatenate([b.data for b in r]), r[0].uV_per_bit)
-            for r in runs]
+BATCH_S = 0.05
 
 
 def check_target(path: str | Path, overwrite: bool = False) -> Path:
@@ -139,66 +129,6 @@ def engine_provenance(engine: Any, protocol_file: str | Path | None = None,
     }
 
 
-class _RawAppender:
-    """Appends blocks to the resizable dataset in chunk-aligned writes, flushing after each."""
-
-    def __init__(self, h5: h5py.File, rows: int, n_channels: int) -> None:
-        self.h5 = h5
-        self.data = h5[nwbfile.SERIES_PATH]["data"]
-        self.rows = rows
-        self.buf = np.empty((rows, n_channels), np.int16)
-        self.start = 0  # data index of buf[0]
-        self.fill = 0  # rows in buf
-        self.on_disk = 0  # rows of buf already written and flushed
-        self.capacity = rows
-        #: Rows written and flushed so far (what a crash would leave).
-        self.persisted = 0
-
-    def add(self, index: int, data: np.ndarray) -> bool:
-        """Buffer a block at data index ``index``; True if a chunk was written and flushed."""
-        flushed = False
-        if index < self.start + self.fill:
-            raise ValueError(f"data index {index} goes back before {self.start + self.fill}")
-        if index != self.start + self.fill:  # a gap (device or backlog): leave it unwritten
-            flushed = self.write_partial()
-            self._restart(index)
-        while len(data):
-            take = min(len(data), self.capacity - self.fill)
-            self.buf[self.fill:self.fill + take] = data[:take]
-            self.fill += take
-            data = data[take:]
-            if self.fill == self.capacity:
-                self._write()
-                flushed = True
-                self._restart(self.start + self.fill)
-        return flushed
-
-    def _restart(self, index: int) -> None:
-        self.start, self.fill, self.on_disk = index, 0, 0
-        self.capacity = self.rows - index % self.rows  # end the buffer on a chunk boundary
-
-    def write_partial(self) -> bool:
-        """Write what the buffer holds (it is rewritten whole once the chunk fills)."""
-        wrote = self.fill > self.on_disk
-        if wrote:
-            self._write()
-        return wrote
-
-    def _write(self) -> None:
-        end = self.start + self.fill
-        if self.data.shape[0] < end:
-            self.data.resize(end, axis=0)
-        self.data[self.start:end] = self.buf[:self.fill]
-        self.h5.flush()
-        self.persisted += self.fill - self.on_disk
-        self.on_disk = self.fill
-
-    @property
-    def first_unwritten(self) -> int:
-        """Data index of the first buffered row not yet on disk."""
-        return self.start + self.on_disk
-
-
 class Recorder(Sink):
     """Records one run to ``path`` (an engine sink). Create it before the run starts.
 
@@ -218,6 +148,7 @@ class Recorder(Sink):
         overwrite: bool = False,
         duration_s: float | None = None,
         max_backlog_s: float = 10.0,
+        process: bool = True,
     ) -> None:
         self.path = check_target(path, overwrite)
         self.info = info
@@ -233,39 +164,93 @@ class Recorder(Sink):
         except OSError as exc:
             self.path.unlink(missing_ok=True)
             raise RecordingError(f"cannot record to {path}: {exc}") from None
-        self._journal = Journal(self.journal_path)
-        self._h5: h5py.File | None = None
-        self._raw: _RawAppender | None = None
-        if raw:
-            rows = nwbfile.chunk_rows(info.sample_rate)
-            self._h5 = h5py.File(self.path, "r+", rdcc_nbytes=4 * rows * info.n_channels * 2)
-            self._raw = _RawAppender(self._h5, rows, info.n_channels)
+        self.journal_path.touch()
         self.t0: int | None = None
         self.max_backlog = int(max_backlog_s * info.sample_rate)
         self._queued = 0  # raw samples queued (acquisition thread adds)
-        self._done = 0  # raw samples the writer thread has dealt with (writer thread adds)
         self.backlog_peak = 0
         self._lost_backlog = 0  # not queued: backlog full (acquisition thread adds)
         self._lost_from: int | None = None  # first sample of the current run not queued
         self._lost_to = 0
-        self.write_error: str | None = None
-        self._error_sample = 0
-        self.journal_error: str | None = None
-        self.records_lost = 0  # side records the journal could not take
+        #: How the disk side ended (write_error, journal_error, records_lost, ...).
+        self.result: dict[str, Any] = {}
         self.finalize_error: str | None = None
-        #: A write failed inside HDF5: the library may crash when the process exits.
-        self.hdf5_broken = False
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._spikes: list[SpikeEvents] = []  # writer thread: batches since the last flush
         # acquisition thread: blocks and spikes gathered for the next queue put
         self._outbox: list[Block] = []
         self._outbox_spikes: list[SpikeEvents] = []
         self._outbox_samples = 0
         self._batch = max(1, int(info.sample_rate * BATCH_S))
         self._stopped = False
-        self._thread = threading.Thread(target=self._write_loop, name="mea-recorder",
-                                        daemon=True)
-        self._thread.start()
+        self._start_disk_writer(process)
+
+    def _start_disk_writer(self, process: bool) -> None:
+        """The disk side runs in its own process (or, for fault-injection tests, a thread)."""
+        self._taken = 0  # raw samples the disk side has taken (its progress reports)
+        self._on_disk = 0  # raw samples on disk, flushed
+        self._results: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        rows = nwbfile.chunk_rows(self.info.sample_rate)
+        n_channels = self.info.n_channels if self.raw else 0
+        if not process:
+            writer = disk.DiskWriter(self.path, self.journal_path, n_channels or None, rows)
+            self._workers = [threading.Thread(
+                target=lambda: self._results.put(writer.run(self._queue, self._progress)),
+                name="mea-recorder", daemon=True)]
+        else:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "mea_control.recording", str(self.path),
+                 str(self.journal_path), str(n_channels), str(rows)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._workers = [
+                threading.Thread(target=self._feed, name="mea-recorder-feed", daemon=True),
+                threading.Thread(target=self._listen, name="mea-recorder-status", daemon=True),
+            ]
+        self._ready = threading.Event()
+        for worker in self._workers:
+            worker.start()
+        if process and not self._ready.wait(STARTUP_S):
+            self._stop_disk_writer()
+            raise RecordingError(f"cannot record to {self.path}: the recording process did "
+                                 f"not start within {STARTUP_S:g} s")
+        if not self._results.empty():  # it started and failed at once
+            raise RecordingError(f"cannot record to {self.path}: "
+                                 f"{self._results.get()['write_error']}")
+
+    def _progress(self, taken: int, on_disk: int) -> None:
+        self._taken, self._on_disk = taken, on_disk
+
+    def _feed(self) -> None:
+        """Pickle queued items into the recording process (a full pipe blocks only here)."""
+        pipe = self._process.stdin
+        try:
+            while True:
+                item = self._queue.get()
+                pickle.dump(item, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+                pipe.flush()
+                if item[0] == "stop":
+                    break
+        except OSError:  # the process died; _listen reports it
+            pass
+        finally:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+    def _listen(self) -> None:
+        """Progress and the final result from the recording process."""
+        result = disk.failure("the recording process ended without a word")
+        for line in self._process.stdout:
+            word, _, rest = line.decode().strip().partition(" ")
+            if word == "progress":
+                self._progress(*(int(x) for x in rest.split()))
+            elif word == "ready":
+                self._ready.set()
+            elif word == "result":
+                result = json.loads(rest)
+        self._process.wait()
+        self._results.put(result)
+        self._ready.set()
 
     # -- sink methods, acquisition thread -----------------------------------------
     def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
@@ -279,7 +264,7 @@ class Recorder(Sink):
             self._send()
 
     def _take(self, block: Block) -> None:
-        backlog = self._queued - self._done
+        backlog = self._queued - self._taken
         self.backlog_peak = max(self.backlog_peak, backlog)
         if backlog + block.n_samples > self.max_backlog:
             self._lost_backlog += block.n_samples
@@ -312,13 +297,22 @@ class Recorder(Sink):
     @property
     def samples_written(self) -> int:
         """Raw samples on disk, flushed."""
-        return self._raw.persisted if self._raw is not None else 0
+        return self._on_disk
 
     @property
     def samples_lost(self) -> int:
-        """Raw samples the run produced that are not on disk (backlog full or disk failed)."""
-        handed = self._done if self._raw is not None else 0
-        return self._lost_backlog + handed - self.samples_written
+        """Raw samples the run produced that are not on disk (backlog full or disk failed);
+        exact once the run has stopped."""
+        return self._lost_backlog + self._taken - self.samples_written
+
+    @property
+    def write_error(self) -> str | None:
+        return self.result.get("write_error")
+
+    @property
+    def hdf5_broken(self) -> bool:
+        """A write failed inside HDF5 in this process (it may crash when the process exits)."""
+        return bool(self.result.get("hdf5_broken")) and not hasattr(self, "_process")
 
     def on_spikes(self, spikes: SpikeEvents) -> None:
         self._outbox_spikes.append(spikes)
@@ -350,30 +344,39 @@ class Recorder(Sink):
         self._stopped = True
         self._end_lost_run()
         self._send()
-        self._queue.put(("stop", None))
-        self._thread.join()
-        if self.write_error is not None:
-            lost = self._done - self.samples_written
-            self._journal_write("event", {
-                "sample": self._error_sample, "kind": "lost",
-                "message": f"{lost} samples from sample {self._error_sample} on not written "
-                f"to disk: {self.write_error}"})
-        stats = self.stats()
-        summary["recording"] = stats
-        self._journal_write("summary", {"summary": summary})
+        self.result = self._stop_disk_writer()
+        journal = Journal(self.journal_path)
         try:
-            self._journal.close()
+            if self.write_error is not None:
+                lost = self._taken - self.samples_written
+                sample = self.result["error_sample"]
+                journal.write("event", {
+                    "sample": sample, "kind": "lost",
+                    "message": f"{lost} samples from sample {sample} on not written to disk: "
+                    f"{self.write_error}"})
+            stats = self.stats()
+            summary["recording"] = stats
+            journal.write("summary", {"summary": summary})
+            journal.close()
         except OSError as exc:
-            self.journal_error = self.journal_error or f"{type(exc).__name__}: {exc}"
-        if self.journal_error is None:
+            self.result["journal_error"] = self.result.get("journal_error") or str(exc)
+            stats = summary["recording"] = self.stats()
+        if self.result.get("journal_error") is None:
             try:
                 tables.finalize(self.path)
             except Exception as exc:  # disk full at the end: the journal stays for recover
                 self.finalize_error = f"{type(exc).__name__}: {exc}"
         else:
-            self.finalize_error = f"the side journal failed ({self.journal_error})"
+            self.finalize_error = f"the side journal failed ({self.result['journal_error']})"
         stats["error"] = self.finalize_error
         stats["bytes"] = self.path.stat().st_size if self.path.exists() else 0
+
+    def _stop_disk_writer(self) -> dict[str, Any]:
+        self._queue.put(("stop", None))
+        result = self._results.get()
+        for worker in self._workers:
+            worker.join()
+        return result
 
     def close(self) -> None:
         """Stop without a summary (the run never got to its end): keep what was written."""
@@ -381,12 +384,10 @@ class Recorder(Sink):
             self.on_stop({"interrupted": True, "note": "the run did not finish"})
 
     def discard(self) -> None:
-        """The run never started: stop the writer and delete the file and its side journal."""
+        """The run never started: stop the disk side and delete the file and its journal."""
         if not self._stopped:
             self._stopped = True
-            self._queue.put(("stop", None))
-            self._thread.join()
-            self._journal.close()
+            self._stop_disk_writer()
         for path in (self.path, self.journal_path):
             path.unlink(missing_ok=True)
 
@@ -398,110 +399,7 @@ class Recorder(Sink):
             "samples_written": self.samples_written,
             "samples_lost": self.samples_lost,
             "backlog_peak_s": round(self.backlog_peak / fs, 3),
-            "backlog_s": round((self._queued - self._done) / fs, 3),
+            "backlog_s": round((self._queued - self._taken) / fs, 3),
             "write_error": self.write_error,
-            "records_lost": self.records_lost,
+            "records_lost": self.result.get("records_lost", 0),
         }
-
-    # -- writer thread ---------------------------------------------------------------
-    def _write_loop(self) -> None:
-        """Write blocks as they come; spikes and the journal at each flush (100 ms of data,
-        or 100 ms of wall time, whichever comes first). Nothing here may end the thread."""
-        idle_s = nwbfile.CHUNK_S
-        last_flush = time.monotonic()
-        try:
-            while True:
-                try:
-                    kind, item = self._queue.get(timeout=idle_s)
-                except queue.Empty:
-                    self._flush()
-                    last_flush = time.monotonic()
-                    continue
-                if kind == "stop":
-                    break
-                flushed = False
-                if kind == "blocks":
-                    for run in _contiguous(item):
-                        flushed |= self._write_block(run)
-                elif kind == "spikes":
-                    self._spikes.extend(item)
-                else:
-                    self._journal_write(kind, item)
-                if flushed or time.monotonic() - last_flush > idle_s:
-                    self._flush_journal()
-                    last_flush = time.monotonic()
-            self._flush()
-        finally:
-            if self._h5 is not None:
-                try:
-                    self._h5.close()
-                except Exception:  # a broken disk must not hide what was already counted
-                    pass
-
-    def _journal_write(self, kind: str, record: dict[str, Any]) -> None:
-        if self.journal_error is not None:
-            self.records_lost += 1
-            return
-        try:
-            self._journal.write(kind, record)
-        except Exception as exc:  # disk full: count what the journal could not take
-            self.journal_error = f"{type(exc).__name__}: {exc}"
-            self.records_lost += 1
-
-    def _flush_journal(self) -> None:
-        if self._spikes:
-            spikes = SpikeEvents.concat(self._spikes)
-            self._spikes.clear()
-            if self.journal_error is None:
-                try:
-                    self._journal.write_spikes(spikes)
-                except Exception as exc:
-                    self.journal_error = f"{type(exc).__name__}: {exc}"
-            if self.journal_error is not None:
-                self.records_lost += 1
-        if self.journal_error is None:
-            try:
-                self._journal.flush()
-            except Exception as exc:
-                self.journal_error = f"{type(exc).__name__}: {exc}"
-
-    def _write_block(self, block: Block) -> bool:
-        """Hand a block to the appender; True if that flushed the file."""
-        flushed = False
-        if self.write_error is None:
-            try:
-                flushed = self._raw.add(block.start_sample - self.t0, block.data)
-                if flushed:
-                    self._check_room()
-            except Exception as exc:  # h5py reports a full disk as OSError or RuntimeError
-                self._failed(exc)
-        self._done += block.n_samples
-        return flushed
-
-    def _check_room(self) -> None:
-        """Stop raw samples, closing the file cleanly, before the disk is full."""
-        free = shutil.disk_usage(self.path.parent).free
-        if free < RESERVE_BYTES:
-            self._h5.close()
-            self.write_error = (f"the disk is nearly full ({free / 1e6:.0f} MB left): raw "
-                                "samples stopped to keep room for spikes, pulses and trials")
-            self._error_sample = self.t0 + self._raw.first_unwritten
-            self._journal_write("event", {"sample": self._error_sample, "kind": "recorder_error",
-                                          "message": self.write_error})
-
-    def _failed(self, exc: Exception) -> None:
-        """The disk refused a write: stop writing raw samples, count the rest as lost."""
-        self.write_error = f"writing raw samples failed ({type(exc).__name__}: {exc})"
-        self.hdf5_broken = True
-        self._error_sample = self.t0 + self._raw.first_unwritten
-        self._journal_write("event", {"sample": self._error_sample, "kind": "recorder_error",
-                                      "message": f"{self.write_error}; the run goes on, "
-                                      "spikes, pulses and trials are still recorded"})
-
-    def _flush(self) -> None:
-        if self._raw is not None and self.write_error is None:
-            try:
-                self._raw.write_partial()
-            except Exception as exc:
-                self._failed(exc)
-        self._flush_journal()
