@@ -108,7 +108,12 @@ def record(info: DeviceInfo, pool: tuple, seconds: float, folder: Path,
             finalize_s.append(time.perf_counter() - f0)
 
     proc = psutil.Process()
-    rss = [(0.0, proc.memory_info().rss)]
+
+    def total_rss() -> int:
+        """This process and the recording process it started."""
+        return sum(p.memory_info().rss for p in (proc, *proc.children(recursive=True)))
+
+    rss = [(0.0, total_rss())]
     n_blocks = int(seconds * fs) // block_n
     check_every = max(1, int(0.1 * fs) // block_n)  # look at the backlog every 100 ms of data
     rss_every = int(rss_every_s * fs) // block_n if rss_every_s else 0
@@ -130,7 +135,7 @@ def record(info: DeviceInfo, pool: tuple, seconds: float, folder: Path,
                 time.sleep(0.002)
             waited += time.perf_counter() - w0
         if rss_every and (i + 1) % rss_every == 0:
-            rss.append(((i + 1) * block_n / fs, proc.memory_info().rss))
+            rss.append(((i + 1) * block_n / fs, total_rss()))
     fed_s = time.perf_counter() - t0
     while rec.stats()["backlog_s"] > 0:
         time.sleep(0.001)
@@ -204,7 +209,8 @@ def print_memory(r: dict, peak: int | None) -> None:
           f"raw append {r['rtf_raw']:.1f}x, on_stop {r['stop_s']:.1f} s of which tables "
           f"{r['finalize_s']:.1f} s), file {r['bytes'] / 1e9:.2f} GB, {r['spikes']} spikes, "
           f"{r['lost']} samples lost")
-    print(f"  RSS before the first block {mb[0]:.0f} MB; at 10 % {at(0.1):.0f} MB, 50 % "
+    print(f"  RSS (with the recording process) before the first block {mb[0]:.0f} MB; at 10 % "
+          f"{at(0.1):.0f} MB, 50 % "
           f"{at(0.5):.0f} MB, 100 % {at(1.0):.0f} MB; highest sample {mb.max():.0f} MB "
           f"({len(mb) - 1} samples, every 10 s of data)")
     peak_text = "n/a" if peak is None else f"{peak / 1e6:.0f} MB"
