@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import queue
 import shutil
@@ -44,6 +45,13 @@ MIN_FREE_BYTES = 20_000_000
 STARTUP_S = 60.0
 #: The acquisition thread hands data to the writer in batches of this many seconds.
 BATCH_S = 0.05
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of the recording process: ours, with this package importable."""
+    here = str(Path(__file__).resolve().parents[2])
+    paths = [here, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def check_target(path: str | Path, overwrite: bool = False) -> Path:
@@ -200,7 +208,7 @@ class Recorder(Sink):
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "mea_control.recording", str(self.path),
                  str(self.journal_path), str(n_channels), str(rows)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env())
             self._workers = [
                 threading.Thread(target=self._feed, name="mea-recorder-feed", daemon=True),
                 threading.Thread(target=self._listen, name="mea-recorder-status", daemon=True),
