@@ -204,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.lsl:
             engine.sinks.append(_open_lsl(engine))
         if args.record is not None:  # last: it replaces an --overwrite target
-            recorder = args.recorder = _open_recorder(args, engine, path, meta, log)
+            recorder = _open_recorder(args, engine, path, meta, log)
             engine.sinks.append(recorder)
         started = True
         summary = engine.run(progress=progress)
@@ -547,21 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = args.func(args)
+        return args.func(args)
     except (UserError, ProtocolError, DriverError, RigFileError, RecordingError) as exc:
         print(f"mea-control: error: {exc}", file=sys.stderr)
-        code = EXIT_USER_ERROR
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("mea-control: interrupted", file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    recorder = getattr(args, "recorder", None)
-    if recorder is not None and recorder.hdf5_broken and argv is None:
-        # HDF5 crashes at exit after a write failed on a full disk; everything is closed
-        # and reported by now, so leave without running its exit handler
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pynwb.file import Subject
 from pynwb.misc import Units
 
 from mea_control.recording import export
+from mea_control.recording.errors import RecordingError
 from mea_control.recording.export import ExportError, ExportResult, export_compressed
 
 NCH, RATE, ROWS, SECONDS = 64, 25000.0, 2500, 2.0
@@ -300,7 +301,7 @@ def test_bad_options(recording, tmp_path, kwargs, message):
 
 def test_bad_paths(recording, tmp_path):
     def fails(src, dst, message, **kw):
-        with pytest.raises(ExportError, match=message) as info:
+        with pytest.raises(RecordingError, match=message) as info:
             export_compressed(src, dst, **kw)
         assert "\n" not in str(info.value)
         return str(info.value)
@@ -312,7 +313,7 @@ def test_bad_paths(recording, tmp_path):
     fails(text, out, "not an HDF5 file")
     plain_h5 = tmp_path / "plain.h5"
     h5py.File(plain_h5, "w").close()
-    fails(plain_h5, out, "not NWB")
+    fails(plain_h5, out, "not an NWB file")
     fails(recording, recording, "source file itself", overwrite=True)
     fails(recording, tmp_path / "nowhere" / "out.nwb", "no such folder")
     fails(recording, text / "out.nwb", "no such folder")
@@ -349,7 +350,7 @@ def test_source_still_being_written(recording, tmp_path):
         [sys.executable, "-c", code, str(busy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     ) as writer:
         assert writer.stdout.readline().strip() == b"open"
-        with pytest.raises(ExportError, match="cannot open.*stop it first"):
+        with pytest.raises(RecordingError, match="open for writing"):
             export_compressed(busy, tmp_path / "out.nwb")
         writer.communicate(b"\n", timeout=10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.nwb"]

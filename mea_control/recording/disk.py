@@ -128,7 +128,6 @@ class DiskWriter:
         self.error_sample = 0
         self.journal_error: str | None = None
         self.records_lost = 0
-        self.hdf5_broken = False
 
     def run(self, items: Any, progress: Callable[[int, int], None]) -> dict[str, Any]:
         """Take items until "stop"; ``progress(taken, on_disk)`` counts raw samples."""
@@ -168,7 +167,6 @@ class DiskWriter:
         return {
             "write_error": self.write_error, "error_sample": self.error_sample,
             "journal_error": self.journal_error, "records_lost": self.records_lost,
-            "hdf5_broken": self.hdf5_broken,
         }
 
     def close(self) -> None:
@@ -232,7 +230,6 @@ class DiskWriter:
 
     def failed(self, exc: Exception) -> None:
         """The disk refused a write: stop writing raw samples, count the rest as lost."""
-        self.hdf5_broken = True
         self.stop_raw(f"writing raw samples failed ({type(exc).__name__}: {exc}); the run "
                       "goes on, spikes, pulses and trials are still recorded")
 
@@ -257,8 +254,7 @@ class DiskWriter:
 
 def failure(why: str) -> dict[str, Any]:
     """How the disk side ended when it could not even report."""
-    return {"write_error": why, "error_sample": 0, "journal_error": why, "records_lost": 0,
-            "hdf5_broken": False}
+    return {"write_error": why, "error_sample": 0, "journal_error": why, "records_lost": 0}
 
 
 def main(argv: list[str] | None = None) -> None:

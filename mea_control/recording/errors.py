@@ -3,3 +3,8 @@
 
 class RecordingError(Exception):
     """A recording that cannot be written, read or recovered; the message names file and fix."""
+
+
+def is_locked(exc: OSError) -> bool:
+    """True if h5py could not open a file because another program has it open for writing."""
+    return "unable to lock file" in str(exc)

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from mea_control.recording.errors import RecordingError
+from mea_control.recording.reader import open_hdf5
 
 LARGE_BYTES = 1 << 20  # datasets above this size are compressed
 CHUNK_BYTES = 1 << 20  # target chunk size of compressed datasets
@@ -66,7 +67,7 @@ def export_compressed(
     _check_paths(src, dst, overwrite)
     start = time.perf_counter()
     tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
-    with _open_source(src) as sf:
+    with open_hdf5(src) as sf:
         try:
             df = h5py.File(tmp, "w-")
         except OSError as e:
@@ -109,11 +110,9 @@ def _filters(compression: str, level: int | None) -> dict:
 
 
 def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
-    if not src.is_file():
-        raise ExportError(f"{src}: no such file; check the path of the recording")
-    if not h5py.is_hdf5(src):
-        raise ExportError(f"{src}: not an HDF5 file; give an NWB recording (.nwb)")
-    if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(src, dst)):
+    """The destination's checks; the source's are open_hdf5's."""
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists()
+                                          and os.path.samefile(src, dst)):
         raise ExportError(f"{dst}: is the source file itself; choose another destination")
     if dst.is_dir():
         raise ExportError(f"{dst}: is a folder; give a file name such as {dst / src.name}")
@@ -121,19 +120,6 @@ def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
         raise ExportError(f"{dst}: already exists; remove it or overwrite it (--overwrite)")
     if not dst.parent.is_dir():
         raise ExportError(f"{dst.parent}: no such folder; create it or choose another")
-
-
-def _open_source(src: Path) -> h5py.File:
-    try:
-        f = h5py.File(src, "r")
-    except OSError as e:
-        raise ExportError(
-            f"{src}: cannot open ({e}); if it is still recording, stop it first"
-        ) from e
-    if "nwb_version" not in f.attrs:
-        f.close()
-        raise ExportError(f"{src}: HDF5 but not NWB (no nwb_version); give an NWB recording")
-    return f
 
 
 def _has_refs(dtype: np.dtype) -> bool:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from mea_control.recording import nwbfile
-from mea_control.recording.errors import RecordingError
+from mea_control.recording.errors import RecordingError, is_locked
 from mea_control.recording.journal import JournalContents, journal_path, read_journal
 from mea_control.recording.tables import DECISION_FIELDS, stim_rows
 from mea_control.trials import TrialTable
@@ -24,7 +24,8 @@ from mea_control.types import SpikeEvents
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _open_hdf5(path: Path) -> h5py.File:
+def open_hdf5(path: Path) -> h5py.File:
+    """Open an NWB file for reading, or raise RecordingError saying why it cannot be."""
     if not path.exists():
         raise RecordingError(f"{path}: no such file; check the path")
     if path.is_dir():
@@ -34,9 +35,9 @@ def _open_hdf5(path: Path) -> h5py.File:
     if head != HDF5_SIGNATURE:
         raise RecordingError(f"{path}: not an NWB recording (not an HDF5 file)")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as exc:
-        if "unable to lock file" in str(exc):
+        if is_locked(exc):
             raise RecordingError(
                 f"{path}: another program has it open for writing (a run still recording?); "
                 "try again when it has finished"
@@ -44,6 +45,10 @@ def _open_hdf5(path: Path) -> h5py.File:
         raise RecordingError(
             f"{path}: damaged or truncated HDF5 file ({exc}); it cannot be read"
         ) from None
+    if "nwb_version" not in f.attrs:
+        f.close()
+        raise RecordingError(f"{path}: an HDF5 file but not an NWB file")
+    return f
 
 
 class Recording:
@@ -51,7 +56,7 @@ class Recording:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._h5 = _open_hdf5(self.path)
+        self._h5 = open_hdf5(self.path)
         try:
             self._load()
         except RecordingError:
@@ -63,8 +68,6 @@ class Recording:
 
     def _load(self) -> None:
         h5, path = self._h5, self.path
-        if "nwb_version" not in h5.attrs:
-            raise RecordingError(f"{path}: an HDF5 file but not an NWB file")
         prov = h5.get(f"scratch/{nwbfile.PROVENANCE}")
         if prov is None:
             raise RecordingError(f"{path}: an NWB file, but not a mea-control recording")

@@ -32,7 +32,7 @@ from drivers.base import DeviceInfo
 from mea_control import __version__
 from mea_control.engine import RunEvent, Sink, StimRecord
 from mea_control.recording import disk, nwbfile, tables
-from mea_control.recording.errors import RecordingError
+from mea_control.recording.errors import RecordingError, is_locked
 from mea_control.recording.journal import Journal, journal_path
 from mea_control.trials import Trial
 from mea_control.types import Block, SpikeEvents
@@ -92,7 +92,7 @@ def _refuse_if_in_use(target: Path, where: str) -> None:
     try:
         h5py.File(target, "r").close()
     except OSError as exc:
-        if "unable to lock file" in str(exc):
+        if is_locked(exc):
             raise RecordingError(f"{where}: another run is still writing it") from None
 
 
@@ -316,11 +316,6 @@ class Recorder(Sink):
     @property
     def write_error(self) -> str | None:
         return self.result.get("write_error")
-
-    @property
-    def hdf5_broken(self) -> bool:
-        """A write failed inside HDF5 in this process (it may crash when the process exits)."""
-        return bool(self.result.get("hdf5_broken")) and not hasattr(self, "_process")
 
     def on_spikes(self, spikes: SpikeEvents) -> None:
         self._outbox_spikes.append(spikes)
