@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport, parse_bool
+from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport, parse_value
 
 
 class DriverError(Exception):
@@ -72,9 +72,7 @@ class Param:
 
     def parse(self, name: str, text: str) -> Any:
         try:
-            if self.type is bool:
-                return parse_bool(text)
-            return self.type(text)
+            return parse_value(self.type, text)
         except ValueError:
             raise DriverError(
                 f"bad value {text!r} for URL parameter {name!r}: expected {self.type.__name__}"

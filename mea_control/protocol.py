@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from mea_control.trials import Trial, Trials, TrialSpec, TrialTable
-from mea_control.types import Block, SpikeEvents, parse_bool
+from mea_control.types import Block, SpikeEvents, parse_value
 
 if TYPE_CHECKING:
     from mea_control.engine import Context
@@ -84,9 +84,7 @@ class Parameter:
 
     def _parse(self, name: str, text: str) -> Any:
         try:
-            if self.type is bool:
-                return parse_bool(text)
-            return self.type(text)
+            return parse_value(self.type, text)
         except ValueError:
             raise ProtocolError(
                 f"parameter {name}={text!r} is not a valid {self.type.__name__}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,11 @@ def parse_bool(text: str) -> bool:
     if low in _FALSE:
         return False
     raise ValueError(f"not a yes/no value: {text!r}")
+
+
+def parse_value(kind: type, text: str) -> Any:
+    """Text -> a value of ``kind`` (yes/no words for bool); ValueError if it is not one."""
+    return parse_bool(text) if kind is bool else kind(text)
 
 
 @dataclass(frozen=True)
