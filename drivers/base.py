@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport, parse_value
+from mea_control.types import (
+    Block,
+    Layout,
+    SpikeEvents,
+    StimPattern,
+    StimReport,
+    Tick,
+    parse_value,
+)
 
 
 class DriverError(Exception):
@@ -79,7 +87,7 @@ class Param:
             ) from None
 
 
-Event = Block | SpikeEvents | StimReport
+Event = Block | SpikeEvents | StimReport | Tick
 
 
 class Driver(ABC):
@@ -113,7 +121,11 @@ class Driver(ABC):
 
     @abstractmethod
     def read(self, timeout: float | None = None) -> Event | None:
-        """The next Block, SpikeEvents or StimReport, or None after ``timeout`` seconds."""
+        """The next Block, SpikeEvents, Tick or StimReport, or None after ``timeout`` seconds.
+
+        A raw-streaming device sends Blocks (detection happens in the engine); a
+        spikes-only device sends SpikeEvents and a Tick after each interval.
+        """
 
     @abstractmethod
     def stimulate(self, pattern: StimPattern) -> int:
@@ -127,6 +139,11 @@ class Driver(ABC):
 
     def abort_stimulation(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Cancel queued stimulation; a device that cannot is a no-op."""
+
+    def drain_events(self) -> list[tuple[str, str]]:
+        """Problems on the link since the last call, as (kind, message): lost or corrupt
+        frames and the like. The engine logs them as run events."""
+        return []
 
     def set_fast(self, fast: bool) -> None:
         """Run as fast as possible instead of in real time (simulators only)."""

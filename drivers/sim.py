@@ -11,6 +11,12 @@ A pattern with ``at_sample`` runs exactly there, or is dropped (reported, not
 run) if the device is already past it. The :class:`StimReport` of a pattern
 comes out of ``read()`` just before the block that holds its first pulse.
 
+With ``raw=0`` the device streams spikes only, as a rig that detects on board:
+each interval gives the spikes of the culture's units as electrode events (an
+event wherever a unit's amplitude reaches ``threshold_sd`` times the noise, see
+:meth:`ElectrodeArray.events`) and then a :class:`Tick`; no voltage is rendered,
+which is the fast way to dry-run long protocols. ``drop`` loses raw blocks only.
+
 URL parameters: see :attr:`SimDriver.params`, e.g. ``sim://?seed=3&noise_uV=5``.
 ``seed`` must be >= 0. ``rate`` is 10000 to 100000 Hz: real MEA amplifiers sample
 at 10-50 kHz, and the engine's default 300-3000 Hz spike band needs a rate above
@@ -31,7 +37,7 @@ from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, P
 from hardware_sim.culture import CULTURES, Culture, StimEvent
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport
+from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport, Tick
 
 UV_PER_BIT = 0.195
 #: the simulated device's own stimulation limits, by SafetyLimits field name
@@ -55,6 +61,8 @@ class SimDriver(Driver):
         "culture": Param(str, "poisson_burst", "culture model: " + ", ".join(CULTURES)),
         "bursts": Param(bool, True, "network bursts on (off: spontaneous + evoked only)"),
         "truth": Param(bool, True, "keep the ground-truth spike log (memory grows with time)"),
+        "raw": Param(bool, True, "stream raw voltage (off: spikes only, detected on board)"),
+        "threshold_sd": Param(float, 5.0, "spikes-only detection threshold, x noise_uV"),
     }
 
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
@@ -72,6 +80,10 @@ class SimDriver(Driver):
             raise DriverError(f"sim:// noise_uV={noise} is out of range; use 0 to 1000")
         if not 0.0 <= drop < 1.0:
             raise DriverError(f"sim:// drop={drop} is out of range; use 0 <= drop < 1")
+        if not 0.0 < options["threshold_sd"] <= 100.0:
+            raise DriverError(
+                f"sim:// threshold_sd={options['threshold_sd']} is out of range; use 0 to 100"
+            )
         if options["culture"] not in CULTURES:
             raise DriverError(
                 f"sim:// has no culture {options['culture']!r}; accepted: " + ", ".join(CULTURES)
@@ -102,8 +114,8 @@ class SimDriver(Driver):
             uV_per_bit=UV_PER_BIT,
             layout=layout,
             capabilities=Capabilities(
-                raw_stream=True,
-                onboard_detection=False,
+                raw_stream=opts["raw"],
+                onboard_detection=not opts["raw"],
                 stim_modes=("current", "voltage"),
                 scheduled_stim=True,
             ),
@@ -127,7 +139,10 @@ class SimDriver(Driver):
         self._rng_drop = np.random.default_rng(seq_drop)
         self._block_samples = int(round(rate / 1000.0))
         self._next_sample = 0
-        self._ready: tuple[int, Block | None] | None = None  # made, not yet due
+        # made, not yet due: (stop sample, what read() returns for it, in order)
+        self._ready: tuple[int, list[Event]] | None = None
+        self._held = SpikeEvents.empty()  # spikes-only: events whose trough is in a later block
+        self.threshold_sd = float(opts["threshold_sd"])
         self._promised: int | None = None  # offered by earliest_stim_sample()
         self._seq = 0
         self._ticket = 0
@@ -193,7 +208,7 @@ class SimDriver(Driver):
                     start = self._next_sample
                     stop = start + self._block_samples
                     self._ready = (stop, self._generate(start, stop, self._take_pulses(stop)))
-                stop, block = self._ready
+                stop, items = self._ready
             if not self._fast:
                 wait = self._t0 + stop / rate - time.monotonic()
                 if wait > 0:
@@ -202,9 +217,11 @@ class SimDriver(Driver):
                         return None
                     _sleep_until(time.monotonic() + wait)
             with self._lock:
-                self._ready = None
-            if block is not None:
-                return block
+                item = items.pop(0) if items else None
+                if not items:
+                    self._ready = None
+            if item is not None:
+                return item
 
     def _due_report(self) -> StimReport | None:
         """A report that must precede the next block, if any."""
@@ -223,16 +240,29 @@ class SimDriver(Driver):
         del self._pulses[:i]
         return [(sample, channel, pulse) for sample, _, channel, pulse in taken]
 
-    def _generate(self, start: int, stop: int, stims: list[StimEvent]) -> Block | None:
-        n = stop - start
-        spikes, units = self.culture.advance(start, n, stims)
-        data = self.electrodes.render(start, n, spikes, units, stims)
+    def _generate(self, start: int, stop: int, stims: list[StimEvent]) -> list[Event]:
+        """What the device delivers for ``[start, stop)``: a Block, or spikes and a Tick."""
+        spikes, units = self.culture.advance(start, stop - start, stims)
+        self._next_sample = stop
+        el = self.electrodes
+        if not self.options["raw"]:
+            found = el.events(spikes, units, self.threshold_sd * self.options["noise_uV"])
+            events = SpikeEvents.concat([self._held, found])
+            self._held = events.between(stop, np.iinfo(np.int64).max)
+            events = events.between(0, stop)
+            return ([events] if len(events) else []) + [Tick(stop)]
+        data = el.render(start, stop - start, spikes, units, stims)
         seq = self._seq
         self._seq += 1
-        self._next_sample = stop
         if self.options["drop"] > 0.0 and self._rng_drop.random() < self.options["drop"]:
-            return None
-        return Block(start, data, UV_PER_BIT, seq)
+            return []
+        return [Block(start, data, UV_PER_BIT, seq)]
+
+    def set_threshold(self, threshold_sd: float) -> None:
+        """Spikes-only mode: report spikes reaching ``threshold_sd`` x the noise from now on."""
+        if not 0.0 < threshold_sd <= 100.0:
+            raise DriverError(f"spike threshold {threshold_sd} x noise is out of range (0-100]")
+        self.threshold_sd = float(threshold_sd)
 
     # -- stimulation -----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import signal
 
 from hardware_sim.culture import NOMINAL_IMPEDANCE_KOHM, StimEvent, pulse_phases_uA
-from mea_control.types import Layout, StimPulse
+from mea_control.types import Layout, SpikeEvents, StimPulse
 
 #: amplitude range (negative peak, uV) of a unit on its nearest electrode
 UNIT_PEAK_UV = (40.0, 150.0)
@@ -104,6 +104,29 @@ class ElectrodeArray:
         self.templates = _templates(rng, n_units, self.sample_rate)
         #: samples from a spike's sample (in the culture) to its trough on the traces
         self.trough_offset = int(round(TEMPLATE_MS[0] * 1e-3 * self.sample_rate))
+
+    # -- events without traces -------------------------------------------------------------
+
+    def events(
+        self, spike_samples: np.ndarray, unit_ids: np.ndarray, threshold_uV: float
+    ) -> SpikeEvents:
+        """What an ideal on-board detector reports, without rendering voltage.
+
+        Each spike becomes an event at its trough on every electrode where its
+        amplitude reaches ``threshold_uV``; near-coincident spikes are not merged.
+        Sorted by sample, then channel.
+        """
+        start = self.footprint_start
+        counts = start[unit_ids + 1] - start[unit_ids]
+        idx = np.repeat(start[unit_ids] - np.cumsum(counts) + counts, counts) + np.arange(
+            int(counts.sum())
+        )
+        amp = self.footprint_uV[idx]
+        seen = amp >= threshold_uV
+        samples = np.repeat(spike_samples.astype(np.int64) + self.trough_offset, counts)[seen]
+        channels = self.footprint_channel[idx][seen]
+        order = np.lexsort((channels, samples))
+        return SpikeEvents(samples[order], channels[order], -amp[seen][order])
 
     # -- rendering -------------------------------------------------------------------------
 

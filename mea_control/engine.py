@@ -27,7 +27,7 @@ from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.trials import Trial, Trials
-from mea_control.types import Block, SpikeEvents, StimPattern, StimReport
+from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 
 #: How many recent events, pattern records and refusals the engine keeps in memory.
 KEEP_RECENT = 10_000
@@ -282,7 +282,7 @@ class Engine:
 
     def progress(self) -> tuple[float, str]:
         fs = self.info.sample_rate
-        elapsed = (self.now - self.t0) / fs if self.n_blocks else 0.0
+        elapsed = (self.now - self.t0) / fs
         if self.trials is not None:
             fraction, text = self.trials.progress()
         elif self.config.duration_s:
@@ -430,11 +430,14 @@ class Engine:
             return None
 
     def _acquire(self) -> None:
-        first = self._wait_first_block()
+        first, early_spikes = self._wait_first_clock()
         if first is None:
             return
-        self.t0 = first.start_sample
-        self.now = first.start_sample
+        if isinstance(first, Block):
+            self.t0 = first.start_sample
+        else:  # a Tick ends the first interval, of the block size asked for
+            self.t0 = max(0, first.sample - self.block_samples)
+        self.now = self.t0
         self._notify("on_start", self.info, self.protocol)
         self.ctx = Context(self)
         self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
@@ -442,12 +445,14 @@ class Engine:
             self.event("limits", note)
         try:
             self._call(self.protocol.setup, self.ctx)
+            for spikes in early_spikes:
+                self._on_spikes(spikes)
             self._stream(first)
         finally:
             self._call(self.protocol.teardown, self.ctx)
             self.event("stop", "interrupted" if self.interrupted else "end of run")
 
-    def _stream(self, first: Block) -> None:
+    def _stream(self, first: Block | Tick) -> None:
         duration = (
             int(round(self.config.duration_s * self.info.sample_rate))
             if self.config.duration_s is not None else None
@@ -456,9 +461,16 @@ class Engine:
         while item is not None:
             while self._queued_events:
                 self.event(*self._queued_events.popleft())
+            for kind, message in self.driver.drain_events():
+                self.event(kind, message)
             if isinstance(item, Block):
                 tick = time.perf_counter()
                 self._on_block(item)
+                self._cost.add(time.perf_counter() - tick)
+            elif isinstance(item, Tick):
+                tick = time.perf_counter()
+                self.n_blocks += 1
+                self._on_clock(item.sample)
                 self._cost.add(time.perf_counter() - tick)
             elif isinstance(item, StimReport):
                 self._on_report(item)
@@ -470,13 +482,17 @@ class Engine:
                 break
             item = self._read()
 
-    def _wait_first_block(self) -> Block | None:
+    def _wait_first_clock(self) -> tuple[Block | Tick | None, list[SpikeEvents]]:
+        """The first Block or Tick (where the run's time starts), and spikes that came before."""
+        early: list[SpikeEvents] = []
         while (item := self._read()) is not None:
-            if isinstance(item, Block):
-                return item
+            if isinstance(item, Block | Tick):
+                return item, early
             if isinstance(item, StimReport):
                 self._on_report(item)
-        return None
+            elif isinstance(item, SpikeEvents):
+                early.append(item)
+        return None, early
 
     def _read(self) -> Event | None:
         """The device's next item, or None once a stop was asked for.
@@ -505,14 +521,18 @@ class Engine:
         self.n_blocks += 1
         filtered, spikes = self.detector.process(block)
         self.now = block.stop_sample
-        ctx = self.ctx
-        self._call(self.protocol.on_block, ctx, block, filtered)
+        self._call(self.protocol.on_block, self.ctx, block, filtered)
         if self.error is None and len(spikes):
             self._on_spikes(spikes)
         self._notify("on_block", block, filtered, spikes)
+        self._on_clock(block.stop_sample)
+
+    def _on_clock(self, sample: int) -> None:
+        """The device delivered everything before ``sample``: trials and the watchdog move on."""
+        self.now = sample
         if self.trials is not None and self.error is None:
-            for trial in self._call(self.trials.on_block, ctx, self.now) or ():
-                self._call(self.protocol.on_trial, ctx, trial)
+            for trial in self._call(self.trials.on_block, self.ctx, sample) or ():
+                self._call(self.protocol.on_trial, self.ctx, trial)
                 self._notify("on_trial", trial)
         if not self.config.fast:
             self._watchdog()
@@ -562,7 +582,7 @@ class Engine:
     def summary(self) -> dict[str, Any]:
         fs = self.info.sample_rate
         lat = self.latency_samples()
-        duration_s = (self.now - self.t0) / fs if self.n_blocks else 0.0
+        duration_s = (self.now - self.t0) / fs
         wall = max((self._wall_end or time.perf_counter()) - self._wall_start, 1e-9)
         out: dict[str, Any] = {
             "software_version": __version__,

@@ -114,6 +114,17 @@ class SpikeEvents:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """The device's clock: every spike before ``sample`` has been delivered.
+
+    Devices that stream spikes only (no raw blocks) send one after each
+    interval, so the engine's time moves on when nothing fired.
+    """
+
+    sample: int
+
+
+@dataclass(frozen=True)
 class StimPulse:
     """One stimulation pulse: phases of (duration_us, amplitude).
 

@@ -415,3 +415,29 @@ def test_run_returns_even_when_stopping_and_a_sink_both_fail():
                     sinks=[EventSinkFails()])
     s = engine.run()
     assert s["blocks"] == 100
+
+
+class Lossy(Spy):
+    """A spikes-only device whose link reports a lost frame once."""
+
+    def __init__(self, driver):
+        super().__init__(driver)
+        self.problems = [("link_gap", "1 frame lost before frame 7")]
+
+    def drain_events(self):
+        out, self.problems = self.problems, []
+        return out
+
+
+def test_spikes_only_device_drives_trials_and_link_problems_are_logged():
+    driver = Lossy(open_driver("sim://?seed=1&raw=0"))
+    driver.open()
+    engine = Engine(driver, EveryTenthSecond(), EngineConfig(fast=True))
+    s = engine.run()
+    assert s["error"] is None and s["trials"] == 12 and s["stims_executed"] == 8
+    assert s["spikes"] > 0 and s["blocks"] == round(s["duration_s"] * 1000)
+    assert engine.t0 == 0
+    table = engine.trials.table()
+    assert table.r.sum() > 0 and (table.stim_sample[table.o[:, 0] == 1] % 2500 == 0).all()
+    logged = [(e.kind, e.message) for e in engine.recent_events]
+    assert ("link_gap", "1 frame lost before frame 7") in logged

@@ -10,7 +10,7 @@ from drivers.sim import SimDriver
 from hardware_sim.culture import PoissonBurstCulture
 from mea_control.dsp import SpikeDetector
 from mea_control.layouts import load_layout
-from mea_control.types import Block, StimPattern, StimPulse, StimReport
+from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 PULSE = StimPulse.biphasic(20.0, 200.0)
 
@@ -457,3 +457,75 @@ def test_the_offered_sample_is_kept_for_the_next_pattern():
     late = driver.stimulate(StimPattern.single([27], PULSE, at_sample=offered))
     _, reports = read_blocks(driver, 1)
     assert reports[0].ticket == late and not reports[0].executed
+
+
+# -- spikes-only mode (raw=0) -------------------------------------------------------------------
+
+
+def read_spikes_only(driver: SimDriver, n_ticks: int) -> tuple[list[SpikeEvents], list[Tick]]:
+    spikes: list[SpikeEvents] = []
+    ticks: list[Tick] = []
+    while len(ticks) < n_ticks:
+        event = driver.read()
+        if isinstance(event, Tick):
+            ticks.append(event)
+        elif isinstance(event, SpikeEvents):
+            assert len(event) and (not ticks or event.sample[0] >= ticks[-1].sample - 25)
+            spikes.append(event)
+        else:
+            assert isinstance(event, StimReport)
+    return spikes, ticks
+
+
+def test_spikes_only_streams_electrode_events_and_ticks():
+    driver = make("sim://?seed=1&raw=0")
+    caps = driver.info.capabilities
+    assert not caps.raw_stream and caps.onboard_detection
+    spikes, ticks = read_spikes_only(driver, 3000)
+    assert [t.sample for t in ticks] == list(range(25, 25 * 3001, 25))
+    events = SpikeEvents.concat(spikes)
+    # every event is delivered before the tick that ends its interval
+    for part in spikes:
+        i = int(np.searchsorted([t.sample for t in ticks], part.sample[-1], side="right"))
+        assert i < len(ticks)
+    # ground truth: each unit's spike appears on its home electrode when it is large enough
+    truth, units = driver.ground_truth()
+    big = (-truth.amplitude_uV >= 5 * 7.0) & (truth.sample < ticks[-1].sample)
+    found = set(zip(events.sample.tolist(), events.channel.tolist(), strict=True))
+    expected = set(zip(truth.sample[big].tolist(), truth.channel[big].tolist(), strict=True))
+    assert expected and expected <= found
+    assert (events.amplitude_uV <= -35.0).all()
+
+
+def test_spikes_only_threshold_changes_what_is_reported():
+    low = SpikeEvents.concat(read_spikes_only(make("sim://?seed=1&raw=0"), 2000)[0])
+    strict = make("sim://?seed=1&raw=0&threshold_sd=12")
+    high = SpikeEvents.concat(read_spikes_only(strict, 2000)[0])
+    assert len(low) > len(high) > 0
+    assert (high.amplitude_uV <= -12 * 7.0).all()
+    driver = make("sim://?seed=1&raw=0")
+    with pytest.raises(DriverError, match="out of range"):
+        driver.set_threshold(0.0)
+
+
+def test_spikes_only_trials_are_the_same_for_any_block_size():
+    """Fast dry runs may use long blocks: the trials' patterns still run at their samples."""
+    from mea_control.engine import Engine, EngineConfig
+    from mea_control.protocol import load_protocol
+
+    tables = []
+    for block_ms in (1.0, 20.0):
+        cls, _ = load_protocol("bss_isomura")
+        driver = open_driver("sim://?seed=4&raw=0")
+        driver.open()
+        engine = Engine(driver, cls(sessions=1, trials_per_session=12),
+                        EngineConfig(block_ms=block_ms, fast=True))
+        summary = engine.run()
+        assert summary["error"] is None and summary["trials"] == 12
+        assert 12.3 <= summary["duration_s"] <= 12.32  # last trigger at 12 s + 300 ms window
+        tables.append(engine.trials.table())
+    a, b = tables
+    assert a.r.sum() > 0
+    for name in ("o", "s", "r", "r_pre", "trigger_sample", "stim_sample"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(a.stim_sample[a.o.any(1)], a.trigger_sample[a.o.any(1)])
