@@ -260,7 +260,8 @@ class Engine:
         if self.trials is not None:
             raise RuntimeError("a run has one trial design; use_trials was called twice")
         trials.attach(self.info.sample_rate, self.t0, self.info.n_channels,
-                      scheduled=self.info.capabilities.scheduled_stim)
+                      scheduled=self.info.capabilities.scheduled_stim,
+                      block_samples=self.block_samples)
         self.trials = trials
 
     def event(self, kind: str, message: str) -> None:

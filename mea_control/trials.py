@@ -2,8 +2,8 @@
 
 A protocol builds a :class:`Trials` in ``setup`` and hands it to the engine
 with ``ctx.use_trials(...)``. Shortly before each trial's scheduled sample
-(``lead_ms``, on devices that run patterns at a requested sample; at the
-sample itself on others) the engine asks the protocol's ``design(ctx, index)``
+(``lead_ms``, or one block if blocks are longer, on devices that run patterns
+at a requested sample; at the sample itself on others) the engine asks the protocol's ``design(ctx, index)``
 for a :class:`TrialSpec` (the pattern, and the hidden-source labels if the
 protocol has them), sends the pattern through the safety gate to run at the
 trial's sample, and counts spikes per electrode in the response window after
@@ -125,13 +125,22 @@ class Trials:
 
     # Called by the engine.
     def attach(
-        self, sample_rate: float, start_sample: int, n_channels: int, scheduled: bool = False
+        self,
+        sample_rate: float,
+        start_sample: int,
+        n_channels: int,
+        scheduled: bool = False,
+        block_samples: int = 1,
     ) -> None:
-        """Start the clock; ``scheduled``: the device runs patterns at a requested sample."""
+        """Start the clock; ``scheduled``: the device runs patterns at a requested sample.
+
+        The engine sees time move a block at a time, so the lead is at least a
+        block: a pattern is then always sent before its trial's sample.
+        """
         self._rate = sample_rate
         self._t0 = start_sample
         self._n_channels = n_channels
-        self._lead = self._samples(self.lead_ms) if scheduled else 0
+        self._lead = max(self._samples(self.lead_ms), block_samples) if scheduled else 0
         self._w0, self._w1 = (self._samples(ms) for ms in self.window_ms)
         self._settle = self._samples(SETTLE_MS)
         self._report_timeout = self._samples(REPORT_TIMEOUT_MS)

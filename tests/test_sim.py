@@ -514,7 +514,7 @@ def test_spikes_only_trials_are_the_same_for_any_block_size():
     from mea_control.protocol import load_protocol
 
     tables = []
-    for block_ms in (1.0, 20.0):
+    for block_ms in (1.0, 20.0, 100.0):
         cls, _ = load_protocol("bss_isomura")
         driver = open_driver("sim://?seed=4&raw=0")
         driver.open()
@@ -522,10 +522,11 @@ def test_spikes_only_trials_are_the_same_for_any_block_size():
                         EngineConfig(block_ms=block_ms, fast=True))
         summary = engine.run()
         assert summary["error"] is None and summary["trials"] == 12
-        assert 12.3 <= summary["duration_s"] <= 12.32  # last trigger at 12 s + 300 ms window
+        assert 12.3 <= summary["duration_s"] <= 12.4  # last trigger at 12 s + 300 ms window
         tables.append(engine.trials.table())
-    a, b = tables
+    a = tables[0]
     assert a.r.sum() > 0
-    for name in ("o", "s", "r", "r_pre", "trigger_sample", "stim_sample"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for b in tables[1:]:
+        for name in ("o", "s", "r", "r_pre", "trigger_sample", "stim_sample"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     np.testing.assert_array_equal(a.stim_sample[a.o.any(1)], a.trigger_sample[a.o.any(1)])
