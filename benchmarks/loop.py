@@ -9,7 +9,9 @@ Run ``python benchmarks/loop.py [--quick]``. Parts:
     (e.g. run this script with a venv that has it).
 (b) :func:`bench_block_cost` - CPU time of ``SpikeDetector.process()`` per 1 ms
     block at 64 channels, Python overhead included (goal <= 100 us).
-(c) :func:`bench_reaction_latency` - spike-to-pulse latency through the engine.
+(c) :func:`bench_reaction_latency` - spike-to-pulse latency through the engine, on
+    the in-process simulator and (``--serial``) through ``serial://`` to a
+    ``mea-control sim serve --pty`` subprocess with the same seed.
 
 Data are synthetic: noise of ~7 uV rms in the 300-3000 Hz band plus spikes of
 40-150 uV (raw trough) at ~5 Hz per channel. Timings are from a shared machine:
@@ -24,6 +26,9 @@ import os
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")  # one core; set before numba loads
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -187,7 +192,8 @@ def bench_block_cost(quick: bool = False) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------
-def bench_reaction_latency(quick: bool = False, record: bool = False) -> dict:
+def bench_reaction_latency(quick: bool = False, record: bool = False,
+                           device: str = "sim://?seed=7") -> dict:
     """(c) Spike-to-pulse latency through the engine on the simulator, in device samples.
 
     A protocol stimulates as soon as it sees a spike (the first in a batch, after
@@ -197,6 +203,8 @@ def bench_reaction_latency(quick: bool = False, record: bool = False) -> dict:
     sent after the device has moved on to a later block runs there, so a loop
     that falls behind shows in these figures. ``record``: with a Recorder
     writing the run to an NWB file in a temporary folder, as ``--record`` does.
+    ``device``: the device URL (``serial://`` to a served simulator, see
+    :func:`served_device`).
     """
     from drivers.base import open_driver
     from mea_control.engine import Engine, EngineConfig
@@ -223,7 +231,7 @@ def bench_reaction_latency(quick: bool = False, record: bool = False) -> dict:
             if self.count > 1.05 * n_reactions:  # some may be dropped late
                 ctx.finish()
 
-    driver = open_driver("sim://?seed=7")
+    driver = open_driver(device)
     driver.open()
     engine = Engine(driver, React(), EngineConfig(fast=False, duration_s=600.0))
     with tempfile.TemporaryDirectory() as folder:
@@ -248,7 +256,7 @@ def bench_reaction_latency(quick: bool = False, record: bool = False) -> dict:
         "loop_cost_us": summary["loop_cost_us"],
     }
     ms = 1000.0 / engine.info.sample_rate
-    print("(c) reaction latency on the simulator in real time, spike -> pulse execution, "
+    print(f"(c) reaction latency on {device} in real time, spike -> pulse execution, "
           f"1 ms blocks{', recording to NWB' if record else ''}")
     print(f"  {out['reactions']} reactions ({out['dropped_late']} more dropped: the loop "
           "answered after the device had passed the booked sample)")
@@ -259,6 +267,23 @@ def bench_reaction_latency(quick: bool = False, record: bool = False) -> dict:
     print(f"  loop CPU per block during the run: p50 {cost['p50']:.0f} us, "
           f"p99 {cost['p99']:.0f} us, max {cost['max']:.0f} us")
     return out
+
+
+@contextlib.contextmanager
+def served_device(seed: int = 7):
+    """``mea-control sim serve --pty`` in a subprocess; yields its serial:// URL."""
+    command = [sys.executable, "-m", "mea_control.cli", "sim", "serve", "--pty",
+               "--seed", str(seed)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        line = server.stdout.readline()
+        if not line.startswith("serving on "):
+            raise RuntimeError(f"sim serve did not start: {line!r}")
+        yield f"serial://{line.split()[-1]}"
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def _fmt_si(cell: dict | None) -> str:
@@ -305,9 +330,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="shorter data, fewer repeats")
     parser.add_argument("--record", action="store_true",
                         help="(c) only, with the run recorded to NWB as --record does")
+    parser.add_argument("--serial", action="store_true",
+                        help="(c) only: in-process sim:// next to serial:// to `sim serve --pty`")
     args = parser.parse_args(argv)
     if args.record:
         return {"reaction_latency": bench_reaction_latency(args.quick, record=True)}
+    if args.serial:
+        results = {"reaction_latency": bench_reaction_latency(args.quick)}
+        with served_device() as url:
+            results["reaction_latency_serial"] = bench_reaction_latency(args.quick, device=url)
+        return results
     results = {"detection": bench_detection(args.quick)}
     print_detection(results["detection"])
     results["block_cost"] = bench_block_cost(args.quick)

@@ -161,6 +161,8 @@ class Driver(ABC):
 #: scheme -> "module:Class"; drivers are imported on first use.
 REGISTRY: dict[str, str] = {
     "sim": "drivers.sim:SimDriver",
+    "serial": "drivers.serial_mea:SerialDriver",
+    "socket": "drivers.serial_mea:SerialDriver",
 }
 
 

@@ -332,6 +332,17 @@ class SimDriver(Driver):
                 )
         return ""
 
+    def take_refusal(self, ticket: int) -> StimReport | None:
+        """The report of pattern ``ticket`` if :meth:`stimulate` refused it, taken out of
+        :meth:`read`'s stream: for firmware that answers a refusal at once. Late
+        patterns' reasons start with "late"."""
+        with self._lock:
+            for report in self._reports:
+                if report.ticket == ticket and not report.executed:
+                    self._reports.remove(report)
+                    return report
+        return None
+
     def abort_stimulation(self) -> None:
         """Drop every queued pulse; patterns that had not started are reported as not run."""
         with self._lock:

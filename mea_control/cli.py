@@ -420,6 +420,65 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from hardware_sim.device import PtyLink, SimDevice, TcpLink
+
+    params = "&".join(p for p in (f"seed={args.seed}", args.sim.lstrip("?")) if p)
+    device = SimDevice(f"sim://?{params}", spikes_only=args.spikes_only,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        try:
+            link = TcpLink(host or "127.0.0.1", int(port))
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or "give it as HOST:PORT"
+            raise UserError(f"--tcp {args.tcp}: cannot listen there: {reason}") from None
+    else:
+        link = PtyLink()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"serving on {link.name}", flush=True)
+    try:
+        device.serve(link, stop)
+    finally:
+        link.close()
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    from drivers.base import parse_url
+
+    print("sim://  the simulator, in-process (`mea-control sim serve` puts it behind a port)")
+    ports = [(f"serial://{p.device}", p.description) for p in sorted(list_ports.comports())]
+    for url, description in ports + [(url, "") for url in args.url]:
+        try:
+            cls, location, options = parse_url(url)
+            if "timeout" in options and "timeout=" not in url:
+                options["timeout"] = args.timeout
+            driver = cls(url, options, location)
+            with driver:
+                answer = _describe_device(driver.info)
+        except DriverError as exc:
+            answer = f"no mea-control device: {exc}"
+        print(f"{url}  {description + ': ' if description and description != 'n/a' else ''}"
+              f"{answer}", flush=True)
+    if not ports:
+        print("no serial ports found", flush=True)
+    return 0
+
+
+def _describe_device(info: Any) -> str:
+    stream = "raw samples" if info.capabilities.raw_stream else "spikes only"
+    return (f"{info.name}: {info.n_channels} channels at {info.sample_rate / 1000:g} kHz, "
+            f"layout {info.layout.name}, {stream}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
@@ -537,6 +596,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the copy (default: FILE-gzip.nwb beside the original)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing copy")
     export.set_defaults(func=cmd_export)
+
+    sim = sub.add_parser("sim", help="the simulated device")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
+    serve = sim_sub.add_parser(
+        "serve", help="serve the simulated device over the wire protocol until Ctrl-C")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--pty", action="store_true",
+                       help="on a pseudo-terminal, like a USB serial port (the default)")
+    where.add_argument("--tcp", metavar="HOST:PORT", help="on a TCP port (port 0: any free one)")
+    serve.add_argument("--seed", type=_count, default=0, help="seed of the culture (default 0)")
+    serve.add_argument("--spikes-only", action="store_true",
+                       help="stream detected spikes only, as a rig that detects on board")
+    serve.add_argument("--sim", default="", metavar="PARAMS",
+                       help="more sim:// URL parameters, e.g. 'layout=mcs60&noise_uV=5'")
+    serve.set_defaults(func=cmd_sim_serve)
+
+    devices = sub.add_parser(
+        "devices", help="list serial ports and which of them answer as mea-control devices")
+    devices.add_argument("url", nargs="*", help="also try these device URLs (socket://...)")
+    devices.add_argument("--timeout", type=_positive(30.0), default=1.0,
+                         help="seconds to wait for each port's answer (default 1)")
+    devices.set_defaults(func=cmd_devices)
 
     protocols = sub.add_parser("protocols", help="list shipped protocols and their parameters")
     protocols.set_defaults(func=cmd_protocols)

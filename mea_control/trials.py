@@ -3,12 +3,12 @@
 A protocol builds a :class:`Trials` in ``setup`` and hands it to the engine
 with ``ctx.use_trials(...)``. Shortly before each trial's scheduled sample
 (``lead_ms``, or one block if blocks are longer, on devices that run patterns
-at a requested sample; at the sample itself on others) the engine asks the protocol's ``design(ctx, index)``
-for a :class:`TrialSpec` (the pattern, and the hidden-source labels if the
-protocol has them), sends the pattern through the safety gate to run at the
-trial's sample, and counts spikes per electrode in the response window after
-the device executed it. Finished trials are kept as the o, s, r arrays of a
-:class:`TrialTable`.
+at a requested sample; at the sample itself on others) the engine asks the
+protocol's ``design(ctx, index)`` for a :class:`TrialSpec` (the pattern, and
+the hidden-source labels if the protocol has them), sends the pattern through
+the safety gate to run at the trial's sample, and counts spikes per electrode
+in the response window after the device executed it. Finished trials are kept
+as the o, s, r arrays of a :class:`TrialTable`.
 """
 
 from __future__ import annotations
