@@ -8,9 +8,11 @@ into voltage. Every culture keeps a ground-truth log of its spikes for tests.
 
 :class:`PoissonBurstCulture` is the first implementation: Poisson units whose
 rates are lifted by a network-burst process that runs on a depressing
-resource, and pulses that evoke spikes 5-50 ms later near the electrode. A
-spiking network with synapses and plasticity can replace it behind the same
-interface (register it in :data:`CULTURES`).
+resource, and pulses that evoke spikes 5-50 ms later near the electrode.
+:class:`NetworkCulture` is a spiking network (LIF neurons, delays, short-term
+depression, STDP with synaptic scaling) whose kernels are in
+:mod:`hardware_sim.network`; its responses to pulses travel through the network,
+and it learns from structured stimulation (Isomura et al.).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from hardware_sim import network
 from mea_control.types import Layout, StimPulse
 
 #: Nominal electrode impedance used to turn voltage-mode pulses into current:
@@ -456,5 +459,275 @@ def _run_ticks(k0, k1, tick, state, dyn, uniforms, u_base, base_cdf, burst_cdf):
     return out_s[:n_out], out_u[:n_out], hist, onsets[:n_on]
 
 
+@dataclass(frozen=True)
+class NetworkParams:
+    """Knobs of :class:`NetworkCulture`.
+
+    Defaults: about 0.7 Hz per neuron, 4-5 Hz per electrode between bursts, short
+    network bursts every 5-15 s, and graded responses of 2-3 spikes per electrode to
+    the BSS protocol's pulses. ``weight_mV[1][1]`` (E->E) sets the trade-off: 5.5
+    gives bursts every 2-3 s, but then most pulses ignite a network-wide burst and
+    responses lose their spatial structure (and learning its effect).
+
+    Pharmacology: ``inhibition`` scales every inhibitory synapse. 0.2 is
+    bicuculline-like (GABA-A block): bursts come more often and are larger and
+    longer; 2.0 is diazepam-like (GABA-A potentiation): fewer, weaker bursts.
+    ``plasticity=False`` freezes the weights (no STDP, no scaling).
+    """
+
+    n_neurons: int = 1000
+    excitatory_fraction: float = 0.8
+    margin_um: float = 100.0  # the culture extends this far beyond the outer electrodes
+    # wiring: p = p_max * exp(-r / length), by (pre I/E, post I/E); weights: PSP in mV of a
+    # spike (an excitatory one at full resources)
+    p_max: tuple[tuple[float, float], tuple[float, float]] = ((0.7, 0.7), (0.5, 0.5))
+    length_um: float = 250.0
+    weight_mV: tuple[tuple[float, float], tuple[float, float]] = ((5.0, 7.5), (3.0, 4.5))
+    weight_sigma: float = 0.5  # log-normal spread of the initial weights
+    synaptic_delay_ms: float = 1.0
+    axon_speed_m_s: float = 0.3
+    # neurons: leaky integrate-and-fire, potentials in mV above rest
+    tau_m_ms: float = 20.0
+    tau_e_ms: float = 5.0
+    slow_fraction: float = 0.5  # of each excitatory input, carried by a slow (NMDA-like) drive
+    tau_slow_ms: float = 100.0
+    tau_i_ms: float = 10.0
+    threshold_mV: float = 20.0
+    reset_mV: float = 10.0
+    refractory_ms: float = 2.0
+    bias_mV: tuple[float, float] = (4.0, 15.0)  # steady depolarisation, uniform per neuron
+    noise_rate_hz: float = 20.0  # Poisson kicks per neuron (spontaneous activity)
+    noise_mV: float = 4.0
+    adaptation_mV: float = 2.0  # spike-frequency adaptation of excitatory neurons
+    tau_adaptation_ms: float = 1000.0
+    # short-term depression of excitatory synapses (Tsodyks-Markram, per neuron)
+    use: float = 0.2
+    tau_recovery_s: float = 3.0
+    no_burst_excitation: float = 0.5  # E->E scale when the culture is built with bursts=False
+    # pharmacology
+    inhibition: float = 1.0
+    # long-term plasticity: pair STDP on E->E synapses, fractions of w_max per pair
+    plasticity: bool = True
+    a_plus: float = 0.004
+    a_minus: float = 0.0042
+    tau_stdp_ms: float = 20.0
+    w_max_mV: float = 8.0  # in the units of weight_mV
+    scaling_interval_s: float = 1.0  # each neuron's total E->E input is reset to its start
+    # stimulation: activation probability d^n / (1 + d^n), d = charge / charge50(r)
+    charge50_nC: float = 0.6  # at the electrode
+    spread_um: float = 50.0  # charge50 * (1 + (r / spread)^2)
+    activation_slope: float = 3.0
+    latency_ticks: tuple[int, int] = (1, 2)  # ticks after the pulse's tick boundary
+    # burst detection (ground truth): spikes per 10 ms as a fraction of the neurons
+    burst_on_fraction: float = 0.1
+    burst_off_fraction: float = 0.03
+
+
+class NetworkCulture(Culture):
+    """A spiking network of excitatory and inhibitory neurons spread over the array.
+
+    ``n_neurons`` leaky integrate-and-fire neurons (80 % excitatory) are placed
+    uniformly over the array; neuron ``i`` follows, on a fixed step ``dt`` of
+    about 1 ms, ``v += (b_i - v) dt/tau_m + g_e d_e - g_i d_i - a_i dt/tau_m``
+    plus Poisson kicks, fires at ``threshold_mV``, resets and is refractory.
+    ``d_e``, ``d_i`` are synaptic drives that decay with ``tau_e``, ``tau_i``
+    (``g = dt/tau``, so a weight is about its PSP in mV). Synapses connect
+    neurons with probability ``p_max exp(-r/length_um)`` and deliver after
+    ``synaptic_delay_ms + r / axon_speed`` through a delay ring buffer.
+    Excitatory neurons share a Tsodyks-Markram resource over their synapses
+    (efficacy ``use * x``, ``x`` recovers with ``tau_recovery_s``) and adapt:
+    so network bursts ignite from noise, deplete the resource and stop.
+
+    E->E synapses learn by pair STDP (traces with ``tau_stdp_ms``, additive,
+    bounded by ``w_max_mV``) and every ``scaling_interval_s`` each neuron's total
+    E->E input is scaled back to its initial value (homeostasis), so learning
+    redistributes input toward correlated presynaptic neurons.
+
+    A pulse activates each neuron with probability ``d^n / (1 + d^n)``, ``d``
+    the pulse's charge over ``charge50_nC (1 + (r / spread_um)^2)``; activated
+    neurons fire 1-3 ms later unless refractory, and the network carries the
+    response on. Pulses act at the tick boundary after their sample; results do
+    not depend on how the run is cut into intervals. ``bursts=False`` scales E->E
+    weights by ``no_burst_excitation`` (spontaneous and evoked activity, no bursts).
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        sample_rate: float,
+        seed: int | np.random.SeedSequence = 0,
+        params: NetworkParams | None = None,
+        bursts: bool = True,
+        keep_log: bool = True,
+    ) -> None:
+        super().__init__(layout, sample_rate, keep_log)
+        self.params = p = params or NetworkParams()
+        seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        s_struct, s_loop, s_stim = seq.spawn(3)
+        rng = np.random.default_rng(s_struct)
+        self.tick_samples = max(1, int(round(self.sample_rate / 1000.0)))
+        dt_ms = 1000.0 * self.tick_samples / self.sample_rate
+        n = p.n_neurons
+        lo = layout.positions_um.min(axis=0) - p.margin_um
+        hi = layout.positions_um.max(axis=0) + p.margin_um
+        self.unit_positions_um = lo + (hi - lo) * rng.random((n, 2))
+        #: True for excitatory neurons
+        self.excitatory = np.zeros(n, bool)
+        self.excitatory[rng.permutation(n)[: int(round(p.excitatory_fraction * n))]] = True
+        weight_mV = np.array(p.weight_mV, np.float64)
+        weight_mV[1] /= p.use  # excitatory: absolute efficacy, the PSP at full resources / use
+        weight_mV[0] *= p.inhibition
+        if not bursts:
+            weight_mV[1, 1] *= p.no_burst_excitation
+        self._start, self._post, self.weight, self._delay = network.wire(
+            rng, self.unit_positions_um, self.excitatory, np.array(p.p_max), p.length_um,
+            weight_mV, p.weight_sigma, p.synaptic_delay_ms, p.axon_speed_m_s * 1000.0, dt_ms,
+        )
+        self._in_start, self._in_syn, self._in_pre = network.incoming_plastic(
+            self._start, self._post, self.excitatory
+        )
+        self._target_in = np.add.reduceat(
+            np.append(self.weight[self._in_syn], 0.0), self._in_start[:-1]
+        ) * (np.diff(self._in_start) > 0)
+        self._bias = rng.uniform(*p.bias_mV, n)
+        self._prm = self._loop_params(dt_ms)
+
+        self._fs = np.zeros((network.N_FLOAT_STATE, n))
+        self._fs[network.V] = rng.uniform(p.reset_mV, p.threshold_mV, n)
+        self._fs[network.RESOURCE] = 1.0
+        self._fs[network.NEXT_NOISE] = rng.exponential(1.0 / self._prm[network.P_NOISE_RATE], n)
+        self._is = np.zeros((network.N_INT_STATE, n), np.int64)
+        self._is[network.FORCED] = -1
+        depth = int(self._delay.max(initial=1)) + 1
+        self._ring_e = np.zeros((depth, n))
+        self._ring_i = np.zeros((depth, n))
+        self._rng_state = np.array([np.random.default_rng(s_loop).integers(1, 2**63)], np.uint64)
+        self._rng_stim = np.random.default_rng(s_stim)
+        self._burst = np.zeros(network.BURST_WINDOW + 2)
+        self._burst_ticks: list[np.ndarray] = []  # onsets
+        self._burst_end_ticks: list[np.ndarray] = []
+        self._tick = 0  # ticks before this one are simulated
+        self._pend_samples, self._pend_units = np.empty(0, np.int64), np.empty(0, np.int32)
+        diff = self.unit_positions_um[:, None, :] - layout.positions_um[None, :, :]
+        self._dist_um = np.sqrt((diff**2).sum(-1))  # neuron x electrode
+
+    def _loop_params(self, dt_ms: float) -> np.ndarray:
+        p = self.params
+        prm = np.zeros(network.N_PARAMS)
+        prm[network.P_DECAY_M] = np.exp(-dt_ms / p.tau_m_ms)
+        prm[network.P_DECAY_E] = np.exp(-dt_ms / p.tau_e_ms)
+        prm[network.P_DECAY_I] = np.exp(-dt_ms / p.tau_i_ms)
+        prm[network.P_GAIN_E] = dt_ms / p.tau_e_ms
+        prm[network.P_GAIN_I] = dt_ms / p.tau_i_ms
+        prm[network.P_SLOW_FRACTION] = p.slow_fraction
+        prm[network.P_DECAY_SLOW] = np.exp(-dt_ms / p.tau_slow_ms)
+        prm[network.P_GAIN_SLOW] = dt_ms / p.tau_slow_ms
+        prm[network.P_THRESHOLD] = p.threshold_mV
+        prm[network.P_RESET] = p.reset_mV
+        prm[network.P_REFRACTORY] = round(p.refractory_ms / dt_ms)
+        prm[network.P_NOISE_RATE] = p.noise_rate_hz * dt_ms * 1e-3  # per tick
+        prm[network.P_NOISE_MV] = p.noise_mV
+        prm[network.P_U] = p.use
+        prm[network.P_TAU_REC] = p.tau_recovery_s * 1000.0 / dt_ms
+        prm[network.P_DECAY_ADAPT] = np.exp(-dt_ms / p.tau_adaptation_ms)
+        prm[network.P_ADAPT_MV] = p.adaptation_mV
+        prm[network.P_A_PLUS] = p.a_plus if p.plasticity else 0.0
+        prm[network.P_A_MINUS] = p.a_minus if p.plasticity else 0.0
+        prm[network.P_W_MAX] = p.w_max_mV / p.use
+        prm[network.P_DECAY_TRACE] = np.exp(-dt_ms / p.tau_stdp_ms)
+        prm[network.P_SCALING_TICKS] = max(1, round(p.scaling_interval_s * 1000.0 / dt_ms))
+        prm[network.P_BURST_ON] = p.burst_on_fraction * p.n_neurons
+        prm[network.P_BURST_OFF] = p.burst_off_fraction * p.n_neurons
+        return prm
+
+    # -- ground truth ----------------------------------------------------------------------
+
+    def synapses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every synapse as (pre, post, weight mV, delay ms), weights as they are now."""
+        pre = np.repeat(np.arange(self.n_units, dtype=np.int32), np.diff(self._start))
+        delay_ms = self._delay * 1000.0 * self.tick_samples / self.sample_rate
+        return pre, self._post.copy(), self.weight.copy(), delay_ms
+
+    def burst_onsets(self) -> np.ndarray:
+        """Samples at which network bursts started, up to the current sample."""
+        return self.bursts()[0]
+
+    def bursts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Network bursts so far as (onset samples, end samples); a burst still on has no end.
+
+        A burst starts when the neurons fire more than ``burst_on_fraction`` spikes per
+        neuron in 10 ms and ends when they fire fewer than ``burst_off_fraction``.
+        """
+        ticks = [np.concatenate(t) if t else np.empty(0, np.int64)
+                 for t in (self._burst_ticks, self._burst_end_ticks)]
+        onsets, ends = (t * self.tick_samples for t in ticks)
+        onsets = onsets[onsets < self._next_sample]
+        return onsets, ends[ends < self._next_sample][: len(onsets)]
+
+    @property
+    def resource(self) -> float:
+        """Mean synaptic resource of the excitatory neurons (0..1), as of their last spikes."""
+        return float(self._fs[network.RESOURCE, self.excitatory].mean())
+
+    # -- simulation ------------------------------------------------------------------------
+
+    def _advance(
+        self, start: int, stop: int, stims: list[StimEvent]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        tick = self.tick_samples
+        parts_s, parts_u = [self._pend_samples], [self._pend_units]
+        i = 0
+        while i < len(stims):
+            k = stims[i][0] // tick + 1  # pulses act at the next tick boundary
+            j = i
+            while j < len(stims) and stims[j][0] // tick + 1 == k:
+                j += 1
+            self._run_to(k, parts_s, parts_u)
+            self._stimulate(k, stims[i:j])
+            i = j
+        self._run_to(-(-stop // tick), parts_s, parts_u)
+        samples = np.concatenate(parts_s) if len(parts_s) > 1 else parts_s[0]
+        units = np.concatenate(parts_u) if len(parts_u) > 1 else parts_u[0]
+        hi = int(samples.searchsorted(stop))
+        self._pend_samples, self._pend_units = samples[hi:], units[hi:]
+        return samples[:hi], units[:hi]
+
+    def _run_to(self, k_end: int, parts_s: list, parts_u: list) -> None:
+        if k_end <= self._tick:
+            return
+        samples, units, onsets, ends = network.run_ticks(
+            self._tick, k_end, self.tick_samples, self._prm, self._fs, self._is, self._bias,
+            self.excitatory, self._ring_e, self._ring_i, self._rng_state, self._start,
+            self._post, self.weight, self._delay, self._in_start, self._in_syn, self._in_pre,
+            self._target_in, self._burst,
+        )
+        self._tick = k_end
+        parts_s.append(samples)
+        parts_u.append(units)
+        if len(onsets):
+            self._burst_ticks.append(onsets)
+        if len(ends):
+            self._burst_end_ticks.append(ends)
+
+    def _stimulate(self, k: int, stims: list[StimEvent]) -> None:
+        """Neurons activated by pulses acting at tick ``k`` fire 1-3 ms later."""
+        p = self.params
+        drive = np.zeros(self.n_units)
+        for _, ch, pulse in stims:
+            drive += pulse_charge_nC(pulse) / (
+                p.charge50_nC * (1.0 + (self._dist_um[:, ch] / p.spread_um) ** 2)
+            )
+        hill = drive**p.activation_slope
+        hit = self._rng_stim.random(self.n_units) < hill / (1.0 + hill)
+        lat = self._rng_stim.integers(p.latency_ticks[0], p.latency_ticks[1] + 1, self.n_units)
+        forced = self._is[network.FORCED]
+        fire_at = k + lat
+        take = hit & ((forced < k) | (fire_at < forced))
+        forced[take] = fire_at[take]
+
+
 #: Culture implementations by name, for the sim driver's ``culture=`` parameter.
-CULTURES: dict[str, type[Culture]] = {"poisson_burst": PoissonBurstCulture}
+CULTURES: dict[str, type[Culture]] = {
+    "poisson_burst": PoissonBurstCulture,
+    "network": NetworkCulture,
+}

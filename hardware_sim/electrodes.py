@@ -2,7 +2,10 @@
 
 :class:`ElectrodeArray` renders consecutive intervals of raw samples. A unit's
 spike appears on every electrode within reach as its waveform template scaled
-by an amplitude that falls with distance (``1 / (1 + (r / 40 um)^2)``). The
+by an amplitude that falls with the distance ``r`` from the unit to the
+electrode, ``A0 / (1 + (r / 50 um)^2)`` with ``A0`` drawn per unit: 40-150 uV
+within 10-50 um, below a 5-sigma threshold (35 uV at 7 uV rms) beyond about
+90 um, so an electrode records the units within about 100 um of it. The
 template's trough comes :attr:`ElectrodeArray.trough_offset` samples after the
 culture's spike sample. Noise comes from its own random stream, so stimulating
 never changes it. Pulses add artifacts: the pulse itself through the electrode
@@ -21,10 +24,10 @@ from scipy import signal
 from hardware_sim.culture import NOMINAL_IMPEDANCE_KOHM, StimEvent, pulse_phases_uA
 from mea_control.types import Layout, SpikeEvents, StimPulse
 
-#: amplitude range (negative peak, uV) of a unit on its nearest electrode
-UNIT_PEAK_UV = (40.0, 150.0)
+#: amplitude range (negative peak, uV) of a unit right at an electrode (log-uniform)
+UNIT_PEAK_UV = (85.0, 150.0)
 #: distance at which a unit's amplitude has halved, um
-FOOTPRINT_UM = 40.0
+FOOTPRINT_UM = 50.0
 #: smallest amplitude still rendered on an electrode, uV
 FOOTPRINT_FLOOR_UV = 0.5
 #: template window around the trough, ms
@@ -87,10 +90,9 @@ class ElectrodeArray:
         falloff = 1.0 / (1.0 + (dist / FOOTPRINT_UM) ** 2)
         #: nearest electrode of each unit, and its negative peak there (uV, positive number)
         self.unit_home = np.argmin(dist, axis=1).astype(np.int32) if n_units else np.empty(0, int)
-        lo, hi = np.log(UNIT_PEAK_UV[0] + 5), np.log(UNIT_PEAK_UV[1] - 10)
-        self.unit_peak_uV = np.exp(rng.uniform(lo, hi, n_units))
-        home_falloff = falloff[np.arange(n_units), self.unit_home] if n_units else np.empty(0)
-        amp = falloff * (self.unit_peak_uV / home_falloff)[:, None]  # unit x electrode, uV
+        a0 = np.exp(rng.uniform(*np.log(UNIT_PEAK_UV), n_units))
+        amp = falloff * a0[:, None]  # unit x electrode, uV
+        self.unit_peak_uV = amp[np.arange(n_units), self.unit_home] if n_units else np.empty(0)
         #: per unit, the electrodes it reaches: CSR (start, channel, amplitude uV)
         self.footprint_start = np.zeros(n_units + 1, np.int64)
         chans, amps = [], []
