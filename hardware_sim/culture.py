@@ -463,15 +463,19 @@ def _run_ticks(k0, k1, tick, state, dyn, uniforms, u_base, base_cdf, burst_cdf):
 class NetworkParams:
     """Knobs of :class:`NetworkCulture`.
 
-    Defaults: about 0.7 Hz per neuron, 4-5 Hz per electrode between bursts, short
-    network bursts every 5-15 s, and graded responses of 2-3 spikes per electrode to
-    the BSS protocol's pulses. ``weight_mV[1][1]`` (E->E) sets the trade-off: 5.5
-    gives bursts every 2-3 s, but then most pulses ignite a network-wide burst and
-    responses lose their spatial structure (and learning its effect).
+    Defaults: about 0.9 Hz per neuron, 6-7 Hz per electrode (3.5-4.5 Hz between
+    bursts), network bursts of 130-190 ms every 3-6 s. Under the BSS protocol (1 Hz)
+    the evoked responses are local (an electrode fires more when its nearest stimulated
+    electrode is pulsed) but about a third of the trials still ignite a network burst,
+    which dominates the counts. Bursts space themselves through a slow AHP
+    (``sahp_*``) charged only by strong NMDA-like drive, i.e. by bursts, not by the
+    sparse background. Stronger slow AHP, longer depression or stimulus-recruited
+    inhibition (``inhibitory_charge50`` < 1) suppress the stimulated bursts, but then
+    either spontaneous bursts stop or the non-burst responses lose their local part.
 
     Pharmacology: ``inhibition`` scales every inhibitory synapse. 0.2 is
     bicuculline-like (GABA-A block): bursts come more often and are larger and
-    longer; 2.0 is diazepam-like (GABA-A potentiation): fewer, weaker bursts.
+    longer; 2.0 is diazepam-like (GABA-A potentiation): shorter, weaker bursts.
     ``plasticity=False`` freezes the weights (no STDP, no scaling).
     """
 
@@ -482,7 +486,7 @@ class NetworkParams:
     # spike (an excitatory one at full resources)
     p_max: tuple[tuple[float, float], tuple[float, float]] = ((0.7, 0.7), (0.5, 0.5))
     length_um: float = 250.0
-    weight_mV: tuple[tuple[float, float], tuple[float, float]] = ((5.0, 7.5), (3.0, 4.5))
+    weight_mV: tuple[tuple[float, float], tuple[float, float]] = ((5.0, 7.5), (3.0, 5.0))
     weight_sigma: float = 0.5  # log-normal spread of the initial weights
     synaptic_delay_ms: float = 1.0
     axon_speed_m_s: float = 0.3
@@ -500,6 +504,11 @@ class NetworkParams:
     noise_mV: float = 4.0
     adaptation_mV: float = 2.0  # spike-frequency adaptation of excitatory neurons
     tau_adaptation_ms: float = 1000.0
+    # slow AHP (mV) of every neuron, charged while its slow drive depolarises it by more
+    # than sahp_threshold_mV (per ms: sahp_gain x the excess), decaying with tau_sahp_s
+    sahp_gain: float = 0.0005
+    sahp_threshold_mV: float = 10.0
+    tau_sahp_s: float = 5.0
     # short-term depression of excitatory synapses (Tsodyks-Markram, per neuron)
     use: float = 0.2
     tau_recovery_s: float = 3.0
@@ -516,6 +525,7 @@ class NetworkParams:
     # stimulation: activation probability d^n / (1 + d^n), d = charge / charge50(r)
     charge50_nC: float = 0.6  # at the electrode
     spread_um: float = 50.0  # charge50 * (1 + (r / spread)^2)
+    inhibitory_charge50: float = 1.0  # charge50 of inhibitory neurons, relative to E
     activation_slope: float = 3.0
     latency_ticks: tuple[int, int] = (1, 2)  # ticks after the pulse's tick boundary
     # burst detection (ground truth): spikes per 10 ms as a fraction of the neurons
@@ -536,7 +546,9 @@ class NetworkCulture(Culture):
     ``synaptic_delay_ms + r / axon_speed`` through a delay ring buffer.
     Excitatory neurons share a Tsodyks-Markram resource over their synapses
     (efficacy ``use * x``, ``x`` recovers with ``tau_recovery_s``) and adapt:
-    so network bursts ignite from noise, deplete the resource and stop.
+    so network bursts ignite from noise, deplete the resource and stop. A slow
+    AHP (``tau_sahp_s``), charged while the slow drive depolarises a neuron by
+    more than ``sahp_threshold_mV`` (in bursts), spaces the bursts.
 
     E->E synapses learn by pair STDP (traces with ``tau_stdp_ms``, additive,
     bounded by ``w_max_mV``) and every ``scaling_interval_s`` each neuron's total
@@ -544,7 +556,8 @@ class NetworkCulture(Culture):
     redistributes input toward correlated presynaptic neurons.
 
     A pulse activates each neuron with probability ``d^n / (1 + d^n)``, ``d``
-    the pulse's charge over ``charge50_nC (1 + (r / spread_um)^2)``; activated
+    the pulse's charge over ``charge50_nC (1 + (r / spread_um)^2)`` (times
+    ``inhibitory_charge50`` for inhibitory neurons); activated
     neurons fire 1-3 ms later unless refractory, and the network carries the
     response on. Pulses act at the tick boundary after their sample; results do
     not depend on how the run is cut into intervals. ``bursts=False`` scales E->E
@@ -635,6 +648,9 @@ class NetworkCulture(Culture):
         prm[network.P_A_MINUS] = p.a_minus if p.plasticity else 0.0
         prm[network.P_W_MAX] = p.w_max_mV / p.use
         prm[network.P_DECAY_TRACE] = np.exp(-dt_ms / p.tau_stdp_ms)
+        prm[network.P_SAHP_GAIN] = p.sahp_gain * dt_ms
+        prm[network.P_SAHP_THRESHOLD] = p.sahp_threshold_mV
+        prm[network.P_DECAY_SAHP] = np.exp(-dt_ms / (p.tau_sahp_s * 1000.0))
         prm[network.P_SCALING_TICKS] = max(1, round(p.scaling_interval_s * 1000.0 / dt_ms))
         prm[network.P_BURST_ON] = p.burst_on_fraction * p.n_neurons
         prm[network.P_BURST_OFF] = p.burst_off_fraction * p.n_neurons
@@ -714,9 +730,8 @@ class NetworkCulture(Culture):
         p = self.params
         drive = np.zeros(self.n_units)
         for _, ch, pulse in stims:
-            drive += pulse_charge_nC(pulse) / (
-                p.charge50_nC * (1.0 + (self._dist_um[:, ch] / p.spread_um) ** 2)
-            )
+            drive += pulse_charge_nC(pulse) / (1.0 + (self._dist_um[:, ch] / p.spread_um) ** 2)
+        drive /= np.where(self.excitatory, p.charge50_nC, p.charge50_nC * p.inhibitory_charge50)
         hill = drive**p.activation_slope
         hit = self._rng_stim.random(self.n_units) < hill / (1.0 + hill)
         lat = self._rng_stim.integers(p.latency_ticks[0], p.latency_ticks[1] + 1, self.n_units)

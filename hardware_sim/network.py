@@ -15,8 +15,8 @@ import numba
 import numpy as np
 
 # rows of the float state (neuron x row would be slower: rows are contiguous per neuron array)
-V, DRIVE_E, DRIVE_SLOW, DRIVE_I, RESOURCE, TRACE, NEXT_NOISE, ADAPT = range(8)
-N_FLOAT_STATE = 8
+V, DRIVE_E, DRIVE_SLOW, DRIVE_I, RESOURCE, TRACE, NEXT_NOISE, ADAPT, SAHP = range(9)
+N_FLOAT_STATE = 9
 # rows of the int state: tick the refractory period ends, tick of a forced (stimulated) spike,
 # tick the resource was last updated at
 REFRACTORY_END, FORCED, RESOURCE_TICK = range(3)
@@ -27,9 +27,9 @@ N_INT_STATE = 3
     P_DECAY_M, P_DECAY_E, P_DECAY_I, P_GAIN_E, P_GAIN_I, P_THRESHOLD, P_RESET, P_REFRACTORY,
     P_NOISE_RATE, P_NOISE_MV, P_U, P_TAU_REC, P_DECAY_ADAPT, P_ADAPT_MV, P_A_PLUS, P_A_MINUS,
     P_W_MAX, P_SCALING_TICKS, P_BURST_ON, P_BURST_OFF, P_SLOW_FRACTION, P_DECAY_SLOW, P_GAIN_SLOW,
-    P_DECAY_TRACE,
-) = range(24)
-N_PARAMS = 24
+    P_DECAY_TRACE, P_SAHP_GAIN, P_SAHP_THRESHOLD, P_DECAY_SAHP,
+) = range(27)
+N_PARAMS = 27
 BURST_WINDOW = 10  # ticks over which population activity is summed to detect bursts
 
 
@@ -112,6 +112,9 @@ def run_ticks(
     w_max = prm[P_W_MAX]
     a_plus, a_minus = prm[P_A_PLUS] * w_max, prm[P_A_MINUS] * w_max
     decay_trace = prm[P_DECAY_TRACE]
+    sahp_gain, sahp_threshold = prm[P_SAHP_GAIN], prm[P_SAHP_THRESHOLD]
+    decay_sahp = prm[P_DECAY_SAHP]
+    slow_to_mV = gain_slow / (1.0 - decay_m)  # steady depolarisation per unit of slow drive
     scaling_ticks = int(prm[P_SCALING_TICKS])
     burst_on, burst_off = prm[P_BURST_ON], prm[P_BURST_OFF]
     plastic = a_plus > 0.0 or a_minus > 0.0
@@ -129,6 +132,7 @@ def run_ticks(
     fast_fraction = 1.0 - slow_fraction
     v, d_e, d_slow, d_i = fs[V], fs[DRIVE_E], fs[DRIVE_SLOW], fs[DRIVE_I]
     resource, trace, next_noise, adapt = fs[RESOURCE], fs[TRACE], fs[NEXT_NOISE], fs[ADAPT]
+    sahp = fs[SAHP]
     refr_end, forced = ist[REFRACTORY_END], ist[FORCED]
     resource_tick = ist[RESOURCE_TICK]
 
@@ -145,8 +149,12 @@ def run_ticks(
             ring_i[slot, i] = 0.0
             adapt[i] *= decay_adapt
             trace[i] *= decay_trace
+            # slow AHP: calcium entering with strong NMDA-like drive (Mg2+ unblocked)
+            sahp[i] = sahp[i] * decay_sahp + sahp_gain * max(
+                slow_to_mV * d_slow[i] - sahp_threshold, 0.0
+            )
             v_old[i] = v[i]
-            dv = (bias[i] - v[i] - adapt[i]) * leak + gain_e * d_e[i] - gain_i * d_i[i]
+            dv = (bias[i] - v[i] - adapt[i] - sahp[i]) * leak + gain_e * d_e[i] - gain_i * d_i[i]
             v[i] = reset if k < refr_end[i] else v[i] + dv + gain_slow * d_slow[i]
         # noise kicks, pulses and spikes
         for i in range(n):
