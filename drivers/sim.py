@@ -49,7 +49,7 @@ MAX_RATE_HZ = 100_000.0
 
 
 class SimDriver(Driver):
-    """A simulated 25 kHz MEA with a living (Poisson, bursting) culture on it."""
+    """A simulated 25 kHz MEA with a living culture on it (by default a spiking network)."""
 
     scheme: ClassVar[str] = "sim"
     params: ClassVar[dict[str, Param]] = {
@@ -58,7 +58,7 @@ class SimDriver(Driver):
         "rate": Param(float, 25000.0, "sample rate, 10000 to 100000 Hz"),
         "noise_uV": Param(float, 7.0, "rms noise per channel, uV"),
         "drop": Param(float, 0.0, "probability of losing a block (to test gap handling)"),
-        "culture": Param(str, "poisson_burst", "culture model: " + ", ".join(CULTURES)),
+        "culture": Param(str, "network", "culture model: " + ", ".join(CULTURES)),
         "bursts": Param(bool, True, "network bursts on (off: spontaneous + evoked only)"),
         "truth": Param(bool, True, "keep the ground-truth spike log (memory grows with time)"),
         "raw": Param(bool, True, "stream raw voltage (off: spikes only, detected on board)"),

@@ -18,7 +18,7 @@ def test_scheme_picks_the_driver_and_query_sets_its_parameters():
     ("url", "message"),
     [
         ("nowhere", "has no scheme; write it like sim://"),
-        ("usb://x", "unknown device scheme 'usb://'; accepted: sim://"),
+        ("usb://x", "unknown device scheme 'usb://'; accepted: serial://, sim://, socket://"),
         ("sim://?speed=1", "unknown parameter 'speed' for sim://; accepted: bursts, culture"),
         ("sim://?seed=1.5", "bad value '1.5' for URL parameter 'seed': expected int"),
         ("sim://?bursts=maybe", "expected bool"),

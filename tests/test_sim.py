@@ -226,7 +226,8 @@ def test_noise_rms_in_range():
 
 
 def test_spike_waveforms_have_realistic_peaks_and_shape():
-    driver = make("sim://?seed=3&noise_uV=0&bursts=0")
+    # units 10-50 um from their electrode (the network's are anywhere: tests/test_culture.py)
+    driver = make("sim://?seed=3&noise_uV=0&bursts=0&culture=poisson_burst")
     blocks, _ = read_blocks(driver, 4000)
     x = trace_uV(blocks)
     events, _ = driver.ground_truth()
@@ -252,7 +253,8 @@ def test_spike_waveforms_have_realistic_peaks_and_shape():
 
 
 def test_spontaneous_rate_and_bursts():
-    driver = make("sim://?seed=1")
+    """The Poisson culture's burst process (the network's: tests/test_culture.py)."""
+    driver = make("sim://?seed=1&culture=poisson_burst")
     read_blocks(driver, 20000)
     events, _ = driver.ground_truth()
     rates = np.bincount(events.channel, minlength=64) / 20.0
@@ -278,7 +280,8 @@ def test_spontaneous_rate_and_bursts():
 
 
 def test_stimulation_evokes_spikes_nearby_rising_with_amplitude():
-    driver = make("sim://?seed=2&bursts=0")
+    """The Poisson culture's evoked responses (the network's: tests/test_culture.py)."""
+    driver = make("sim://?seed=2&bursts=0&culture=poisson_burst")
     layout = driver.info.layout
     ch = layout.channel("44")
     near = np.nonzero(layout.distances_um(ch) <= 250.0)[0]
@@ -420,8 +423,10 @@ def test_abort_drops_queued_pulses():
 def test_stimulating_does_not_change_the_noise():
     """The noise has its own random stream: away from spikes and the artifact, the
     traces of a run with a pulse equal those of the same run without it."""
-    quiet, _ = read_blocks(make("sim://?seed=8&bursts=0"), 400)
-    driver = make("sim://?seed=8&bursts=0")
+    # a culture whose pulses only add spikes, so that stretches without spikes remain
+    url = "sim://?seed=8&bursts=0&culture=poisson_burst"
+    quiet, _ = read_blocks(make(url), 400)
+    driver = make(url)
     driver.stimulate(StimPattern.single([27], PULSE, at_sample=1000))
     stimulated, _ = read_blocks(driver, 400)
     a, b = trace_uV(quiet), trace_uV(stimulated)
