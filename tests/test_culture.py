@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 
 import numpy as np
+from conftest import ROOT, cli_command
 
+from benchmarks.culture import summarise
+from benchmarks.sim import population_bursts
 from hardware_sim.culture import CULTURES, NetworkCulture, NetworkParams
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import load_layout
 from mea_control.protocol import load_protocol
+from mea_control.trials import TrialTable
 from mea_control.types import StimPulse
 
 RATE = 25000.0
@@ -37,17 +42,6 @@ def spontaneous(c: NetworkCulture, seconds: float) -> dict[str, float]:
     }
 
 
-def population_bursts(samples: np.ndarray, seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """Bursts (start, end) in s as benchmarks/sim.py finds them: 10 ms bins above
-    max(4 x median, 5) spikes, gaps under 50 ms bridged, at least 80 ms long."""
-    counts = np.bincount((samples / (RATE * 0.01)).astype(int), minlength=int(seconds * 100))
-    high = np.convolve(counts > max(4.0 * np.median(counts), 5.0), np.ones(5), "same") > 0
-    edges = np.diff(np.concatenate([[0], high.astype(int), [0]]))
-    starts, stops = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
-    keep = stops - starts >= 8
-    return starts[keep] * 0.01, stops[keep] * 0.01
-
-
 def test_registered_and_ground_truth_exposed():
     assert CULTURES["network"] is NetworkCulture
     c = NetworkCulture(LAYOUT, RATE, seed=np.random.SeedSequence(3), bursts=True, keep_log=True)
@@ -71,7 +65,7 @@ def test_spontaneous_bursts_in_the_range_of_mature_cultures():
     # a burst every few seconds (mature cultures: 2-10 s), lasting 100-500 ms
     assert 6 <= stats["bursts"] <= 30 and stats["spikes"] > 500
     samples, units = c.spike_log()
-    starts, stops = population_bursts(samples[samples >= RATE] - RATE, 60.0)
+    starts, stops = population_bursts(samples[samples >= RATE] - RATE, RATE, 60.0)
     assert 6 <= len(starts) <= 30
     assert 2.0 < np.diff(starts).mean() < 10.0
     assert 0.1 <= np.median(stops - starts) <= 0.5
@@ -237,3 +231,25 @@ def test_stdp_follows_spike_timing_under_bss_stimulation():
     alive = w[syn] > 0
     change = np.log(w[syn][alive] / w0[syn][alive])
     assert np.corrcoef(causal[alive], change)[0, 1] > 0.3
+
+
+def test_bss_dry_run_makes_more_source_preferring_electrodes_than_mix50(tmp_path):
+    """The short form of benchmarks/culture.py --learning, as a user dry-runs it: the
+    protocol through the CLI on spikes-only sim://, then the published criteria."""
+    runs = {}
+    for name, mixing in (("control", 0.25), ("mix50", 0.5)):
+        runs[name] = subprocess.Popen(
+            cli_command("run", "bss_isomura", "--device", "sim://?seed=3&raw=0&truth=0",
+                        "--fast", "--block-ms", "100", "--sessions", "3", "--quiet",
+                        "--param", f"mixing={mixing}", "--trials", str(tmp_path / f"{name}.npz")),
+            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    preferring = {}
+    for name, process in runs.items():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        table = TrialTable.load_npz(tmp_path / f"{name}.npz")
+        assert len(table) == 3 * 256
+        found = summarise(table.r, table.s, 3)
+        preferring[name] = found["n1"] + found["n2"]
+    assert preferring["control"] >= 8
+    assert preferring["control"] > 2 * preferring["mix50"] + 4
