@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
-from hardware_sim.culture import CULTURES, Culture, StimEvent
+from hardware_sim.culture import CULTURES, Culture, NetworkParams, StimEvent
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
 from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport, Tick
@@ -60,6 +60,8 @@ class SimDriver(Driver):
         "drop": Param(float, 0.0, "probability of losing a block (to test gap handling)"),
         "culture": Param(str, "network", "culture model: " + ", ".join(CULTURES)),
         "bursts": Param(bool, True, "network bursts on (off: spontaneous + evoked only)"),
+        "inhibition": Param(float, 1.0, "network culture: inhibitory synapse scale (0.2 "
+                            "bicuculline-like, 2 diazepam-like)"),
         "truth": Param(bool, True, "keep the ground-truth spike log (memory grows with time)"),
         "raw": Param(bool, True, "stream raw voltage (off: spikes only, detected on board)"),
         "threshold_sd": Param(float, 5.0, "spikes-only detection threshold, x noise_uV"),
@@ -84,6 +86,12 @@ class SimDriver(Driver):
             raise DriverError(
                 f"sim:// threshold_sd={options['threshold_sd']} is out of range; use 0 to 100"
             )
+        if not 0.0 <= options["inhibition"] <= 10.0:
+            raise DriverError(
+                f"sim:// inhibition={options['inhibition']} is out of range; use 0 to 10"
+            )
+        if options["inhibition"] != 1.0 and options["culture"] != "network":
+            raise DriverError("sim:// inhibition applies to culture=network only")
         if options["culture"] not in CULTURES:
             raise DriverError(
                 f"sim:// has no culture {options['culture']!r}; accepted: " + ", ".join(CULTURES)
@@ -124,8 +132,11 @@ class SimDriver(Driver):
         )
         seq_culture, seq_electrodes, seq_drop = np.random.SeedSequence(opts["seed"]).spawn(3)
         culture_cls = CULTURES[opts["culture"]]
+        extra = {}
+        if opts["inhibition"] != 1.0:
+            extra["params"] = NetworkParams(inhibition=opts["inhibition"])
         self.culture: Culture = culture_cls(
-            layout, rate, seed=seq_culture, bursts=opts["bursts"], keep_log=opts["truth"]
+            layout, rate, seed=seq_culture, bursts=opts["bursts"], keep_log=opts["truth"], **extra
         )
         self.electrodes = ElectrodeArray(
             layout,

@@ -111,6 +111,9 @@ def test_url_parameters_and_info():
         ("sim://?rate=5000", r"rate=5000 Hz is out of range; use 10000 to 100000 Hz"),
         ("sim://?rate=9999", r"real MEA amplifiers sample at 10-50 kHz"),
         ("sim://?rate=200000", r"rate=200000 Hz is out of range"),
+        ("sim://?inhibition=-1", r"inhibition=-1.0 is out of range"),
+        ("sim://?inhibition=0.2&culture=poisson_burst", r"applies to culture=network only"),
+        ("sim://?raw=0&threshold_sd=0", r"threshold_sd=0.0 is out of range"),
     ],
 )
 def test_out_of_range_parameters_are_one_line_driver_errors(url, message):
@@ -535,3 +538,12 @@ def test_spikes_only_trials_are_the_same_for_any_block_size():
         for name in ("o", "s", "r", "r_pre", "trigger_sample", "stim_sample"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     np.testing.assert_array_equal(a.stim_sample[a.o.any(1)], a.trigger_sample[a.o.any(1)])
+
+
+def test_inhibition_knob_reaches_the_network():
+    """Bicuculline-like (less inhibition) fires more than control, diazepam-like less."""
+    counts = {}
+    for inhibition in (0.2, 1.0, 2.0):
+        driver = make(f"sim://?seed=2&raw=0&inhibition={inhibition}", block=2500)
+        counts[inhibition] = len(SpikeEvents.concat(read_spikes_only(driver, 100)[0]))
+    assert counts[0.2] > 1.5 * counts[1.0] > 0 and counts[2.0] < counts[1.0]
