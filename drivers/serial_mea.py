@@ -10,8 +10,9 @@ Nothing lost is filled in: sequence-number gaps, bad CRCs and garbage are counte
 and reported by :meth:`SerialDriver.drain_events` (and logged); lost samples show
 as a Block that starts later than the previous one ended. Stimulation does not
 wait for the device: ``stimulate()`` sends and returns the ticket, and a refusal
-(its Ack) or no Ack within ``ACK_TIMEOUT_S`` comes out of ``read()`` as a
-StimReport(executed=False) with the reason.
+(its Ack) comes out of ``read()`` as a StimReport(executed=False) with the reason.
+No Ack within ``ACK_TIMEOUT_S`` is reported as a link event and the pattern
+stays unreported (its fate is unknown) unless a StimExecuted comes later.
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ class SerialDriver(Driver):
             raise DriverError(self._lost)
         assert self._hello is not None
         self._info = self._device_info(self._hello)
+        # a host that died may have left the device streaming: end that stream
+        ack = self._ask(wire.Stop(), ACK_TIMEOUT_S)
+        if ack is None or ack.reason:
+            raise DriverError(self._lost or f"{self.where} did not accept Stop after its Hello")
 
     def _silence(self, timeout: float) -> str:
         """Why no Hello came: nothing at all, another protocol version, or not our protocol."""
@@ -208,13 +213,15 @@ class SerialDriver(Driver):
             raise DriverError(f"{self.where}: start() needs an open, idle device")
         block = block_samples or max(1, int(round(self.info.sample_rate / 1000.0)))
         mode = wire.SPIKES if self._spikes_mode else wire.RAW
+        self._state = "running"  # before Start: the reader keeps what follows its Ack
         ack = self._ask(wire.Start(mode, int(block)), START_TIMEOUT_S)
+        if ack is None or ack.reason:
+            self._state = "open"
         if ack is None:
             raise DriverError(self._lost or f"{self.where} did not answer Start within "
                               f"{START_TIMEOUT_S:g} s")
         if ack.reason:
             raise DriverError(f"{self.where} refused to start streaming: {ack.message}")
-        self._state = "running"
 
     def stop(self) -> None:
         if self._state != "running":
@@ -264,12 +271,13 @@ class SerialDriver(Driver):
         self._unreported[ticket] = (at, self._sent)
 
         def answered(ack: wire.Ack | None) -> None:
-            if ack is not None and not ack.reason:
+            if ack is None:  # it may still run: a StimExecuted would say so
+                self._event("link_error", f"no answer from {self.where} within "
+                            f"{ACK_TIMEOUT_S:g} s to pattern {ticket}; its fate is unknown")
                 return
-            if self._unreported.pop(ticket, None) is None:
+            if not ack.reason or self._unreported.pop(ticket, None) is None:
                 return
-            reason = (f"no answer from the device within {ACK_TIMEOUT_S:g} s" if ack is None
-                      else f"refused by the device ({wire.REASONS.get(ack.reason, ack.reason)}):"
+            reason = (f"refused by the device ({wire.REASONS.get(ack.reason, ack.reason)}):"
                       f" {ack.message}")
             self._queue.put(StimReport(ticket, self._report_sample(at), False, reason))
 
@@ -296,6 +304,10 @@ class SerialDriver(Driver):
         before = self._sent
 
         def answered(ack: wire.Ack | None) -> None:
+            if ack is None or ack.reason:  # only a done Abort says what will not run
+                self._event("device_error", f"{self.where} did not confirm Abort: "
+                            + ("no answer" if ack is None else ack.message))
+                return
             for ticket, (at, index) in list(self._unreported.items()):
                 if index < before and self._unreported.pop(ticket, None) is not None:
                     self._queue.put(StimReport(ticket, self._report_sample(at), False, "aborted"))

@@ -82,10 +82,7 @@ class SimDriver(Driver):
             raise DriverError(f"sim:// noise_uV={noise} is out of range; use 0 to 1000")
         if not 0.0 <= drop < 1.0:
             raise DriverError(f"sim:// drop={drop} is out of range; use 0 <= drop < 1")
-        if not 0.0 < options["threshold_sd"] <= 100.0:
-            raise DriverError(
-                f"sim:// threshold_sd={options['threshold_sd']} is out of range; use 0 to 100"
-            )
+        check_threshold(options["threshold_sd"])
         if not 0.0 <= options["inhibition"] <= 10.0:
             raise DriverError(
                 f"sim:// inhibition={options['inhibition']} is out of range; use 0 to 10"
@@ -271,8 +268,7 @@ class SimDriver(Driver):
 
     def set_threshold(self, threshold_sd: float) -> None:
         """Spikes-only mode: report spikes reaching ``threshold_sd`` x the noise from now on."""
-        if not 0.0 < threshold_sd <= 100.0:
-            raise DriverError(f"spike threshold {threshold_sd} x noise is out of range (0-100]")
+        check_threshold(threshold_sd)
         self.threshold_sd = float(threshold_sd)
 
     # -- stimulation -----------------------------------------------------------------------
@@ -386,6 +382,14 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(rest - _SPIN_S)
     while time.monotonic() < deadline:
         pass
+
+
+def check_threshold(threshold_sd: float) -> None:
+    """Spikes-only detection threshold, in noise standard deviations: (0, 100]."""
+    if not 0.0 < threshold_sd <= 100.0:
+        raise DriverError(
+            f"sim:// threshold_sd={threshold_sd} is out of range; use 0 to 100 (x noise_uV)"
+        )
 
 
 def _load_layout(name: str) -> Layout:

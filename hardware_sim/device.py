@@ -31,7 +31,7 @@ from typing import Any
 
 from drivers import wire
 from drivers.base import DriverError, parse_url
-from drivers.sim import SimDriver
+from drivers.sim import SimDriver, check_threshold
 from mea_control import __version__
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
@@ -183,9 +183,9 @@ class _Session:
                 tuple((p.electrode, StimPulse(p.mode, p.phases)) for p in m.pulses),
                 m.train_count, m.train_rate_hz,
                 at_sample=None if m.at_sample == wire.NOW else m.at_sample)
+            ticket = sim.stimulate(pattern)
         except ValueError as exc:
             return MALFORMED, str(exc)
-        ticket = sim.stimulate(pattern)
         refusal = sim.take_refusal(ticket)
         if refusal is not None:
             return _reason_code(pattern, sim, refusal.reason), refusal.reason
@@ -202,10 +202,9 @@ class _Session:
     def on_setthreshold(self, m: wire.SetThreshold) -> tuple[int, str]:
         threshold = abs(m.threshold_sd)  # the simulator's events are troughs: any sign will do
         try:
+            check_threshold(threshold)  # used from the next Start when not streaming
             if self.sim is not None:
                 self.sim.set_threshold(threshold)
-            else:
-                self.device.new_sim(False, threshold)  # checks it; used from the next Start
         except DriverError as exc:
             return LIMIT, str(exc)
         self.threshold_sd = threshold
@@ -301,8 +300,12 @@ def _write(fd: int, data: bytes, stop: threading.Event) -> None:
     while view:
         if stop.is_set():
             raise HostGone("the device is stopping")
-        _, ready, _ = select.select([], [fd], [], 0.1)
-        if not ready:
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        events = poll.poll(100)
+        if any(e & (select.POLLHUP | select.POLLERR) for _, e in events):
+            raise HostGone("the host hung up")
+        if not events:
             continue
         try:
             view = view[os.write(fd, view):]

@@ -451,6 +451,8 @@ class Engine:
             self._stream(first)
         finally:
             self._call(self.protocol.teardown, self.ctx)
+            for kind, message in self.driver.drain_events():
+                self.event(kind, message)
             self.event("stop", "interrupted" if self.interrupted else "end of run")
 
     def _stream(self, first: Block | Tick) -> None:

@@ -94,7 +94,7 @@ class Trials:
         n_sources: int = 0,
         trials_per_session: int | None = None,
         first_trial_s: float = 1.0,
-        lead_ms: float = 20.0,
+        lead_ms: float = 50.0,
     ) -> None:
         if n_trials < 1:
             raise ValueError("n_trials must be at least 1")

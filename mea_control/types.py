@@ -7,6 +7,7 @@ pulse and decision carries it. Channel indices are the columns of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -142,6 +143,8 @@ class StimPulse:
         phases = tuple((float(d), float(a)) for d, a in self.phases)
         if not phases:
             raise ValueError("a pulse needs at least one phase")
+        if not all(math.isfinite(x) for phase in phases for x in phase):
+            raise ValueError("phase durations and amplitudes must be finite numbers")
         if any(d <= 0 for d, _ in phases):
             raise ValueError("phase durations must be positive (microseconds)")
         object.__setattr__(self, "phases", phases)
@@ -208,6 +211,8 @@ class StimPattern:
             raise ValueError("an electrode appears twice in one pattern")
         if self.train_count < 1:
             raise ValueError("train_count must be at least 1")
+        if not math.isfinite(self.train_rate_hz):
+            raise ValueError("train_rate_hz must be a finite number")
         if self.train_count > 1 and self.train_rate_hz <= 0:
             raise ValueError("a train of several pulses needs train_rate_hz > 0")
         object.__setattr__(self, "pulses", pulses)

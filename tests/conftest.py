@@ -1,6 +1,7 @@
 """Shared fixtures: tests run offscreen and write their artefacts under tests/output."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,3 +22,10 @@ def output_dir() -> Path:
 def cli_command(*args: str) -> list[str]:
     """The mea-control CLI as a subprocess command line."""
     return [sys.executable, "-m", "mea_control.cli", *args]
+
+
+def ctrl_c_works() -> None:
+    """preexec_fn for a CLI that a test interrupts: a process started with SIGINT ignored
+    (a background job of a script, as some CI runners start the suite) passes that on,
+    and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command
+from conftest import ROOT, cli_command, ctrl_c_works
 
 from mea_control import cli
 from mea_control.trials import TrialTable
@@ -134,6 +134,7 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
     proc = subprocess.Popen(
         cli_command("run", "spontaneous", "--summary-json", str(summary)),
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        preexec_fn=ctrl_c_works,
     )
     # wait until the run reports progress (blocks are flowing), then interrupt
     for line in proc.stderr:

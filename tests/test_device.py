@@ -158,8 +158,11 @@ def test_abort_cancels_what_has_not_run():
         host.ask(wire.Start(wire.RAW, 25))
         assert host.ask(stimulate(10_000, ticket=3)).reason == 0
         assert host.ask(wire.Abort()).reason == 0
-        host.next(wire.SampleBlock, where=lambda b: b.first_sample > 10_000, timeout=5.0)
-        assert not any(isinstance(f.message, wire.StimExecuted) for f in host.frames)
+        while True:  # every frame up to past the pattern's sample: no StimExecuted among them
+            message = host.next(wire.SampleBlock | wire.StimExecuted, timeout=5.0)
+            assert not isinstance(message, wire.StimExecuted)
+            if message.first_sample > 10_000:
+                break
 
 
 def test_garbage_and_bad_crcs_are_skipped():
@@ -200,14 +203,15 @@ def test_an_idle_device_sends_heartbeats():
 
 def test_spikes_only_streams_the_simulators_spikes_and_clock():
     url = "sim://?seed=4&raw=0"
-    sim = open_driver(url)
+    sim = open_driver(url + "&threshold_sd=8")  # what SetThreshold(8 sigma) must give
     sim.open()
     sim.set_fast(True)
     sim.start(25)
     with serving(url=url, spikes_only=True) as link, host_on(link) as host:
         assert host.next(wire.Hello).firmware.endswith("simulated spikes-only")
         assert host.ask(wire.Start(wire.RAW, 25)).reason == 1
-        assert host.ask(wire.SetThreshold(-5.0)).reason == 0
+        assert host.ask(wire.SetThreshold(-8.0)).reason == 0
+        assert host.ask(wire.SetThreshold(0.0)).reason == 2
         assert host.ask(wire.Start(wire.SPIKES, 25)).reason == 0
         n_spikes = 0
         while (item := sim.read()) is not None:
@@ -222,3 +226,31 @@ def test_spikes_only_streams_the_simulators_spikes_and_clock():
                 if item.sample >= 25 * 400:
                     break
         assert n_spikes > 0
+
+
+def test_a_stimulate_with_non_finite_numbers_is_refused_and_the_device_goes_on():
+    with serving() as link, host_on(link) as host:
+        host.ask(wire.Start(wire.RAW, 25))
+        nan_rate = wire.Stimulate(1, wire.NOW, (wire.WirePulse(10, "current", ((200.0, 5.0),
+                                  (200.0, -5.0))),), 2, float("nan"))
+        nan_amp = wire.Stimulate(2, wire.NOW, (wire.WirePulse(10, "current", ((200.0, float(
+                                 "nan")),)),), 1, 0.0)
+        assert host.ask(nan_rate).reason == 1
+        assert host.ask(nan_amp).reason == 1
+        assert host.ask(stimulate(50_000, ticket=3)).reason == 0  # still serving
+
+
+def test_a_host_that_left_mid_stream_is_replaced_by_the_next():
+    """A pty cannot tell a host that closes and reopens at once from one that stayed:
+    the next host pings for the Hello and stops the old stream before its own Start."""
+    with serving() as link:
+        with host_on(link) as host:
+            host.next(wire.Hello)
+            assert host.ask(wire.Start(wire.RAW, 2500)).reason == 0
+            host.next(wire.SampleBlock)
+        with host_on(link) as host:  # the old host closed its port without Stop
+            assert host.ask(wire.Ping(7)).reason == 0
+            assert host.next(wire.Hello).n_channels == 64
+            assert host.ask(wire.Stop()).reason == 0
+            assert host.ask(wire.Start(wire.RAW, 25)).reason == 0
+            assert host.next(wire.SampleBlock).first_sample == 0

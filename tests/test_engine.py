@@ -74,7 +74,7 @@ def test_trials_stimulate_with_all_three_samples_recorded():
     engine, driver, s = run(EveryTenthSecond())
     assert s["trials"] == 12 and s["stims_executed"] == 8 and len(driver.sent) == 8
     lead = engine.trials._lead
-    assert lead == 500  # 20 ms ahead: the simulator runs patterns at a requested sample
+    assert lead == 1250  # 50 ms ahead: the simulator runs patterns at a requested sample
     for record in engine.recent_stims:
         # decided ahead, booked by the gate and run exactly at the trial's sample
         assert record.decision_sample == record.trigger_sample - lead

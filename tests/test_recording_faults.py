@@ -13,7 +13,7 @@ from datetime import UTC
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command
+from conftest import ROOT, cli_command, ctrl_c_works
 
 from drivers.base import open_driver
 from mea_control import cli, recording
@@ -410,7 +410,8 @@ def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
     nwb = tmp_path / "int.nwb"
     proc = subprocess.Popen(
         cli_command("run", "spontaneous", "--duration", "60", "--record", str(nwb), "--quiet"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_works)
     journal = journal_path(nwb)
     try:  # once a few batches of spikes are in the side journal
         wait_for(lambda: journal.exists() and journal.stat().st_size > 2000)
