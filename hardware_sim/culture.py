@@ -446,13 +446,7 @@ def _run_ticks(k0, k1, tick, state, dyn, uniforms, u_base, base_cdf, burst_cdf):
                 unit = len(base_cdf) - 1
             s = k * tick + int(uniforms[u_pos + 1] * tick)
             u_pos += 2
-            i = n_out  # insertion sort within the tick
-            while i > first and out_s[i - 1] > s:
-                out_s[i] = out_s[i - 1]
-                out_u[i] = out_u[i - 1]
-                i -= 1
-            out_s[i] = s
-            out_u[i] = unit
+            network.insert_spike(out_s, out_u, first, n_out, s, unit)
             n_out += 1
     hist[n_ticks, 0], hist[n_ticks, 1], hist[n_ticks, 2], hist[n_ticks, 3] = r, a, bursting, forced
     hist[n_ticks, 4], hist[n_ticks, 5] = u_pos + u_base, peak

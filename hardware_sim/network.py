@@ -91,6 +91,19 @@ def _uniform(rng_state):
 
 
 @numba.njit(cache=True)
+def insert_spike(out_s, out_u, first, n_out, sample, unit):
+    """Put a spike at ``out[n_out]``, kept sorted by sample among ``out[first:]`` (the
+    spikes of this tick; earlier ticks' spikes are earlier), stable for equal samples."""
+    j = n_out
+    while j > first and out_s[j - 1] > sample:
+        out_s[j] = out_s[j - 1]
+        out_u[j] = out_u[j - 1]
+        j -= 1
+    out_s[j] = sample
+    out_u[j] = unit
+
+
+@numba.njit(cache=True)
 def run_ticks(
     k0, k1, tick_samples, prm, fs, ist, bias, excitatory, ring_e, ring_i, rng_state,
     start, post, weight, delay, in_start, in_syn, in_pre, target_in, burst,
@@ -185,14 +198,7 @@ def run_ticks(
             out_s = np.concatenate((out_s, np.empty(len(out_s) + n, np.int64)))
             out_u = np.concatenate((out_u, np.empty(len(out_u) + n, np.int32)))
         for m in range(n_spk):
-            s = k * tick_samples + offsets[m]
-            j = n_out  # insertion sort within the tick
-            while j > first and out_s[j - 1] > s:
-                out_s[j] = out_s[j - 1]
-                out_u[j] = out_u[j - 1]
-                j -= 1
-            out_s[j] = s
-            out_u[j] = spikers[m]
+            insert_spike(out_s, out_u, first, n_out, k * tick_samples + offsets[m], spikers[m])
             n_out += 1
 
         for m in range(n_spk):
