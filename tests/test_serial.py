@@ -141,25 +141,38 @@ def test_nothing_answering_on_a_pty():
 
 
 @contextlib.contextmanager
-def fake_device(answer: bytes):
-    """A TCP port that sends ``answer`` again and again to whoever connects."""
+def tcp_server(serve):
+    """A local TCP port; ``serve(conn, stop)`` handles the first connection on a thread.
+    Yields the port's socket:// URL."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
     def run():
         conn, _ = server.accept()
-        with conn, contextlib.suppress(OSError):  # the driver hangs up when it has seen enough
-            while not stop.wait(0.05):
-                conn.sendall(answer)
+        with conn:
+            serve(conn, stop)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        yield f"socket://127.0.0.1:{server.getsockname()[1]}?timeout=0.5"
+        yield f"socket://127.0.0.1:{server.getsockname()[1]}"
     finally:
         stop.set()
         thread.join(10)
         server.close()
+
+
+@contextlib.contextmanager
+def fake_device(answer: bytes):
+    """A TCP port that sends ``answer`` again and again to whoever connects."""
+
+    def serve(conn, stop):
+        with contextlib.suppress(OSError):  # the driver hangs up when it has seen enough
+            while not stop.wait(0.05):
+                conn.sendall(answer)
+
+    with tcp_server(serve) as url:
+        yield url + "?timeout=0.5"
 
 
 def version2(message) -> bytes:
@@ -196,10 +209,8 @@ def test_nothing_listening_on_a_socket():
 def spoiling_proxy(target: str, drop: set[int], corrupt: set[int]):
     """A TCP proxy that loses or spoils the device's frames with the given sequence numbers."""
     host, port = target.removeprefix("socket://").rsplit(":", 1)
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
 
-    def pump(src, dst, frames: bool):
+    def pump(src, dst, frames: bool, stop: threading.Event):
         decoder = wire.FrameDecoder()
         src.settimeout(0.1)
         while not stop.is_set():
@@ -225,26 +236,17 @@ def spoiling_proxy(target: str, drop: set[int], corrupt: set[int]):
             except OSError:
                 break
 
-    def run():
-        client, _ = server.accept()
-        device = socket.create_connection((host, int(port)))
-        threads = [threading.Thread(target=pump, args=(device, client, True), daemon=True),
-                   threading.Thread(target=pump, args=(client, device, False), daemon=True)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        client.close()
-        device.close()
+    def serve(client, stop):
+        with socket.create_connection((host, int(port))) as device:
+            threads = [threading.Thread(target=pump, args=(device, client, True, stop)),
+                       threading.Thread(target=pump, args=(client, device, False, stop))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield f"socket://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(10)
-        server.close()
+    with tcp_server(serve) as url:
+        yield url
 
 
 def test_lost_and_spoiled_frames_are_counted_and_reported():
