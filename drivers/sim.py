@@ -156,7 +156,9 @@ class SimDriver(Driver):
         self._ticket = 0
         self._pulses: list[tuple[int, int, int, Any]] = []  # (sample, ticket, channel, pulse)
         self._unreported: list[tuple[int, int]] = []  # (first pulse sample, ticket)
-        self._reports: deque[StimReport] = deque()
+        # reports read() hands out before the next block, with why: "" (ran), "aborted",
+        # or a refusal (see _check)
+        self._reports: deque[tuple[str, StimReport]] = deque()
         self._t0 = 0.0
         self._state = "open"
 
@@ -234,7 +236,7 @@ class SimDriver(Driver):
     def _due_report(self) -> StimReport | None:
         """A report that must precede the next block, if any."""
         if self._reports:
-            return self._reports.popleft()
+            return self._reports.popleft()[1]
         if self._unreported and self._unreported[0][0] < self._next_sample + self._block_samples:
             sample, ticket = self._unreported.pop(0)
             return StimReport(ticket, sample)
@@ -286,11 +288,12 @@ class SimDriver(Driver):
             if promised is not None and pattern.at_sample == promised >= self._next_sample:
                 earliest = promised  # the slot earliest_stim_sample() offered is kept
             at = earliest if pattern.at_sample is None else int(pattern.at_sample)
-            problem = self._check(pattern, info)
-            if not problem and at < earliest:
+            kind, problem = self._check(pattern, info)
+            if not kind and at < earliest:
+                kind = "late"
                 problem = f"late: asked for sample {at}, the device is at sample {earliest}"
-            if problem:
-                self._reports.append(StimReport(ticket, at, executed=False, reason=problem))
+            if kind:
+                self._reports.append((kind, StimReport(ticket, at, False, problem)))
                 return ticket
             for offset in pattern.pulse_offsets(info.sample_rate):
                 for channel, pulse in pattern.pulses:
@@ -322,32 +325,35 @@ class SimDriver(Driver):
         elapsed = int((time.monotonic() - self._t0) * self.info.sample_rate)
         return elapsed // self._block_samples * self._block_samples
 
-    def _check(self, pattern: StimPattern, info: DeviceInfo) -> str:
+    def _check(self, pattern: StimPattern, info: DeviceInfo) -> tuple[str, str]:
+        """Why the device refuses ``pattern``: (kind, message), kind "electrode", "mode" or
+        "limit"; ("", "") if it does not."""
         layout = info.layout
         for channel, pulse in pattern.pulses:
             if not 0 <= channel < layout.n_electrodes:
-                return f"no channel {channel} on {layout.name}"
+                return "electrode", f"no channel {channel} on {layout.name}"
             if not layout.can_stimulate[channel]:
-                return f"electrode {layout.labels[channel]} (channel {channel}) cannot stimulate"
+                label = layout.labels[channel]
+                return "electrode", f"electrode {label} (channel {channel}) cannot stimulate"
             if pulse.mode not in info.capabilities.stim_modes:
-                return f"stimulation mode {pulse.mode!r} is not supported"
+                return "mode", f"stimulation mode {pulse.mode!r} is not supported"
             key = "max_current_uA" if pulse.mode == "current" else "max_voltage_mV"
             if pulse.peak_amplitude > DEVICE_LIMITS[key]:
-                return (
+                return "limit", (
                     f"{pulse.peak_amplitude:g} {pulse.unit} exceeds the device limit "
                     f"{key}={DEVICE_LIMITS[key]:g}"
                 )
-        return ""
+        return "", ""
 
-    def take_refusal(self, ticket: int) -> StimReport | None:
-        """The report of pattern ``ticket`` if :meth:`stimulate` refused it, taken out of
-        :meth:`read`'s stream: for firmware that answers a refusal at once. Late
-        patterns' reasons start with "late"."""
+    def take_refusal(self, ticket: int) -> tuple[str, StimReport] | None:
+        """Why :meth:`stimulate` refused pattern ``ticket`` ("electrode", "mode", "limit" or
+        "late") and its report, taken out of :meth:`read`'s stream: for firmware that
+        answers a refusal at once. None if the pattern was accepted."""
         with self._lock:
-            for report in self._reports:
-                if report.ticket == ticket and not report.executed:
-                    self._reports.remove(report)
-                    return report
+            for kind, report in self._reports:
+                if report.ticket == ticket:
+                    self._reports.remove((kind, report))
+                    return kind, report
         return None
 
     def abort_stimulation(self) -> None:
@@ -355,7 +361,7 @@ class SimDriver(Driver):
         with self._lock:
             self._pulses.clear()
             for sample, ticket in self._unreported:
-                self._reports.append(StimReport(ticket, sample, executed=False, reason="aborted"))
+                self._reports.append(("aborted", StimReport(ticket, sample, False, "aborted")))
             self._unreported.clear()
 
     # -- ground truth ----------------------------------------------------------------------

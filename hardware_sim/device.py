@@ -43,6 +43,8 @@ MAX_CATCH_UP = 50
 #: Error codes of this device's Error frames.
 ERROR_BUSY = 1
 DONE, MALFORMED, LIMIT, ELECTRODE, LATE, BUSY = range(6)  # Ack reasons, see wire.REASONS
+#: Ack reason by the simulator's kind of refusal (others: LIMIT)
+_ACK_REASON = {"electrode": ELECTRODE, "late": LATE}
 
 
 class SimDevice:
@@ -186,9 +188,10 @@ class _Session:
             ticket = sim.stimulate(pattern)
         except ValueError as exc:
             return MALFORMED, str(exc)
-        refusal = sim.take_refusal(ticket)
-        if refusal is not None:
-            return _reason_code(pattern, sim, refusal.reason), refusal.reason
+        refused = sim.take_refusal(ticket)
+        if refused is not None:
+            kind, report = refused
+            return _ACK_REASON.get(kind, LIMIT), report.reason
         self.tickets[ticket] = (m.ticket, pattern.channels)
         return DONE, ""
 
@@ -245,15 +248,6 @@ class _Session:
                 self.sample = item.sample
                 self.send(wire.Heartbeat(item.sample))
                 return
-
-
-def _reason_code(pattern: StimPattern, sim: SimDriver, reason: str) -> int:
-    """Ack reason for a pattern the simulator refused (it checks limits before lateness)."""
-    layout = sim.info.layout
-    if any(not 0 <= ch < layout.n_electrodes or not layout.can_stimulate[ch]
-           for ch in pattern.channels):
-        return ELECTRODE
-    return LATE if reason.startswith("late") else LIMIT
 
 
 # -- links -------------------------------------------------------------------------------
