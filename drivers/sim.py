@@ -257,9 +257,17 @@ class SimDriver(Driver):
         el = self.electrodes
         if not self.options["raw"]:
             found = el.events(spikes, units, self.threshold_sd * self.options["noise_uV"])
-            events = SpikeEvents.concat([self._held, found])
-            self._held = events.between(stop, np.iinfo(np.int64).max)
-            events = events.between(0, stop)
+            events = SpikeEvents.concat([self._held, found]) if len(self._held) else found
+            cut = int(events.sample.searchsorted(stop))  # troughs from here on are later
+            if cut < len(events):
+                self._held = SpikeEvents(
+                    events.sample[cut:], events.channel[cut:], events.amplitude_uV[cut:]
+                )
+                events = SpikeEvents(
+                    events.sample[:cut], events.channel[:cut], events.amplitude_uV[:cut]
+                )
+            elif len(self._held):
+                self._held = SpikeEvents.empty()
             return ([events] if len(events) else []) + [Tick(stop)]
         data = el.render(start, stop - start, spikes, units, stims)
         seq = self._seq

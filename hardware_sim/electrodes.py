@@ -75,6 +75,7 @@ class ElectrodeArray:
         self._noise_stop = 0  # noise is in the buffer up to here
         self._next_sample = 0
         self._artifacts: dict[tuple[int, StimPulse], np.ndarray] = {}
+        self._seen_cache: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         r = np.linalg.norm(
             layout.positions_um[:, None, :] - layout.positions_um[None, :, :], axis=-1
         )
@@ -116,19 +117,32 @@ class ElectrodeArray:
 
         Each spike becomes an event at its trough on every electrode where its
         amplitude reaches ``threshold_uV``; near-coincident spikes are not merged.
-        Sorted by sample, then channel.
+        Sorted by sample, then channel (events equal in both keep the spikes' order).
         """
-        start = self.footprint_start
-        counts = start[unit_ids + 1] - start[unit_ids]
-        idx = np.repeat(start[unit_ids] - np.cumsum(counts) + counts, counts) + np.arange(
-            int(counts.sum())
+        start, channel, amp = self._seen(threshold_uV)
+        samples, channels, amps = _events(
+            np.asarray(spike_samples, np.int64), np.asarray(unit_ids), start, channel, amp,
+            self.trough_offset,
         )
-        amp = self.footprint_uV[idx]
-        seen = amp >= threshold_uV
-        samples = np.repeat(spike_samples.astype(np.int64) + self.trough_offset, counts)[seen]
-        channels = self.footprint_channel[idx][seen]
-        order = np.lexsort((channels, samples))
-        return SpikeEvents(samples[order], channels[order], -amp[seen][order])
+        return SpikeEvents(samples, channels, amps)
+
+    def _seen(self, threshold_uV: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per unit, the electrodes where it reaches ``threshold_uV``: CSR (start, channel
+        int16, -amplitude uV float32); the last few thresholds are kept."""
+        key = float(threshold_uV)
+        found = self._seen_cache.get(key)
+        if found is None:
+            keep = self.footprint_uV >= threshold_uV  # the float32 comparison, as ever
+            start = np.concatenate(([0], np.cumsum(keep)))[self.footprint_start]
+            found = (
+                start.astype(np.int64),
+                self.footprint_channel[keep].astype(np.int16),
+                np.negative(self.footprint_uV[keep], dtype=np.float32),
+            )
+            if len(self._seen_cache) >= 8:
+                self._seen_cache.clear()
+            self._seen_cache[key] = found
+        return found
 
     # -- rendering -------------------------------------------------------------------------
 
@@ -263,6 +277,44 @@ def _add_noise(buf, row, n, bank, offsets, scale):
         o1, o2 = offsets[c, 0], offsets[c, 1]
         for t in range(n):
             buf[row + t, c] += (bank[c, o1 + t] + bank[c, o2 + t]) * scale
+
+
+@numba.njit(cache=True)
+def _events(spike_samples, unit_ids, seen_start, seen_channel, seen_amp, offset):
+    """Electrode events of spikes: (trough sample, channel, amplitude), sorted by sample then
+    channel, stably (so as ``np.lexsort((channel, sample))`` of the events in spike order)."""
+    n = len(spike_samples)
+    order = np.arange(n)
+    for i in range(1, n):
+        if spike_samples[i] < spike_samples[i - 1]:
+            order = np.argsort(spike_samples, kind="mergesort")
+            break
+    total = 0
+    for i in range(n):
+        u = unit_ids[i]
+        total += seen_start[u + 1] - seen_start[u]
+    out_s = np.empty(total, np.int64)
+    out_c = np.empty(total, np.int16)
+    out_a = np.empty(total, np.float32)
+    m = 0
+    for i in order:
+        u = unit_ids[i]
+        sample = spike_samples[i] + offset
+        for q in range(seen_start[u], seen_start[u + 1]):
+            c = seen_channel[q]
+            j = m  # insertion among the events of the same sample (spikes come sorted)
+            while j > 0 and (
+                out_s[j - 1] > sample or (out_s[j - 1] == sample and out_c[j - 1] > c)
+            ):
+                out_s[j] = out_s[j - 1]
+                out_c[j] = out_c[j - 1]
+                out_a[j] = out_a[j - 1]
+                j -= 1
+            out_s[j] = sample
+            out_c[j] = c
+            out_a[j] = seen_amp[q]
+            m += 1
+    return out_s, out_c, out_a
 
 
 @numba.njit(cache=True)

@@ -13,6 +13,7 @@ import math
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 # rows of the float state (neuron x row would be slower: rows are contiguous per neuron array)
 V, DRIVE_E, DRIVE_SLOW, DRIVE_I, RESOURCE, TRACE, NEXT_NOISE, ADAPT, SAHP = range(9)
@@ -103,6 +104,10 @@ def insert_spike(out_s, out_u, first, n_out, sample, unit):
     out_u[j] = unit
 
 
+#: traces below this are set to 0 (see run_ticks)
+_TRACE_FLOOR = 1e-20
+
+
 @numba.njit(cache=True)
 def run_ticks(
     k0, k1, tick_samples, prm, fs, ist, bias, excitatory, ring_e, ring_i, rng_state,
@@ -141,6 +146,11 @@ def run_ticks(
     spikers = np.empty(n, np.int64)
     offsets = np.empty(n, np.int64)
     v_old = np.empty(n)
+    # the neurons that need the noise/fire step this tick (a kick due, at threshold or a pulse:
+    # a few in a thousand), 0/1 bytes read 8 at a time; each tick sets all of them
+    n_words = (n + 7) // 8
+    todo = np.zeros(n_words * 8, np.uint8)
+    todo_words = todo.view(np.uint64)
     leak = 1.0 - decay_m
     fast_fraction = 1.0 - slow_fraction
     v, d_e, d_slow, d_i = fs[V], fs[DRIVE_E], fs[DRIVE_SLOW], fs[DRIVE_I]
@@ -153,7 +163,8 @@ def run_ticks(
         slot = k % depth
         n_spk = 0
         first = n_out
-        # the membranes, branch-free so that it vectorises
+        next_tick = k + 1
+        # the membranes, branch-free (v_old a masked store) so that it vectorises
         for i in range(n):
             d_e[i] = d_e[i] * decay_e + fast_fraction * ring_e[slot, i]
             d_slow[i] = d_slow[i] * decay_slow + slow_fraction * ring_e[slot, i]
@@ -161,38 +172,52 @@ def run_ticks(
             ring_e[slot, i] = 0.0
             ring_i[slot, i] = 0.0
             adapt[i] *= decay_adapt
-            trace[i] *= decay_trace
+            # a trace this small counts for nothing (STDP reads it above 1e-3, a spike adds 1.0
+            # which absorbs it exactly): flushed to 0 before it becomes subnormal, which would
+            # cost a microcode assist per vector operation touching it
+            tr = trace[i] * decay_trace
+            trace[i] = tr if tr >= _TRACE_FLOOR else 0.0
             # slow AHP: calcium entering with strong NMDA-like drive (Mg2+ unblocked)
             sahp[i] = sahp[i] * decay_sahp + sahp_gain * max(
                 slow_to_mV * d_slow[i] - sahp_threshold, 0.0
             )
-            v_old[i] = v[i]
-            dv = (bias[i] - v[i] - adapt[i] - sahp[i]) * leak + gain_e * d_e[i] - gain_i * d_i[i]
-            v[i] = reset if k < refr_end[i] else v[i] + dv + gain_slow * d_slow[i]
-        # noise kicks, pulses and spikes
-        for i in range(n):
-            while next_noise[i] < k + 1:  # Poisson kicks, drawn also when refractory
-                if k >= refr_end[i]:
-                    v[i] += noise_mV
-                next_noise[i] -= math.log(_uniform(rng_state)) / noise_rate
-            fire = v[i] >= threshold
-            frac = 0.0
-            if forced[i] == k:
-                forced[i] = -1
-                if k >= refr_end[i]:
-                    fire = True
-                    frac = _uniform(rng_state)
-            elif fire:
-                frac = (threshold - v_old[i]) / (v[i] - v_old[i]) if v[i] > v_old[i] else 0.0
-                frac = min(max(frac, 0.0), 0.999)
-            if fire:
-                v[i] = reset
-                refr_end[i] = k + 1 + refractory
-                if excitatory[i]:
-                    adapt[i] += adapt_mV
-                spikers[n_spk] = i
-                offsets[n_spk] = int(frac * tick_samples)
-                n_spk += 1
+            v_i = v[i]
+            dv = (bias[i] - v_i - adapt[i] - sahp[i]) * leak + gain_e * d_e[i] - gain_i * d_i[i]
+            v_new = reset if k < refr_end[i] else v_i + dv + gain_slow * d_slow[i]
+            v[i] = v_new
+            flag = (next_noise[i] < next_tick) | (v_new >= threshold) | (forced[i] == k)
+            todo[i] = flag
+            if flag:  # v_old is read only for these
+                v_old[i] = v_i
+        # noise kicks, pulses and spikes, neuron by neuron in order (the order of the draws)
+        for w in range(n_words):
+            word = todo_words[w]
+            while word != 0:
+                # the lowest set byte is the first neuron: numba's targets are little-endian
+                i = 8 * w + (np.int64(trailing_zeros(word)) >> 3)
+                word &= word - np.uint64(1)
+                while next_noise[i] < k + 1:  # Poisson kicks, drawn also when refractory
+                    if k >= refr_end[i]:
+                        v[i] += noise_mV
+                    next_noise[i] -= math.log(_uniform(rng_state)) / noise_rate
+                fire = v[i] >= threshold
+                frac = 0.0
+                if forced[i] == k:
+                    forced[i] = -1
+                    if k >= refr_end[i]:
+                        fire = True
+                        frac = _uniform(rng_state)
+                elif fire:
+                    frac = (threshold - v_old[i]) / (v[i] - v_old[i]) if v[i] > v_old[i] else 0.0
+                    frac = min(max(frac, 0.0), 0.999)
+                if fire:
+                    v[i] = reset
+                    refr_end[i] = k + 1 + refractory
+                    if excitatory[i]:
+                        adapt[i] += adapt_mV
+                    spikers[n_spk] = i
+                    offsets[n_spk] = int(frac * tick_samples)
+                    n_spk += 1
 
         if n_out + n_spk > len(out_s):
             out_s = np.concatenate((out_s, np.empty(len(out_s) + n, np.int64)))
@@ -212,10 +237,16 @@ def run_ticks(
                 efficacy = use * resource[j]
                 resource[j] -= efficacy
                 for syn in range(start[j], start[j + 1]):
-                    ring_e[(k + delay[syn]) % depth, post[syn]] += weight[syn] * efficacy
+                    row = slot + delay[syn]  # (k + delay) % depth without a division:
+                    if row >= depth:  # 1 <= delay < depth
+                        row -= depth
+                    ring_e[row, post[syn]] += weight[syn] * efficacy
             else:
                 for syn in range(start[j], start[j + 1]):
-                    ring_i[(k + delay[syn]) % depth, post[syn]] += weight[syn]
+                    row = slot + delay[syn]
+                    if row >= depth:
+                        row -= depth
+                    ring_i[row, post[syn]] += weight[syn]
         if plastic:
             for m in range(n_spk):
                 j = spikers[m]

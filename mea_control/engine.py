@@ -337,8 +337,11 @@ class Engine:
         self.recent_stims.append(record)
         if report.executed:
             self.latency_counts[report.sample - record.trigger_sample] += 1
-            for offset in record.pattern.pulse_offsets(self.info.sample_rate):
-                self.detector.blank(report.sample + offset)
+            # Blank the artifact in the raw stream. A spikes-only device sends no blocks, so
+            # the detector would never reach (and drop) its windows: they would pile up.
+            if self.info.capabilities.raw_stream or self._expected is not None:
+                for offset in record.pattern.pulse_offsets(self.info.sample_rate):
+                    self.detector.blank(report.sample + offset)
         else:
             self.event("stim_dropped", f"device dropped pattern {report.ticket}: {report.reason}")
         if self.trials is not None:

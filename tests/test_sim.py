@@ -549,3 +549,52 @@ def test_inhibition_knob_reaches_the_network():
         driver = make(f"sim://?seed=2&raw=0&inhibition={inhibition}", block=2500)
         counts[inhibition] = len(SpikeEvents.concat(read_spikes_only(driver, 100)[0]))
     assert counts[0.2] > 1.5 * counts[1.0] > 0 and counts[2.0] < counts[1.0]
+
+
+def test_electrode_events_sorted_by_sample_then_channel_like_the_reference():
+    """The compiled ElectrodeArray.events against the plain numpy definition: every
+    (spike, electrode) pair over the threshold, at the trough, sorted stably."""
+    from hardware_sim.electrodes import ElectrodeArray
+
+    layout = load_layout("grid8x8_200um")
+    rng = np.random.default_rng(0)
+    electrodes = ElectrodeArray(layout, rng.uniform(-800, 800, (300, 2)), 25000.0, seed=0)
+
+    def reference(samples, units, threshold):
+        start = electrodes.footprint_start
+        counts = start[units + 1] - start[units]
+        idx = np.repeat(start[units] - np.cumsum(counts) + counts, counts)
+        idx += np.arange(int(counts.sum()))
+        amp = electrodes.footprint_uV[idx]
+        seen = amp >= threshold
+        s = np.repeat(samples + electrodes.trough_offset, counts)[seen]
+        ch = electrodes.footprint_channel[idx][seen]
+        order = np.lexsort((ch, s))
+        return s[order], ch[order], -amp[seen][order]
+
+    # coincident spikes (same sample, shared electrodes) and unsorted input included
+    for samples in (np.sort(rng.integers(0, 200, 400)), rng.integers(0, 200, 400)):
+        units = rng.integers(0, 300, 400).astype(np.int32)
+        for threshold in (35.0, 28.7, 5.0):
+            ev = electrodes.events(samples, units, threshold)
+            assert ev.sample.dtype == np.int64 and ev.channel.dtype == np.int16
+            for got, want in zip((ev.sample, ev.channel, ev.amplitude_uV),
+                                 reference(samples, units, threshold), strict=True):
+                np.testing.assert_array_equal(got, want)
+    assert len(electrodes.events(np.empty(0, np.int64), np.empty(0, np.int32), 35.0)) == 0
+
+
+def test_spikes_only_run_keeps_no_blanking_windows():
+    """No raw blocks come, so the detector would never drop its blanking windows: a long
+    dry run must not pile them up (it once made runs slow down quadratically)."""
+    from mea_control.engine import Engine, EngineConfig
+    from mea_control.protocol import load_protocol
+
+    cls, _ = load_protocol("bss_isomura")
+    driver = open_driver("sim://?seed=4&raw=0&truth=0")
+    driver.open()
+    engine = Engine(driver, cls(sessions=1, trials_per_session=8),
+                    EngineConfig(block_ms=100.0, fast=True))
+    summary = engine.run()
+    assert summary["error"] is None and summary["stims_executed"] > 0
+    assert engine.detector._windows == []
