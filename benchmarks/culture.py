@@ -5,7 +5,8 @@ BSS protocol, raw mode in 1 ms blocks) and activity figures;
 ``--learning --seeds 5 --sessions 100`` for the learning comparison (control
 mixing=0.25, mix50 mixing=0.5, control without plasticity), with the published
 criteria for source-preferring electrodes (Isomura et al. 2023, README of
-/work/shared/data/isomura2023, step 1).
+../shared/data/isomura2023, step 1); ``--real DIR`` puts the simulated culture's
+BSS responses beside the real cultures' in that folder (mix0 and mix50).
 
 Fast mode advances the culture one trial (1 s) at a time and turns its spikes
 into electrode events with :meth:`ElectrodeArray.events` (threshold 5 x 7 uV),
@@ -121,6 +122,51 @@ def summarise(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, float]:
         out[f"abs_{part}"] = float(np.abs(sel[rows][:, resp]).mean()) if resp.any() else 0.0
     out["mean_r"] = float(r.mean())
     return out
+
+
+def response_figures(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, float]:
+    """How responses to BSS patterns look: their size, the activity without a pulse, how
+    often a trial is all-or-none (array mean above twice the median + 1), and the source-
+    preferring electrodes' answer to their own and to the other source."""
+    r = r.astype(float)
+    m = r.mean(1)
+    e = ensembles(r, s, sessions)
+    a = (s[:, 0] == 1) & (s[:, 1] == 0)
+    b = (s[:, 0] == 0) & (s[:, 1] == 1)
+    e1, e2 = e["ensemble1"], e["ensemble2"]
+    own = np.concatenate([r[a][:, e1].mean(0), r[b][:, e2].mean(0)])
+    other = np.concatenate([r[b][:, e1].mean(0), r[a][:, e2].mean(0)])
+    return {
+        "r": float(m.mean()),
+        "no_pulse": float(r[s.sum(1) == 0].mean()),
+        "all_or_none": float(np.mean(m > 2 * np.median(m) + 1)),
+        "responsive": float(e["responsive"].sum()),
+        "preferring": float(e1.sum() + e2.sum()),
+        "own": float(own.mean()) if len(own) else 0.0,
+        "other": float(other.mean()) if len(other) else 0.0,
+    }
+
+
+def compare_real(folder: Path, seed: int, sessions: int) -> None:
+    """The real cultures' BSS responses (mix0, mix50) beside the simulated culture's."""
+    from scipy.io import loadmat
+
+    print(f"{'':22s} {'r':>5s} {'no pulse':>8s} {'all-or-none':>11s} {'responsive':>10s} "
+          f"{'preferring':>10s} {'own source':>10s} {'other':>6s}")
+
+    def row(label: str, f: dict[str, float]) -> None:
+        print(f"{label:22s} {f['r']:5.2f} {f['no_pulse']:8.2f} {f['all_or_none']:11.0%} "
+              f"{f['responsive']:10.0f} {f['preferring']:10.0f} {f['own']:10.1f} {f['other']:6.1f}",
+              flush=True)
+
+    for name, mixing in (("mix0", 0.0), ("mix50", 0.5)):
+        path = folder / f"response_data_{name}.mat"
+        if path.exists():
+            for i, c in enumerate(loadmat(path, simplify_cells=True)[f"data_{name}"]):
+                trials = len(c["s"]) // 256
+                row(f"real {name} culture {i}", response_figures(c["r"], c["s"], trials))
+        run = run_bss(mixing, seed, sessions, 256)
+        row(f"simulated {name} seed {seed}", response_figures(run["r"], run["s"], sessions))
 
 
 def _learning_job(job: tuple[str, int, int, int]) -> tuple[str, int, dict[str, float], float]:
@@ -290,7 +336,12 @@ def main() -> None:
     parser.add_argument("--learning", action="store_true", help="the learning comparison")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--real", type=Path, metavar="DIR",
+                        help="compare BSS responses with the real data in DIR (isomura2023)")
     args = parser.parse_args()
+    if args.real:
+        compare_real(args.real, args.seed, min(args.sessions, 10))
+        return
     if args.learning:
         learning(args.seeds, args.sessions, args.trials, args.workers)
         return
