@@ -1,6 +1,7 @@
 """Simulator figures: speed of raw generation, firing, bursts and evoked responses.
 
-Run: ``.venv/bin/python benchmarks/sim.py [--seconds 60] [--seed 1]``. Prints the
+Run: ``.venv/bin/python benchmarks/sim.py [--seconds 60] [--seed 1]``. For the Poisson
+culture (``culture=poisson_burst``; the network culture has ``benchmarks/culture.py``), prints the
 real-time factor of ``sim://`` in fast mode (64 channels, 25 kHz, 1 ms blocks),
 the mean firing rate per electrode, the network burst interval and duration,
 and the spikes evoked near a stimulated electrode against the spontaneous count.
@@ -32,7 +33,7 @@ def fast_driver(url: str) -> SimDriver:
 
 
 def speed(seed: int, seconds: float) -> None:
-    driver = fast_driver(f"sim://?seed={seed}&truth=0")
+    driver = fast_driver(f"sim://?seed={seed}&truth=0&culture=poisson_burst")
     for _ in range(200):  # warm up (numba compilation, first noise chunks)
         driver.read()
     n = int(seconds * 1000)
@@ -47,7 +48,7 @@ def speed(seed: int, seconds: float) -> None:
 
 
 def activity(seed: int, seconds: float) -> None:
-    driver = fast_driver(f"sim://?seed={seed}")
+    driver = fast_driver(f"sim://?seed={seed}&culture=poisson_burst")
     for _ in range(int(seconds * 1000)):
         driver.read()
     events, _ = driver.ground_truth()
@@ -86,7 +87,7 @@ def population_bursts(
 
 def evoked(seed: int, trials: int) -> None:
     """Spikes 5-50 ms after a pulse on units near electrode 44, per amplitude."""
-    driver = fast_driver(f"sim://?seed={seed}&bursts=0")
+    driver = fast_driver(f"sim://?seed={seed}&bursts=0&culture=poisson_burst")
     layout = driver.info.layout
     rate = driver.info.sample_rate
     stim_ch = layout.channel("44")

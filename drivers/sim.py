@@ -156,9 +156,7 @@ class SimDriver(Driver):
         self._ticket = 0
         self._pulses: list[tuple[int, int, int, Any]] = []  # (sample, ticket, channel, pulse)
         self._unreported: list[tuple[int, int]] = []  # (first pulse sample, ticket)
-        # reports read() hands out before the next block, with why: "" (ran), "aborted",
-        # or a refusal (see _check)
-        self._reports: deque[tuple[str, StimReport]] = deque()
+        self._reports: deque[StimReport] = deque()  # for read(), before the next block
         self._t0 = 0.0
         self._state = "open"
 
@@ -236,7 +234,7 @@ class SimDriver(Driver):
     def _due_report(self) -> StimReport | None:
         """A report that must precede the next block, if any."""
         if self._reports:
-            return self._reports.popleft()[1]
+            return self._reports.popleft()
         if self._unreported and self._unreported[0][0] < self._next_sample + self._block_samples:
             sample, ticket = self._unreported.pop(0)
             return StimReport(ticket, sample)
@@ -258,16 +256,8 @@ class SimDriver(Driver):
         if not self.options["raw"]:
             found = el.events(spikes, units, self.threshold_sd * self.options["noise_uV"])
             events = SpikeEvents.concat([self._held, found]) if len(self._held) else found
-            cut = int(events.sample.searchsorted(stop))  # troughs from here on are later
-            if cut < len(events):
-                self._held = SpikeEvents(
-                    events.sample[cut:], events.channel[cut:], events.amplitude_uV[cut:]
-                )
-                events = SpikeEvents(
-                    events.sample[:cut], events.channel[:cut], events.amplitude_uV[:cut]
-                )
-            elif len(self._held):
-                self._held = SpikeEvents.empty()
+            self._held = events.between(stop, np.iinfo(np.int64).max)  # troughs after the block
+            events = events.between(0, stop)
             return ([events] if len(events) else []) + [Tick(stop)]
         data = el.render(start, stop - start, spikes, units, stims)
         seq = self._seq
@@ -285,6 +275,19 @@ class SimDriver(Driver):
 
     def stimulate(self, pattern: StimPattern) -> int:
         """Queue a pattern: at its ``at_sample``, or as soon as possible. Returns its ticket."""
+        ticket, at, _, problem = self.admit(pattern)
+        if problem:
+            with self._lock:
+                self._reports.append(StimReport(ticket, at, False, problem))
+        return ticket
+
+    def admit(self, pattern: StimPattern) -> tuple[int, int, str, str]:
+        """Queue ``pattern`` unless the device refuses it: (ticket, sample, kind, message).
+
+        ``kind`` is "" when queued, else why not: "electrode", "mode", "limit" or "late".
+        A refusal is not reported through :meth:`read` (:meth:`stimulate` does that);
+        firmware that answers refusals at once uses this directly.
+        """
         if self._state in ("closed", "stopped"):
             raise DriverError(f"sim:// cannot stimulate: the device is {self._state}")
         info = self.info
@@ -301,13 +304,12 @@ class SimDriver(Driver):
                 kind = "late"
                 problem = f"late: asked for sample {at}, the device is at sample {earliest}"
             if kind:
-                self._reports.append((kind, StimReport(ticket, at, False, problem)))
-                return ticket
+                return ticket, at, kind, problem
             for offset in pattern.pulse_offsets(info.sample_rate):
                 for channel, pulse in pattern.pulses:
                     bisect.insort(self._pulses, (at + offset, ticket, channel, pulse))
             bisect.insort(self._unreported, (at, ticket))
-        return ticket
+        return ticket, at, "", ""
 
     def earliest_stim_sample(self) -> int:
         """Where a pattern sent now without ``at_sample`` would run.
@@ -353,23 +355,12 @@ class SimDriver(Driver):
                 )
         return "", ""
 
-    def take_refusal(self, ticket: int) -> tuple[str, StimReport] | None:
-        """Why :meth:`stimulate` refused pattern ``ticket`` ("electrode", "mode", "limit" or
-        "late") and its report, taken out of :meth:`read`'s stream: for firmware that
-        answers a refusal at once. None if the pattern was accepted."""
-        with self._lock:
-            for kind, report in self._reports:
-                if report.ticket == ticket:
-                    self._reports.remove((kind, report))
-                    return kind, report
-        return None
-
     def abort_stimulation(self) -> None:
         """Drop every queued pulse; patterns that had not started are reported as not run."""
         with self._lock:
             self._pulses.clear()
             for sample, ticket in self._unreported:
-                self._reports.append(("aborted", StimReport(ticket, sample, False, "aborted")))
+                self._reports.append(StimReport(ticket, sample, executed=False, reason="aborted"))
             self._unreported.clear()
 
     # -- ground truth ----------------------------------------------------------------------

@@ -26,9 +26,10 @@ CRC = struct.Struct("<I")
 MAX_PAYLOAD = 64 * 1024 * 1024
 NOW = -1  # Stimulate.at_sample: as soon as possible
 #: Ack.reason codes
-REASONS = {0: "done", 1: "malformed or unknown command", 2: "a limit of the device",
-           3: "the electrode cannot stimulate", 4: "too late: at_sample has passed",
-           5: "busy"}
+DONE, MALFORMED, LIMIT, ELECTRODE, LATE, BUSY = range(6)
+REASONS = {DONE: "done", MALFORMED: "malformed or unknown command", LIMIT: "a limit of the device",
+           ELECTRODE: "the electrode cannot stimulate", LATE: "too late: at_sample has passed",
+           BUSY: "busy"}
 
 
 class WireError(ValueError):

@@ -58,13 +58,15 @@ class Culture(ABC):
 
     Subclasses set ``unit_positions_um`` (n_units, 2) and implement :meth:`_advance`;
     those in :data:`CULTURES` are built as ``cls(layout, sample_rate, seed=SeedSequence,
-    bursts=bool, keep_log=bool)`` by the sim driver.
+    bursts=bool, keep_log=bool)`` by the sim driver. Their state advances on a tick of
+    about 1 ms (``tick_samples``).
     """
 
     def __init__(self, layout: Layout, sample_rate: float, keep_log: bool = True) -> None:
         self.layout = layout
         self.sample_rate = float(sample_rate)
         self.keep_log = keep_log
+        self.tick_samples = max(1, int(round(self.sample_rate / 1000.0)))
         self.unit_positions_um = np.empty((0, 2), np.float64)
         self._next_sample = 0
         self._log_samples: list[np.ndarray] = []
@@ -189,7 +191,6 @@ class PoissonBurstCulture(Culture):
         self._rng_evoked = np.random.default_rng(s_evoked)
         self._bursts = bursts
 
-        self.tick_samples = max(1, int(round(self.sample_rate / 1000.0)))
         dt = self.tick_samples / self.sample_rate
         self._dynamics = np.array(
             [
@@ -572,7 +573,6 @@ class NetworkCulture(Culture):
         seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         s_struct, s_loop, s_stim = seq.spawn(3)
         rng = np.random.default_rng(s_struct)
-        self.tick_samples = max(1, int(round(self.sample_rate / 1000.0)))
         dt_ms = 1000.0 * self.tick_samples / self.sample_rate
         n = p.n_neurons
         lo = layout.positions_um.min(axis=0) - p.margin_um
@@ -673,11 +673,6 @@ class NetworkCulture(Culture):
         onsets, ends = (t * self.tick_samples for t in ticks)
         onsets = onsets[onsets < self._next_sample]
         return onsets, ends[ends < self._next_sample][: len(onsets)]
-
-    @property
-    def resource(self) -> float:
-        """Mean synaptic resource of the excitatory neurons (0..1), as of their last spikes."""
-        return float(self._fs[network.RESOURCE, self.excitatory].mean())
 
     # -- simulation ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from typing import Any
 from drivers import wire
 from drivers.base import DriverError, parse_url
 from drivers.sim import SimDriver, check_threshold
+from drivers.wire import BUSY, DONE, ELECTRODE, LATE, LIMIT, MALFORMED
 from mea_control import __version__
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
@@ -42,7 +43,6 @@ HEARTBEAT_S = 0.5
 MAX_CATCH_UP = 50
 #: Error codes of this device's Error frames.
 ERROR_BUSY = 1
-DONE, MALFORMED, LIMIT, ELECTRODE, LATE, BUSY = range(6)  # Ack reasons, see wire.REASONS
 #: Ack reason by the simulator's kind of refusal (others: LIMIT)
 _ACK_REASON = {"electrode": ELECTRODE, "late": LATE}
 
@@ -185,13 +185,11 @@ class _Session:
                 tuple((p.electrode, StimPulse(p.mode, p.phases)) for p in m.pulses),
                 m.train_count, m.train_rate_hz,
                 at_sample=None if m.at_sample == wire.NOW else m.at_sample)
-            ticket = sim.stimulate(pattern)
+            ticket, _, kind, problem = sim.admit(pattern)
         except ValueError as exc:
             return MALFORMED, str(exc)
-        refused = sim.take_refusal(ticket)
-        if refused is not None:
-            kind, report = refused
-            return _ACK_REASON.get(kind, LIMIT), report.reason
+        if kind:
+            return _ACK_REASON.get(kind, LIMIT), problem
         self.tickets[ticket] = (m.ticket, pattern.channels)
         return DONE, ""
 

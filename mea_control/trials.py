@@ -225,17 +225,11 @@ class Trials:
         assert p.stim is not None
         if p.status in ("refused", "dropped"):
             p.o[:] = 0  # nothing was delivered
-        # counts need no order: the kept batches side by side, not merged and sorted
-        parts = [batch for batch in self._spikes if len(batch)]
-        if parts:
-            sample = np.concatenate([batch.sample for batch in parts])
-            channel = np.concatenate([batch.channel for batch in parts])
-        else:
-            sample, channel = np.empty(0, np.int64), np.empty(0, np.int16)
+        recent = SpikeEvents.concat(self._spikes)
 
         def counts(start: int, stop: int) -> np.ndarray:
-            sel = channel[(sample >= start) & (sample < stop)]
-            return np.bincount(sel, minlength=self._n_channels).astype(np.int32)
+            sel = recent.between(start, stop)
+            return np.bincount(sel.channel, minlength=self._n_channels).astype(np.int32)
 
         w0, w1 = self._w0, self._w1
         trial = Trial(

@@ -100,6 +100,8 @@ class SpikeEvents:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
         sample = np.concatenate([p.sample for p in parts])
         order = np.argsort(sample, kind="stable")
         return cls(

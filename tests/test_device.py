@@ -14,7 +14,7 @@ import serial
 from drivers import wire
 from drivers.base import open_driver
 from hardware_sim.device import ERROR_BUSY, PtyLink, SimDevice, TcpLink
-from mea_control.types import Block, SpikeEvents, Tick
+from mea_control.types import SpikeEvents, Tick
 
 PULSE = wire.WirePulse(10, "current", ((200.0, -5.0), (200.0, 5.0)))
 
@@ -112,7 +112,7 @@ def test_hello_on_connect_and_after_ping(link_cls):
         assert hello.layout == "grid8x8_200um" and hello.firmware.endswith(" simulated")
         assert hello.limits == {"max_current_uA": 50.0, "max_voltage_mV": 1500.0}
         ack = host.ask(wire.Ping(77))
-        assert (ack.reason, ack.message) == (0, "77")
+        assert (ack.reason, ack.message) == (wire.DONE, "77")
         assert host.next(wire.Hello) == hello
 
 
@@ -122,7 +122,7 @@ def test_samples_are_those_of_the_in_process_simulator():
     sim.set_fast(True)
     sim.start(25)
     with serving() as link, host_on(link) as host:
-        assert host.ask(wire.Start(wire.RAW, 25)).reason == 0
+        assert host.ask(wire.Start(wire.RAW, 25)).reason == wire.DONE
         for _ in range(40):
             block = host.next(wire.SampleBlock)
             expected = sim.read()
@@ -132,32 +132,32 @@ def test_samples_are_those_of_the_in_process_simulator():
 
 def test_stimulation_runs_at_its_sample_and_refusals_have_reasons():
     with serving() as link, host_on(link) as host:
-        assert host.ask(stimulate(100)).reason == 5  # not streaming: busy
-        assert host.ask(wire.Start(wire.RAW | wire.SPIKES, 25)).reason == 1  # one or the other
-        assert host.ask(wire.Start(wire.RAW, 25)).reason == 0
-        assert host.ask(wire.Start(wire.RAW, 25)).reason == 5  # already streaming
+        assert host.ask(stimulate(100)).reason == wire.BUSY  # not streaming
+        assert host.ask(wire.Start(wire.RAW | wire.SPIKES, 25)).reason == wire.MALFORMED  # not both
+        assert host.ask(wire.Start(wire.RAW, 25)).reason == wire.DONE
+        assert host.ask(wire.Start(wire.RAW, 25)).reason == wire.BUSY  # already streaming
         host.next(wire.SampleBlock, where=lambda b: b.first_sample >= 250)
-        assert host.ask(stimulate(0)).reason == 4  # late
+        assert host.ask(stimulate(0)).reason == wire.LATE
         no_electrode = wire.WirePulse(200, "current", PULSE.phases)
-        assert host.ask(stimulate(5000, [no_electrode])).reason == 3
+        assert host.ask(stimulate(5000, [no_electrode])).reason == wire.ELECTRODE
         too_strong = wire.WirePulse(10, "current", ((200.0, -500.0), (200.0, 500.0)))
         refused = host.ask(stimulate(5000, [too_strong]))
-        assert refused.reason == 2 and "max_current_uA" in refused.message
+        assert refused.reason == wire.LIMIT and "max_current_uA" in refused.message
         no_phases = wire.WirePulse(10, "current", ())
-        assert host.ask(stimulate(5000, [no_phases])).reason == 1
-        assert host.ask(stimulate(5000, ticket=9)).reason == 0
+        assert host.ask(stimulate(5000, [no_phases])).reason == wire.MALFORMED
+        assert host.ask(stimulate(5000, ticket=9)).reason == wire.DONE
         done = host.next(wire.StimExecuted)
         assert (done.ticket, done.sample, done.electrodes) == (9, 5000, (10,))
         # reported just before the block that holds the pulse
         assert host.next(wire.SampleBlock).first_sample == 5000
-        assert host.ask(wire.Stop()).reason == 0
+        assert host.ask(wire.Stop()).reason == wire.DONE
 
 
 def test_abort_cancels_what_has_not_run():
     with serving() as link, host_on(link) as host:
         host.ask(wire.Start(wire.RAW, 25))
-        assert host.ask(stimulate(10_000, ticket=3)).reason == 0
-        assert host.ask(wire.Abort()).reason == 0
+        assert host.ask(stimulate(10_000, ticket=3)).reason == wire.DONE
+        assert host.ask(wire.Abort()).reason == wire.DONE
         while True:  # every frame up to past the pattern's sample: no StimExecuted among them
             message = host.next(wire.SampleBlock | wire.StimExecuted, timeout=5.0)
             assert not isinstance(message, wire.StimExecuted)
@@ -172,7 +172,7 @@ def test_garbage_and_bad_crcs_are_skipped():
         spoiled[-1] ^= 0xFF
         host.port.write(b"\x00\xa5garbage\xa5\x5a" + bytes(spoiled))
         assert host.ask(wire.Ping(2)).message == "2"
-        assert host.ask(wire.Heartbeat(0)).reason == 1  # not a host command
+        assert host.ask(wire.Heartbeat(0)).reason == wire.MALFORMED  # not a host command
 
 
 def test_a_new_host_gets_a_new_session_from_sample_zero():
@@ -192,7 +192,7 @@ def test_a_second_tcp_host_is_turned_away():
         with host_on(link) as second:
             error = second.next(wire.Error)
             assert error.code == ERROR_BUSY and "another host" in error.message
-        assert first.ask(wire.Ping(5)).reason == 0
+        assert first.ask(wire.Ping(5)).reason == wire.DONE
 
 
 def test_an_idle_device_sends_heartbeats():
@@ -209,10 +209,10 @@ def test_spikes_only_streams_the_simulators_spikes_and_clock():
     sim.start(25)
     with serving(url=url, spikes_only=True) as link, host_on(link) as host:
         assert host.next(wire.Hello).firmware.endswith("simulated spikes-only")
-        assert host.ask(wire.Start(wire.RAW, 25)).reason == 1
-        assert host.ask(wire.SetThreshold(-8.0)).reason == 0
-        assert host.ask(wire.SetThreshold(0.0)).reason == 2
-        assert host.ask(wire.Start(wire.SPIKES, 25)).reason == 0
+        assert host.ask(wire.Start(wire.RAW, 25)).reason == wire.MALFORMED
+        assert host.ask(wire.SetThreshold(-8.0)).reason == wire.DONE
+        assert host.ask(wire.SetThreshold(0.0)).reason == wire.LIMIT
+        assert host.ask(wire.Start(wire.SPIKES, 25)).reason == wire.DONE
         n_spikes = 0
         while (item := sim.read()) is not None:
             if isinstance(item, SpikeEvents):
@@ -221,7 +221,7 @@ def test_spikes_only_streams_the_simulators_spikes_and_clock():
                 assert np.array_equal(spikes.channel, item.channel)
                 n_spikes += len(item)
             else:
-                assert isinstance(item, Tick) and not isinstance(item, Block)
+                assert isinstance(item, Tick)
                 assert host.next(wire.Heartbeat).sample == item.sample
                 if item.sample >= 25 * 400:
                     break
@@ -235,9 +235,9 @@ def test_a_stimulate_with_non_finite_numbers_is_refused_and_the_device_goes_on()
                                   (200.0, -5.0))),), 2, float("nan"))
         nan_amp = wire.Stimulate(2, wire.NOW, (wire.WirePulse(10, "current", ((200.0, float(
                                  "nan")),)),), 1, 0.0)
-        assert host.ask(nan_rate).reason == 1
-        assert host.ask(nan_amp).reason == 1
-        assert host.ask(stimulate(50_000, ticket=3)).reason == 0  # still serving
+        assert host.ask(nan_rate).reason == wire.MALFORMED
+        assert host.ask(nan_amp).reason == wire.MALFORMED
+        assert host.ask(stimulate(50_000, ticket=3)).reason == wire.DONE  # still serving
 
 
 def test_a_host_that_left_mid_stream_is_replaced_by_the_next():
@@ -246,11 +246,11 @@ def test_a_host_that_left_mid_stream_is_replaced_by_the_next():
     with serving() as link:
         with host_on(link) as host:
             host.next(wire.Hello)
-            assert host.ask(wire.Start(wire.RAW, 2500)).reason == 0
+            assert host.ask(wire.Start(wire.RAW, 2500)).reason == wire.DONE
             host.next(wire.SampleBlock)
         with host_on(link) as host:  # the old host closed its port without Stop
-            assert host.ask(wire.Ping(7)).reason == 0
+            assert host.ask(wire.Ping(7)).reason == wire.DONE
             assert host.next(wire.Hello).n_channels == 64
-            assert host.ask(wire.Stop()).reason == 0
-            assert host.ask(wire.Start(wire.RAW, 25)).reason == 0
+            assert host.ask(wire.Stop()).reason == wire.DONE
+            assert host.ask(wire.Start(wire.RAW, 25)).reason == wire.DONE
             assert host.next(wire.SampleBlock).first_sample == 0

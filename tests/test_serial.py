@@ -20,7 +20,7 @@ from drivers.base import DriverError, open_driver
 from hardware_sim.device import TcpLink
 from mea_control import cli
 from mea_control.trials import TrialTable
-from mea_control.types import Block, StimPattern, StimPulse, StimReport
+from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 PULSE = StimPulse.biphasic(5.0, 200.0)
 
@@ -122,10 +122,10 @@ def test_spikes_only_device():
             connected(device_url(link)) as driver:
         caps = driver.info.capabilities
         assert caps.onboard_detection and not caps.raw_stream
-        events = read_until(driver, lambda e: type(e).__name__ == "Tick" and e.sample >= 5000)
-        ticks = [e.sample for e in events if type(e).__name__ == "Tick"]
+        events = read_until(driver, lambda e: isinstance(e, Tick) and e.sample >= 5000)
+        ticks = [e.sample for e in events if isinstance(e, Tick)]
         assert ticks == list(range(25, 5001, 25))
-        assert any(type(e).__name__ == "SpikeEvents" for e in events)
+        assert any(isinstance(e, SpikeEvents) for e in events)
 
 
 # -- the handshake ---------------------------------------------------------------------------
