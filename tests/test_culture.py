@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 from conftest import ROOT, cli_command
 
-from benchmarks.culture import summarise
+from benchmarks.culture import spontaneous, summarise
 from benchmarks.sim import population_bursts
 from hardware_sim.culture import CULTURES, NetworkCulture, NetworkParams
 from hardware_sim.electrodes import ElectrodeArray
@@ -24,22 +24,6 @@ LAYOUT = load_layout("grid8x8_200um")
 def culture(seed: int = 1, bursts: bool = True, **changes) -> NetworkCulture:
     params = replace(NetworkParams(), **changes)
     return NetworkCulture(LAYOUT, RATE, seed=seed, params=params, bursts=bursts)
-
-
-def spontaneous(c: NetworkCulture, seconds: float) -> dict[str, float]:
-    """Burst figures after a 1 s settling period, from the culture's own burst log."""
-    c.advance(0, int(RATE * (seconds + 1)))
-    samples, _ = c.spike_log()
-    onsets, ends = c.bursts()
-    keep = onsets >= RATE
-    onsets, ends = onsets[keep][: len(ends[ends > RATE])], ends[ends > RATE][: keep.sum()]
-    spikes = np.searchsorted(samples, ends) - np.searchsorted(samples, onsets)
-    return {
-        "rate_hz": float((samples >= RATE).sum() / seconds / c.n_units),
-        "bursts": len(onsets),
-        "interval_s": float(np.median(np.diff(onsets)) / RATE) if len(onsets) > 1 else np.inf,
-        "spikes": float(spikes.mean()) if len(onsets) else 0.0,
-    }
 
 
 def test_registered_and_ground_truth_exposed():
@@ -61,9 +45,9 @@ def test_registered_and_ground_truth_exposed():
 def test_spontaneous_bursts_in_the_range_of_mature_cultures():
     c = culture(seed=1)
     electrodes = ElectrodeArray(LAYOUT, c.unit_positions_um, RATE, seed=1)
-    stats = spontaneous(c, 60.0)
+    stats = spontaneous(c, electrodes, 60.0)
     # a burst every few seconds (mature cultures: 2-10 s), lasting 100-500 ms
-    assert 6 <= stats["bursts"] <= 30 and stats["spikes"] > 500
+    assert 6 <= stats["bursts"] <= 30 and stats["spikes_per_burst"] > 500
     samples, units = c.spike_log()
     starts, stops = population_bursts(samples[samples >= RATE] - RATE, RATE, 60.0)
     assert 6 <= len(starts) <= 30
@@ -126,11 +110,15 @@ def test_same_spikes_whatever_the_block_size():
 
 def test_pharmacology_moves_bursts_the_right_way():
     """Less inhibition (bicuculline): more and larger bursts; more (diazepam): fewer, smaller."""
-    stats = {scale: spontaneous(culture(seed=4, inhibition=scale), 30.0) for scale in (0.2, 1, 2)}
+    stats = {}
+    for scale in (0.2, 1, 2):
+        c = culture(seed=4, inhibition=scale)
+        electrodes = ElectrodeArray(LAYOUT, c.unit_positions_um, RATE, seed=4)
+        stats[scale] = spontaneous(c, electrodes, 30.0)
     bic, ctrl, dzp = stats[0.2], stats[1], stats[2]
-    assert bic["rate_hz"] > ctrl["rate_hz"] > dzp["rate_hz"]
-    assert bic["bursts"] * bic["spikes"] > ctrl["bursts"] * ctrl["spikes"]
-    assert dzp["bursts"] * dzp["spikes"] < ctrl["bursts"] * ctrl["spikes"]
+    assert bic["neuron_hz"] > ctrl["neuron_hz"] > dzp["neuron_hz"]
+    in_bursts = {k: v["bursts"] * v["spikes_per_burst"] for k, v in stats.items()}
+    assert in_bursts[0.2] > in_bursts[1] > in_bursts[2]
 
 
 def test_electrode_events_match_the_rendered_traces():
