@@ -180,8 +180,12 @@ def driver_class(scheme: str) -> type[Driver]:
         raise DriverError(f"the {scheme}:// driver needs a missing package: {exc.name}") from None
 
 
-def parse_url(url: str) -> tuple[type[Driver], str, dict[str, Any]]:
-    """Split a device URL into (driver class, location, parsed options)."""
+def parse_url(url: str, **defaults: Any) -> tuple[type[Driver], str, dict[str, Any]]:
+    """Split a device URL into (driver class, location, parsed options).
+
+    ``defaults`` replace the driver's own defaults for options the URL does not set
+    (those the driver does not have are ignored).
+    """
     if "://" not in url:
         raise DriverError(
             f"device URL {url!r} has no scheme; write it like sim://?seed=1 (accepted: "
@@ -191,7 +195,7 @@ def parse_url(url: str) -> tuple[type[Driver], str, dict[str, Any]]:
     parts = urlsplit(url)
     cls = driver_class(parts.scheme)
     location = parts.netloc + parts.path
-    options = {name: p.default for name, p in cls.params.items()}
+    options = {name: defaults.get(name, p.default) for name, p in cls.params.items()}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key not in cls.params:
             accepted = ", ".join(sorted(cls.params)) or "none"
@@ -202,7 +206,7 @@ def parse_url(url: str) -> tuple[type[Driver], str, dict[str, Any]]:
     return cls, location, options
 
 
-def open_driver(url: str) -> Driver:
-    """Build (but do not open) the driver for a device URL."""
-    cls, location, options = parse_url(url)
+def open_driver(url: str, **defaults: Any) -> Driver:
+    """Build (but do not open) the driver for a device URL (``defaults``: see parse_url)."""
+    cls, location, options = parse_url(url, **defaults)
     return cls(url, options, location)

@@ -452,17 +452,11 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     from serial.tools import list_ports
 
-    from drivers.base import parse_url
-
     print("sim://  the simulator, in-process (`mea-control sim serve` puts it behind a port)")
     ports = [(f"serial://{p.device}", p.description) for p in sorted(list_ports.comports())]
     for url, description in ports + [(url, "") for url in args.url]:
         try:
-            cls, location, options = parse_url(url)
-            if "timeout" in options and "timeout=" not in url:
-                options["timeout"] = args.timeout
-            driver = cls(url, options, location)
-            with driver:
+            with open_driver(url, timeout=args.timeout) as driver:
                 answer = _describe_device(driver.info)
         except DriverError as exc:
             answer = f"no mea-control device: {exc}"

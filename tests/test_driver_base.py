@@ -3,6 +3,7 @@
 import pytest
 
 from drivers.base import REGISTRY, DriverError, Param, driver_class, open_driver, parse_url
+from drivers.serial_mea import SerialDriver
 from drivers.sim import SimDriver
 
 
@@ -12,6 +13,14 @@ def test_scheme_picks_the_driver_and_query_sets_its_parameters():
     assert options["seed"] == 3 and options["bursts"] is False
     assert options["rate"] == SimDriver.params["rate"].default
     assert open_driver("sim://").url == "sim://"
+
+
+def test_caller_defaults_give_way_to_the_url():
+    """`mea-control devices --timeout` sets the timeout of URLs that do not set their own."""
+    assert parse_url("socket://h:1", timeout=0.5)[2]["timeout"] == 0.5
+    assert parse_url("socket://h:1?timeout=2", timeout=0.5)[2]["timeout"] == 2.0
+    assert parse_url("socket://h:1")[2]["timeout"] == SerialDriver.params["timeout"].default
+    assert "timeout" not in parse_url("sim://", timeout=0.5)[2]  # no such option: ignored
 
 
 @pytest.mark.parametrize(
