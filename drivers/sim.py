@@ -93,6 +93,23 @@ class SimDriver(Driver):
             raise DriverError(
                 f"sim:// has no culture {options['culture']!r}; accepted: " + ", ".join(CULTURES)
             )
+        layout = _load_layout(options["layout"])
+        #: what open() will report: the simulator knows it before it runs
+        self.described = DeviceInfo(
+            name="mea-control simulator",
+            n_channels=layout.n_electrodes,
+            sample_rate=float(rate),
+            uV_per_bit=UV_PER_BIT,
+            layout=layout,
+            capabilities=Capabilities(
+                raw_stream=options["raw"],
+                onboard_detection=not options["raw"],
+                stim_modes=("current", "voltage"),
+                scheduled_stim=True,
+            ),
+            limits=dict(DEVICE_LIMITS),
+            simulated=True,
+        )
         self._info: DeviceInfo | None = None
         self._lock = threading.Lock()
         self._fast = False
@@ -110,23 +127,8 @@ class SimDriver(Driver):
         if self._state != "closed":
             return
         opts = self.options
-        layout = _load_layout(opts["layout"])
-        rate = float(opts["rate"])
-        self._info = DeviceInfo(
-            name="mea-control simulator",
-            n_channels=layout.n_electrodes,
-            sample_rate=rate,
-            uV_per_bit=UV_PER_BIT,
-            layout=layout,
-            capabilities=Capabilities(
-                raw_stream=opts["raw"],
-                onboard_detection=not opts["raw"],
-                stim_modes=("current", "voltage"),
-                scheduled_stim=True,
-            ),
-            limits=dict(DEVICE_LIMITS),
-            simulated=True,
-        )
+        self._info = self.described
+        layout, rate = self._info.layout, self._info.sample_rate
         seq_culture, seq_electrodes, seq_drop = np.random.SeedSequence(opts["seed"]).spawn(3)
         culture_cls = CULTURES[opts["culture"]]
         extra = {}

@@ -59,9 +59,7 @@ class SimDevice:
         self.options = options
         self.spikes_only = spikes_only
         self.log = log or (lambda message: None)
-        probe = self.new_sim(raw=not spikes_only)  # checks the options once, up front
-        info = probe.info
-        probe.close()
+        info = SimDriver(sim_url, dict(options, raw=not spikes_only)).described  # checks options
         flags = " simulated" + (" spikes-only" if spikes_only else "")
         self.hello = wire.Hello(info.n_channels, info.sample_rate, info.uV_per_bit,
                                 options["layout"], FIRMWARE + flags, dict(info.limits))

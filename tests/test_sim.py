@@ -131,10 +131,9 @@ def test_lowest_rate_runs_the_default_detector():
     assert "10000" in SimDriver.params["rate"].help
 
 
-def test_unknown_layout_is_a_driver_error_at_open():
-    driver = open_driver("sim://?layout=nope")
+def test_unknown_layout_is_a_driver_error_with_the_other_option_checks():
     with pytest.raises(DriverError, match="nope"):
-        driver.open()
+        open_driver("sim://?layout=nope")
 
 
 def test_lifecycle():
