@@ -126,8 +126,11 @@ def summarise(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, float]:
 
 def response_figures(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, float]:
     """How responses to BSS patterns look: their size, the activity without a pulse, how
-    often a trial is all-or-none (array mean above twice the median + 1), and the source-
-    preferring electrodes' answer to their own and to the other source."""
+    often a trial is all-or-none (array mean above twice the median + 1), the source-
+    preferring electrodes' answer to their own and to the other source, the response to
+    both sources over the response to one (2 when responses add up), and the response to
+    one source after a trial without pulses over that after a trial with pulses (1 when
+    the last trial leaves no trace)."""
     r = r.astype(float)
     m = r.mean(1)
     e = ensembles(r, s, sessions)
@@ -136,6 +139,8 @@ def response_figures(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, f
     e1, e2 = e["ensemble1"], e["ensemble2"]
     own = np.concatenate([r[a][:, e1].mean(0), r[b][:, e2].mean(0)])
     other = np.concatenate([r[b][:, e1].mean(0), r[a][:, e2].mean(0)])
+    one, both = s.sum(1) == 1, s.sum(1) == 2
+    after_rest = np.r_[False, s[:-1].sum(1) == 0]
     return {
         "r": float(m.mean()),
         "no_pulse": float(r[s.sum(1) == 0].mean()),
@@ -144,6 +149,8 @@ def response_figures(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, f
         "preferring": float(e1.sum() + e2.sum()),
         "own": float(own.mean()) if len(own) else 0.0,
         "other": float(other.mean()) if len(other) else 0.0,
+        "both_over_one": float(m[both].mean() / m[one].mean()),
+        "after_rest": float(m[one & after_rest].mean() / m[one & ~after_rest].mean()),
     }
 
 
@@ -152,12 +159,13 @@ def compare_real(folder: Path, seed: int, sessions: int) -> None:
     from scipy.io import loadmat
 
     print(f"{'':22s} {'r':>5s} {'no pulse':>8s} {'all-or-none':>11s} {'responsive':>10s} "
-          f"{'preferring':>10s} {'own source':>10s} {'other':>6s}")
+          f"{'preferring':>10s} {'own source':>10s} {'other':>6s} {'both/one':>8s} "
+          f"{'after rest':>10s}")
 
     def row(label: str, f: dict[str, float]) -> None:
         print(f"{label:22s} {f['r']:5.2f} {f['no_pulse']:8.2f} {f['all_or_none']:11.0%} "
-              f"{f['responsive']:10.0f} {f['preferring']:10.0f} {f['own']:10.1f} {f['other']:6.1f}",
-              flush=True)
+              f"{f['responsive']:10.0f} {f['preferring']:10.0f} {f['own']:10.1f} {f['other']:6.1f} "
+              f"{f['both_over_one']:8.2f} {f['after_rest']:10.2f}", flush=True)
 
     for name, mixing in (("mix0", 0.0), ("mix50", 0.5)):
         path = folder / f"response_data_{name}.mat"

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 from conftest import ROOT, cli_command
 
-from benchmarks.culture import spontaneous, summarise
+from benchmarks.culture import response_figures, spontaneous, summarise
 from benchmarks.sim import population_bursts
 from hardware_sim.culture import CULTURES, NetworkCulture, NetworkParams
 from hardware_sim.electrodes import ElectrodeArray
@@ -241,3 +241,15 @@ def test_bss_dry_run_makes_more_source_preferring_electrodes_than_mix50(tmp_path
         preferring[name] = found["n1"] + found["n2"]
     assert preferring["control"] >= 8
     assert preferring["control"] > 2 * preferring["mix50"] + 4
+
+
+def test_response_figures_measure_additivity_and_history():
+    """Responses that add up over sources and forget the last trial give both/one = 2
+    and after-rest = 1; a culture rested by an empty trial answers more."""
+    s = np.random.default_rng(0).integers(0, 2, (512, 2))
+    r = np.repeat(2.0 * s.sum(1)[:, None], 64, axis=1)
+    f = response_figures(r, s, 2)
+    assert f["both_over_one"] == 2.0 and f["after_rest"] == 1.0
+    rested = np.r_[False, s[:-1].sum(1) == 0]
+    r[rested] *= 1.5
+    assert response_figures(r, s, 2)["after_rest"] == 1.5
