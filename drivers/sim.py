@@ -257,7 +257,7 @@ class SimDriver(Driver):
         el = self.electrodes
         if not self.options["raw"]:
             found = el.events(spikes, units, self.threshold_sd * self.options["noise_uV"])
-            events = SpikeEvents.concat([self._held, found]) if len(self._held) else found
+            events = SpikeEvents.concat([self._held, found])
             self._held = events.between(stop, np.iinfo(np.int64).max)  # troughs after the block
             events = events.between(0, stop)
             return ([events] if len(events) else []) + [Tick(stop)]
