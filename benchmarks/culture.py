@@ -3,8 +3,8 @@
 Run: ``.venv/bin/python benchmarks/culture.py`` for speed (fast mode over the whole
 BSS protocol, raw mode in 1 ms blocks) and activity figures;
 ``--learning --seeds 5 --sessions 100`` for the learning comparison (control
-mixing=0.25, mix50 mixing=0.5, control without plasticity), with the published
-criteria for source-preferring electrodes (Isomura et al. 2023, README of
+mixing=0.25, mix50 mixing=0.5, control without plasticity but with homeostasis),
+with the published criteria for source-preferring electrodes (Isomura et al. 2023, README of
 ../shared/data/isomura2023, step 1); ``--real DIR`` puts the simulated culture's
 BSS responses beside the real cultures' in that folder (mix0 and mix50).
 
@@ -109,7 +109,10 @@ def ensembles(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, np.ndarr
 
 
 def summarise(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, float]:
-    """Counts and mean selectivity of each ensemble: all sessions, first 10, last 10."""
+    """Counts and mean selectivity of each ensemble (all sessions, first 10, last 10);
+    the responsive electrodes' mean |selectivity| in the first and last 10 sessions, also
+    over their mean response there (``rel_*``: how much of a response the source decides,
+    whatever the response's size)."""
     e = ensembles(r, s, sessions)
     sel = e["selectivity"]
     m = min(10, max(1, sessions // 2))
@@ -120,6 +123,8 @@ def summarise(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, float]:
     resp = e["responsive"]
     for part, rows in (("first", slice(0, m)), ("last", slice(-m, None))):
         out[f"abs_{part}"] = float(np.abs(sel[rows][:, resp]).mean()) if resp.any() else 0.0
+        size = r.reshape(sessions, -1, r.shape[1])[rows][..., resp].mean() if resp.any() else 0.0
+        out[f"rel_{part}"] = out[f"abs_{part}"] / size if size > 0 else 0.0
     out["mean_r"] = float(r.mean())
     return out
 
@@ -203,7 +208,8 @@ def learning(seeds: int, sessions: int, trials: int, workers: int) -> None:
     )
     head = (
         f"{'condition':16s} {'seed':>4s} {'n1':>3s} {'n2':>3s} {'sel1 all/first/last':>21s} "
-        f"{'sel2 all/first/last':>21s} {'|sel| first/last':>16s} {'r':>5s} {'burst':>5s} "
+        f"{'sel2 all/first/last':>21s} {'|sel| first/last':>16s} {'|sel|/r first/last':>18s} "
+        f"{'r':>5s} {'burst':>5s} "
         f"{'time':>6s}"
     )
     print(head, flush=True)
@@ -224,7 +230,8 @@ def _row(condition: str, seed: str, o: dict[str, float]) -> str:
         f"{condition:16s} {seed:>4s} {o['n1']:3.0f} {o['n2']:3.0f} "
         f"{o['e1_all']:6.2f} {o['e1_first']:6.2f} {o['e1_last']:6.2f}  "
         f"{o['e2_all']:6.2f} {o['e2_first']:6.2f} {o['e2_last']:6.2f}  "
-        f"{o['abs_first']:7.2f} {o['abs_last']:7.2f}  {o['mean_r']:5.2f} {o['burst_trials']:5.2f}"
+        f"{o['abs_first']:7.2f} {o['abs_last']:7.2f}  {o['rel_first']:8.2f} {o['rel_last']:8.2f}  "
+        f"{o['mean_r']:5.2f} {o['burst_trials']:5.2f}"
     )
 
 

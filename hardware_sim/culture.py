@@ -10,9 +10,10 @@ into voltage. Every culture keeps a ground-truth log of its spikes for tests.
 rates are lifted by a network-burst process that runs on a depressing
 resource, and pulses that evoke spikes 5-50 ms later near the electrode.
 :class:`NetworkCulture` is a spiking network (LIF neurons, delays, short-term
-depression, STDP with synaptic scaling) whose kernels are in
-:mod:`hardware_sim.network`; its responses to pulses travel through the network,
-and it learns from structured stimulation (Isomura et al.).
+depression, STDP with synaptic scaling, Hebbian afferents, rate homeostasis) whose
+kernels are in :mod:`hardware_sim.network`; pulses reach it through the axons they
+excite, its responses travel through the network, and it learns from structured
+stimulation (Isomura et al.).
 """
 
 from __future__ import annotations
@@ -458,20 +459,25 @@ def _run_ticks(k0, k1, tick, state, dyn, uniforms, u_base, base_cdf, burst_cdf):
 class NetworkParams:
     """Knobs of :class:`NetworkCulture`.
 
-    Defaults: about 0.9 Hz per neuron, 6-7 Hz per electrode (3.5-4.5 Hz between
-    bursts), network bursts of 130-190 ms every 3-6 s. Under the BSS protocol (1 Hz)
-    the evoked responses are local (an electrode fires more when its nearest stimulated
-    electrode is pulsed) but about a third of the trials still ignite a network burst,
-    which dominates the counts. Bursts space themselves through a slow AHP
-    (``sahp_*``) charged only by strong NMDA-like drive, i.e. by bursts, not by the
-    sparse background. Stronger slow AHP, longer depression or stimulus-recruited
-    inhibition (``inhibitory_charge50`` < 1) suppress the stimulated bursts, but then
-    either spontaneous bursts stop or the non-burst responses lose their local part.
+    Defaults: about 1 Hz per neuron, 5-7 Hz per electrode (3-3.5 Hz between bursts),
+    network bursts of 170-190 ms every 4-5 s. Bursts space themselves through strong
+    short-term depression (``use``) and a slow AHP (``sahp_*``) charged only by strong
+    NMDA-like drive, i.e. by bursts, not by the sparse background. The evoked response
+    comes mostly from the axons a pulse excites (``afferent_*``): their synapses give
+    the excitatory neurons within a few hundred um a slow drive. Under the BSS protocol
+    (1 Hz) the culture fires above its spontaneous rate, and homeostasis
+    (``homeostasis``, ``rate_target_hz``) turns its recurrent excitation down (to about
+    half within a few minutes) and its background with it: then each pulse answers
+    near its electrodes instead of setting off the whole array, no network bursts, and
+    about 1.5 Hz per electrode between pulses. Spontaneous activity is at the target,
+    so a resting culture keeps its weights.
 
     Pharmacology: ``inhibition`` scales every inhibitory synapse. 0.2 is
-    bicuculline-like (GABA-A block): bursts come more often and are larger and
-    longer; 2.0 is diazepam-like (GABA-A potentiation): shorter, weaker bursts.
-    ``plasticity=False`` freezes the weights (no STDP, no scaling).
+    bicuculline-like (GABA-A block): bursts come more often and are larger; 2.0 is
+    diazepam-like (GABA-A potentiation): weaker bursts. Homeostasis works against a
+    drug that raises the rate, but slowly (``tau_homeostasis_s``).
+    ``plasticity=False`` stops learning (no STDP, no afferent learning, no scaling);
+    homeostasis goes on unless ``homeostasis=False``.
     """
 
     n_neurons: int = 1000
@@ -481,7 +487,7 @@ class NetworkParams:
     # spike (an excitatory one at full resources)
     p_max: tuple[tuple[float, float], tuple[float, float]] = ((0.7, 0.7), (0.5, 0.5))
     length_um: float = 250.0
-    weight_mV: tuple[tuple[float, float], tuple[float, float]] = ((5.0, 7.5), (3.0, 5.0))
+    weight_mV: tuple[tuple[float, float], tuple[float, float]] = ((5.0, 7.5), (3.0, 7.0))
     weight_sigma: float = 0.5  # log-normal spread of the initial weights
     synaptic_delay_ms: float = 1.0
     axon_speed_m_s: float = 0.3
@@ -505,7 +511,7 @@ class NetworkParams:
     sahp_threshold_mV: float = 10.0
     tau_sahp_s: float = 5.0
     # short-term depression of excitatory synapses (Tsodyks-Markram, per neuron)
-    use: float = 0.2
+    use: float = 0.55
     tau_recovery_s: float = 3.0
     no_burst_excitation: float = 0.5  # E->E scale when the culture is built with bursts=False
     # pharmacology
@@ -517,12 +523,30 @@ class NetworkParams:
     tau_stdp_ms: float = 20.0
     w_max_mV: float = 8.0  # in the units of weight_mV
     scaling_interval_s: float = 1.0  # each neuron's total E->E input is reset to its start
+    # homeostasis: when the excitatory neurons fire above rate_target_hz, E->E weights scale
+    # down (by e per tau_homeostasis_s at twice the target) and their bias drops (by
+    # homeostasis_bias_mV per scaling interval at twice the target, at most
+    # homeostasis_bias_max_mV); below the target both recover, never past their start
+    homeostasis: bool = True
+    rate_target_hz: float = 1.0
+    tau_homeostasis_s: float = 300.0
+    homeostasis_bias_mV: float = 0.01
+    homeostasis_bias_max_mV: float = 15.0
     # stimulation: activation probability d^n / (1 + d^n), d = charge / charge50(r)
     charge50_nC: float = 0.6  # at the electrode
     spread_um: float = 50.0  # charge50 * (1 + (r / spread)^2)
     inhibitory_charge50: float = 1.0  # charge50 of inhibitory neurons, relative to E
     activation_slope: float = 3.0
     latency_ticks: tuple[int, int] = (1, 2)  # ticks after the pulse's tick boundary
+    # the axons a pulse excites: their synapses on each excitatory neuron, PSP in mV at full
+    # recruitment (the activation curve above at r = 0), mean afferent_mV exp(-r / length)
+    afferent_mV: float = 25.0
+    afferent_length_um: float = 150.0
+    afferent_delay_ms: float = 2.0
+    # their plasticity: an excitatory neuron's spike multiplies its afferents from electrodes
+    # pulsed within the last ~afferent_tau_ms by 1 + afferent_rate x exp(-t / afferent_tau_ms)
+    afferent_rate: float = 0.005
+    afferent_tau_ms: float = 50.0
     # burst detection (ground truth): spikes per 10 ms as a fraction of the neurons
     burst_on_fraction: float = 0.1
     burst_off_fraction: float = 0.03
@@ -550,7 +574,23 @@ class NetworkCulture(Culture):
     E->E input is scaled back to its initial value (homeostasis), so learning
     redistributes input toward correlated presynaptic neurons.
 
-    A pulse activates each neuron with probability ``d^n / (1 + d^n)``, ``d``
+    A pulse excites the axons passing its electrode: each excitatory neuron gets
+    from electrode ``e`` an afferent synapse of ``afferent_mV exp(-r / afferent_length_um)``
+    (log-normal spread), delivered ``afferent_delay_ms`` after the pulse and scaled by
+    the recruitment ``q^n / (1 + q^n)``, ``q = charge / charge50_nC``. The afferents
+    learn: an excitatory neuron's spike multiplies its afferents from electrodes
+    pulsed within about ``afferent_tau_ms`` by ``1 + afferent_rate exp(-t / tau)``,
+    and every ``scaling_interval_s`` their total goes back to its start (Hebbian
+    learning with normalisation): a neuron's input concentrates on the
+    electrodes pulsed together, i.e. on those that follow the same hidden source.
+
+    Homeostasis: every ``scaling_interval_s`` the excitatory neurons' spike count is
+    compared with ``rate_target_hz``; above it, all E->E weights scale down (by a factor
+    e per ``tau_homeostasis_s`` at twice the target) and the excitatory neurons' bias
+    drops (``homeostasis_bias_mV`` per interval at twice the target); below it both
+    recover, never past where they started. :meth:`homeostatic_state` reports both.
+
+    A pulse also fires each neuron directly with probability ``d^n / (1 + d^n)``, ``d``
     the pulse's charge over ``charge50_nC (1 + (r / spread_um)^2)`` (times
     ``inhibitory_charge50`` for inhibitory neurons); activated
     neurons fire 1-3 ms later unless refractory, and the network carries the
@@ -598,6 +638,8 @@ class NetworkCulture(Culture):
         ) * (np.diff(self._in_start) > 0)
         self._bias = rng.uniform(*p.bias_mV, n)
         self._prm = self._loop_params(dt_ms)
+        self._homeostasis = np.zeros(3)
+        self._homeostasis[network.GAIN] = 1.0
 
         self._fs = np.zeros((network.N_FLOAT_STATE, n))
         self._fs[network.V] = rng.uniform(p.reset_mV, p.threshold_mV, n)
@@ -617,6 +659,18 @@ class NetworkCulture(Culture):
         self._pend_samples, self._pend_units = np.empty(0, np.int64), np.empty(0, np.int32)
         diff = self.unit_positions_um[:, None, :] - layout.positions_um[None, :, :]
         self._dist_um = np.sqrt((diff**2).sum(-1))  # neuron x electrode
+        #: synapses of the axons each electrode excites, neuron x electrode, PSP mV
+        self.afferent = (
+            p.afferent_mV * np.exp(-self._dist_um / p.afferent_length_um)
+            * rng.lognormal(-p.weight_sigma**2 / 2, p.weight_sigma, self._dist_um.shape)
+            * self.excitatory[:, None]
+        )
+        self._afferent_target = self.afferent.sum(1)
+        self._pulse_trace = np.zeros(layout.n_electrodes)
+        self._afferent_delay = max(1, round(p.afferent_delay_ms / dt_ms))
+        if self._afferent_delay >= depth:
+            self._ring_e = np.zeros((self._afferent_delay + 1, n))
+            self._ring_i = np.zeros((self._afferent_delay + 1, n))
 
     def _loop_params(self, dt_ms: float) -> np.ndarray:
         p = self.params
@@ -646,6 +700,14 @@ class NetworkCulture(Culture):
         prm[network.P_SAHP_THRESHOLD] = p.sahp_threshold_mV
         prm[network.P_DECAY_SAHP] = np.exp(-dt_ms / (p.tau_sahp_s * 1000.0))
         prm[network.P_SCALING_TICKS] = max(1, round(p.scaling_interval_s * 1000.0 / dt_ms))
+        prm[network.P_AFFERENT_RATE] = p.afferent_rate if p.plasticity else 0.0
+        interval_s = prm[network.P_SCALING_TICKS] * dt_ms / 1000.0
+        prm[network.P_TARGET_SPIKES] = p.rate_target_hz * interval_s * self.excitatory.sum()
+        if p.homeostasis:
+            prm[network.P_HOMEOSTASIS_RATE] = interval_s / p.tau_homeostasis_s
+            prm[network.P_BIAS_RATE] = p.homeostasis_bias_mV
+        prm[network.P_BIAS_MAX] = p.homeostasis_bias_max_mV
+        prm[network.P_DECAY_PULSE_TRACE] = np.exp(-dt_ms / p.afferent_tau_ms)
         prm[network.P_BURST_ON] = p.burst_on_fraction * p.n_neurons
         prm[network.P_BURST_OFF] = p.burst_off_fraction * p.n_neurons
         return prm
@@ -657,6 +719,11 @@ class NetworkCulture(Culture):
         pre = np.repeat(np.arange(self.n_units, dtype=np.int32), np.diff(self._start))
         delay_ms = self._delay * 1000.0 * self.tick_samples / self.sample_rate
         return pre, self._post.copy(), self.weight.copy(), delay_ms
+
+    def homeostatic_state(self) -> tuple[float, float]:
+        """What homeostasis has done so far: (E->E gain, 1 at the start; how far the
+        excitatory neurons' bias has been lowered, mV)."""
+        return float(self._homeostasis[network.GAIN]), float(self._homeostasis[network.BIAS_SHIFT])
 
     def burst_onsets(self) -> np.ndarray:
         """Samples at which network bursts started, up to the current sample."""
@@ -704,7 +771,8 @@ class NetworkCulture(Culture):
             self._tick, k_end, self.tick_samples, self._prm, self._fs, self._is, self._bias,
             self.excitatory, self._ring_e, self._ring_i, self._rng_state, self._start,
             self._post, self.weight, self._delay, self._in_start, self._in_syn, self._in_pre,
-            self._target_in, self._burst,
+            self._target_in, self._burst, self.afferent, self._pulse_trace,
+            self._afferent_target, self._homeostasis,
         )
         self._tick = k_end
         parts_s.append(samples)
@@ -718,8 +786,14 @@ class NetworkCulture(Culture):
         """Neurons activated by pulses acting at tick ``k`` fire 1-3 ms later."""
         p = self.params
         drive = np.zeros(self.n_units)
+        axons = np.zeros(self.n_units)
         for _, ch, pulse in stims:
-            drive += pulse_charge_nC(pulse) / (1.0 + (self._dist_um[:, ch] / p.spread_um) ** 2)
+            charge = pulse_charge_nC(pulse)
+            drive += charge / (1.0 + (self._dist_um[:, ch] / p.spread_um) ** 2)
+            recruited = (charge / p.charge50_nC) ** p.activation_slope
+            axons += self.afferent[:, ch] * (recruited / (1.0 + recruited))
+            self._pulse_trace[ch] = 1.0
+        self._ring_e[(k + self._afferent_delay) % len(self._ring_e)] += axons
         drive /= np.where(self.excitatory, p.charge50_nC, p.charge50_nC * p.inhibitory_charge50)
         hill = drive**p.activation_slope
         hit = self._rng_stim.random(self.n_units) < hill / (1.0 + hill)

@@ -28,9 +28,14 @@ N_INT_STATE = 3
     P_DECAY_M, P_DECAY_E, P_DECAY_I, P_GAIN_E, P_GAIN_I, P_THRESHOLD, P_RESET, P_REFRACTORY,
     P_NOISE_RATE, P_NOISE_MV, P_U, P_TAU_REC, P_DECAY_ADAPT, P_ADAPT_MV, P_A_PLUS, P_A_MINUS,
     P_W_MAX, P_SCALING_TICKS, P_BURST_ON, P_BURST_OFF, P_SLOW_FRACTION, P_DECAY_SLOW, P_GAIN_SLOW,
-    P_DECAY_TRACE, P_SAHP_GAIN, P_SAHP_THRESHOLD, P_DECAY_SAHP,
-) = range(27)
-N_PARAMS = 27
+    P_DECAY_TRACE, P_SAHP_GAIN, P_SAHP_THRESHOLD, P_DECAY_SAHP, P_AFFERENT_RATE,
+    P_DECAY_PULSE_TRACE, P_TARGET_SPIKES, P_HOMEOSTASIS_RATE, P_BIAS_RATE, P_BIAS_MAX,
+) = range(33)
+N_PARAMS = 33
+# rows of the homeostasis state: E->E gain (1 at the start), bias shift of the excitatory
+# neurons (mV, 0 at the start), excitatory spikes since the last scaling tick
+GAIN, BIAS_SHIFT, E_SPIKES = range(3)
+MIN_GAIN = 0.05
 BURST_WINDOW = 10  # ticks over which population activity is summed to detect bursts
 
 
@@ -104,16 +109,31 @@ def insert_spike(out_s, out_u, first, n_out, sample, unit):
     out_u[j] = unit
 
 
-#: traces below this are set to 0 (see run_ticks)
-_TRACE_FLOOR = 1e-20
+#: state values below this count for nothing and are set to 0 (see _flush)
+_FLOOR = 1e-20
+
+
+@numba.njit(cache=True, inline="always")
+def _flush(x):
+    """``x``, or 0 once it is too small to matter: a decaying value is flushed before it
+    becomes subnormal, which would cost a microcode assist per vector operation touching
+    it (a neuron silent for minutes would slow the whole loop several times over)."""
+    return x if x >= _FLOOR else 0.0
 
 
 @numba.njit(cache=True)
 def run_ticks(
     k0, k1, tick_samples, prm, fs, ist, bias, excitatory, ring_e, ring_i, rng_state,
     start, post, weight, delay, in_start, in_syn, in_pre, target_in, burst,
+    afferent, pulse_trace, afferent_target, homeostasis,
 ):
     """Advance the network over ticks [k0, k1); return its spikes (sample, neuron).
+
+    ``afferent`` (neuron x electrode) are the synapses of the axons each electrode
+    excites; ``pulse_trace`` (per electrode) is set to 1 by a pulse and decays. An
+    excitatory neuron's spike potentiates its afferents by ``rate x trace x weight``;
+    at each scaling tick its afferent total goes back to ``afferent_target``, and
+    :func:`_homeostasis` updates ``homeostasis`` (rows GAIN, BIAS_SHIFT, E_SPIKES).
 
     ``burst`` holds (bursting 0/1, population counts of the last BURST_WINDOW ticks, their
     sum); returns also the ticks at which network bursts started and ended.
@@ -136,6 +156,9 @@ def run_ticks(
     scaling_ticks = int(prm[P_SCALING_TICKS])
     burst_on, burst_off = prm[P_BURST_ON], prm[P_BURST_OFF]
     plastic = a_plus > 0.0 or a_minus > 0.0
+    afferent_rate, decay_pulse = prm[P_AFFERENT_RATE], prm[P_DECAY_PULSE_TRACE]
+    n_el = pulse_trace.shape[0]
+    pulses_recent = afferent_rate > 0.0 and pulse_trace.max() > 0.0
 
     cap = (k1 - k0) * 8 + 2 * n
     out_s = np.empty(cap, np.int64)
@@ -166,20 +189,18 @@ def run_ticks(
         next_tick = k + 1
         # the membranes, branch-free (v_old a masked store) so that it vectorises
         for i in range(n):
-            d_e[i] = d_e[i] * decay_e + fast_fraction * ring_e[slot, i]
-            d_slow[i] = d_slow[i] * decay_slow + slow_fraction * ring_e[slot, i]
-            d_i[i] = d_i[i] * decay_i + ring_i[slot, i]
+            # decaying values are flushed to 0 when negligible (STDP reads traces above 1e-3)
+            d_e[i] = _flush(d_e[i] * decay_e + fast_fraction * ring_e[slot, i])
+            d_slow[i] = _flush(d_slow[i] * decay_slow + slow_fraction * ring_e[slot, i])
+            d_i[i] = _flush(d_i[i] * decay_i + ring_i[slot, i])
             ring_e[slot, i] = 0.0
             ring_i[slot, i] = 0.0
-            adapt[i] *= decay_adapt
-            # a trace this small counts for nothing (STDP reads it above 1e-3, a spike adds 1.0
-            # which absorbs it exactly): flushed to 0 before it becomes subnormal, which would
-            # cost a microcode assist per vector operation touching it
-            tr = trace[i] * decay_trace
-            trace[i] = tr if tr >= _TRACE_FLOOR else 0.0
+            adapt[i] = _flush(adapt[i] * decay_adapt)
+            trace[i] = _flush(trace[i] * decay_trace)
             # slow AHP: calcium entering with strong NMDA-like drive (Mg2+ unblocked)
-            sahp[i] = sahp[i] * decay_sahp + sahp_gain * max(
-                slow_to_mV * d_slow[i] - sahp_threshold, 0.0
+            sahp[i] = _flush(
+                sahp[i] * decay_sahp
+                + sahp_gain * max(slow_to_mV * d_slow[i] - sahp_threshold, 0.0)
             )
             v_i = v[i]
             dv = (bias[i] - v_i - adapt[i] - sahp[i]) * leak + gain_e * d_e[i] - gain_i * d_i[i]
@@ -189,6 +210,12 @@ def run_ticks(
             todo[i] = flag
             if flag:  # v_old is read only for these
                 v_old[i] = v_i
+        if pulses_recent:
+            pulses_recent = False
+            for e in range(n_el):
+                tr = pulse_trace[e] * decay_pulse
+                pulse_trace[e] = tr if tr >= 1e-3 else 0.0
+                pulses_recent |= tr >= 1e-3
         # noise kicks, pulses and spikes, neuron by neuron in order (the order of the draws)
         for w in range(n_words):
             word = todo_words[w]
@@ -229,6 +256,7 @@ def run_ticks(
         for m in range(n_spk):
             j = spikers[m]
             if excitatory[j]:
+                homeostasis[E_SPIKES] += 1.0
                 # Tsodyks-Markram resource of the presynaptic neuron, recovered since its last use
                 resource[j] = 1.0 - (1.0 - resource[j]) * math.exp(
                     -(k - resource_tick[j]) / tau_rec
@@ -268,8 +296,18 @@ def run_ticks(
                         weight[syn] = min(weight[syn] + a_plus * trace[pre], w_max)
             for m in range(n_spk):
                 trace[spikers[m]] += 1.0
-        if plastic and (k + 1) % scaling_ticks == 0:
-            _scale_inputs(weight, in_start, in_syn, target_in)
+        if pulses_recent:
+            for m in range(n_spk):
+                j = spikers[m]
+                if excitatory[j]:
+                    for e in range(n_el):
+                        afferent[j, e] *= 1.0 + afferent_rate * pulse_trace[e]
+        if (k + 1) % scaling_ticks == 0:
+            _homeostasis(homeostasis, prm, weight, in_syn, target_in, bias, excitatory)
+            if plastic:
+                _scale_inputs(weight, in_start, in_syn, target_in)
+            if afferent_rate > 0.0:
+                _scale_afferents(afferent, afferent_target, excitatory)
 
         # network bursts: population count over the last BURST_WINDOW ticks
         w_slot = 1 + k % BURST_WINDOW
@@ -295,3 +333,48 @@ def _scale_inputs(weight, in_start, in_syn, target_in):
             f = target_in[i] / total
             for q in range(in_start[i], in_start[i + 1]):
                 weight[in_syn[q]] *= f
+
+
+@numba.njit(cache=True)
+def _scale_afferents(afferent, target, excitatory):
+    """Each excitatory neuron's afferent total back to its target (normalisation).
+
+    Afferents from electrodes never pulsed shrink at every call; they are flushed to 0
+    when negligible (see _flush).
+    """
+    for i in range(afferent.shape[0]):
+        if excitatory[i]:
+            total = afferent[i].sum()
+            if total > 0.0:
+                f = target[i] / total
+                for e in range(afferent.shape[1]):
+                    afferent[i, e] = _flush(afferent[i, e] * f)
+
+
+@numba.njit(cache=True)
+def _homeostasis(state, prm, weight, in_syn, target_in, bias, excitatory):
+    """Homeostatic scaling, once per scaling interval, from the excitatory spike count.
+
+    Above the target count by a fraction ``x``, every E->E weight is multiplied by
+    ``exp(-rate x)`` and the excitatory neurons' bias lowered by ``bias_rate x`` mV;
+    below it both move back, never past their start (gain 1, shift 0). The gain stays
+    above MIN_GAIN and the shift below ``P_BIAS_MAX``.
+    """
+    target = prm[P_TARGET_SPIKES]
+    excess = (state[E_SPIKES] - target) / target
+    state[E_SPIKES] = 0.0
+    if prm[P_HOMEOSTASIS_RATE] > 0.0:
+        gain = state[GAIN] * math.exp(-prm[P_HOMEOSTASIS_RATE] * excess)
+        f = min(max(gain, MIN_GAIN), 1.0) / state[GAIN]
+        if f != 1.0:
+            state[GAIN] *= f
+            for q in range(len(in_syn)):
+                weight[in_syn[q]] *= f
+            for i in range(len(target_in)):
+                target_in[i] *= f
+    if prm[P_BIAS_RATE] > 0.0:
+        shift = min(max(state[BIAS_SHIFT] + prm[P_BIAS_RATE] * excess, 0.0), prm[P_BIAS_MAX])
+        for i in range(len(bias)):
+            if excitatory[i]:
+                bias[i] -= shift - state[BIAS_SHIFT]
+        state[BIAS_SHIFT] = shift
