@@ -647,7 +647,8 @@ class NetworkCulture(Culture):
         self._fs[network.NEXT_NOISE] = rng.exponential(1.0 / self._prm[network.P_NOISE_RATE], n)
         self._is = np.zeros((network.N_INT_STATE, n), np.int64)
         self._is[network.FORCED] = -1
-        depth = int(self._delay.max(initial=1)) + 1
+        self._afferent_delay = max(1, round(p.afferent_delay_ms / dt_ms))
+        depth = max(int(self._delay.max(initial=1)), self._afferent_delay) + 1
         self._ring_e = np.zeros((depth, n))
         self._ring_i = np.zeros((depth, n))
         self._rng_state = np.array([np.random.default_rng(s_loop).integers(1, 2**63)], np.uint64)
@@ -667,10 +668,6 @@ class NetworkCulture(Culture):
         )
         self._afferent_target = self.afferent.sum(1)
         self._pulse_trace = np.zeros(layout.n_electrodes)
-        self._afferent_delay = max(1, round(p.afferent_delay_ms / dt_ms))
-        if self._afferent_delay >= depth:
-            self._ring_e = np.zeros((self._afferent_delay + 1, n))
-            self._ring_i = np.zeros((self._afferent_delay + 1, n))
 
     def _loop_params(self, dt_ms: float) -> np.ndarray:
         p = self.params
