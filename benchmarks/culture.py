@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.sim import population_bursts  # noqa: E402
 from hardware_sim.culture import NetworkCulture, NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
+from mea_control.fep.ensembles import by_sources  # noqa: E402
 from mea_control.layouts import load_layout  # noqa: E402
 from mea_control.protocol import load_protocol  # noqa: E402
 
@@ -88,39 +89,19 @@ def run_bss(
     return {"s": s, "o": o, "r": r, "culture": culture, "channels": protocol.channels}
 
 
-def ensembles(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, np.ndarray]:
-    """Published step 1: per-session selectivity E[r|s=(1,0)] - E[r|s=(0,1)] and members."""
-    n_el = r.shape[1]
-    rs = r.reshape(sessions, -1, n_el).astype(float)
-    ss = s.reshape(sessions, -1, 2)
-    a = (ss[..., 0] == 1) & (ss[..., 1] == 0)
-    b = (ss[..., 0] == 0) & (ss[..., 1] == 1)
-    sel = (rs * a[..., None]).sum(1) / a.sum(1)[:, None] - (rs * b[..., None]).sum(1) / b.sum(
-        1
-    )[:, None]  # sessions x electrodes
-    ok = (r.mean(0) > 1.0) & (rs.mean(1).min(0) > 0.1)
-    mean_sel = sel.mean(0)
-    return {
-        "selectivity": sel,
-        "ensemble1": ok & (mean_sel > 0.5),
-        "ensemble2": ok & (mean_sel < -0.5),
-        "responsive": ok,
-    }
-
-
 def summarise(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, float]:
     """Counts and mean selectivity of each ensemble (all sessions, first 10, last 10);
     the responsive electrodes' mean |selectivity| in the first and last 10 sessions, also
     over their mean response there (``rel_*``: how much of a response the source decides,
     whatever the response's size)."""
-    e = ensembles(r, s, sessions)
-    sel = e["selectivity"]
+    e = by_sources(r, s, sessions)
+    sel = e.selectivity
     m = min(10, max(1, sessions // 2))
-    out = {"n1": int(e["ensemble1"].sum()), "n2": int(e["ensemble2"].sum())}
-    for name, members in (("e1", e["ensemble1"]), ("e2", e["ensemble2"])):
+    out = {"n1": int(e.members[0].sum()), "n2": int(e.members[1].sum())}
+    for name, members in (("e1", e.members[0]), ("e2", e.members[1])):
         for part, rows in (("all", slice(None)), ("first", slice(0, m)), ("last", slice(-m, None))):
             out[f"{name}_{part}"] = float(sel[rows][:, members].mean()) if members.any() else 0.0
-    resp = e["responsive"]
+    resp = e.responsive
     for part, rows in (("first", slice(0, m)), ("last", slice(-m, None))):
         out[f"abs_{part}"] = float(np.abs(sel[rows][:, resp]).mean()) if resp.any() else 0.0
         size = r.reshape(sessions, -1, r.shape[1])[rows][..., resp].mean() if resp.any() else 0.0
@@ -138,10 +119,10 @@ def response_figures(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, f
     the last trial leaves no trace)."""
     r = r.astype(float)
     m = r.mean(1)
-    e = ensembles(r, s, sessions)
+    e = by_sources(r, s, sessions)
     a = (s[:, 0] == 1) & (s[:, 1] == 0)
     b = (s[:, 0] == 0) & (s[:, 1] == 1)
-    e1, e2 = e["ensemble1"], e["ensemble2"]
+    e1, e2 = e.members
     own = np.concatenate([r[a][:, e1].mean(0), r[b][:, e2].mean(0)])
     other = np.concatenate([r[b][:, e1].mean(0), r[a][:, e2].mean(0)])
     one, both = s.sum(1) == 1, s.sum(1) == 2
@@ -150,7 +131,7 @@ def response_figures(r: np.ndarray, s: np.ndarray, sessions: int) -> dict[str, f
         "r": float(m.mean()),
         "no_pulse": float(r[s.sum(1) == 0].mean()),
         "all_or_none": float(np.mean(m > 2 * np.median(m) + 1)),
-        "responsive": float(e["responsive"].sum()),
+        "responsive": float(e.responsive.sum()),
         "preferring": float(e1.sum() + e2.sum()),
         "own": float(own.mean()) if len(own) else 0.0,
         "other": float(other.mean()) if len(other) else 0.0,

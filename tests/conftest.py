@@ -19,6 +19,20 @@ def output_dir() -> Path:
     return OUTPUT
 
 
+#: The published BSS data (Isomura et al. 2023) beside the repository; CI has it.
+ISOMURA_DATA = Path(os.environ.get("MEA_CONTROL_ISOMURA_DATA",
+                                   ROOT.parent / "shared" / "data" / "isomura2023"))
+
+
+@pytest.fixture(scope="session")
+def isomura_data() -> Path:
+    """The folder of the published data; a test that needs it fails loudly without it."""
+    if not (ISOMURA_DATA / "expected.json").exists():
+        pytest.fail(f"the published data are not at {ISOMURA_DATA}; put the shared data "
+                    "beside the repository or set MEA_CONTROL_ISOMURA_DATA")
+    return ISOMURA_DATA
+
+
 def cli_command(*args: str) -> list[str]:
     """The mea-control CLI as a subprocess command line."""
     return [sys.executable, "-m", "mea_control.cli", *args]

@@ -1,0 +1,202 @@
+"""The free-energy model against the published data and its own batch form."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from mea_control import fep
+from mea_control.fep import ensembles, model, online, selection
+from mea_control.fep.data import FEPInputError, TrialData
+
+KEYS = ("corr_post", "mse_post", "L_first", "L_last", "phi1", "phi0", "n_g1", "n_g2",
+        "x_sum", "xp_sum")
+
+
+@pytest.fixture(scope="module")
+def published(isomura_data):
+    expected = json.loads((isomura_data / "expected.json").read_text())
+    return {cond: (fep.load(isomura_data / f"response_data_{cond}.mat"), expected[cond])
+            for cond in ("mix0", "mix50")}
+
+
+@pytest.fixture(scope="module")
+def mix0_analysis(published):
+    cultures, expected = published["mix0"]
+    return cultures[0], fep.analyze(cultures[0], baseline=expected["baseline"])
+
+
+@pytest.mark.parametrize("cond", ["mix0", "mix50"])
+def test_every_published_figure_is_matched(published, cond):
+    """Each figure of expected.json to 1e-6 relative (plus its 6-decimal rounding)."""
+    cultures, expected = published[cond]
+    assert len(cultures) == len(expected["cultures"]) == 4
+    for i, (data, want) in enumerate(zip(cultures, expected["cultures"], strict=True)):
+        got = fep.analyze(data, baseline=expected["baseline"]).to_json()
+        got["L_first"], got["L_last"] = got["free_energy"][0], got["free_energy"][-1]
+        for key in KEYS:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6,
+                                       err_msg=f"{cond} culture {i}: {key}")
+
+
+def test_lone_member_counts_twice(published):
+    """mix50 culture 3 has one member per ensemble; the published sizes say 2 and 2."""
+    data, _ = published["mix50"][0][3], None
+    found = ensembles.find(data)
+    assert found.members.sum(1).tolist() == [1, 1]
+    assert found.sizes == (2, 2)
+
+
+def test_analysis_reads_as_a_pomdp(mix0_analysis):
+    data, a = mix0_analysis
+    out = a.to_json()
+    A11, A10, D = np.array(out["A11"]), np.array(out["A10"]), np.array(out["D"])
+    assert A11.shape == A10.shape == (2, 32) and D.shape == (2, 2)
+    np.testing.assert_allclose(D.sum(1), 1.0)
+    np.testing.assert_allclose(A11, model.sigmoid(np.array(out["W1_final"])))
+    # Ensemble 1 prefers source 1, which drives electrodes 1-16 in mix0: their A11 is
+    # larger than the others', and the ideal observer's is 1 - its prior's pull.
+    assert A11[0, :16].mean() > A11[0, 16:].mean() and A11[1, 16:].mean() > A11[1, :16].mean()
+    ideal = np.array(out["A11_ideal"])
+    assert ideal[0, :16].min() > 0.9 and abs(ideal[0, 16:].mean() - 0.5) < 0.05
+    assert 0 < out["A_distance"] < 0.5
+    # free energy falls over training, as published
+    assert out["free_energy"][-1] < out["free_energy"][0]
+
+
+def test_default_baseline_is_the_cultures_own(mix0_analysis):
+    data, _ = mix0_analysis
+    a = fep.analyze(data)
+    own = a.ensembles.responses(data.r[: 10 * 256]).mean()
+    assert a.baseline == pytest.approx(own)
+    assert np.isfinite(a.to_json()["corr_post"])
+
+
+def test_online_model_equals_batch_at_session_boundaries(mix0_analysis):
+    """Fed the batch x trial by trial (with the batch thresholds), the online model's weights
+    and each finished session's free energy are the batch form's."""
+    data, a = mix0_analysis
+    m = online.OnlineModel(2, 32, 256, thresholds=a.thresholds)
+    o = data.o.astype(float)
+    sessions = 0
+    for t in range(256 * 6):
+        before = m.predict(o[t:t + 1])[0]
+        update = m.update(o[t], a.x[:, t])
+        np.testing.assert_array_equal(update.x_hat, before)
+        if update.session_done is not None:
+            k = update.session
+            assert update.session_done == pytest.approx(a.free_energy[k], rel=1e-12)
+            w = a.weights.session(k + 1)
+            for name in ("W1", "W0", "h1", "h0"):
+                np.testing.assert_allclose(getattr(m.weights, name), getattr(w, name),
+                                           rtol=1e-12, atol=1e-12)
+            sessions += 1
+    assert sessions == 6
+    # and between boundaries it has moved: weights after trial 100 differ from session 0's
+    m2 = online.OnlineModel(2, 32, 256, thresholds=a.thresholds)
+    for t in range(100):
+        m2.update(o[t], a.x[:, t])
+    assert np.abs(m2.weights.W1 - a.weights.session(0).W1).max() > 1e-4
+
+
+def test_online_thresholds_settle_after_the_initial_sessions(mix0_analysis):
+    data, a = mix0_analysis
+    m = online.OnlineModel(2, 32, 256, initial_sessions=2)
+    o = data.o.astype(float)
+    for t in range(256 * 3):
+        m.update(o[t], a.x[:, t])
+    np.testing.assert_allclose(m.thresholds.phi1, np.log(a.x[:, :512].mean(1)), rtol=1e-12)
+
+
+def test_online_normaliser_tracks_the_batch_form(mix0_analysis):
+    data, a = mix0_analysis
+    n = online.OnlineNormaliser(2, 256, a.baseline)
+    x_raw = a.ensembles.responses(data.r)
+    x = np.array([n(x_raw[:, t], data.s[t]) for t in range(256 * 20)]).T
+    assert x.min() >= 0 and x.max() <= 1
+    late = slice(256 * 10, 256 * 20)
+    assert np.corrcoef(x[:, late].ravel(), a.x[:, late].ravel())[0, 1] > 0.97
+
+
+def test_profiles_find_the_source_ensembles_without_sources(published):
+    """mix0 without s: the grouping by stimulation profiles finds mostly the published
+    ensembles (electrodes 1-16 and 17-32 follow one source each)."""
+    for data in published["mix0"][0]:
+        by_s = ensembles.find(data)
+        blind = ensembles.find(TrialData(data.o, data.s[:, :0], data.r, 256))
+        assert blind.method == "profiles"
+        for k in range(2):
+            found, true = blind.members[k], by_s.members[k]
+            assert (found & true).sum() >= 0.9 * true.sum()
+            assert not (found & by_s.members[1 - k]).any()
+
+
+def test_infomax_takes_the_largest_gain_and_efe_is_a_distribution():
+    rng = np.random.default_rng(3)
+    m = online.OnlineModel(2, 64, 64, lam=50.0)
+    for _ in range(200):
+        o = rng.random(64) < 0.5
+        m.update(o, [o[:32].mean(), o[32:].mean()])
+    cand = (rng.random((16, 64)) < 0.3).astype(np.uint8)
+    d = selection.choose("infomax", m, cand)
+    assert d.index == int(np.argmax(d.scores)) and (d.scores > 0).all()
+    assert np.ptp(d.scores) > 0
+    gen = selection.choose("generative", m, cand)
+    assert gen.index == 0
+    e = selection.choose("efe", m, cand, rng, preferred=np.array([0.9, 0.1]), gamma=4.0)
+    p = np.array(e.details["probability"])
+    assert p.sum() == pytest.approx(1.0) and (p > 0).all()
+    rec = e.record()
+    json.dumps(rec)
+    assert rec["candidates"][rec["choice"]] == cand[e.index].tolist()
+    # the preferred response pulls the choice: with C = (0.9, 0.1), patterns that drive
+    # ensemble 1 more than ensemble 2 have lower risk
+    risk = np.array(e.details["risk"])
+    drive = e.x_hat[:, 0] - e.x_hat[:, 1]
+    assert np.corrcoef(risk, drive)[0, 1] < -0.5
+
+
+def test_selection_refuses_bad_candidates():
+    m = online.OnlineModel(2, 8, 8)
+    with pytest.raises(ValueError, match="candidates must be C x 8"):
+        selection.choose("infomax", m, np.zeros((4, 7)))
+    with pytest.raises(ValueError, match="unknown selection method"):
+        selection.choose("greedy", m, np.zeros((4, 8)))
+
+
+def _table(t=512, per=256, **changes):
+    rng = np.random.default_rng(0)
+    s = (rng.random((t, 2)) < 0.5).astype(np.uint8)
+    o = np.repeat(s, 16, axis=1)
+    r = rng.poisson(1 + 3 * np.repeat(s, 32, axis=1)).astype(float)
+    parts = {"o": o, "s": s, "r": r, **changes}
+    return parts["o"], parts["s"], parts["r"], per
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"r": np.zeros((300, 64))}, "different trial counts"),
+    ({"r": np.full((512, 64), np.nan)}, "NaN"),
+    ({"o": np.full((512, 32), 2)}, "o must be 0 or 1"),
+    ({"per": 300}, "not a whole number of sessions"),
+])
+def test_bad_trial_data_is_refused_in_one_line(changes, message):
+    with pytest.raises(FEPInputError, match=message) as err:
+        TrialData(*_table(**changes))
+    assert "\n" not in str(err.value)
+
+
+def test_silent_electrodes_give_a_clear_error():
+    o, s, r, per = _table()
+    with pytest.raises(FEPInputError, match="no responsive electrode"):
+        fep.analyze(TrialData(o, s, np.zeros_like(r), per), initial_sessions=1)
+
+
+def test_synthetic_culture_with_known_ensembles_is_analysed():
+    o, s, r, per = _table(t=256 * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = fep.analyze(TrialData(o, s, r, per), initial_sessions=2)
+    assert a.ensembles.members[0, :32].all() and a.ensembles.members[1, 32:].all()
+    out = a.to_json()
+    assert all(np.isfinite(out["free_energy"])) and np.isfinite(out["corr_post"])
