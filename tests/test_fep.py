@@ -1,10 +1,12 @@
 """The free-energy model against the published data and its own batch form."""
 
 import json
+import subprocess
 import warnings
 
 import numpy as np
 import pytest
+from conftest import ROOT, cli_command
 
 from mea_control import fep
 from mea_control.fep import ensembles, model, online, selection
@@ -200,3 +202,45 @@ def test_synthetic_culture_with_known_ensembles_is_analysed():
     assert a.ensembles.members[0, :32].all() and a.ensembles.members[1, 32:].all()
     out = a.to_json()
     assert all(np.isfinite(out["free_energy"])) and np.isfinite(out["corr_post"])
+
+
+def test_trial_data_from_a_recording_and_its_trial_table(tmp_path):
+    """A simulated BSS run: the recording and the saved trial table give the same trial data,
+    and the model analyses it."""
+    rec, table = tmp_path / "run.nwb", tmp_path / "t.npz"
+    proc = subprocess.run(cli_command(
+        "run", "bss_isomura", "--device", "sim://?seed=2&raw=0", "--fast", "--quiet",
+        "--block-ms", "100",
+        "--sessions", "3", "--param", "trials_per_session=48", "--trials", str(table),
+        "--record", str(rec)), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    (from_rec,), (from_npz,) = fep.load(rec), fep.load(table)
+    assert from_rec.trials_per_session == from_npz.trials_per_session == 48
+    for key in ("o", "s", "r"):
+        np.testing.assert_array_equal(getattr(from_rec, key), getattr(from_npz, key))
+    assert from_rec.o.shape == (144, 32) and from_rec.r.shape == (144, 64)
+    out = fep.analyze(from_rec, initial_sessions=1).to_json()
+    assert min(out["n_g1"], out["n_g2"]) >= 2
+    assert all(np.isfinite(out["free_energy"]))
+
+
+def test_an_unfinished_last_session_is_left_out_with_a_warning(tmp_path):
+    o, s, r, _ = _table(t=600)
+    path = tmp_path / "stopped.npz"
+    np.savez(path, o=o, s=s, r=r, session=np.arange(600) // 256)
+    with pytest.warns(UserWarning, match="last session has 88 of 256 trials"):
+        (data,) = fep.load(path)
+    assert data.n_sessions == 2 and len(data.r) == 512
+
+
+def test_files_without_the_arrays_are_refused(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, o=np.zeros((4, 2)))
+    with pytest.raises(FEPInputError, match="no r array"):
+        fep.load(path)
+    with pytest.raises(FEPInputError, match="no such file"):
+        fep.load(tmp_path / "missing.mat")
+    bad = tmp_path / "bad.nwb"
+    bad.write_text("not hdf5")
+    with pytest.raises(FEPInputError, match="not a .mat, .npz or readable recording"):
+        fep.load(bad)
