@@ -131,18 +131,15 @@ class Sums:
         full = np.full((k, 1), float(lam))
         return cls(half, full, half.copy(), full.copy())
 
-    def copy(self) -> Sums:
-        return Sums(self.hebb1.copy(), self.home1.copy(), self.hebb0.copy(), self.home0.copy())
-
-    def add(self, x: np.ndarray, o: np.ndarray, weight: float = 1.0) -> None:
+    def add(self, x: np.ndarray, o: np.ndarray) -> None:
         """Learn from responses x (K x n) to patterns o (n x J)."""
         xo = x @ o
         xs = x.sum(-1, keepdims=True)
         n = o.sum(0)
-        self.hebb1 += weight * xo
-        self.home1 += weight * xs
-        self.hebb0 += weight * (n - xo)
-        self.home0 += weight * (x.shape[1] - xs)
+        self.hebb1 += xo
+        self.home1 += xs
+        self.hebb0 += n - xo
+        self.home0 += x.shape[1] - xs
 
     def scaled(self, gain: float) -> Sums:
         return Sums(gain * self.hebb1, gain * self.home1, gain * self.hebb0, gain * self.home0)

@@ -50,8 +50,7 @@ class OnlineModel:
     session_free_energy: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        prior = Sums.prior(self.n_ensembles, self.n_stim, self.lam)
-        self.sums = prior
+        self.sums = Sums.prior(self.n_ensembles, self.n_stim, self.lam)
         self._fixed = self.thresholds is not None
         self._x_total = np.zeros(self.n_ensembles)
         self._session_fe = 0.0
@@ -129,12 +128,14 @@ class OnlineNormaliser:
 
     def __call__(self, x_raw: np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
         x_raw = np.asarray(x_raw, float)
-        cond = int(np.asarray(s, np.int64) @ (1 << np.arange(len(s)))) if s is not None else 0
+        # s None: no source condition (e.g. a probe pattern); referenced to session 1's mean
+        cond = int(np.asarray(s, np.int64) @ (1 << np.arange(len(s)))) if s is not None else None
         session, k = divmod(self.trials, self.per)
         if session == 0:
             self._first_sum += x_raw
-            self._cond_sum[cond] = self._cond_sum.get(cond, 0) + x_raw
-            self._cond_n[cond] = self._cond_n.get(cond, 0) + 1
+            if cond is not None:
+                self._cond_sum[cond] = self._cond_sum.get(cond, 0) + x_raw
+                self._cond_n[cond] = self._cond_n.get(cond, 0) + 1
         first_n = min(self.trials + 1, self.per)
         first_mean = self._first_sum / first_n
         ref = (self._cond_sum[cond] / self._cond_n[cond] if cond in self._cond_n
