@@ -408,6 +408,118 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Reverse-engineer each culture in a file with the free-energy model."""
+    import warnings
+
+    from mea_control.fep import FEPInputError
+
+    _check_writable(args.json, "the analysis")
+    if args.plots:
+        try:
+            Path(args.plots).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"--plots {args.plots}: not a folder") from None
+        except OSError as exc:
+            raise UserError(f"--plots {args.plots}: cannot create it: {exc.strerror}") from None
+    progress = Progress(enabled=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            results = _analyze_cultures(args, progress)
+        except FEPInputError as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            progress.close()
+            for message in dict.fromkeys(str(w.message) for w in caught):  # once each
+                print(f"mea-control: warning: {' '.join(message.split())}", file=sys.stderr)
+    print("\n\n".join(_format_analysis(i, a) for i, a in results))
+    if args.json:
+        cultures = [{"culture": i, **a.to_json()} for i, a in results]
+        for culture in cultures:
+            bad = _nonfinite(culture)
+            if bad:
+                raise UserError(f"culture {culture['culture']}: the analysis gave NaN or "
+                                f"infinite {', '.join(bad)}; {args.json} not written")
+        parameters = {"culture": args.culture, "baseline": args.baseline, "lambda": args.lam,
+                      "gain": args.gain, "initial_sessions": args.initial_sessions,
+                      "trials_per_session": args.trials_per_session}
+        out = {"file": args.file, "parameters": parameters, "cultures": cultures}
+        text = json.dumps(out, indent=2, allow_nan=False, default=_json_value)
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _analyze_cultures(args: argparse.Namespace, progress: Progress) -> list[tuple[int, Any]]:
+    """Load FILE and analyse the chosen cultures (and plot them): [(index, Analysis)]."""
+    from mea_control.fep import FEPInputError, analyze, load
+
+    path = Path(args.file)
+    cultures = load(path, args.trials_per_session)
+    if args.culture is not None and args.culture >= len(cultures):
+        raise UserError(f"--culture {args.culture}: {path} has {len(cultures)} culture(s), "
+                        f"numbered 0 to {len(cultures) - 1}")
+    chosen = range(len(cultures)) if args.culture is None else [args.culture]
+    progress.enabled = len(chosen) > 1
+    results = []
+    for n, i in enumerate(chosen):
+        data = cultures[i]
+        try:
+            a = analyze(data, args.baseline, args.lam, args.gain, args.initial_sessions)
+        except FEPInputError as exc:
+            where = "" if data.name and data.name in str(exc) else f"{data.name}: "
+            raise UserError(f"culture {i}: {where}{exc}") from None
+        if args.plots:
+            from mea_control.fep import plots
+
+            plots.write(a, data, args.plots, f"{path.stem}_c{i}", f"culture {i} ({data.name})")
+        results.append((i, a))
+        progress((n + 1) / len(chosen), f"analysed culture {i}")
+    return results
+
+
+def _format_analysis(i: int, a: Any) -> str:
+    from mea_control.fep.analysis import POST_SESSIONS
+
+    j = a.to_json()
+    fe, pfe, last = a.free_energy, a.predicted_free_energy, len(a.free_energy)
+    post = min(POST_SESSIONS, last - a.initial_sessions)
+    corr = "null" if a.corr_post is None else f"{a.corr_post:.3f}"
+    lines = [
+        f"culture {i:<8}{a.name}: {last} sessions of {a.trials_per_session} trials, "
+        f"baseline {a.baseline:.4g}",
+        f"ensembles       n_g1 {j['n_g1']}, n_g2 {j['n_g2']} electrodes "
+        f"(by {a.ensembles.method})",
+        "thresholds      phi1 " + ", ".join(f"{v:.3f}" for v in j["phi1"])
+        + "; phi0 " + ", ".join(f"{v:.3f}" for v in j["phi0"]),
+        f"prediction      corr_post {corr}, mse_post {a.mse_post:.4f} (sessions "
+        f"{last - post + 1}-{last}, predicted from sessions 1-{a.initial_sessions})",
+        f"free energy     {fe[0]:.1f} -> {fe[-1]:.1f} nats (session 1 -> {last}); "
+        f"predicted {pfe[0]:.1f} -> {pfe[-1]:.1f}",
+    ]
+    if "A_distance" in j:
+        lines.append(f"A_distance      {j['A_distance']:.4f} (mean |A - A from the true sources|)")
+    return "\n".join(lines)
+
+
+def _nonfinite(value: Any, key: str = "") -> list[str]:
+    """The keys of a JSON-like value that hold NaN or infinite numbers."""
+    if isinstance(value, dict):
+        return [b for k, v in value.items() for b in _nonfinite(v, k)]
+    if isinstance(value, list | tuple):
+        return list(dict.fromkeys(b for v in value for b in _nonfinite(v, key)))
+    if isinstance(value, float) and not math.isfinite(value):
+        return [key]
+    return []
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def cmd_protocols(args: argparse.Namespace) -> int:
     for name, path in shipped_protocols().items():
         cls, _ = load_protocol(str(path))
@@ -590,6 +702,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the copy (default: FILE-gzip.nwb beside the original)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing copy")
     export.set_defaults(func=cmd_export)
+
+    analyze = sub.add_parser(
+        "analyze", help="fit the free-energy model to a culture's trials (Isomura et al. 2023)")
+    analyze.add_argument("file", help="a recording (.nwb), a .mat like the published data, "
+                         "or an .npz with o, s, r")
+    analyze.add_argument("--culture", type=_count, metavar="I",
+                         help="analyse only the I-th culture in the file (from 0)")
+    analyze.add_argument("--baseline", type=_positive(), metavar="B",
+                         help="reference mean ensemble response, spikes a trial (default: the "
+                         "culture's own over the initial sessions)")
+    analyze.add_argument("--lambda", dest="lam", type=_positive(), default=3000.0, metavar="L",
+                         help="prior strength of the weights, in trials (default 3000)")
+    analyze.add_argument("--gain", type=_positive(), default=2.0, metavar="G",
+                         help="weight on the initial sessions when predicting (default 2)")
+    analyze.add_argument("--initial-sessions", type=_positive_int, default=10, metavar="N",
+                         help="sessions fitted; later ones are predicted (default 10)")
+    analyze.add_argument("--trials-per-session", type=_positive_int, default=256, metavar="N",
+                         help="for files without session labels (default 256)")
+    analyze.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    analyze.add_argument("--plots", metavar="DIR", help="write PNG figures to this folder")
+    analyze.set_defaults(func=cmd_analyze)
 
     sim = sub.add_parser("sim", help="the simulated device")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")

@@ -86,15 +86,16 @@ def analyze(data: TrialData, baseline: float | None = None, lam: float = model.L
     """Reverse-engineer one culture (see the module docstring)."""
     per, sessions = data.trials_per_session, data.n_sessions
     if not 1 <= initial_sessions < sessions:
-        raise FEPInputError(f"{data.name}: {sessions} session(s); the initial sessions "
-                            f"({initial_sessions}) must be at least 1 and fewer than that")
+        raise FEPInputError(f"{data.name}: {sessions} session(s) and {initial_sessions} initial "
+                            "one(s); the model needs at least one initial session to fit and "
+                            "one later session to predict")
     if lam <= 0 or gain <= 0:
         raise FEPInputError("lambda and gain must be positive")
     groups = ens.find(data, data.r.astype(float))
     x_raw = groups.responses(data.r)
     if baseline is None:
         baseline = default_baseline(data, groups, initial_sessions)
-    if not baseline > 0:
+    if not 0 < baseline < np.inf:
         raise FEPInputError(f"{data.name}: the baseline must be a positive response, "
                             f"not {baseline}")
     x = model.normalise(x_raw, data.s, per, baseline)

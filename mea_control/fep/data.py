@@ -164,6 +164,10 @@ def _load_npz(path: Path, per: int) -> list[TrialData]:
                                     s=np.zeros((len(r), 0), np.uint8) if s is None else s)
             return [from_table(table, path.name)]
     if o.ndim == 3:
+        counts = {len(o), len(r)} | (set() if s is None else {len(s)})
+        if len(counts) > 1 or r.ndim != 3:
+            raise FEPInputError(f"{path}: o, s and r must hold the same number of cultures "
+                                "(cultures x trials x electrodes)")
         return [_culture(f"{path.name}[{i}]", o[i], None if s is None else s[i], r[i], per)
                 for i in range(len(o))]
     return [_culture(path.name, o, s, r, per)]

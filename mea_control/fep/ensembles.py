@@ -42,7 +42,7 @@ class Ensembles:
     @property
     def sizes(self) -> tuple[int, int]:
         """Ensemble sizes as published: a lone member counts twice."""
-        return tuple(2 if n == 1 else n for n in self.members.sum(1))  # type: ignore[return-value]
+        return tuple(2 if n == 1 else int(n) for n in self.members.sum(1))  # type: ignore[return-value]
 
     def responses(self, r: np.ndarray) -> np.ndarray:
         """Mean response of each ensemble's members per trial: 2 x trials."""
