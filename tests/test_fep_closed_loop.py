@@ -1,0 +1,141 @@
+"""The closed-loop free-energy protocol on the simulator: probes, records, errors, live state."""
+
+import math
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import ROOT, cli_command
+
+from drivers.base import open_driver
+from mea_control import recording
+from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.protocol import ProtocolError, load_protocol
+
+#: Spikes detected on the simulated device: no raw stream, so short runs are quick.
+DEVICE = "sim://?seed=1&raw=false"
+PER = 32
+#: Short sessions, trials 0.35 s apart (the response window ends at 300 ms).
+SHORT = ["--param", f"trials_per_session={PER}", "--param", "isi_s=0.35"]
+
+
+def run_cli(*args):
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+
+
+@pytest.mark.parametrize("selection", ["infomax", "efe"])
+def test_probes_are_chosen_delivered_and_recorded(tmp_path, selection):
+    nwb = tmp_path / "run.nwb"
+    proc = run_cli("run", "fep_closed_loop", "--device", DEVICE, "--fast", "--quiet",
+                   "--sessions", "3", *SHORT, "--param", "probe_fraction=0.3",
+                   "--param", f"selection={selection}", "--record", str(nwb), "--no-raw")
+    assert proc.returncode == 0, proc.stderr
+    with recording.open(nwb) as rec:
+        decisions, table = rec.decisions, rec.trials
+    assert len(table) == 3 * PER
+    choices = [d for d in decisions if d["choice"] is not None]
+    updates = [d["details"] for d in decisions if d["details"].get("kind") == "update"]
+    probes = [d for d in choices if d["details"]["probe"]]
+    # The model starts after the calibration session and decides every later trial.
+    trials = sorted(d["details"]["trial"] for d in choices)
+    assert trials[0] >= PER and trials == list(range(trials[0], 3 * PER))
+    assert abs(len(probes) / len(choices) - 0.3) < 0.15
+    for d in probes:
+        details = d["details"]
+        assert details["method"] == selection
+        assert len(d["candidates"]) == len(d["scores"]) == 16
+        assert len(details["x_hat"]) == 16 and all(len(x) == 2 for x in details["x_hat"])
+        assert all(math.isfinite(v) for v in d["scores"])
+        # what was chosen is what the trial delivered; probes carry no sources
+        i = details["trial"]
+        np.testing.assert_array_equal(d["candidates"][d["choice"]], table.o[i])
+        assert table.s[i].tolist() == [0, 0]
+    training = [d for d in choices if not d["details"]["probe"]]
+    assert all(d["details"]["method"] == "generative" and d["choice"] == 0 for d in training)
+    for d in training:
+        np.testing.assert_array_equal(d["candidates"][0], table.o[d["details"]["trial"]])
+    # one update a trial from the model's start on, with finite free energies
+    assert [u["trial"] for u in updates] == list(range(PER, 3 * PER))
+    assert all(math.isfinite(u["free_energy"]) for u in updates)
+    assert {u["trial"] for u in updates if u["probe"]} == {d["details"]["trial"] for d in probes}
+    ends = [u for u in updates if "session_free_energy" in u]
+    assert [u["trial"] for u in ends] == [2 * PER - 1, 3 * PER - 1]
+    assert all(np.shape(u["W1"]) == np.shape(u["W0"]) == (2, 32) for u in ends)
+    calibration = [d["details"] for d in decisions if d["details"].get("kind") == "calibration"]
+    assert len(calibration) == 1 and calibration[0]["members_g1"]
+    assert calibration[0]["members_g2"] and calibration[0]["baseline"] > 0
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"probe_fraction": 1.5}, "probe_fraction=1.5 is out of range"),
+        ({"selection": "random"}, "selection='random' is not one of"),
+        ({"preferred": "0.5"}, "preferred='0.5': give two probabilities"),
+        ({"preferred": "0.5,x"}, "give two probabilities from 0 to 1"),
+        ({"preferred": "0.5,1.5"}, "give two probabilities from 0 to 1"),
+        ({"calibration_sessions": 3, "sessions": 3}, "must be fewer than sessions=3"),
+        ({"n_candidates": 1}, "n_candidates=1 is out of range"),
+        ({"lambda": 0}, "lambda=0.0 is out of range"),
+        ({"isi_s": 0.2}, "must end before the next trial"),
+    ],
+)
+def test_bad_parameters_are_refused(values, message):
+    cls, _ = load_protocol("fep_closed_loop")
+    with pytest.raises(ProtocolError, match=message):
+        cls(**values)
+
+
+def test_without_ensembles_the_run_stops_with_one_line():
+    proc = run_cli("run", "fep_closed_loop", "--device", DEVICE, "--fast", "--sessions", "2",
+                   *SHORT, "--param", "amplitude=0.5")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("mea-control: error: after 1 calibration session(s): no ")
+    assert "calibration_sessions" in last
+
+
+class Snapshots(Sink):
+    """Reads the protocol's model state after every trial."""
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.states = []
+
+    def on_trial(self, trial):
+        self.states.append(self.protocol.model_state())
+
+
+def test_model_state_before_and_after_calibration():
+    cls, _ = load_protocol("fep_closed_loop")
+    protocol = cls(sessions=2, trials_per_session=PER, isi_s=0.35, probe_fraction=0.3)
+    idle = protocol.model_state()
+    assert not idle["running"] and idle["trials"] == 0 and idle["W1"] is None
+    assert idle["x"].shape == (0, 2) and idle["free_energy"] == []
+    driver = open_driver(DEVICE)
+    driver.open()
+    snapshots = Snapshots(protocol)
+    from_main = []  # read on the caller's thread while the loop runs
+    engine = Engine(driver, protocol, EngineConfig(fast=True), sinks=[snapshots])
+    try:
+        summary = engine.run(progress=lambda *_: from_main.append(protocol.model_state()),
+                             interval_s=0.01)
+    finally:
+        driver.close()
+    assert summary["error"] is None and summary["trials"] == 2 * PER
+    states = snapshots.states
+    assert not any(s["running"] for s in states[: PER - 1])
+    assert [s["trials"] for s in states[: PER - 1]] == list(range(1, PER))
+    assert all(s["running"] for s in states[PER - 1:])
+    last = states[-1]
+    # calibration trials were replayed into the model: its history covers every trial
+    assert len(last["free_energy"]) == 2 * PER and np.isfinite(last["free_energy"]).all()
+    assert last["x"].shape == last["x_hat"].shape == (2 * PER, 2)
+    assert last["W1"].shape == last["W0"].shape == (2, 32)
+    assert len(last["session_free_energy"]) == 2
+    assert last["probes"] == summary["protocol_summary"]["probes"] > 0
+    assert 0 < len(last["decisions"]) <= 8 and "scores" in last["decisions"][-1]
+    assert len(from_main) > 1 and from_main[-1]["trials"] == 2 * PER
+    assert summary["protocol_summary"]["session_free_energy"] == pytest.approx(
+        last["session_free_energy"], abs=1e-4)
