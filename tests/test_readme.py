@@ -24,3 +24,13 @@ def test_readme_protocol_example_runs(tmp_path):
     assert summary["stims_executed"] > 0
     label_44 = engine.info.layout.channel("44")
     assert all(r.pattern.channels == (label_44,) for r in engine.recent_stims)
+
+
+def test_readme_fep_example_runs(isomura_data, monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"### The free-energy model in scripts.*?```python\n(.*?)```", text,
+                        re.S).group(1)
+    monkeypatch.chdir(isomura_data)
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("(15, 17) 0.79")
