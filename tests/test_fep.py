@@ -244,3 +244,29 @@ def test_files_without_the_arrays_are_refused(tmp_path):
     bad.write_text("not hdf5")
     with pytest.raises(FEPInputError, match="not a .mat, .npz or readable recording"):
         fep.load(bad)
+
+
+def test_information_gain_is_the_expected_kl_of_one_more_count():
+    """The closed form against the general Beta KL divergence, summed by hand."""
+    from scipy.special import betaln, digamma
+
+    def kl(a1, b1, a, b):
+        return (betaln(a, b) - betaln(a1, b1) + (a1 - a) * digamma(a1) + (b1 - b) * digamma(b1)
+                + (a + b - a1 - b1) * digamma(a1 + b1))
+
+    rng = np.random.default_rng(5)
+    m = online.OnlineModel(2, 6, 10, lam=4.0)
+    for _ in range(30):
+        m.update(rng.random(6) < 0.4, rng.random(2))
+    cand = (rng.random((3, 6)) < 0.5).astype(float)
+    x_hat = m.predict(cand)
+    s = m.sums
+    want = np.zeros(3)
+    for c in range(3):
+        for k in range(2):
+            for hebb, home, p in ((s.hebb1, s.home1, x_hat[c, k]),
+                                  (s.hebb0, s.home0, 1 - x_hat[c, k])):
+                a, b = hebb[k], home[k] - hebb[k]
+                on = cand[c] == 1
+                want[c] += p * (kl(a + 1, b, a, b)[on].sum() + kl(a, b + 1, a, b)[~on].sum())
+    np.testing.assert_allclose(selection.information_gain(m, cand, x_hat), want, rtol=1e-9)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import betaln, digamma
+from scipy.special import digamma
 
 from mea_control.fep.online import OnlineModel
 
@@ -56,10 +56,13 @@ class Decision:
                    for k, v in self.details.items()}}
 
 
-def _beta_kl(a1: np.ndarray, b1: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """KL(Beta(a1, b1) || Beta(a, b))."""
-    return (betaln(a, b) - betaln(a1, b1) + (a1 - a) * digamma(a1) + (b1 - b) * digamma(b1)
-            + (a + b - a1 - b1) * digamma(a1 + b1))
+def _one_more_kl(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """KL(Beta(a + 1, b) || Beta(a, b)) and KL(Beta(a, b + 1) || Beta(a, b)), in closed form:
+    ln((a + b) / a) + psi(a + 1) - psi(a + b + 1), and the same with b for a."""
+    psi_ab = digamma(a + b) + 1 / (a + b)  # psi(a + b + 1)
+    pulsed = np.log1p(b / a) + digamma(a) + 1 / a - psi_ab
+    not_pulsed = np.log1p(a / b) + digamma(b) + 1 / b - psi_ab
+    return pulsed, not_pulsed
 
 
 def information_gain(model: OnlineModel, candidates: np.ndarray,
@@ -68,8 +71,7 @@ def information_gain(model: OnlineModel, candidates: np.ndarray,
     s = model.sums
     a = np.stack([s.hebb1, s.hebb0])  # 2 x K x J: [state on, state off]
     b = np.stack([s.home1, s.home0]) - a
-    pulsed = _beta_kl(a + 1, b, a, b)
-    not_pulsed = _beta_kl(a, b + 1, a, b)
+    pulsed, not_pulsed = _one_more_kl(a, b)
     o = np.asarray(candidates, float)
     # per candidate, state and ensemble: sum_j o_j pulsed + (1 - o_j) not_pulsed
     gain = o @ (pulsed - not_pulsed).transpose(0, 2, 1) + not_pulsed.sum(-1)[:, None, :]
