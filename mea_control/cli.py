@@ -498,7 +498,8 @@ def _format_analysis(i: int, a: Any) -> str:
         f"predicted {pfe[0]:.1f} -> {pfe[-1]:.1f}",
     ]
     if "A_distance" in j:
-        lines.append(f"A_distance      {j['A_distance']:.4f} (mean |A - A from the true sources|)")
+        lines.append(f"A_distance      {j['A_distance']:.4f}, D_distance {j['D_distance']:.4f} "
+                     "(mean |A - A|, |D - D| learned from the true sources)")
     return "\n".join(lines)
 
 

@@ -63,6 +63,9 @@ def test_analysis_reads_as_a_pomdp(mix0_analysis):
     ideal = np.array(out["A11_ideal"])
     assert ideal[0, :16].min() > 0.9 and abs(ideal[0, 16:].mean() - 0.5) < 0.05
     assert 0 < out["A_distance"] < 0.5
+    # the sources are on half the time: the ideal prior is 1/2, the culture's x is lower
+    np.testing.assert_allclose(out["D_ideal"], 0.5, atol=0.02)
+    assert out["D_distance"] == pytest.approx(np.abs(D - np.array(out["D_ideal"])).mean())
     # free energy falls over training, as published
     assert out["free_energy"][-1] < out["free_energy"][0]
 

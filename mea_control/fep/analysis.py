@@ -41,7 +41,7 @@ class Analysis:
     mse: np.ndarray  # per session, x vs x_hat
     corr_post: float | None
     mse_post: float
-    ideal: model.Weights | None  # A learned from the true sources
+    ideal: tuple[model.Weights, model.Thresholds] | None  # A and D from the true sources
     trials_per_session: int
     initial_sessions: int
 
@@ -67,10 +67,12 @@ class Analysis:
             "initial_sessions": self.initial_sessions,
         }
         if self.ideal is not None:
-            out["A11_ideal"] = self.ideal.A11.tolist()
-            out["A10_ideal"] = self.ideal.A10.tolist()
+            w, th = self.ideal
+            out["A11_ideal"], out["A10_ideal"] = w.A11.tolist(), w.A10.tolist()
+            out["D_ideal"] = th.D.tolist()
             out["A_distance"] = float(np.mean(np.abs(np.concatenate(
-                [self.final.A11 - self.ideal.A11, self.final.A10 - self.ideal.A10]))))
+                [self.final.A11 - w.A11, self.final.A10 - w.A10]))))
+            out["D_distance"] = float(np.mean(np.abs(self.thresholds.D - th.D)))
         return out
 
 
@@ -122,6 +124,6 @@ def analyze(data: TrialData, baseline: float | None = None, lam: float = model.L
         final=final_sums.weights(th), free_energy=free_energy,
         predicted_free_energy=predicted_fe, mse=mse, corr_post=corr,
         mse_post=float(((xp - hp) ** 2).mean()),
-        ideal=model.ideal_likelihood(data.s, o, lam), trials_per_session=per,
+        ideal=model.ideal_posterior(data.s, o, lam), trials_per_session=per,
         initial_sessions=initial_sessions,
     )

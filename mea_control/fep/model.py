@@ -238,13 +238,15 @@ def predict(x: np.ndarray, o: np.ndarray, per: int, th: Thresholds, weights: Wei
     return x_hat.transpose(1, 0, 2).reshape(k, t), stacked
 
 
-def ideal_likelihood(s: np.ndarray, o: np.ndarray, lam: float = LAMBDA) -> Weights | None:
-    """A11 and A10 learned from the true sources instead of the responses: the posterior an
-    ideal observer of the protocol's generative process would hold (source i for ensemble
-    i). None when the data have fewer than two sources."""
+def ideal_posterior(s: np.ndarray, o: np.ndarray,
+                    lam: float = LAMBDA) -> tuple[Weights, Thresholds] | None:
+    """A11, A10 and D learned from the true sources instead of the responses: the posterior
+    an ideal observer of the protocol's generative process would hold (source i for
+    ensemble i). None when the data have fewer than two sources."""
     if s.shape[1] < 2:
         return None
+    sources = s[:, :2].T.astype(float)
     sums = Sums.prior(2, o.shape[1], lam)
-    sums.add(s[:, :2].T.astype(float), o.astype(float))
-    th = Thresholds.fit(s[:, :2].T.astype(float))
-    return sums.weights(th)
+    sums.add(sources, o.astype(float))
+    th = Thresholds.fit(sources)
+    return sums.weights(th), th
