@@ -91,6 +91,14 @@ def _session_axis(ax, a: Analysis) -> None:
     ax.set_xlim(0.5, len(a.free_energy) + 0.5)
 
 
+def _response_axis(ax, a: Analysis) -> None:
+    """A panel of session-mean normalised responses: 0-1, sessions along x, a light grid."""
+    ax.set_ylabel("normalised response x (0-1),\nsession mean")
+    ax.set_ylim(0, 1)
+    _session_axis(ax, a)
+    ax.grid(alpha=0.3)
+
+
 def _responses(a: Analysis, data: TrialData):
     fig, axes = _figure()
     per, k = a.trials_per_session, _sessions(a)
@@ -99,10 +107,7 @@ def _responses(a: Analysis, data: TrialData):
             ax.plot(k, _session_means(a.x, per, mask)[i], color=COLOURS[key], lw=1.2,
                     label=LABELS[key])
         ax.set_title(f"ensemble {i + 1} ({int(a.ensembles.members[i].sum())} electrodes)")
-        ax.set_ylabel("normalised response x (0-1),\nsession mean")
-        ax.set_ylim(0, 1)
-        _session_axis(ax, a)
-        ax.grid(alpha=0.3)
+        _response_axis(ax, a)
     _legend(fig, axes[0, 0])
     fig.suptitle("ensemble responses over sessions")
     return fig
@@ -120,10 +125,7 @@ def _prediction(a: Analysis, data: TrialData):
             ax.plot(k, _session_means(a.x_hat, per, mask)[i], color=colour, lw=1.2, ls="--",
                     label=f"predicted x\u0302, {LABELS[key]}")
         ax.set_title(f"ensemble {i + 1}")
-        ax.set_ylabel("normalised response (0-1),\nsession mean")
-        ax.set_ylim(0, 1)
-        _session_axis(ax, a)
-        ax.grid(alpha=0.3)
+        _response_axis(ax, a)
     _legend(fig, axes[0, 0])
     corr = "n/a" if a.corr_post is None else f"{a.corr_post:.3f}"
     post = min(POST_SESSIONS, len(a.free_energy) - a.initial_sessions)
