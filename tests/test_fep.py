@@ -273,3 +273,10 @@ def test_information_gain_is_the_expected_kl_of_one_more_count():
                 on = cand[c] == 1
                 want[c] += p * (kl(a + 1, b, a, b)[on].sum() + kl(a, b + 1, a, b)[~on].sum())
     np.testing.assert_allclose(selection.information_gain(m, cand, x_hat), want, rtol=1e-9)
+
+
+def test_online_model_refuses_nan_instead_of_learning_it():
+    m = online.OnlineModel(2, 4, 8)
+    with pytest.raises(ValueError, match="trial 0: NaN or infinite"):
+        m.update([1, 0, 0, 1], [np.nan, 0.5])
+    assert m.trials == 0 and np.isfinite(m.weights.W1).all()

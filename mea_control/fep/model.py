@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
+
+from mea_control.fep.data import FEPInputError
 
 #: The published prior strength (pseudo-trials) of the effective weights.
 LAMBDA = 3000.0
@@ -24,7 +27,8 @@ EPS = 1e-6
 
 
 def sigmoid(u: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-u))
+    """1 / (1 + exp(-u)), without overflow warnings for large |u|."""
+    return expit(u)
 
 
 def normalise(x_raw: np.ndarray, s: np.ndarray, per: int, baseline: float) -> np.ndarray:
@@ -53,8 +57,6 @@ def normalise(x_raw: np.ndarray, s: np.ndarray, per: int, baseline: float) -> np
     x = xs.reshape(k, t)
     sd = x.std(1, ddof=1, keepdims=True)
     if (sd == 0).any() or not np.isfinite(sd).all():
-        from mea_control.fep.data import FEPInputError
-
         raise FEPInputError("an ensemble's response does not vary after normalisation; "
                             "nothing to model")
     z = (x - x.mean(1, keepdims=True)) / sd

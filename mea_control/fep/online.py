@@ -78,6 +78,8 @@ class OnlineModel:
         """Learn from one trial: pattern o (stim electrodes) and responses x (K, in [0, 1])."""
         o = np.asarray(o, float).reshape(1, self.n_stim)
         x = np.asarray(x, float).reshape(self.n_ensembles, 1)
+        if not (np.isfinite(x).all() and np.isfinite(o).all()):
+            raise ValueError(f"trial {self.trials}: NaN or infinite o or x; not learned from")
         x_hat = self.weights.predict(o)[0]
         fe = float(self.weights.free_energy(x, o)[0])
         self._session_fe += float(self._start.free_energy(x, o)[0])
@@ -130,8 +132,7 @@ class OnlineNormaliser:
         x_raw = np.asarray(x_raw, float)
         # s None: no source condition (e.g. a probe pattern); referenced to session 1's mean
         cond = int(np.asarray(s, np.int64) @ (1 << np.arange(len(s)))) if s is not None else None
-        session, k = divmod(self.trials, self.per)
-        if session == 0:
+        if self.trials < self.per:  # session 1
             self._first_sum += x_raw
             if cond is not None:
                 self._cond_sum[cond] = self._cond_sum.get(cond, 0) + x_raw
