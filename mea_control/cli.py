@@ -521,6 +521,25 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    """The Qt window; with --screenshot, save a PNG of it after --after seconds and exit."""
+    if args.screenshot:
+        _check_writable(args.screenshot, "the screenshot")
+    from PySide6.QtWidgets import QApplication
+
+    from mea_control.gui.window import MainWindow, screenshot_after
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    window = MainWindow(device=args.device, protocol=args.protocol)
+    window.show()
+    if args.device or args.screenshot:
+        window.connect_device(window.device_url.currentText().strip())
+    if args.screenshot:
+        screenshot_after(window, args.screenshot, args.after, window.close)
+    app.exec()
+    return 0
+
+
 def cmd_protocols(args: argparse.Namespace) -> int:
     for name, path in shipped_protocols().items():
         cls, _ = load_protocol(str(path))
@@ -724,6 +743,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", metavar="OUT", help="write the results as JSON")
     analyze.add_argument("--plots", metavar="DIR", help="write PNG figures to this folder")
     analyze.set_defaults(func=cmd_analyze)
+
+    gui = sub.add_parser("gui", help="the Qt window: watch the culture, run and record protocols")
+    gui.add_argument("--device", metavar="URL",
+                     help=f"connect to this device at start (default {DEMO_DEVICE} on first use)")
+    gui.add_argument("--protocol", metavar="FILE", help="a shipped protocol name or a .py file")
+    gui.add_argument("--screenshot", metavar="FILE.png",
+                     help="save a PNG of the whole window after --after seconds, then exit")
+    gui.add_argument("--after", type=_positive(3600), default=5.0, metavar="SECONDS",
+                     help="with --screenshot: how long to run first (default 5)")
+    gui.set_defaults(func=cmd_gui)
 
     sim = sub.add_parser("sim", help="the simulated device")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")

@@ -233,7 +233,8 @@ class FEPClosedLoop(BSSIsomura):
     def model_state(self):
         """A snapshot of the model for displays; cheap, and safe to call from any thread.
 
-        running, trials finished (of calibration_trials before the model starts),
+        running, trials finished (of calibration_trials before the model starts), the
+        stimulated electrodes (the columns of W1 and W0),
         probes, the latest per-trial free energies, observed x and predicted x_hat
         (trials x 2), W1 and W0 (2 x 32, or None), the session free energies and
         the last decisions with their scores. Arrays are copies.
@@ -242,6 +243,7 @@ class FEPClosedLoop(BSSIsomura):
             return {
                 "running": self._weights is not None,
                 "selection": self.p.selection,
+                "channels": [int(c) for c in getattr(self, "channels", [])],
                 "trials": self._trials,
                 "calibration_trials": self.p.calibration_sessions * self.p.trials_per_session,
                 "probes": self.probes,

@@ -1,0 +1,388 @@
+"""The rig session behind the GUI window: one device, its runs, and the live buffers.
+
+:class:`RigSession` owns the driver and one "rig" thread that runs engines on
+it one after the other: a passive :class:`Monitor` whenever no protocol runs,
+so the live views stay fed, and the protocol the operator started. Calls
+return at once (the rig thread does the waiting; connect() opens the device,
+disconnect() waits at most its timeout); errors the operator can fix are
+raised as one-line exceptions, those of a run go to :attr:`log`.
+
+A driver streams once per open(), so the rig thread re-opens it between runs;
+the simulator then starts again from its seed, at sample 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from drivers.base import DeviceInfo, Driver, DriverError, open_driver
+from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.gui.live import LiveBuffers
+from mea_control.protocol import Protocol, ProtocolError, load_protocol
+from mea_control.recording.errors import RecordingError
+from mea_control.safety import SafetyLimits
+
+#: Lines kept in the log panel's deque.
+KEEP_LOG = 2000
+OPERATOR_STOP = "stimulation stopped by the operator"
+
+
+class Monitor(Protocol):
+    """Watch the culture between protocol runs; never stimulates."""
+
+    name = "monitor"
+    #: Marks a run that only keeps the views fed (the live buffers keep the last PSTH and model).
+    passive = True
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A protocol run the operator asked for."""
+
+    protocol: Protocol
+    path: Path
+    record_path: Path | None
+    fast: bool
+    duration_s: float | None
+    overwrite: bool
+
+
+class RigSession:
+    """Connect a device, keep it monitored, run protocols on it; all calls return fast."""
+
+    def __init__(self, limits: SafetyLimits | None = None, seed: int = 0,
+                 block_ms: float = 1.0) -> None:
+        self.limits = limits or SafetyLimits()
+        self.seed = seed
+        self.block_ms = block_ms
+        #: The live buffers every view draws from; one object for the session's life.
+        self.buffers = LiveBuffers()
+        #: Log lines (engine events, errors, the session's own notes), oldest first.
+        self.log: deque[str] = deque(maxlen=KEEP_LOG)
+        self.info: DeviceInfo | None = None
+        self.url: str | None = None
+        #: The summary of the latest protocol run (None until one ended).
+        self.last_summary: dict[str, Any] | None = None
+        #: The latest error as one line (a run's, the device's or the recorder's).
+        self.last_error: str | None = None
+        self._driver: Driver | None = None
+        self._monitor_fast = False
+        self._thread: threading.Thread | None = None
+        self._state = threading.Condition()
+        self._connected = False
+        self._engine: Engine | None = None  # the run in progress (monitor or protocol)
+        self._job: _Job | None = None  # the protocol run in progress
+        self._queued: _Job | None = None  # asked for, waiting for the monitor to end
+        self._instance: Protocol | None = None
+        self._stim_stopped: str | None = None
+
+    # -- connection --------------------------------------------------------------------------
+    def connect(self, url: str, fast: bool = False) -> DeviceInfo:
+        """Open the device and start monitoring it; ``fast`` (simulator only) for tests."""
+        if self.connected:
+            raise RuntimeError(f"already connected to {self.url}; disconnect first")
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"{self.url} is still closing (a recording being finished); "
+                               "try again in a moment")
+        driver = open_driver(url, truth=False)  # the simulator's spike log would grow for hours
+        try:
+            driver.open()
+        except OSError as exc:
+            raise DriverError(f"device {url} is not answering: {exc}") from None
+        try:
+            if fast and not driver.info.simulated:
+                raise DriverError(f"fast mode works with the simulator only, not {url}")
+            self._driver, self._monitor_fast = driver, fast
+            monitor = self._monitor_engine()
+        except (DriverError, ValueError):
+            driver.close()
+            self._driver = None
+            raise
+        with self._state:
+            self.info, self.url, self._connected = driver.info, url, True
+            self._engine = monitor
+        self._say(f"connected to {url} ({driver.info.name}, {driver.info.n_channels} channels "
+                  f"at {driver.info.sample_rate:g} Hz)")
+        self._thread = threading.Thread(target=self._serve, args=(monitor,),
+                                        name="mea-rig", daemon=True)
+        self._thread.start()
+        return driver.info
+
+    def disconnect(self, timeout: float = 2.0) -> bool:
+        """Stop what runs and close the device; False if it is still winding down
+        after ``timeout`` s (a recorder finishing its file): it closes when done."""
+        with self._state:
+            self._connected = False
+            self._queued = None
+            if self._engine is not None:
+                self._engine.stop()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    @property
+    def connected(self) -> bool:
+        with self._state:
+            return self._connected
+
+    # -- protocol runs -------------------------------------------------------------------------
+    def start(self, protocol: str, params: dict[str, Any] | None = None,
+              record_path: str | Path | None = None, fast: bool = False, *,
+              duration_s: float | None = None, overwrite: bool = False) -> Protocol:
+        """Run a protocol (shipped name or .py path) in place of the monitor.
+
+        Bad names, parameters and recording paths raise ProtocolError,
+        RecordingError or ValueError here; the run itself reports to :attr:`log`.
+        """
+        if not self.connected or self.info is None:
+            raise RuntimeError("connect a device first")
+        if self.running:
+            raise RuntimeError(f"protocol {self.protocol} is running; stop it first")
+        if fast and not self.info.simulated:
+            raise ValueError(f"fast mode works with the simulator only, not {self.url}")
+        if duration_s is not None and duration_s <= 0:
+            raise ValueError(f"the duration must be positive, not {duration_s} s")
+        cls, path = load_protocol(protocol)
+        try:
+            instance = cls(**(params or {}))
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a user's validate() may raise anything
+            raise ProtocolError(f"protocol {cls.name} failed while checking its parameters: "
+                                f"{type(exc).__name__}: {exc}") from None
+        target = None
+        if record_path is not None:
+            from mea_control.recording.writer import check_target
+
+            target = check_target(record_path, overwrite)
+        job = _Job(instance, path, target, fast, duration_s, overwrite)
+        with self._state:
+            if not self._connected:
+                raise RuntimeError("the device was disconnected")
+            self._queued, self._instance = job, instance
+            if self._job is None and self._engine is not None:
+                self._engine.stop()  # the monitor; the rig thread starts the job next
+        self._say(f"starting {cls.name}" + (f", recording to {target}" if target else ""))
+        return instance
+
+    def stop(self) -> None:
+        """End the protocol run, or cancel it if it has not begun (the monitor takes over)."""
+        with self._state:
+            if self._queued is not None:
+                self._say(f"cancelled {self._queued.protocol.name}")
+                self._queued = None
+            if self._job is not None and self._engine is not None:
+                self._engine.stop()
+                self._say(f"stopping {self._job.protocol.name}")
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until no protocol runs or waits to run; False after ``timeout`` s."""
+        with self._state:
+            return self._state.wait_for(lambda: self._job is None and self._queued is None,
+                                        timeout)
+
+    @property
+    def running(self) -> bool:
+        """A protocol runs or is about to (the monitor does not count)."""
+        with self._state:
+            return self._job is not None or self._queued is not None
+
+    @property
+    def protocol(self) -> str | None:
+        """The name of the protocol that runs or is about to, else None."""
+        with self._state:
+            job = self._job or self._queued
+            return job.protocol.name if job is not None else None
+
+    @property
+    def protocol_instance(self) -> Protocol | None:
+        """The latest protocol started (running or ended), for the model panel."""
+        with self._state:
+            return self._instance
+
+    def progress(self) -> tuple[float, str]:
+        """(fraction done, text) of the protocol run; (0, "") when none runs."""
+        with self._state:
+            engine = self._engine if self._job is not None else None
+            waiting = self._queued is not None
+        if engine is not None:
+            return engine.progress()
+        return (0.0, "starting") if waiting else (0.0, "")
+
+    # -- stimulation safety --------------------------------------------------------------------
+    def stop_stimulation(self) -> None:
+        """Disarm the gate now and cancel the device's queued pulses, until rearm()."""
+        with self._state:
+            self._stim_stopped = OPERATOR_STOP
+            engine = self._engine
+        if engine is not None:
+            engine.gate.disarm(OPERATOR_STOP)
+            try:
+                engine.driver.abort_stimulation()
+            except DriverError as exc:
+                self._error(f"aborting the device's stimulation failed: {exc}")
+        self.buffers.note("disarm", OPERATOR_STOP)
+        self._say(f"[disarm] {OPERATOR_STOP}; re-arm to stimulate again")
+
+    def rearm(self) -> None:
+        """Let stimulation through again (after stop_stimulation or the watchdog)."""
+        with self._state:
+            self._stim_stopped = None
+            engine = self._engine
+        if engine is not None:
+            engine.rearm()  # logs and records a "rearm" event
+        else:
+            self._say("stimulation re-armed")
+
+    @property
+    def armed(self) -> bool:
+        """Whether the gate of the run in progress lets pulses through."""
+        with self._state:
+            engine, stopped = self._engine, self._stim_stopped
+        return engine.gate.armed if engine is not None else stopped is None
+
+    # -- the log -------------------------------------------------------------------------------
+    def drain_log(self) -> list[str]:
+        """The log lines added since the previous call (safe while the rig thread logs)."""
+        lines = []
+        while self.log:
+            try:
+                lines.append(self.log.popleft())
+            except IndexError:
+                break
+        return lines
+
+    def _say(self, message: str) -> None:
+        self.log.append(message)
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self._say(f"error: {message}")
+
+    # -- the rig thread ------------------------------------------------------------------------
+    def _serve(self, engine: Engine | None) -> None:
+        """Run engines until disconnected: the first monitor, then jobs and monitors."""
+        assert self._driver is not None
+        fresh = True  # the driver was just opened: it can start once
+        try:
+            while engine is not None:
+                fresh = self._run(engine, fresh)
+                engine = self._next()
+        finally:
+            try:
+                self._driver.close()
+            except Exception as exc:  # closing a broken device: say so, end anyway
+                self._error(f"closing {self.url} failed: {exc}")
+            with self._state:
+                self._connected, self._engine, self._job, self._queued = False, None, None, None
+                self._state.notify_all()
+            self._say(f"disconnected from {self.url}")
+
+    def _next(self) -> Engine | None:
+        """The next run: the queued job, else the monitor; None once disconnected."""
+        with self._state:
+            self._engine, self._job = None, None
+            self._state.notify_all()
+            if not self._connected:
+                return None
+            job, self._queued = self._queued, None
+            engine = None
+            if job is not None:
+                try:
+                    engine = self._job_engine(job)
+                    self._job = job
+                except ValueError as exc:
+                    self._error(f"{job.protocol.name}: {exc}")
+            self._engine = engine or self._monitor_engine()
+            return self._engine
+
+    def _run(self, engine: Engine, fresh: bool) -> bool:
+        """Run one engine to its end on this thread; False: the driver needs re-opening."""
+        assert self._driver is not None
+        job = self._job
+        try:
+            if not fresh:
+                self._driver.close()
+                self._driver.open()
+        except (DriverError, OSError) as exc:
+            self._lost(f"device {self.url}: {exc}")
+            return False
+        recorder = None
+        if job is not None and job.record_path is not None:
+            try:
+                recorder = self._recorder(engine, job)
+            except (RecordingError, OSError) as exc:
+                self._error(f"{job.protocol.name} did not run: {exc}")
+                return True  # the driver has not started: it still can
+            engine.sinks.append(recorder)
+        self.buffers.attach(engine)
+        try:
+            summary = engine.run()
+        except Exception as exc:  # the device did not start (or a bug): say so, disconnect
+            self._lost(f"device {self.url}: {type(exc).__name__}: {exc}")
+            return False
+        finally:
+            if recorder is not None:
+                recorder.close()  # nothing to do after a run that reached its end
+        if engine.error_kind == "device" or (engine.error and job is None):
+            self._lost(f"{engine.protocol.name}: {_last_line(engine.error)}")
+        elif engine.error:
+            self._error(f"{engine.protocol.name}: {_last_line(engine.error)}")
+        if job is not None:
+            summary["protocol_file"] = str(job.path)
+            self.last_summary = summary
+            self._say(f"{engine.protocol.name} ended: {summary['duration_s']:g} s, "
+                      f"{summary['stims_executed']} pulses, {summary['spikes']} spikes")
+        return False
+
+    def _lost(self, message: str) -> None:
+        """The device failed: report it and disconnect (no monitor restarts on a dead link)."""
+        self._error(message)
+        with self._state:
+            self._connected = False
+
+    def _config(self, fast: bool, duration_s: float | None = None) -> EngineConfig:
+        return EngineConfig(block_ms=self.block_ms, fast=fast, duration_s=duration_s,
+                            seed=self.seed, limits=self.limits)
+
+    def _engine_with(self, protocol: Protocol, config: EngineConfig,
+                     sinks: list[Sink]) -> Engine:
+        assert self._driver is not None
+        engine = Engine(self._driver, protocol, config, sinks=sinks, log=self._say)
+        if self._stim_stopped is not None:  # an operator's stop holds until rearm()
+            engine.gate.disarm(self._stim_stopped)
+        return engine
+
+    def _monitor_engine(self) -> Engine:
+        return self._engine_with(Monitor(), self._config(self._monitor_fast), [self.buffers])
+
+    def _job_engine(self, job: _Job) -> Engine:
+        return self._engine_with(job.protocol, self._config(job.fast, job.duration_s),
+                                 [self.buffers])
+
+    def _recorder(self, engine: Engine, job: _Job) -> Any:
+        """The NWB recorder of a job's run (made on the rig thread: it writes the file)."""
+        from mea_control.cli import SIMULATED_DIV
+        from mea_control.recording import Recorder, RecordingMeta
+        from mea_control.recording.writer import engine_provenance
+
+        meta = RecordingMeta(session_description=f"{job.protocol.name} (mea-control gui)")
+        if engine.info.simulated:
+            meta = replace(meta, div=SIMULATED_DIV, culture_id="simulated",
+                           culture_description="simulated culture (mea-control hardware_sim)")
+        provenance = engine_provenance(engine, job.path, source="gui")
+        assert job.record_path is not None
+        return Recorder(job.record_path, engine.info, provenance, meta=meta,
+                        overwrite=job.overwrite, duration_s=job.duration_s)
+
+
+def _last_line(text: str | None) -> str:
+    """The last line of an error (a traceback ends with the exception)."""
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else "error"

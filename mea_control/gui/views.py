@@ -1,0 +1,584 @@
+"""The live views: pyqtgraph widgets that each draw one :class:`Snapshot` a frame.
+
+Every view is a QWidget with ``update_view(snapshot)``, called about 30 times a second
+from the GUI thread. To draw a frame in a few milliseconds the views keep few items (one
+curve for many segments through a ``connect`` array), set their ranges themselves (no
+auto-range, no pyqtgraph downsampling) and touch an item only when its data changed.
+Neutral items use pyqtgraph's foreground colour, so a light or dark theme both read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from mea_control.gui.snapshot import Snapshot
+from mea_control.types import Layout
+
+SPIKE_COLOUR = "#ff4d4d"
+STIM_COLOUR = (255, 165, 0, 200)
+SELECT_COLOUR = "#ff3df5"
+ENSEMBLE_COLOURS = ("#4c9be8", "#f28e2b")
+N_COLOURS = 256
+
+
+def _foreground(alpha: int = 255) -> QtGui.QColor:
+    colour = pg.mkColor(pg.getConfigOption("foreground"))
+    colour.setAlpha(alpha)
+    return colour
+
+
+def _segments(x0, y0, x1, y1) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ends interleaved for a ``connect="pairs"`` curve."""
+    n = len(x0)
+    x, y = np.empty(2 * n), np.empty(2 * n)
+    x[0::2], x[1::2], y[0::2], y[1::2] = x0, x1, y0, y1
+    return x, y
+
+
+def _vlines(t: np.ndarray, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray]:
+    return _segments(t, np.full(len(t), y0), t, np.full(len(t), y1))
+
+
+def _segment_curve(pen: QtGui.QPen) -> pg.PlotCurveItem:
+    """A curve of separate line segments, drawn with one QPainter.drawLines call."""
+    curve = pg.PlotCurveItem(pen=pen, connect="pairs", skipFiniteCheck=True)
+    curve.setSegmentedLineMode("on")  # 2-3x faster than a path of many segments
+    return curve
+
+
+def _one_update_rect(view: QtWidgets.QGraphicsView) -> None:
+    """Repaint one rectangle around all changes: with pyqtgraph's default (a region of
+    several rectangles) Qt clips 64k trace segments against each, 3x slower."""
+    view.setViewportUpdateMode(QtWidgets.QGraphicsView.ViewportUpdateMode.BoundingRectViewportUpdate)
+
+
+def _label(layout: Layout, ch: int) -> str:
+    return layout.labels[ch] if 0 <= ch < layout.n_electrodes else str(ch)
+
+
+class _PlotView(QtWidgets.QWidget):
+    """A QWidget holding one PlotItem with auto-range off; ranges set only on change."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot_widget = pg.PlotWidget()
+        _one_update_rect(self.plot_widget)
+        self.plot = self.plot_widget.getPlotItem()
+        self.plot.hideButtons()
+        self.plot.disableAutoRange()
+        box = QtWidgets.QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.plot_widget)
+        self._range: tuple | None = None
+        self._title: str | None = None
+        self._set_title(" ")
+
+    def _set_range(self, x: tuple[float, float], y: tuple[float, float]) -> None:
+        if (x, y) != self._range:
+            self._range = (x, y)
+            self.plot.setRange(xRange=x, yRange=y, padding=0)
+
+    def _set_title(self, title: str) -> None:
+        if title != self._title:
+            self._title = title
+            self.plot.setTitle(title)
+
+
+class TraceView(_PlotView):
+    """The selected electrodes' traces stacked top to bottom, with spikes and pulses.
+
+    Each row is drawn from the snapshot's min/max envelope, a vertical segment per pixel
+    bin; all rows are one curve. Red ticks above a row are its spikes, orange lines pulses.
+    """
+
+    def __init__(self, layout: Layout, spacing_uv: float = 150.0,
+                 parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.electrode_layout = layout
+        self.spacing_uv = float(spacing_uv)
+        self.plot.setLabel("bottom", "time relative to now", units="s")
+        self.plot.setLabel("left", "electrode")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
+        self.stims = _segment_curve(pg.mkPen(STIM_COLOUR, width=1))
+        self.curve = _segment_curve(pg.mkPen(_foreground()))
+        self.spikes = _segment_curve(pg.mkPen(SPIKE_COLOUR, width=2))
+        self.scale_bar = pg.PlotCurveItem(pen=pg.mkPen(_foreground(), width=3))
+        self.scale_text = pg.TextItem(anchor=(0, 0.5), color=_foreground())
+        for item in (self.stims, self.curve, self.spikes, self.scale_bar, self.scale_text):
+            self.plot.addItem(item)
+        self._channels: list[int] | None = None
+        self._bar: tuple | None = None
+
+    def update_view(self, snap: Snapshot) -> None:
+        """Draw the snapshot's envelope, spikes and pulses."""
+        chans = [int(c) for c in snap.trace_channels]
+        n, t = len(chans), np.asarray(snap.trace_t, float)
+        lo, hi = np.asarray(snap.trace_min, float), np.asarray(snap.trace_max, float)
+        ok = n > 0 and len(t) > 0 and lo.shape == hi.shape == (n, len(t))
+        s = self.spacing_uv
+        offsets = (n - 1 - np.arange(n)) * s
+        if chans != self._channels:
+            self._channels = chans
+            ticks = [(float(o), _label(self.electrode_layout, c))
+                     for o, c in zip(offsets, chans, strict=True)]
+            self.plot.getAxis("left").setTicks([ticks, []])
+        kind = "band-pass filtered" if snap.trace_filtered else "raw (unfiltered)"
+        self._set_title(f"Traces, <b>{kind}</b>, rows {s:g} µV apart; "
+                        f"<span style='color:{SPIKE_COLOUR}'>| spikes</span> "
+                        f"<span style='color:#ffa500'>| pulses</span>" if n else
+                        "Traces: no electrode selected (click electrodes on the array)")
+        if not ok:
+            for item in (self.curve, self.spikes, self.stims, self.scale_bar):
+                item.setData([], [])
+            self.scale_text.setText("")
+            self._bar = None
+            self._set_range((-1.0, 0.0), (-0.6 * s, (max(n, 1) - 0.4) * s))
+            return
+        # one vertical segment from min to max per pixel bin and row; bins without data
+        # (NaN: before the run, gaps) are left out, as the curve skips finite checks
+        x = np.broadcast_to(t, (n, len(t)))
+        have = np.isfinite(lo) & np.isfinite(hi)
+        self.curve.setData(*_segments(x[have], (lo + offsets[:, None])[have], x[have],
+                                      (hi + offsets[:, None])[have]))
+        t0, t1 = float(t[0]), max(float(t[-1]), float(t[0]) + 1e-3)
+        # spike ticks in the upper part of their row
+        st, sc = np.asarray(snap.spike_t, float), np.asarray(snap.spike_channel, int)
+        if len(st) != len(sc):
+            st, sc = st[:0], sc[:0]
+        row_of = np.full(max(snap.n_electrodes, max(chans) + 1, int(sc.max(initial=-1)) + 1), -1)
+        row_of[chans] = np.arange(n)
+        keep = (st >= t0) & (st <= t1)
+        rows = row_of[sc[keep]]
+        st = st[keep][rows >= 0]
+        base = offsets[rows[rows >= 0]]
+        self.spikes.setData(*_segments(st, base + 0.32 * s, st, base + 0.48 * s))
+        stim = np.asarray(snap.stim_t, float)
+        stim = stim[(stim >= t0) & (stim <= t1)]
+        self.stims.setData(*_vlines(stim, -0.5 * s, (n - 0.5) * s))
+        # a vertical scale bar of 100 uV (or half a row) right of the traces, by the top row
+        bar = 100.0 if s >= 120 else s / 2
+        xb = t1 + 0.012 * (t1 - t0)
+        yb = offsets[0] + 0.1 * s
+        if (xb, yb, bar) != self._bar:
+            self._bar = (xb, yb, bar)
+            self.scale_bar.setData([xb, xb], [yb - bar / 2, yb + bar / 2])
+            self.scale_text.setText(f"{bar:g} µV")
+            self.scale_text.setPos(xb, yb)
+        self._set_range((t0, t1 + 0.08 * (t1 - t0)), (-0.6 * s, (n - 0.4) * s))
+
+
+class RasterView(_PlotView):
+    """Every electrode's spikes over the snapshot's window, one row an electrode.
+
+    Channel 0 is the top row; all spikes are one curve of short vertical ticks and the
+    pulses are orange lines across all rows.
+    """
+
+    def __init__(self, layout: Layout, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.electrode_layout = layout
+        n = layout.n_electrodes
+        self.plot.invertY(True)
+        self.plot.setLabel("bottom", "time relative to now", units="s")
+        self.plot.setLabel("left", "electrode")
+        levels = [[(float(ch), _label(layout, ch)) for ch in range(n) if ch % step == 0
+                   and (step == 8 or ch % (2 * step))] for step in (8, 4, 2, 1)]
+        axis = self.plot.getAxis("left")
+        axis.setTicks(levels)
+        # show finer levels of labels (every 4th, 2nd, each) while they have room
+        axis.setStyle(textFillLimits=[(0, 0.9), (2, 0.7), (4, 0.6), (6, 0.55)])
+        self.stims = _segment_curve(pg.mkPen(STIM_COLOUR, width=1))
+        self.spikes = _segment_curve(pg.mkPen(_foreground(), width=1))
+        self.plot.addItem(self.stims)
+        self.plot.addItem(self.spikes)
+
+    def update_view(self, snap: Snapshot) -> None:
+        """Draw the snapshot's spikes and pulses over its window."""
+        n = max(self.electrode_layout.n_electrodes, snap.n_electrodes)
+        t = np.asarray(snap.spike_t, float)
+        ch = np.asarray(snap.spike_channel, float)
+        if len(ch) != len(t):
+            t, ch = t[:0], ch[:0]
+        self.spikes.setData(*_segments(t, ch - 0.4, t, ch + 0.4))
+        self.stims.setData(*_vlines(np.asarray(snap.stim_t, float), -0.5, n - 0.5))
+        # no spike count here: a title that changes every frame re-lays out the plot
+        self._set_title(f"Spike raster, last {snap.window_s:g} s; "
+                        f"<span style='color:#ffa500'>| {len(snap.stim_t)} pulses</span>")
+        self._set_range((-float(snap.window_s), 0.0), (-0.5, n - 0.5))
+
+
+def _pitch(positions: np.ndarray) -> float:
+    """The smallest distance between two electrodes (100 um for a single one)."""
+    if len(positions) < 2:
+        return 100.0
+    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    d[d == 0] = np.inf
+    return float(d.min())
+
+
+def _nice_ceiling(x: float) -> float:
+    """The first of 5, 10, 20, 30, 50, 100, 200, 300, 500, ... at or above x."""
+    k = 0
+    while True:
+        for m in (1, 2, 3, 5):
+            if m * 10**k >= max(x, 5):
+                return float(m * 10**k)
+        k += 1
+
+
+class ArrayView(QtWidgets.QWidget):
+    """The electrode layout as a heatmap of firing rates; click an electrode to select it.
+
+    Each electrode is a square cell at its position coloured by its rate (grey: no rate
+    yet). White discs mark the electrodes that can stimulate, orange stars those that
+    stimulated in the raster window, magenta frames the selection. Clicking a cell
+    toggles it and emits ``selection_changed`` with the sorted selected channels.
+    Cells, discs and labels are plain Qt items (painted in C++: a frame costs little).
+    """
+
+    selection_changed = QtCore.Signal(list)
+
+    def __init__(self, layout: Layout, max_rate_hz: float | None = None,
+                 parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.electrode_layout = layout
+        self.fixed_max = max_rate_hz
+        self.max_rate = max_rate_hz or 5.0
+        pos = layout.positions_um
+        self.pitch = p = _pitch(pos)
+        self.glw = pg.GraphicsLayoutWidget()
+        _one_update_rect(self.glw)
+        self.plot = self.glw.addPlot(row=0, col=0)
+        self.plot.setAspectLocked(True)
+        self.plot.hideAxis("left")
+        self.plot.hideAxis("bottom")
+        self.plot.hideButtons()
+        self.plot.setMenuEnabled(False)
+        self.plot.setMouseEnabled(False, False)
+        self.cmap = pg.colormap.get("viridis")
+        lut = self.cmap.getLookupTable(0.0, 1.0, nPts=N_COLOURS, alpha=False)
+        self._brushes = [pg.mkBrush(*rgb) for rgb in lut.tolist()]
+        self._no_rate = pg.mkBrush(110, 110, 110)
+        self.cells, self.frames = [], []
+        font = QtGui.QFont()
+        font.setPointSizeF(7.5)
+        roles = {c: "ref" for c in layout.reference} | {c: "gnd" for c in layout.ground}
+        for ch, (x, y) in enumerate(pos):
+            square = QtCore.QRectF(x - 0.47 * p, y - 0.47 * p, 0.94 * p, 0.94 * p)
+            cell = QtWidgets.QGraphicsRectItem(square)
+            cell.setPen(pg.mkPen(None))
+            cell.setBrush(self._no_rate)
+            frame = QtWidgets.QGraphicsRectItem(square)
+            frame.setPen(pg.mkPen(SELECT_COLOUR, width=4))
+            frame.setZValue(3)
+            frame.setVisible(False)
+            self.plot.addItem(cell)
+            self.plot.addItem(frame)
+            self.cells.append(cell)
+            self.frames.append(frame)
+            if layout.can_stimulate[ch]:
+                r = 0.1 * p
+                disc = QtWidgets.QGraphicsEllipseItem(x - r, y - r, 2 * r, 2 * r)
+                disc.setPen(pg.mkPen("k", width=1.5))
+                disc.setBrush(pg.mkBrush("w"))
+                disc.setZValue(1)
+                self.plot.addItem(disc)
+            self.plot.addItem(_tag(layout.labels[ch] + (f" {roles[ch]}" if ch in roles else ""),
+                                   x - 0.47 * p, y + 0.47 * p, font))
+        self.stimulated = pg.ScatterPlotItem(symbol="star", size=0.42 * p, pxMode=False,
+                                             pen=pg.mkPen("k", width=1.5), brush=STIM_COLOUR[:3])
+        self.stimulated.setZValue(2)
+        self.plot.addItem(self.stimulated)
+        lo, hi = pos.min(axis=0) - 0.5 * p, pos.max(axis=0) + 0.5 * p
+        self.plot.setRange(xRange=(lo[0], hi[0]), yRange=(lo[1], hi[1]), padding=0.02)
+        self.bar = pg.ColorBarItem(values=(0, self.max_rate), colorMap=self.cmap,
+                                   label="firing rate (Hz)", interactive=False, width=18)
+        self.glw.addItem(self.bar, row=0, col=1)
+        self.legend = QtWidgets.QLabel(
+            "<span style='color:#888'>○</span> can stimulate &nbsp; "
+            "<span style='color:#ffa500'>★</span> stimulated in the raster window &nbsp; "
+            f"<span style='color:{SELECT_COLOUR}'>□</span> selected (click to toggle) &nbsp; "
+            "<span style='color:#6e6e6e'>■</span> no rate yet")
+        self.legend.setWordWrap(True)
+        box = QtWidgets.QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.setSpacing(2)
+        box.addWidget(self.glw, 1)
+        box.addWidget(self.legend)
+        self._selection: list[int] = []
+        self._colour_idx = np.full(layout.n_electrodes, -1)
+        self._stimulated: np.ndarray | None = None
+        self._window: float | None = None
+        self._bar_max = self.max_rate
+        self.glw.scene().sigMouseClicked.connect(self._clicked)
+
+    @property
+    def selection(self) -> list[int]:
+        return list(self._selection)
+
+    def set_selection(self, channels) -> None:
+        """Select these channels (no signal: the caller knows)."""
+        n = self.electrode_layout.n_electrodes
+        self._selection = sorted({int(c) for c in channels if 0 <= int(c) < n})
+        chosen = set(self._selection)
+        for ch, frame in enumerate(self.frames):
+            frame.setVisible(ch in chosen)
+
+    def channel_at(self, x_um: float, y_um: float) -> int | None:
+        """The electrode whose cell holds this point (layout coordinates), or None."""
+        d = np.abs(self.electrode_layout.positions_um - (x_um, y_um)).max(axis=1)
+        ch = int(np.argmin(d))
+        return ch if d[ch] <= 0.5 * self.pitch else None
+
+    def _clicked(self, ev) -> None:
+        if ev.button() != QtCore.Qt.MouseButton.LeftButton:
+            return
+        pt = self.plot.vb.mapSceneToView(ev.scenePos())
+        ch = self.channel_at(pt.x(), pt.y())
+        if ch is None:
+            return
+        ev.accept()
+        self.set_selection(set(self._selection) ^ {ch})
+        self.selection_changed.emit(self.selection)
+
+    def update_view(self, snap: Snapshot) -> None:
+        """Colour the cells by ``rates_hz`` and mark the stimulated electrodes."""
+        n = self.electrode_layout.n_electrodes
+        rates = np.full(n, np.nan)
+        given = np.asarray(snap.rates_hz, float)[:n]
+        rates[:len(given)] = given
+        finite = np.isfinite(rates)
+        if self.fixed_max is None and finite.any():
+            top = float(rates[finite].max())
+            if top > self.max_rate or top < self.max_rate / 4:
+                self.max_rate = _nice_ceiling(top)
+        if self.max_rate != self._bar_max:
+            self._bar_max = self.max_rate
+            self.bar.setLevels((0, self.max_rate))
+        scaled = np.clip(np.nan_to_num(rates) / self.max_rate, 0, 1) * (N_COLOURS - 1)
+        idx = np.where(finite, scaled.astype(int), -1)
+        for ch in np.flatnonzero(idx != self._colour_idx):
+            self.cells[ch].setBrush(self._brushes[idx[ch]] if idx[ch] >= 0 else self._no_rate)
+        self._colour_idx = idx
+        stim = np.unique(np.asarray(snap.stimulated, int))
+        stim = stim[(stim >= 0) & (stim < n)]
+        if self._stimulated is None or not np.array_equal(stim, self._stimulated):
+            self._stimulated = stim
+            self.stimulated.setData(pos=self.electrode_layout.positions_um[stim])
+        if snap.rate_window_s != self._window:
+            self._window = snap.rate_window_s
+            self.plot.setTitle(f"Firing rate over the last {snap.rate_window_s:g} s")
+
+
+def _tag(text: str, x: float, y: float, font: QtGui.QFont) -> QtWidgets.QGraphicsItem:
+    """A small label on a dark chip whose top left is at (x, y), not scaled with the view."""
+    label = QtWidgets.QGraphicsSimpleTextItem(text)
+    label.setFont(font)
+    label.setBrush(pg.mkBrush("w"))
+    size = label.boundingRect().adjusted(0, 0, 4, 0)
+    chip = QtWidgets.QGraphicsRectItem(size)
+    chip.setPen(pg.mkPen(None))
+    chip.setBrush(pg.mkBrush(0, 0, 0, 120))
+    chip.setFlag(QtWidgets.QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
+    chip.setPos(x, y)
+    chip.setZValue(2)
+    label.setParentItem(chip)
+    label.setPos(2, 0)
+    return chip
+
+
+class PsthView(_PlotView):
+    """Peri-stimulus time histogram: spikes per pulse per bin, all electrodes summed."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot.setLabel("bottom", "time after the pulse (ms)")
+        self.plot.setLabel("left", "spikes per pulse per bin")
+        self.plot.showGrid(y=True, alpha=0.25)
+        self.hist = pg.PlotDataItem(stepMode="center", fillLevel=0,
+                                    pen=pg.mkPen(ENSEMBLE_COLOURS[0], width=2),
+                                    brush=(76, 155, 232, 90))
+        self.plot.addItem(self.hist)
+        self.plot.addItem(pg.InfiniteLine(0, pen=pg.mkPen(STIM_COLOUR, width=1)))
+
+    def update_view(self, snap: Snapshot) -> None:
+        """Draw the PSTH; the title gives the number of pulses it averages."""
+        edges = np.asarray(snap.psth_edges_ms, float)
+        psth = np.asarray(snap.psth, float)
+        pulses = snap.psth_pulses
+        self._set_title(f"PSTH, all electrodes, {pulses} pulse{'s' * (pulses != 1)}"
+                        if pulses else "PSTH: no pulses yet")
+        if len(edges) < 2 or len(psth) != len(edges) - 1:
+            self.hist.setData([], [])
+            self._set_range((0.0, 100.0), (0.0, 1.0))
+            return
+        self.hist.setData(edges, psth)
+        top = float(np.nanmax(psth, initial=0.0))
+        # the y range moves in steps, so it does not jitter from frame to frame
+        self._set_range((float(edges[0]), float(edges[-1])), (0.0, _step_up(top)))
+
+
+def _step_up(x: float) -> float:
+    """A range top for small values: the next of 0.1, 0.2, 0.5, 1, 2, 5 above x."""
+    for top in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0):
+        if x * 1.05 <= top:
+            return top
+    return _nice_ceiling(x)
+
+
+class ModelView(QtWidgets.QWidget):
+    """The protocol's model: free energy, predicted vs observed responses, weights, decisions.
+
+    Draws ``snapshot.model`` (the dict of ``FEPClosedLoop.model_state()``); without one it
+    shows a placeholder. ``n_trials`` sets how many recent trials the response plot shows.
+    """
+
+    def __init__(self, layout: Layout | None = None, n_trials: int = 40,
+                 parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.electrode_layout = layout
+        self.n_trials = n_trials
+        self.placeholder = QtWidgets.QLabel("No model in this protocol.\n\nRun fep_closed_loop "
+                                            "to see its free energy, predictions and weights.")
+        self.placeholder.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+        self.placeholder.setStyleSheet("color: #888; font-size: 14pt")
+        self.status = QtWidgets.QLabel()
+        self.glw = pg.GraphicsLayoutWidget()
+        self.fe = self.glw.addPlot(row=0, col=0, rowspan=2, title="Free energy per trial")
+        self.fe.setLabel("bottom", "trial")
+        self.fe.setLabel("left", "free energy (nats)")
+        self.fe_curve = self.fe.plot(pen=pg.mkPen(_foreground(), width=1))
+        self.observed, self.predicted, self.resp = [], [], []
+        for k, colour in enumerate(ENSEMBLE_COLOURS):
+            title = (f"Ensemble {k + 1}: <span style='color:{colour}'>● observed x</span>, "
+                     f"<span style='color:{colour}'>— predicted x_hat</span>")
+            plot = self.glw.addPlot(row=k, col=1, colspan=2, title=title)
+            plot.setLabel("left", "x")
+            plot.setYRange(0, 1, padding=0.12)
+            plot.getAxis("left").setTicks([[(0, "0"), (0.5, "0.5"), (1, "1")]])
+            plot.showGrid(y=True, alpha=0.2)
+            self.observed.append(plot.plot(pen=None, symbol="o", symbolSize=6, symbolPen=None,
+                                           symbolBrush=colour))
+            self.predicted.append(plot.plot(pen=pg.mkPen(colour, width=2)))
+            self.resp.append(plot)
+        self.resp[1].setLabel("bottom", "trial")
+        self.resp[1].setXLink(self.resp[0])
+        self.weights = self.glw.addPlot(row=2, col=0, colspan=2,
+                                        title="Effective weights W1 − W0")
+        self.weights.setLabel("left", "ensemble")
+        self.weights.setLabel("bottom", "stimulated electrode (1-16 group 1, 17-32 group 2)")
+        self.weights.getAxis("left").setTicks([[(0.5, "1"), (1.5, "2")]])
+        self.weights.setMouseEnabled(False, False)
+        self.weights.hideButtons()
+        self.image = pg.ImageItem()
+        self.weights.addItem(self.image)
+        self.group_line = pg.InfiniteLine(16, pen=pg.mkPen(_foreground(), width=2))
+        self.weights.addItem(self.group_line)
+        self.wbar = pg.ColorBarItem(values=(-1, 1), colorMap=pg.colormap.get("CET-D1"),
+                                    label="W1 − W0", interactive=False, width=15)
+        self.wbar.setImageItem(self.image)
+        self.glw.addItem(self.wbar, row=2, col=2)
+        for row, stretch in enumerate((2, 2, 3)):
+            self.glw.ci.layout.setRowStretchFactor(row, stretch)
+        self.table = QtWidgets.QTableWidget(0, 6)
+        self.table.setHorizontalHeaderLabels(
+            ["trial", "kind", "method", "choice", "chosen score", "scores (best first)"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setMaximumHeight(170)
+        page = QtWidgets.QWidget()
+        col = QtWidgets.QVBoxLayout(page)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addWidget(self.status)
+        col.addWidget(self.glw, 1)
+        col.addWidget(QtWidgets.QLabel("Last decisions (newest first)"))
+        col.addWidget(self.table)
+        self.stack = QtWidgets.QStackedLayout(self)
+        self.stack.addWidget(self.placeholder)
+        self.stack.addWidget(page)
+        self._key: tuple | None = None
+
+    def update_view(self, snap: Snapshot) -> None:
+        """Redraw when the model has learned since the last frame."""
+        m = snap.model
+        if m is None:
+            self.stack.setCurrentIndex(0)
+            self._key = None
+            return
+        self.stack.setCurrentIndex(1)
+        fe = np.asarray(m.get("free_energy", []), float)
+        decisions = m.get("decisions", [])
+        key = (m.get("trials"), len(fe), len(decisions), decisions[-1]["trial"] if decisions
+               else None, m.get("running"))
+        if key == self._key:
+            return
+        self._key = key
+        self._status(m)
+        trials = int(m.get("trials", len(fe)))
+        first = trials - len(fe)
+        self.fe_curve.setData(np.arange(first, trials), fe)
+        self.fe.enableAutoRange()
+        x = np.asarray(m.get("x", np.zeros((0, 2))), float).reshape(-1, 2)[-self.n_trials:]
+        xh = np.asarray(m.get("x_hat", np.zeros((0, 2))), float).reshape(-1, 2)[-len(x):]
+        tx = np.arange(trials - len(x), trials)
+        for k in range(2):
+            self.observed[k].setData(tx, x[:, k] if len(x) else [])
+            self.predicted[k].setData(tx[-len(xh):] if len(xh) else [], xh[:, k] if len(xh)
+                                      else [])
+        if len(x):
+            self.resp[0].setXRange(tx[0] - 0.5, tx[-1] + 0.5, padding=0)
+        self._weights(m)
+        self._decisions(decisions)
+
+    def _status(self, m: dict) -> None:
+        sfe = m.get("session_free_energy") or []
+        if not m.get("running", True):
+            text = (f"Calibrating: {m.get('trials', 0)} of {m.get('calibration_trials', '?')} "
+                    "trials; the model starts after calibration.")
+        else:
+            text = (f"Selection: {m.get('selection', '?')}; trials {m.get('trials', '?')}, "
+                    f"probes {m.get('probes', 0)}; sessions done {len(sfe)}"
+                    + (f", last session free energy {sfe[-1]:.4g}" if sfe else ""))
+        self.status.setText(text)
+
+    def _weights(self, m: dict) -> None:
+        w1, w0 = m.get("W1"), m.get("W0")
+        if w1 is None or w0 is None:
+            self.image.clear()
+            return
+        w = np.asarray(w1, float) - np.asarray(w0, float)  # ensembles x stimulated electrodes
+        top = float(np.nanmax(np.abs(w), initial=0.0)) or 1.0
+        self.image.setImage(w.T, autoLevels=False)
+        self.wbar.setLevels((-top, top))
+        self.weights.setRange(xRange=(0, w.shape[1]), yRange=(0, w.shape[0]), padding=0)
+        self.group_line.setValue(w.shape[1] / 2)
+        channels = m.get("channels")
+        if channels is not None and self.electrode_layout is not None:
+            names = [_label(self.electrode_layout, int(c)) for c in channels]
+            self.weights.setLabel("bottom", "stimulated electrode (label)")
+        else:
+            names = [str(j + 1) for j in range(w.shape[1])]
+        self.weights.getAxis("bottom").setTicks(
+            [[(j + 0.5, names[j]) for j in range(0, w.shape[1], 4)],
+             [(j + 0.5, names[j]) for j in range(w.shape[1]) if j % 4]])
+
+    def _decisions(self, decisions: list[dict]) -> None:
+        rows = list(reversed(decisions))
+        self.table.setRowCount(len(rows))
+        for r, d in enumerate(rows):
+            scores = np.asarray(d.get("scores", []), float)
+            choice = d.get("choice")
+            chosen = (f"{scores[choice]:.4g}" if isinstance(choice, (int, np.integer))
+                      and 0 <= choice < len(scores) else "")
+            best = ", ".join(f"{v:.3g}" for v in np.sort(scores)[::-1][:5])
+            if len(scores) > 5:
+                best += f", ... ({len(scores)})"
+            cells = [d.get("trial", ""), "probe" if d.get("probe") else "training",
+                     d.get("method", ""), choice, chosen, best]
+            for c, value in enumerate(cells):
+                self.table.setItem(r, c, QtWidgets.QTableWidgetItem(str(value)))
+        self.table.resizeColumnsToContents()

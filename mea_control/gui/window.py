@@ -1,0 +1,389 @@
+"""The main window: device, protocol, recording and safety panels around the live views.
+
+Everything the views draw comes from one :class:`~mea_control.gui.snapshot.Snapshot`
+taken from the session's live buffers by a 30 Hz timer on the GUI thread; the
+acquisition thread never waits for the window.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mea_control.gui.forms import ProtocolPanel
+from mea_control.gui.session import RigSession
+from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TraceView
+from mea_control.layouts import load_layout
+
+#: The device preselected on any machine.
+DEFAULT_DEVICE = "sim://?seed=1"
+FRAME_MS = 33
+#: Electrodes shown in the trace view until the operator picks others.
+DEFAULT_TRACES = 8
+
+
+def serial_devices() -> list[str]:
+    """Driver URLs of the serial ports this machine has."""
+    try:
+        from serial.tools import list_ports
+    except ImportError:  # pyserial is a dependency; a broken install must not stop the GUI
+        return []
+    return [f"serial://{p.device}" for p in list_ports.comports()]
+
+
+def _group(title: str, *rows: QWidget | QHBoxLayout) -> QGroupBox:
+    box = QGroupBox(title)
+    lay = QVBoxLayout(box)
+    for row in rows:
+        (lay.addLayout if isinstance(row, QHBoxLayout) else lay.addWidget)(row)
+    return box
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    lay = QHBoxLayout()
+    for w in widgets:
+        lay.addWidget(w)
+    return lay
+
+
+class MainWindow(QMainWindow):
+    """Operate a rig: connect, watch, run protocols, record, stop stimulation."""
+
+    def __init__(self, session: RigSession | None = None, device: str | None = None,
+                 protocol: str | None = None, settings: QSettings | None = None,
+                 confirm: Callable[[str], bool] | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("mea-control")
+        self.session = session or RigSession()
+        self.settings = settings or QSettings("mea-control", "mea-control")
+        #: Asks the operator a yes/no question (tests replace it).
+        self.confirm = confirm or self._confirm
+        self._layout_name = ""
+        self._selected: list[int] = list(range(DEFAULT_TRACES))
+        self._recording: Path | None = None
+        self._record_started = 0.0
+        self._refusals = 0
+        self._last_refusal = ""
+
+        self.protocol_panel = ProtocolPanel()
+        self.protocol_panel.start_requested.connect(self._start)
+        self.protocol_panel.stop_requested.connect(self.session.stop)
+        self.protocol_panel.pause_requested.connect(self._pause)
+        self.protocol_panel.changed.connect(self._save_protocol)
+        self._build_device_panel()
+        self._build_recording_panel()
+        self._build_safety_panel()
+        self._build_display_panel()
+        self.log_view = QPlainTextEdit(readOnly=True)
+        self.log_view.setMaximumBlockCount(5000)
+
+        side = QWidget()
+        side_lay = QVBoxLayout(side)
+        for w in (self.device_box, self.display_box, self.protocol_panel, self.recording_box,
+                  self.safety_box):
+            side_lay.addWidget(w)
+        self._dock("Rig", side, Qt.LeftDockWidgetArea)
+        self._dock("Log", self.log_view, Qt.BottomDockWidgetArea)
+        self.views = QTabWidget()
+        self._dock("Array and responses", self.views, Qt.RightDockWidgetArea)
+        self.central = QSplitter(Qt.Vertical)
+        self.setCentralWidget(self.central)
+        self._build_views(load_layout())
+
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self.refresh)
+        self.timer.start(FRAME_MS)
+        self._restore(device, protocol)
+
+    # -- building ----------------------------------------------------------------------------
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title)
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+
+    def _build_device_panel(self) -> None:
+        self.device_url = QComboBox(editable=True)
+        self.device_url.addItems([DEFAULT_DEVICE, *serial_devices()])
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.clicked.connect(self._toggle_connection)
+        self.device_info = QLabel("not connected")
+        self.device_info.setWordWrap(True)
+        self.device_status = QLabel("")
+        self.device_status.setWordWrap(True)
+        self.device_box = _group("Device", _row(self.device_url, self.connect_button),
+                                 self.device_info, self.device_status)
+
+    def _build_recording_panel(self) -> None:
+        self.record_check = QCheckBox("Record protocol runs to")
+        self.record_path = QLineEdit("run.nwb")
+        browse = QPushButton("…")
+        browse.setFixedWidth(28)
+        browse.clicked.connect(self._browse_recording)
+        self.record_status = QLabel("not recording")
+        self.record_status.setWordWrap(True)
+        self.recording_box = _group("Recording", _row(self.record_check, self.record_path,
+                                                      browse), self.record_status)
+
+    def _build_safety_panel(self) -> None:
+        self.stop_button = QPushButton("STOP STIMULATION")
+        font = QFont()
+        font.setPointSize(14)
+        font.setBold(True)
+        self.stop_button.setFont(font)
+        self.stop_button.setMinimumHeight(56)
+        self.stop_button.setStyleSheet("QPushButton { background: #c62828; color: white; }")
+        self.stop_button.clicked.connect(self.stop_stimulation)
+        self.rearm_button = QPushButton("Re-arm stimulation")
+        self.rearm_button.clicked.connect(self.rearm)
+        self.safety_state = QLabel("")
+        self.safety_state.setWordWrap(True)
+        self.limits_label = QLabel(self._limits_text())
+        self.limits_label.setWordWrap(True)
+        self.limits_label.setStyleSheet("color: #555;")
+        self.safety_box = _group("Safety", self.stop_button, self.rearm_button,
+                                 self.safety_state, self.limits_label)
+
+    def _build_display_panel(self) -> None:
+        self.filtered_check = QCheckBox("band-pass filtered traces")
+        self.filtered_check.setChecked(True)
+        self.window_seconds = QSpinBox(minimum=10, maximum=60, singleStep=10, suffix=" s")
+        self.window_seconds.setValue(10)
+        self.display_box = _group("Display", _row(self.filtered_check, QLabel("raster window"),
+                                                  self.window_seconds))
+
+    def _build_views(self, layout) -> None:
+        """(Re)build the views for an electrode layout (the device's, once connected)."""
+        if layout.name == self._layout_name:
+            return
+        self._layout_name = layout.name
+        for i in reversed(range(self.central.count())):
+            self.central.widget(i).deleteLater()
+        self.views.clear()
+        self.traces = TraceView(layout)
+        self.raster = RasterView(layout)
+        self.array = ArrayView(layout)
+        self.psth = PsthView()
+        self.model = ModelView(layout)
+        self._selected = [c for c in self._selected if c < layout.n_electrodes]
+        self.array.set_selection(self._selected)
+        self.array.selection_changed.connect(self._select)
+        self.central.addWidget(self.traces)
+        self.central.addWidget(self.raster)
+        self.views.addTab(self.array, "Array (firing rate)")
+        self.views.addTab(self.psth, "PSTH")
+        self.views.addTab(self.model, "Model")
+
+    # -- actions -----------------------------------------------------------------------------
+    def _toggle_connection(self) -> None:
+        if self.session.connected:
+            self.disconnect()
+        else:
+            self.connect_device(self.device_url.currentText().strip())
+
+    def connect_device(self, url: str) -> bool:
+        try:
+            info = self.session.connect(url)
+        except Exception as exc:  # any driver's failure: shown, never only on the console
+            self.error(f"cannot connect to {url}: {exc}")
+            return False
+        self._build_views(info.layout)
+        self.device_info.setText(f"{info.name}: {info.n_channels} channels at "
+                                 f"{info.sample_rate:g} Hz, layout {info.layout.name}"
+                                 + (" (simulated)" if info.simulated else ""))
+        self.connect_button.setText("Disconnect")
+        self.settings.setValue("device", url)
+        return True
+
+    def disconnect(self) -> None:
+        if self.session.running and self._recording is not None and not self.confirm(
+                "A protocol is recording. Stop it and disconnect?"):
+            return
+        if not self.session.disconnect():
+            self.log("the device is still finishing a recording; it closes when done")
+        self.connect_button.setText("Connect")
+        self.device_info.setText("not connected")
+
+    def _start(self, protocol: str, values: dict) -> None:
+        if not self.session.connected and not self.connect_device(
+                self.device_url.currentText().strip()):
+            return
+        record = Path(self.record_path.text()) if self.record_check.isChecked() else None
+        try:
+            self.session.start(protocol, values, record_path=record)
+        except Exception as exc:
+            self.error(f"cannot start {protocol}: {exc}")
+            return
+        self._recording = record
+        self._record_started = time.monotonic()
+        self.protocol_panel.set_running(True)
+
+    def _pause(self) -> None:
+        self.log("pause is not available yet: stop the protocol, or stop stimulation")
+
+    def stop_stimulation(self) -> None:
+        self.session.stop_stimulation()
+        self.log("STIMULATION STOPPED by the operator; press Re-arm to allow pulses again")
+
+    def rearm(self) -> None:
+        self.session.rearm()
+
+    def _select(self, channels: list[int]) -> None:
+        self._selected = list(channels)
+
+    def _browse_recording(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Record to", self.record_path.text(),
+                                              "NWB recordings (*.nwb)")
+        if path:
+            self.record_path.setText(path)
+
+    # -- the 30 Hz frame ---------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Take a snapshot and hand it to every view; update panels and the log."""
+        for line in self.session.drain_log():
+            self.log(line)
+        snap = self.session.buffers.snapshot(window_s=float(self.window_seconds.value()),
+                                             channels=self._selected,
+                                             filtered=self.filtered_check.isChecked())
+        for view in (self.traces, self.raster, self.array, self.psth, self.model):
+            view.update_view(snap)
+        for ev in snap.events:
+            if getattr(ev, "kind", "") == "refusal":
+                self._refusals += 1
+                self._last_refusal = ev.message
+        self._update_panels(snap.status)
+
+    def _update_panels(self, status: dict) -> None:
+        s = self.session
+        if s.info is not None and s.connected:
+            lat = status.get("latency_p50_ms"), status.get("latency_p99_ms")
+            lat_text = ("latency p50 {:.2f} / p99 {:.2f} ms".format(*lat)
+                        if None not in lat else "latency: no pulse yet")
+            self.device_status.setText(
+                f"{s.info.sample_rate:g} Hz; blocks {status.get('blocks', 0)}, dropped "
+                f"{status.get('blocks_dropped', 0)}; {lat_text}; watchdog "
+                f"{status.get('watchdog', 'armed')}")
+        running = s.running and s.protocol is not None
+        self.protocol_panel.set_running(running)
+        if running:
+            self.protocol_panel.set_progress(*s.progress())
+        armed = s.armed
+        self.safety_state.setText(
+            ("stimulation armed" if armed else "<b>stimulation STOPPED</b> (re-arm to allow)")
+            + f"; refusals {self._refusals}"
+            + (f", last: {self._last_refusal}" if self._last_refusal else ""))
+        self.rearm_button.setEnabled(not armed)
+        if self._recording is not None:
+            size = self._recording.stat().st_size / 1e6 if self._recording.exists() else 0.0
+            state = "recording" if running else "recorded"
+            self.record_status.setText(
+                f"{state} {self._recording.name}: {size:.1f} MB, "
+                f"{time.monotonic() - self._record_started:.0f} s; samples lost "
+                f"{status.get('samples_lost', 0)}")
+            if not running:
+                self._recording = None
+        if s.last_error:
+            self.error(s.last_error)
+            s.last_error = None
+
+    # -- messages ----------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        self.log_view.appendPlainText(f"{time.strftime('%H:%M:%S')}  {message}")
+
+    def error(self, message: str) -> None:
+        """An error: in the log, the status bar and a message box that does not block."""
+        self.log(f"ERROR: {message}")
+        self.statusBar().showMessage(message, 15000)
+        box = QMessageBox(QMessageBox.Warning, "mea-control", message, parent=self)
+        box.setModal(False)
+        box.show()
+        self._last_box = box
+
+    def _confirm(self, question: str) -> bool:
+        answer = QMessageBox.question(self, "mea-control", question)
+        return answer == QMessageBox.Yes
+
+    def _limits_text(self) -> str:
+        lim = self.session.limits
+        return "limits: " + ", ".join(f"{k} {v:g}" for k, v in vars(lim).items()
+                                      if isinstance(v, (int, float)))
+
+    # -- settings and closing ----------------------------------------------------------------
+    def _restore(self, device: str | None, protocol: str | None) -> None:
+        geometry = self.settings.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+            self.restoreState(self.settings.value("state"))
+        else:
+            self.resize(1400, 900)
+            docks = {d.objectName(): d for d in self.findChildren(QDockWidget)}
+            self.resizeDocks([docks["Rig"], docks["Array and responses"]], [400, 440],
+                             Qt.Horizontal)
+            self.resizeDocks([docks["Log"]], [110], Qt.Vertical)
+        url = device or self.settings.value("device", DEFAULT_DEVICE)
+        self.device_url.setCurrentText(url)
+        name = protocol or self.settings.value("protocol")
+        if name:
+            values = self.settings.value(f"values/{name}") or {}
+            self.protocol_panel.set_protocol(name, dict(values))
+        self.record_path.setText(self.settings.value("record_path", "run.nwb"))
+        self.window_seconds.setValue(int(self.settings.value("window_s", 10)))
+        self.filtered_check.setChecked(self.settings.value("filtered", "true") == "true")
+
+    def _save_protocol(self) -> None:
+        name = self.protocol_panel.protocol()
+        if name:
+            self.settings.setValue("protocol", name)
+            self.settings.setValue(f"values/{name}", self.protocol_panel.values())
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if self.session.running and self._recording is not None and not self.confirm(
+                "A protocol is recording. Stop it, close the file and quit?"):
+            event.ignore()
+            return
+        self.timer.stop()
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("state", self.saveState())
+        self.settings.setValue("record_path", self.record_path.text())
+        self.settings.setValue("window_s", self.window_seconds.value())
+        self.settings.setValue("filtered", "true" if self.filtered_check.isChecked() else "false")
+        self.session.stop()
+        if not self.session.disconnect(timeout=30.0):
+            self.log("the recording is still being closed")
+        event.accept()
+
+
+def screenshot_after(window: QMainWindow, path: str | os.PathLike, seconds: float,
+                     done: Callable[[], None]) -> None:
+    """Save a PNG of the whole window after ``seconds``, then call ``done``."""
+    def shoot() -> None:
+        window.grab().save(str(path))
+        done()
+
+    QTimer.singleShot(int(seconds * 1000), shoot)
+
+

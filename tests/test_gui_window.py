@@ -1,0 +1,135 @@
+"""The main window as an operator uses it, offscreen: connect, watch, run, record, stop."""
+
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import ROOT, cli_command
+from PySide6.QtCore import QSettings
+
+from mea_control import recording
+from mea_control.gui.window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    questions = []
+
+    def confirm(question):
+        questions.append(question)
+        return True
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat),
+                   confirm=confirm)
+    w.questions = questions
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.session.stop()
+    w.session.disconnect(timeout=10)
+
+
+def _wait(qtbot, condition, timeout_s):
+    qtbot.waitUntil(condition, timeout=int(timeout_s * 1000))
+
+
+def test_connect_watch_run_record_and_close(qtbot, window, tmp_path, output_dir):
+    w = window
+    assert w.device_url.currentText() == "sim://?seed=1"
+    assert w.connect_device("sim://?seed=1")
+    assert "64 channels at 25000 Hz" in w.device_info.text()
+    _wait(qtbot, lambda: w.session.buffers.now > 2.5 * 25000, 15)  # 2.5 s of data
+    snap = w.session.buffers.snapshot(channels=w._selected)
+    assert np.isfinite(snap.trace_min).any() and (snap.rates_hz > 0).sum() > 32
+    assert "blocks" in w.device_status.text() and "watchdog armed" in w.device_status.text()
+    # a short BSS run, recorded
+    rec = tmp_path / "run.nwb"
+    w.record_check.setChecked(True)
+    w.record_path.setText(str(rec))
+    panel = w.protocol_panel
+    panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 10, "isi_s": 0.4})
+    assert panel.is_valid()
+    panel.start.click()
+    _wait(qtbot, lambda: w.session.running and w.session.protocol is not None, 10)
+    assert "recording" in w.record_status.text()
+    _wait(qtbot, lambda: w.session.buffers.snapshot().psth_pulses >= 2, 20)
+    w.grab().save(str(output_dir / "gui_window_bss.png"))
+    _wait(qtbot, lambda: not panel.stop.isEnabled(), 20)  # the run ended by itself
+    _wait(qtbot, lambda: "recorded" in w.record_status.text() or rec.exists(), 10)
+    assert "ERROR" not in w.log_view.toPlainText()
+    with recording.open(rec) as r:
+        assert r.complete and r.trials is not None and len(r.trials) == 10
+        assert len(r.pulses["start_time"]) > 0
+
+
+def test_stop_stimulation_refuses_pulses_and_rearm_restores(qtbot, window):
+    w = window
+    assert w.connect_device("sim://?seed=2")
+    w.protocol_panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 12,
+                                                   "isi_s": 0.3})
+    w.protocol_panel.start.click()
+    _wait(qtbot, lambda: w.session.protocol is not None, 10)
+    w.stop_button.click()
+    assert "STOPPED" in w.safety_state.text() or not w.session.armed
+    _wait(qtbot, lambda: w._refusals > 0, 15)
+    assert "refusals" in w.safety_state.text() and w.rearm_button.isEnabled()
+    assert "STIMULATION STOPPED" in w.log_view.toPlainText()
+    w.rearm_button.click()
+    _wait(qtbot, lambda: w.session.armed, 5)
+    w.protocol_panel.stop.click()
+    _wait(qtbot, lambda: w.session.protocol is None, 10)
+
+
+def test_closing_while_recording_asks_then_closes_the_file(qtbot, window, tmp_path):
+    w = window
+    rec = tmp_path / "closing.nwb"
+    assert w.connect_device("sim://?seed=3")
+    w.record_check.setChecked(True)
+    w.record_path.setText(str(rec))
+    w.protocol_panel.set_protocol("spontaneous", {})
+    w.protocol_panel.start.click()
+    _wait(qtbot, lambda: w.session.protocol is not None, 10)
+    _wait(qtbot, lambda: w.session.buffers.now > 25000, 10)  # a second of the run
+    w.close()
+    assert w.questions and "recording" in w.questions[-1]
+    with recording.open(rec) as r:
+        assert r.complete and r.n_samples > 0
+
+
+def test_a_device_that_cannot_connect_is_reported(qtbot, window):
+    assert not window.connect_device("serial:///dev/nonexistent-mea")
+    assert "cannot connect" in window.log_view.toPlainText()
+    assert "cannot connect" in window.statusBar().currentMessage()
+
+
+def test_gui_screenshot_from_the_command_line(tmp_path):
+    png = tmp_path / "window.png"
+    env_home = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    import os
+
+    proc = subprocess.run(cli_command("gui", "--screenshot", str(png), "--after", "2"),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, **env_home, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+
+
+def test_settings_persist_between_runs(qtbot, tmp_path):
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat)
+    w = MainWindow(settings=settings, confirm=lambda q: True)
+    qtbot.addWidget(w)
+    w.device_url.setCurrentText("sim://?seed=9")
+    w.connect_device("sim://?seed=9")
+    w.protocol_panel.set_protocol("bss_isomura", {"mixing": 0.5})
+    w.window_seconds.setValue(30)
+    w.filtered_check.setChecked(False)
+    w.record_path.setText(str(tmp_path / "x.nwb"))
+    w.close()
+    again = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(again)
+    assert again.device_url.currentText() == "sim://?seed=9"
+    assert again.protocol_panel.protocol() == "bss_isomura"
+    assert again.protocol_panel.values()["mixing"] == 0.5
+    assert again.window_seconds.value() == 30 and not again.filtered_check.isChecked()
+    assert again.record_path.text() == str(tmp_path / "x.nwb")
+    again.close()
