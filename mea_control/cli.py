@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,6 @@ EXIT_RECORDING = 4
 EXIT_INTERRUPTED = 130
 
 DEMO_DEVICE = "sim://?seed=1"
-#: Days in vitro written for a simulated culture: it models a mature culture (3-5 weeks).
-SIMULATED_DIV = 28
 
 
 class UserError(Exception):
@@ -279,9 +276,8 @@ def _open_recorder(args: argparse.Namespace, engine: Engine, protocol_file: Path
     from mea_control.recording import Recorder
     from mea_control.recording.writer import engine_provenance
 
-    if meta.div is None and engine.info.simulated:
-        meta = replace(meta, div=SIMULATED_DIV, culture_id=meta.culture_id or "simulated",
-                       culture_description="simulated culture (mea-control hardware_sim)")
+    if engine.info.simulated:
+        meta = meta.for_simulator()
     elif meta.div is None:
         log("[recording] no --div: the file's culture has no age (DIV); nwbinspector flags that")
     provenance = engine_provenance(engine, protocol_file, command_line=sys.argv,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -368,14 +368,12 @@ class RigSession:
 
     def _recorder(self, engine: Engine, job: _Job) -> Any:
         """The NWB recorder of a job's run (made on the rig thread: it writes the file)."""
-        from mea_control.cli import SIMULATED_DIV
         from mea_control.recording import Recorder, RecordingMeta
         from mea_control.recording.writer import engine_provenance
 
         meta = RecordingMeta(session_description=f"{job.protocol.name} (mea-control gui)")
         if engine.info.simulated:
-            meta = replace(meta, div=SIMULATED_DIV, culture_id="simulated",
-                           culture_description="simulated culture (mea-control hardware_sim)")
+            meta = meta.for_simulator()
         provenance = engine_provenance(engine, job.path, source="gui")
         assert job.record_path is not None
         return Recorder(job.record_path, engine.info, provenance, meta=meta,

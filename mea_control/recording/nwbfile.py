@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,10 @@ PROVENANCE = "mea_control_provenance"
 SUMMARY = "mea_control_summary"
 #: Raw rows per HDF5 chunk and per flush, in seconds of data.
 CHUNK_S = 0.1
+
+
+#: Days in vitro written for a simulated culture.
+SIMULATED_DIV = 28
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,14 @@ class RecordingMeta:
     culture_description: str = "dissociated cortical culture on a microelectrode array"
     notes: str | None = None
     keywords: tuple[str, ...] = field(default=("microelectrode array", "closed loop"))
+
+    def for_simulator(self) -> RecordingMeta:
+        """The simulated culture's age and description where the user gave no age (it models
+        a mature culture, 3-5 weeks)."""
+        if self.div is not None:
+            return self
+        return replace(self, div=SIMULATED_DIV, culture_id=self.culture_id or "simulated",
+                       culture_description="simulated culture (mea-control hardware_sim)")
 
 
 def chunk_rows(sample_rate: float) -> int:
