@@ -142,7 +142,9 @@ class TraceView(_PlotView):
         have = np.isfinite(lo) & np.isfinite(hi)
         self.curve.setData(*_segments(x[have], (lo + offsets[:, None])[have], x[have],
                                       (hi + offsets[:, None])[have]))
-        t0, t1 = float(t[0]), max(float(t[-1]), float(t[0]) + 1e-3)
+        # the snapshot's window, not its bins' times: those shift a little every frame,
+        # and a moving range makes pyqtgraph rebuild the axis and repaint twice a frame
+        t0, t1 = -float(snap.window_s), 0.0
         # spike ticks in the upper part of their row
         st, sc = np.asarray(snap.spike_t, float), np.asarray(snap.spike_channel, int)
         if len(st) != len(sc):
