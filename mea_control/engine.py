@@ -235,6 +235,11 @@ class Engine:
         self.n_spikes = 0
         self.samples_lost = 0
         self.watchdog_trips = 0
+        #: The protocol is held by the operator (pause()); samples spent held so far.
+        self.paused = False
+        self.paused_samples = 0
+        self._pause_wanted = False
+        self._paused_at = 0
         self._expected: int | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()
@@ -249,6 +254,24 @@ class Engine:
     def stop(self) -> None:
         """Ask the loop to end after the current block."""
         self._stop.set()
+
+    def stop_stimulation(self, reason: str) -> None:
+        """A person stops stimulation now (any thread): the gate refuses every pattern
+        until rearm(), the device's queued pulses are cancelled, and a "disarm" event
+        goes to the log and the recording. Raises DriverError if the abort failed (the
+        gate is closed anyway)."""
+        self.gate.disarm(reason)
+        self._queued_events.append(("disarm", reason))
+        self.driver.abort_stimulation()
+
+    def pause(self) -> None:
+        """Hold the protocol until resume(): its hooks are not called and no trial starts;
+        acquisition, detection and recording go on, trials begun finish. The trials after
+        the pause move later by its length, and a run's duration does not count it."""
+        self._pause_wanted = True
+
+    def resume(self) -> None:
+        self._pause_wanted = False
 
     def rearm(self) -> None:
         """A person re-enables stimulation after the watchdog or an error stopped it."""
@@ -282,15 +305,27 @@ class Engine:
                 raise SinkError(f"{type(sink).__name__}.{method} failed: {exc}") from exc
 
     def progress(self) -> tuple[float, str]:
+        """(fraction done, "session s/S trial n/N t=..s, m:ss left") of the run."""
         fs = self.info.sample_rate
         elapsed = (self.now - self.t0) / fs
+        left_s = None
         if self.trials is not None:
             fraction, text = self.trials.progress()
+            last = self.trials.trigger_sample(self.trials.n_trials - 1)
+            left_s = (last - self.now) / fs + self.trials.window_ms[1] / 1000.0
         elif self.config.duration_s:
-            fraction, text = elapsed / self.config.duration_s, ""
+            active = elapsed - self._held() / fs
+            fraction, text = active / self.config.duration_s, ""
+            left_s = self.config.duration_s - active
         else:
             fraction, text = 0.0, ""
-        return min(fraction, 1.0), (text + f" t={elapsed:.1f}s").strip()
+        text = (text + f" t={elapsed:.1f}s").strip()
+        if left_s is not None:
+            minutes, seconds = divmod(int(round(max(left_s, 0.0))), 60)
+            text += f", {minutes}:{seconds:02d} left"
+        if self.paused:
+            text += " (paused)"
+        return min(fraction, 1.0), text
 
     # -- stimulation ---------------------------------------------------------------
     def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
@@ -467,6 +502,8 @@ class Engine:
         while item is not None:
             while self._queued_events:
                 self.event(*self._queued_events.popleft())
+            if self._pause_wanted != self.paused:
+                self._hold(self._pause_wanted)
             for kind, message in self.driver.drain_events():
                 self.event(kind, message)
             if isinstance(item, Block):
@@ -484,7 +521,7 @@ class Engine:
                 self._on_spikes(item)
             if self.trials is not None and self.trials.done:
                 break
-            if duration is not None and self.now - self.t0 >= duration:
+            if duration is not None and self.now - self.t0 - self._held() >= duration:
                 break
             item = self._read()
 
@@ -527,7 +564,8 @@ class Engine:
         self.n_blocks += 1
         filtered, spikes = self.detector.process(block)
         self.now = block.stop_sample
-        self._call(self.protocol.on_block, self.ctx, block, filtered)
+        if not self.paused:
+            self._call(self.protocol.on_block, self.ctx, block, filtered)
         if self.error is None and len(spikes):
             self._on_spikes(spikes)
         self._notify("on_block", block, filtered, spikes)
@@ -547,8 +585,29 @@ class Engine:
         self.n_spikes += len(spikes)
         if self.trials is not None:
             self.trials.on_spikes(spikes)
-        self._call(self.protocol.on_spikes, self.ctx, spikes)
+        if not self.paused:
+            self._call(self.protocol.on_spikes, self.ctx, spikes)
         self._notify("on_spikes", spikes)
+
+    def _hold(self, pause: bool) -> None:
+        """Pause or resume the protocol now (acquisition thread)."""
+        fs = self.info.sample_rate
+        if pause:
+            self.paused, self._paused_at = True, self.now
+            self.event("pause", "protocol paused by the operator")
+        else:
+            held = self.now - self._paused_at
+            self.paused_samples += held
+            self.paused = False
+            if self.trials is not None:
+                self.trials.delay(held)
+            self.event("resume", f"protocol resumed after {held / fs:.1f} s paused")
+        if self.trials is not None:
+            self.trials.held = self.paused
+
+    def _held(self) -> int:
+        """Samples spent paused, the pause in progress included."""
+        return self.paused_samples + (self.now - self._paused_at if self.paused else 0)
 
     def _watchdog(self) -> None:
         """Disarm stimulation when the loop falls behind the device by more than watchdog_ms.
@@ -601,6 +660,7 @@ class Engine:
             "fast": self.config.fast,
             "seed": self.config.seed,
             "duration_s": round(duration_s, 6),
+            "paused_s": round(self.paused_samples / fs, 3),
             "wall_s": round(wall, 3),
             "realtime_factor": round(duration_s / wall, 2),
             "blocks": self.n_blocks,

@@ -122,6 +122,8 @@ class Trials:
         self._rate = 0.0
         self._t0 = 0
         self._n_channels = 0
+        #: The engine holds the protocol (paused): no trial starts.
+        self.held = False
 
     # Called by the engine.
     def attach(
@@ -158,6 +160,10 @@ class Trials:
     def trigger_sample(self, index: int) -> int:
         return self._t0 + int(round((self.first_trial_s + index * self.isi_s) * self._rate))
 
+    def delay(self, samples: int) -> None:
+        """Move the trials not yet started ``samples`` later (after a pause)."""
+        self._t0 += samples
+
     def _samples(self, ms: float) -> int:
         return int(round(ms * self._rate / 1000.0))
 
@@ -174,7 +180,8 @@ class Trials:
     def on_block(self, ctx: Context, now: int) -> list[Trial]:
         """Start trials that are due and return those whose window has closed."""
         while (
-            self._next_index < self.n_trials
+            not self.held
+            and self._next_index < self.n_trials
             and now >= self.trigger_sample(self._next_index) - self._lead
         ):
             self._start(ctx, self._next_index, now)

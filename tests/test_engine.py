@@ -442,3 +442,82 @@ def test_spikes_only_device_drives_trials_and_link_problems_are_logged():
     assert table.r.sum() > 0 and (table.stim_sample[table.o[:, 0] == 1] % 2500 == 0).all()
     logged = [(e.kind, e.message) for e in engine.recent_events]
     assert ("link_gap", "1 frame lost before frame 7") in logged
+
+
+class Pauser(Sink):
+    """Pauses the engine after the third trial and resumes it 0.5 s of device time later."""
+
+    def __init__(self):
+        self.engine = None
+        self.resume_at = None
+        self.hooks_while_paused = 0
+
+    def on_trial(self, trial):
+        if trial.index == 2:
+            self.engine.pause()
+
+    def on_block(self, block, filtered, spikes):
+        if self.engine.paused and self.resume_at is None:
+            self.resume_at = block.stop_sample + 12_500
+        if self.resume_at is not None and block.stop_sample >= self.resume_at:
+            self.engine.resume()
+            self.resume_at = -1
+
+
+class CountsBlocks(EveryTenthSecond):
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.blocks_seen = []
+
+    def on_block(self, ctx, block, filtered):
+        self.blocks_seen.append(block.stop_sample)
+
+
+def test_pause_holds_the_protocol_and_moves_later_trials():
+    protocol, pauser = CountsBlocks(), Pauser()
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    engine = Engine(driver, protocol, EngineConfig(fast=True), sinks=[pauser])
+    pauser.engine = engine
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    events = {e.kind: e for e in engine.recent_events}
+    assert "pause" in events and "resume" in events
+    paused_at, resumed_at = events["pause"].sample, events["resume"].sample
+    held = resumed_at - paused_at
+    assert 12_500 <= held <= 12_600 and s["paused_s"] == pytest.approx(held / 25_000)
+    # no protocol hook while paused; acquisition went on
+    assert not [b for b in protocol.blocks_seen if paused_at < b <= resumed_at]
+    assert s["trials"] == 12 and s["duration_s"] == pytest.approx(0.2 + 1.1 + 0.05 + held
+                                                                  / 25_000, abs=0.01)
+    # the trials after the pause moved later by its length, none started meanwhile
+    stims = sorted(r.trigger_sample for r in engine.recent_stims)
+    t0 = engine.t0
+    expected = [t0 + int(round((0.2 + i * 0.1) * 25_000)) + (held if i > 3 else 0)
+                for i in range(12) if i % 3]
+    late = [t for t in expected if t > paused_at]
+    assert stims == expected and all(t > resumed_at for t in late)
+
+
+def test_an_operator_stop_is_an_event_and_refuses_later_pulses():
+    class StopAfterTwo(Sink):
+        def on_trial(self, trial):
+            if trial.index == 1:
+                engine.stop_stimulation("stopped by the operator")
+
+    driver = Spy(open_driver("sim://?seed=1"))
+    driver.open()
+    engine = Engine(driver, EveryTenthSecond(), EngineConfig(fast=True), sinks=[StopAfterTwo()])
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    disarm = [e for e in engine.recent_events if e.kind == "disarm"]
+    assert [e.message for e in disarm] == ["stopped by the operator"] and driver.aborts == 1
+    # trial 2's pattern was already queued on the device: the abort cancelled it
+    assert (s["stims_executed"], s["stims_dropped"], s["stims_refused"]) == (1, 1, 6)
+    assert not s["stimulation_armed"]
+    assert all(r.trigger_sample > disarm[0].sample for r in engine.recent_stims
+               if r.status == "refused")
