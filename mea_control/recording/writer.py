@@ -314,6 +314,14 @@ class Recorder(Sink):
         return self._lost_backlog + self._taken - self.samples_written
 
     @property
+    def samples_dropped(self) -> int:
+        """Raw samples lost so far while recording (backlog full, or after a disk error);
+        unlike samples_lost, samples on their way to disk do not count."""
+        if self.write_error is None:
+            return self._lost_backlog
+        return self.samples_lost
+
+    @property
     def write_error(self) -> str | None:
         return self.result.get("write_error")
 

@@ -1,0 +1,84 @@
+"""A sink through which recordings start and stop at any moment of a run.
+
+The CLI records a whole run with a :class:`~mea_control.recording.Recorder` as
+one of the engine's sinks. The GUI records when the operator says so: every run
+gets a :class:`RecordingSwitch`, and a recorder is put in or taken out while
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from mea_control.engine import Engine, Sink
+
+
+class RecordingSwitch(Sink):
+    """Forwards a run's sink calls to the recorder in force, if any.
+
+    The GUI starts and stops recordings at any moment of a run: :meth:`take`
+    detaches the recorder under the lock the acquisition thread holds while
+    forwarding, so no block reaches a recorder after it was taken.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.recorder: Any = None
+        self._engine: Engine | None = None
+
+    def put(self, recorder: Any, engine: Engine) -> None:
+        """Record ``engine``'s run from its next block on."""
+        with self._lock:
+            if self.recorder is not None:
+                raise RuntimeError(f"already recording to {self.recorder.path}")
+            self.recorder, self._engine = recorder, engine
+
+    def take(self) -> Any:
+        """Detach the recorder (None if there was none); the caller ends it."""
+        with self._lock:
+            recorder, self.recorder = self.recorder, None
+            return recorder
+
+    def finish(self, summary: dict[str, Any] | None = None) -> Any:
+        """Detach the recorder and close its file with ``summary`` (default: the run's so
+        far); its duration is the recording's. Returns the recorder, or None."""
+        engine = self._engine
+        recorder = self.take()
+        if recorder is None:
+            return None
+        if summary is None:
+            summary = engine.summary() if engine is not None else {}
+            summary["note"] = "recording stopped by the operator"
+        own = dict(summary)
+        if engine is not None and recorder.t0 is not None:
+            own["duration_s"] = (engine.now - recorder.t0) / engine.info.sample_rate
+        recorder.on_stop(own)
+        summary["recording"] = own.get("recording")  # the run's summary tells of it too
+        return recorder
+
+    def _forward(self, method: str, *args: Any) -> None:
+        with self._lock:
+            if self.recorder is not None:
+                getattr(self.recorder, method)(*args)
+
+    def on_block(self, block: Any, filtered: Any, spikes: Any) -> None:
+        self._forward("on_block", block, filtered, spikes)
+
+    def on_spikes(self, spikes: Any) -> None:
+        self._forward("on_spikes", spikes)
+
+    def on_stim(self, record: Any) -> None:
+        self._forward("on_stim", record)
+
+    def on_trial(self, trial: Any) -> None:
+        self._forward("on_trial", trial)
+
+    def on_decision(self, sample: int, decision: dict[str, Any]) -> None:
+        self._forward("on_decision", sample, decision)
+
+    def on_event(self, event: Any) -> None:
+        self._forward("on_event", event)
+
+    def on_stop(self, summary: dict[str, Any]) -> None:
+        self.finish(summary)
