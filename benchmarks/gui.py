@@ -4,19 +4,21 @@ Run ``python benchmarks/gui.py [--quick] [--repeats 3]`` (Qt's offscreen platfor
 QT_QPA_PLATFORM says otherwise). Parts:
 
 (a) :func:`bench_frames` - the cost of one frame of the main window, in wall ms on the
-    GUI thread, while a :class:`RigSession` monitors ``sim://?seed=1`` in real time
-    (64 channels at 25 kHz; live data, not synthetic snapshots): ``LiveBuffers.snapshot``
-    (traces of 8 or 64 electrodes, 10 s or 60 s windows, the raster and rates of all 64)
-    and each view's ``update_view`` plus the paints the event loop then does (a few
-    ``processEvents`` calls: pyqtgraph's scene paints in two passes). Frames come every
-    33 ms as the window's timer makes them, so each snapshot folds 33 ms of new blocks.
-    The 60 s windows wait for 60 s of data (``--quick``: what 2 s gave). Goal: traces +
+    GUI thread, while ``sim://?seed=1`` is monitored in real time by a rig process (a
+    :class:`RemoteSession`, as ``mea-control gui`` runs it: 64 channels at 25 kHz; live
+    data, not synthetic snapshots): ``LiveBuffers.snapshot`` (taking the new samples from
+    the shared rings and folding them into envelopes; traces of 8 or 64 electrodes, 10 s
+    or 60 s windows, the raster and rates of all 64) and each view's ``update_view`` plus
+    the paints the event loop then does (a few ``processEvents`` calls: pyqtgraph's scene
+    paints in two passes). Frames come every 33 ms as the window's timer makes them. The
+    60 s windows wait for 60 s of data (``--quick``: what 2 s gave). Goal: traces +
     raster + heatmap <= 10 ms a frame.
 (b) :func:`bench_gui_latency` - benchmarks/loop.py's (c) (spike -> pulse execution in
-    real time on the simulator) without any GUI, with the GUI's live buffers fed by the
-    run but no window, and with a MainWindow drawing them at 30 Hz (its timer, its event
-    loop; the run on another thread, as the rig thread does). Goal: p99 no more than 10 %
-    above the run without GUI.
+    real time on the simulator) without any GUI; with the GUI's feed filled by the run but
+    no window; with a MainWindow drawing that feed at 30 Hz in the same process (the run
+    on another thread); and with the run in a child process filling the rings in shared
+    memory while the window draws them (what ``mea-control gui`` does). Goal: p99 no more
+    than 10 % above the run without GUI.
 
 Timings are from a shared 2-core machine: each figure is given as a range over rounds.
 """
@@ -29,13 +31,15 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")  # one core; set before numba lo
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
+import concurrent.futures  # noqa: E402
 import gc  # noqa: E402
-import io  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from multiprocessing import shared_memory  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -44,9 +48,10 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import mea_control.engine  # noqa: E402
-from benchmarks.loop import bench_reaction_latency  # noqa: E402
-from mea_control.gui.live import LiveBuffers  # noqa: E402
+from benchmarks.gui_rig import measured_run  # noqa: E402
+from drivers.base import open_driver  # noqa: E402
+from mea_control.gui.feed import RING_BYTES, LiveFeed, Rings  # noqa: E402
+from mea_control.gui.remote import RemoteSession, yield_cpu_to_the_rig  # noqa: E402
 from mea_control.gui.session import RigSession  # noqa: E402
 from mea_control.gui.window import FRAME_MS, MainWindow  # noqa: E402
 
@@ -94,7 +99,7 @@ def bench_frames(app: QApplication, window: MainWindow, window_s: float, n_trace
     for i in range(frames + warmup):
         due = max(due + FRAME_MS / 1000.0, time.perf_counter())
         t0 = time.perf_counter()
-        snap = buffers.snapshot(window_s, chans)
+        snap = buffers.snapshot(window_s, chans, pixels=window.traces.pixels())  # as refresh()
         t1 = time.perf_counter()
         ms["snapshot"][i] = t1 - t0
         for name, view in views.items():
@@ -115,7 +120,7 @@ def run_frames(app: QApplication, quick: bool, repeats: int) -> dict:
     frames, fill = (12, 2.0) if quick else (150, None)
     results: dict = {"rounds": {}, "data_s": {}}
     with tempfile.TemporaryDirectory() as folder:
-        session = RigSession()
+        session = RemoteSession()  # the rig in its own process, as mea-control gui runs it
         window = _window(session, folder)
         window.timer.stop()  # the benchmark makes the frames
         try:
@@ -132,8 +137,8 @@ def run_frames(app: QApplication, quick: bool, repeats: int) -> dict:
                         rounds.append(bench_frames(app, window, window_s, n_traces, frames))
                 results["data_s"][window_s] = session.buffers.now / fs
         finally:
-            session.disconnect(timeout=10.0)
             _discard(window)
+            session.close(timeout=10.0)
     return results
 
 
@@ -175,46 +180,6 @@ def print_frames(results: dict, repeats: int) -> None:
 
 
 # -- (b) closed-loop latency -----------------------------------------------------------------
-@contextlib.contextmanager
-def _engines(buffers: LiveBuffers | None):
-    """Collect the engines made meanwhile; with ``buffers``, they feed it as the rig
-    session's engines do (loop.py makes its own engine: this adds the sink, no copy)."""
-    base, made = mea_control.engine.Engine, []
-
-    class Watched(base):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-            if buffers is not None:
-                self.sinks.append(buffers)
-                buffers.attach(self)
-
-    mea_control.engine.Engine = Watched
-    try:
-        yield made
-    finally:
-        mea_control.engine.Engine = base
-
-
-@contextlib.contextmanager
-def _gc_pauses():
-    """Collect the durations (ms) of the garbage collections meanwhile (they hold the GIL)."""
-    pauses: list[float] = []
-    began = [0.0]
-
-    def note(phase: str, info: dict) -> None:
-        if phase == "start":
-            began[0] = time.perf_counter()
-        else:
-            pauses.append(1e3 * (time.perf_counter() - began[0]))
-
-    gc.callbacks.append(note)
-    try:
-        yield pauses
-    finally:
-        gc.callbacks.remove(note)
-
-
 class _TimedWindow(MainWindow):
     """The main window, timing its refresh (snapshot + update_view, not the paint)."""
 
@@ -228,40 +193,67 @@ class _TimedWindow(MainWindow):
         self.refresh_ms.append(1e3 * (time.perf_counter() - t0))
 
 
+#: Starts the rig processes from a thread made before the GUI thread lowered its CPU
+#: priority (yield_cpu_to_the_rig), so that they run at the normal priority, as the
+#: rig process of mea-control gui does (it starts before the window yields).
+_LAUNCHER = concurrent.futures.ThreadPoolExecutor(1)
+_LAUNCHER.submit(lambda: None).result()
+
+
 def _latency_run(variant: str, quick: bool, device: str) -> dict:
-    """One loop.py (c) run on another thread, the main thread in a Qt event loop;
-    ``variant``: "none", "buffers" (a session's live buffers fed by the run) or "window"
-    (those buffers drawn by a MainWindow whose session is not connected: the run's engine
-    is the only one). A run whose gate was disarmed (the watchdog) is stopped: it would
-    never reach its count."""
-    out: dict = {}
-    session = RigSession()
-    buffers = session.buffers if variant != "none" else None
-    quiet = contextlib.redirect_stdout(io.StringIO())  # loop.py prints its own report
+    """One loop.py (c) run; the main thread in a Qt event loop meanwhile. ``variant``:
+    "none"; "feed" (the GUI's sink filled by the run, in this process, no window);
+    "window" (that feed drawn by a MainWindow at 30 Hz in this process: the run on another
+    thread, as a RigSession's rig thread does); "process" (the run in a child process
+    filling the rings in shared memory, the window here drawing them: what
+    ``mea-control gui`` does)."""
+    info = open_driver(device).described
+    session = RigSession()  # never connected: its buffers read the run's rings
     gc.collect()
-    with (tempfile.TemporaryDirectory() as folder, _engines(buffers) as made, quiet,
-          _gc_pauses() as pauses):
-        window = _window(session, folder, _TimedWindow) if variant == "window" else None
-        worker = threading.Thread(
-            target=lambda: out.update(bench_reaction_latency(quick, device=device)))
+    with tempfile.TemporaryDirectory() as folder:
+        window = (_window(session, folder, _TimedWindow)
+                  if variant in ("window", "process") else None)
+        out: dict = {}
+        if variant == "process":
+            shm = shared_memory.SharedMemory(create=True, size=RING_BYTES)
+            session.buffers.bind(Rings(info.n_channels, shm.buf), info)
+            rig = _LAUNCHER.submit(
+                subprocess.Popen,
+                [sys.executable, str(Path(__file__).with_name("gui_rig.py")), shm.name,
+                 str(info.n_channels), device] + (["--quick"] if quick else []),
+                stdout=subprocess.PIPE, text=True).result()
+            yield_cpu_to_the_rig()  # what RemoteSession does (this thread, for good)
+            running = lambda: rig.poll() is None  # noqa: E731
+        else:
+            feed = LiveFeed(Rings(info.n_channels)) if variant != "none" else None
+            if feed is not None:
+                session.buffers.bind(feed.rings, info, feed.take_notes)
+            worker = threading.Thread(
+                target=lambda: out.update(measured_run(quick, device, feed)))
+            worker.start()
+            running = worker.is_alive
 
         def poll() -> None:
-            if made and not made[0].gate.armed:
-                made[0].stop()
-            if not worker.is_alive():
+            if not running():
                 loop.quit()
 
         cpu0, wall0 = time.thread_time(), time.perf_counter()
-        worker.start()
         loop, timer = QEventLoop(), QTimer()
         timer.timeout.connect(poll)
         timer.start(100)
         loop.exec()  # the window's timer refreshes it meanwhile
-        worker.join()
         wall = time.perf_counter() - wall0
+        if variant == "process":
+            stdout, _ = rig.communicate()
+            session.buffers.bind(None, None)
+            shm.close()
+            shm.unlink()
+            if rig.returncode:
+                raise RuntimeError(f"benchmarks/gui_rig.py failed (exit {rig.returncode})")
+            out.update(json.loads(stdout.splitlines()[-1]))
+        else:
+            worker.join()
         out["main_cpu_share"] = (time.thread_time() - cpu0) / wall
-        out["watchdog_trips"] = made[0].watchdog_trips
-        out["gc_max_ms"] = max(pauses, default=0.0)
         if window is not None:
             out["frames_per_s"] = len(window.refresh_ms) / wall
             out["refresh_ms_p50"] = float(np.median(window.refresh_ms))
@@ -269,11 +261,15 @@ def _latency_run(variant: str, quick: bool, device: str) -> dict:
     return out
 
 
+VARIANTS = {"none": "no GUI", "feed": "GUI feed, no window",
+            "window": "window, same process", "process": "window, rig process"}
+
+
 def bench_gui_latency(quick: bool, repeats: int,
                       device: str = DEVICE) -> dict[str, list[dict]]:
     """(b) loop.py's reaction latency per variant, ``repeats`` interleaved rounds
-    (``quick``: loop.py's short runs, not the variant without a window)."""
-    variants = ("none", "window") if quick else ("none", "buffers", "window")
+    (``quick``: loop.py's short runs, and only no GUI and the GUI as it runs)."""
+    variants = ("none", "process") if quick else tuple(VARIANTS)
     results: dict[str, list[dict]] = {variant: [] for variant in variants}
     for _ in range(repeats):
         for variant, rounds in results.items():
@@ -282,8 +278,6 @@ def bench_gui_latency(quick: bool, repeats: int,
 
 
 def print_gui_latency(results: dict[str, list[dict]], device: str = DEVICE) -> None:
-    names = {"none": "no GUI", "buffers": "live buffers, no window",
-             "window": "MainWindow at 30 Hz"}
     print(f"(b) closed-loop reaction latency on {device} in real time (benchmarks/loop.py "
           "(c): spike -> pulse\n    execution, 1 ms blocks), with and without the GUI; "
           "one line a run, runs interleaved")
@@ -297,7 +291,7 @@ def print_gui_latency(results: dict[str, list[dict]], device: str = DEVICE) -> N
             cost = "/".join(f"{r['loop_cost_us'][k]:.0f}" for k in ("p50", "p99", "max"))
             fps = f"{r['frames_per_s']:.1f}" if "frames_per_s" in r else "-"
             refresh = f"{r['refresh_ms_p50']:.1f}" if "refresh_ms_p50" in r else "-"
-            print(f"  {names[variant]:<25}{r['reactions']:>10}{r['dropped_late']:>8}"
+            print(f"  {VARIANTS[variant]:<25}{r['reactions']:>10}{r['dropped_late']:>8}"
                   f"{r['watchdog_trips']:>9}{p50:>8.2f}{p99:>8.2f}{top:>8.2f}{cost:>25}"
                   f"{r['gc_max_ms']:>10.0f}"
                   f"{100 * r['main_cpu_share']:>7.0f} %{fps:>9}{refresh:>11}")
@@ -305,12 +299,12 @@ def print_gui_latency(results: dict[str, list[dict]], device: str = DEVICE) -> N
     for variant in [v for v in results if v != "none"]:
         worse = np.median([r["p99_samples"] for r in results[variant]]) / base - 1.0
         verdict = "ok" if worse <= GOAL_P99_WORSE else "MISS"
-        print(f"  p99, {names[variant]} vs no GUI (medians of runs): {100 * worse:+.0f} % "
+        print(f"  p99, {VARIANTS[variant]} vs no GUI (medians of runs): {100 * worse:+.0f} % "
               f"(goal <= +{100 * GOAL_P99_WORSE:.0f} %) {verdict}")
     print("  watchdog: trips (a tripped run is stopped: its gate stays disarmed); GC max: the "
-          "longest\n  garbage collection (it holds the GIL); main CPU: the main (GUI) thread's "
-          "CPU time / wall\n  time; refresh ms: median of MainWindow.refresh (snapshot + "
-          "update_view; the paints follow)")
+          "longest\n  garbage collection in the run's process (it holds the GIL); main CPU: "
+          "the GUI thread's CPU time /\n  wall time; refresh ms: median of MainWindow.refresh "
+          "(snapshot + update_view; the paints follow)")
 
 
 def main(argv: list[str] | None = None) -> dict:

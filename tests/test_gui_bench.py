@@ -9,7 +9,7 @@ from conftest import ROOT
 HEADERS = ("(a) frame cost offscreen", "LiveBuffers.snapshot", "traces update + paint",
            "raster update + paint", "heatmap update + paint", "traces + raster + heatmap",
            "frame (snapshot + every view)", "(b) closed-loop reaction latency", "no GUI",
-           "MainWindow at 30 Hz", "vs no GUI")
+           "window, rig process", "vs no GUI")
 
 
 def test_quick_run_prints_both_tables():
@@ -25,6 +25,6 @@ def test_quick_run_prints_both_tables():
         assert re.search(rf"(?m)^ +{window} s +{traces}  LiveBuffers.snapshot +\d+\.\d +\d+\.\d$",
                          out), (window, traces)
     # (b): a run with reactions and latencies in ms, and the window's frame rate
-    row = next(line for line in out.splitlines() if line.strip().startswith("MainWindow"))
-    assert re.search(r"MainWindow at 30 Hz +[1-9]\d* +\d+ +\d+( +\d+\.\d\d){3} +\d+/\d+/\d+ "
+    row = next(line for line in out.splitlines() if line.strip().startswith("window, rig"))
+    assert re.search(r"window, rig process +[1-9]\d* +\d+ +\d+( +\d+\.\d\d){3} +\d+/\d+/\d+ "
                      r"+\d+ +\d+ % +\d+\.\d +\d+\.\d$", row), row

@@ -1,11 +1,13 @@
 """The protocol form and panel: editors from declared parameters, checks, signals, files."""
 
 import pytest
-from PySide6.QtCore import QPoint
+from PySide6.QtCore import QPoint, QRect, QSettings
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox
 
 from mea_control.gui.forms import ParameterForm, ProtocolPanel
+from mea_control.gui.session import RigSession
+from mea_control.gui.window import MainWindow
 from mea_control.protocol import load_protocol
 
 SMALL = '''
@@ -202,3 +204,31 @@ def test_panel_screenshot(qtbot, panel, output_dir):
     panel.show()
     qtbot.waitExposed(panel)
     assert panel.grab().save(str(output_dir / "gui_protocol_panel.png"))
+
+
+def _inside(widget, ancestor):
+    """The widget lies wholly inside the ancestor's rectangle."""
+    return ancestor.rect().contains(QRect(widget.mapTo(ancestor, QPoint(0, 0)), widget.size()))
+
+
+@pytest.mark.parametrize("size, rows", [((1400, 900), 11), ((1280, 800), 8)])
+def test_main_window_shows_the_form_and_stop_stimulation(qtbot, tmp_path, output_dir, size,
+                                                         rows):
+    """In the main window's side panel the form has most of the height; STOP stays in view."""
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(session=RigSession(), settings=settings, confirm=lambda q: True)
+    qtbot.addWidget(w)
+    w.protocol_panel.set_protocol("fep_closed_loop", {})
+    w.resize(*size)
+    w.show()
+    qtbot.waitExposed(w)
+    qtbot.wait(50)
+    panel = w.protocol_panel
+    viewport = panel.scroll.viewport()
+    shown = [n for n, e in panel.form.editors.items() if _inside(e, viewport)]
+    assert len(shown) >= rows, shown
+    assert _inside(panel.start, w.side_scroll.viewport())
+    assert w.stop_button.isVisible() and _inside(w.stop_button, w)
+    assert not w.side_scroll.isAncestorOf(w.stop_button)  # never scrolled away
+    w.grab().save(str(output_dir / f"gui_window_form_{size[0]}x{size[1]}.png"))
+    w.timer.stop()

@@ -9,6 +9,7 @@ import pytest
 
 from drivers.base import DriverError, open_driver
 from mea_control import recording
+from mea_control.gui.feed import FLUSH_S, LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.gui.session import Monitor, RigSession
 from mea_control.protocol import ProtocolError
@@ -50,8 +51,9 @@ def evoked_and_baseline(psth: np.ndarray, edges: np.ndarray) -> tuple[float, flo
 
 def test_envelopes_keep_every_extreme_and_show_gaps():
     info = open_driver("sim://").described
-    buffers = LiveBuffers()
-    buffers.on_start(info, Monitor())
+    feed, buffers = LiveFeed(Rings(info.n_channels)), LiveBuffers()
+    buffers.bind(feed.rings, info, feed.take_notes)
+    feed.on_start(info, Monitor())
     data = np.random.default_rng(0).integers(-3000, 3000, (FS, 64)).astype(np.int16)
     uV = data.astype(np.float32) * np.float32(info.uV_per_bit)
     sent = np.zeros(FS, bool)
@@ -59,12 +61,13 @@ def test_envelopes_keep_every_extreme_and_show_gaps():
     for i, size in enumerate(np.resize([25, 7, 31, 3], 2000)):  # bins never fit blocks
         stop = min(start + int(size), FS)
         if not 0.5 * FS <= start < 0.6 * FS:  # 100 ms lost
-            buffers.on_block(Block(start, data[start:stop], info.uV_per_bit, i), uV[start:stop],
+            feed.on_block(Block(start, data[start:stop], info.uV_per_bit, i), uV[start:stop],
                              SpikeEvents.empty())
             sent[start:stop] = True
         start = stop
         if start == FS:
             break
+    feed.on_stop({})  # the feed writes every 10 ms of data, and what is left at the end
     # each resolution (12, 96 and 768-sample bins), raw and filtered
     for window_s, pixels, bin_samples in ((0.2, 1000, 12), (1.0, 100, 96), (1.0, 10, 768)):
         for filtered in (False, True):
@@ -75,6 +78,13 @@ def test_envelopes_keep_every_extreme_and_show_gaps():
             np.testing.assert_allclose(snap.trace_max, hi, rtol=1e-6)
     snap = buffers.snapshot(1.0, channels=[0], pixels=100)
     assert 8 <= np.isnan(snap.trace_min).sum() <= 10  # the 100 ms lost
+
+
+def test_a_run_stopped_before_its_first_block_leaves_the_feed_alone():
+    # the monitor is stopped at once when a protocol starts right after connecting
+    feed = LiveFeed(Rings(64))
+    feed.on_stop({"interrupted": True})
+    assert not feed.rings.header.any()
 
 
 def columns(snap, bin_samples: int, uV: np.ndarray, sent: np.ndarray):
@@ -177,6 +187,62 @@ def test_recording_from_the_session(rig, tmp_path):
         assert rec.n_samples == FS and len(rec.spikes) > 0
     finally:
         rec.close()
+
+
+@pytest.fixture
+def real_time_rig():
+    session = RigSession()
+    session.connect("sim://?seed=1")
+    yield session
+    assert session.disconnect(timeout=10.0)
+
+
+def test_record_now_records_the_run_in_progress_until_stopped(real_time_rig, tmp_path):
+    rig, path = real_time_rig, tmp_path / "monitor.nwb"
+    with pytest.raises(RuntimeError, match="connect a device first"):
+        RigSession().record(path)
+    assert rig.recording is None and rig.stop_recording() is None
+    wait_counts(rig, blocks=100)
+    assert rig.record(path) == path
+    with pytest.raises(RuntimeError, match="already recording"):
+        rig.record(tmp_path / "other.nwb")
+    start = rig.buffers.now
+    assert rig.buffers.wait_for(lambda: rig.buffers.now >= start + 2 * FS, WAIT_S)
+    status = rig.recording
+    assert status["file"] == str(path) and status["bytes"] > 0 and status["samples_lost"] == 0
+    stats = rig.stop_recording()
+    assert rig.recording is None and stats["samples_lost"] == 0
+    # the buffers' clock runs up to one flush of the feed behind the engine's
+    assert stats["samples_written"] >= (2 - FLUSH_S) * FS
+    with recording.open(path) as rec:  # the monitor's blocks from the moment it began
+        assert rec.complete and rec.n_samples == stats["samples_written"]
+        assert rec.duration_s == pytest.approx(rec.n_samples / FS, abs=0.01)
+        assert rec.first_sample > 0 and len(rec.spikes) > 0
+    # a recording ends with its run: the protocol's start ends the monitor's
+    rig.record(tmp_path / "until_start.nwb")
+    rig.start("spontaneous", {}, fast=True, duration_s=0.5)
+    assert rig.wait(WAIT_S) and rig.recording is None
+    with recording.open(tmp_path / "until_start.nwb") as rec:
+        assert rec.complete and rec.summary["protocol"] == "monitor"
+
+
+def test_pause_holds_a_protocol_run_until_resumed(rig):
+    with pytest.raises(RuntimeError, match="no protocol is running"):
+        rig.pause()
+    rig.start("bss_isomura", BSS_LONG, fast=True)
+    wait_counts(rig, executed=2)
+    rig.pause()
+    assert rig.buffers.wait_for(lambda: rig.paused, WAIT_S)
+    assert rig.progress()[1].endswith("(paused)")
+    executed, now = rig.buffers.counts["executed"], rig.buffers.now
+    assert rig.buffers.wait_for(lambda: rig.buffers.now > now + 10 * FS, WAIT_S)
+    assert rig.buffers.counts["executed"] <= executed + 1  # a trial begun may finish
+    rig.resume()
+    wait_counts(rig, executed=executed + 3)
+    kinds = [e.kind for e in rig.buffers.snapshot().events]
+    assert "pause" in kinds and "resume" in kinds and not rig.paused
+    rig.stop()
+    assert rig.wait(WAIT_S) and rig.last_summary["paused_s"] >= 10.0
 
 
 def test_spikes_only_device_with_a_model_protocol():

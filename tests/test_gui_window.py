@@ -25,8 +25,7 @@ def window(qtbot, tmp_path):
     qtbot.addWidget(w)
     w.show()
     yield w
-    w.session.stop()
-    w.session.disconnect(timeout=10)
+    assert w.session.close(timeout=10)
 
 
 def _wait(qtbot, condition, timeout_s):
@@ -94,6 +93,41 @@ def test_closing_while_recording_asks_then_closes_the_file(qtbot, window, tmp_pa
     assert w.questions and "recording" in w.questions[-1]
     with recording.open(rec) as r:
         assert r.complete and r.n_samples > 0
+
+
+def test_record_now_and_pause_from_the_panels(qtbot, window, tmp_path, output_dir):
+    w = window
+    rec = tmp_path / "watching.nwb"
+    w.record_path.setText(str(rec))
+    assert not w.record_button.isEnabled() or not w.session.connected
+    assert w.connect_device("sim://?seed=4")
+    _wait(qtbot, lambda: w.record_button.isEnabled(), 5)
+    w.record_button.click()  # the monitoring, recorded while nothing else runs
+    _wait(qtbot, lambda: "recording watching.nwb" in w.record_status.text(), 10)
+    assert w.record_button.text() == "Stop recording"
+    _wait(qtbot, lambda: (w.session.recording or {}).get("seconds", 0) >= 1.5, 15)
+    assert "backlog" in w.record_status.text() and "samples lost 0" in w.record_status.text()
+    w.record_button.click()
+    _wait(qtbot, lambda: "recorded watching.nwb" in w.record_status.text(), 15)
+    assert w.record_button.text() == "Record now"
+    with recording.open(rec) as r:
+        assert r.complete and r.n_samples >= 1.5 * 25000 and r.summary["protocol"] == "monitor"
+    # pause and resume a protocol run
+    panel = w.protocol_panel
+    panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 40, "isi_s": 0.3})
+    panel.start.click()
+    _wait(qtbot, lambda: w.session.protocol == "bss_isomura" and panel.pause.isEnabled(), 10)
+    panel.pause.click()
+    _wait(qtbot, lambda: panel.pause.text() == "Resume", 5)
+    _wait(qtbot, lambda: panel.progress_text.text().endswith("(paused)"), 5)
+    assert "left" in panel.progress_text.text()
+    w.grab().save(str(output_dir / "gui_window_paused.png"))
+    panel.pause.click()
+    _wait(qtbot, lambda: panel.pause.text() == "Pause", 5)
+    _wait(qtbot, lambda: "protocol resumed after" in w.log_view.toPlainText(), 5)
+    panel.stop.click()
+    _wait(qtbot, lambda: w.session.protocol is None, 10)
+    assert "ERROR" not in w.log_view.toPlainText()
 
 
 def test_a_device_that_cannot_connect_is_reported(qtbot, window):

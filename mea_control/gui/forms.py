@@ -48,6 +48,8 @@ __all__ = ["ParameterForm", "ProtocolPanel"]
 ERROR_STYLE = "color: #b00020;"
 INT_LIMIT = 2**31 - 1
 FLOAT_LIMIT = 1e12
+#: The parameter form's least height, in text lines (about 6 rows of editors).
+FORM_MIN_LINES = 12
 
 
 class _FloatBox(QDoubleSpinBox):
@@ -273,6 +275,9 @@ class ProtocolPanel(QWidget):
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # it takes the spare height, down to its minimum (its own size hint is ignored)
+        self.scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
+        self.scroll.setMinimumHeight(FORM_MIN_LINES * self.fontMetrics().lineSpacing())
 
         self.start = QPushButton("Start")
         self.pause = QPushButton("Pause")

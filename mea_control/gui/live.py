@@ -1,16 +1,18 @@
 """Live buffers: what the acquisition thread saw lately, kept for the GUI to draw.
 
-:class:`LiveBuffers` is an engine sink. Per block the acquisition thread
-only files references under a lock (blocks, spikes, pulses, events); the GUI
-thread calls :meth:`LiveBuffers.snapshot` about 30 times a second, which folds
-the new blocks into min/max envelopes of raw and filtered microvolts at three
-resolutions, copies what the frame needs and reduces it outside the lock.
-Everything is kept for :data:`KEEP_S` seconds of device time.
+:class:`LiveBuffers` reads the rings a :class:`~mea_control.gui.feed.LiveFeed`
+fills (in this process or, through shared memory, in the rig's). The GUI thread
+calls :meth:`LiveBuffers.snapshot` about 30 times a second: it takes what is new
+from the rings, folds the samples into min/max envelopes of raw and filtered
+microvolts at three resolutions, keeps spikes and pulses, builds the PSTH, and
+copies what the frame needs. Everything is kept for :data:`KEEP_S` seconds of
+device time; the acquisition thread never waits for any of it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,10 +20,8 @@ from typing import Any
 import numpy as np
 
 from drivers.base import DeviceInfo
-from mea_control.engine import Engine, RunEvent, Sink, StimRecord
+from mea_control.gui import feed as f
 from mea_control.gui.snapshot import Snapshot
-from mea_control.protocol import Protocol
-from mea_control.types import Block, SpikeEvents
 
 #: Seconds of device time the buffers keep.
 KEEP_S = 60.0
@@ -30,17 +30,14 @@ ENVELOPE_HZ = 2000.0
 #: Envelope resolutions: each level's bins are LEVEL_STEP times longer than the previous.
 LEVELS = 3
 LEVEL_STEP = 8
-#: The acquisition thread folds blocks into the envelopes itself when no snapshot took
-#: them for this long (device time); otherwise the GUI thread does it.
-FOLD_LAG_S = 0.1
 RATE_WINDOW_S = 2.0
 PSTH_MS = 300.0
 PSTH_BIN_MS = 5.0
 #: A pulse joins the PSTH this long after its window closed (spikes arrive late).
 PSTH_SETTLE_MS = 20.0
-#: Events and decisions kept between two snapshots.
-KEEP_NOTES = 1000
 _NO_BIN = np.iinfo(np.int64).min
+#: What the rig's notes give when there are none (see LiveFeed.take_notes).
+Notes = Callable[..., dict[str, Any]]
 
 
 class _Envelope:
@@ -139,310 +136,293 @@ class _Trace:
         return self.levels[-1]
 
 
-#: Blocks not yet folded into the envelopes: (start sample, raw int16, filtered uV).
-_Batch = list[tuple[int, np.ndarray, np.ndarray]]
+def _get(ring: np.ndarray, first: int, n: int) -> np.ndarray:
+    """A copy of ``n`` entries of ``ring`` from absolute index ``first``, wrapping around."""
+    at = first % len(ring)
+    if at + n <= len(ring):
+        return ring[at:at + n].copy()
+    return np.concatenate((ring[at:], ring[:at + n - len(ring)]))
 
 
-class _TraceStore:
-    """The raw and filtered envelopes, behind their own lock.
-
-    Blocks are folded in batches by whoever holds :attr:`lock`: the GUI thread
-    in each snapshot, or the acquisition thread when no snapshot came for
-    :data:`FOLD_LAG_S` (it only tries the lock, never waits for it).
-    """
+class _Spikes:
+    """Spikes as growing arrays (sample, channel); old ones dropped when the arrays fill."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.raw: _Trace | None = None
-        self.filtered: _Trace | None = None
+        self.sample = np.empty(1 << 14, np.int64)
+        self.channel = np.empty(1 << 14, np.int32)
+        self.n = 0
 
-    def fold(self, batch: _Batch, reset: bool, info: DeviceInfo | None) -> None:
-        """Clear the envelopes if ``reset`` (a new run), then fold ``batch`` in (hold lock)."""
-        if reset and self.raw is not None and self.filtered is not None:
-            self.raw.clear()
-            self.filtered.clear()
-        if not batch or info is None:
-            return
-        if self.raw is None or self.raw.n_channels != info.n_channels:
-            self.raw = _Trace(info.sample_rate, info.n_channels, 1.0)
-            self.filtered = _Trace(info.sample_rate, info.n_channels, info.uV_per_bit)
-        run: _Batch = []
-        for item in batch:  # fold each stretch of contiguous blocks in one go
-            if run and item[0] != run[-1][0] + len(run[-1][1]):
-                self._add(run)
-                run = []
-            run.append(item)
-        self._add(run)
+    def add(self, sample: np.ndarray, channel: np.ndarray, oldest: int) -> None:
+        if self.n + len(sample) > len(self.sample):
+            keep = self.sample[:self.n] >= oldest
+            kept = int(keep.sum())
+            size = max(len(self.sample), 2 * (kept + len(sample)))
+            new_sample, new_channel = np.empty(size, np.int64), np.empty(size, np.int32)
+            new_sample[:kept] = self.sample[:self.n][keep]
+            new_channel[:kept] = self.channel[:self.n][keep]
+            self.sample, self.channel, self.n = new_sample, new_channel, kept
+        self.sample[self.n:self.n + len(sample)] = sample
+        self.channel[self.n:self.n + len(sample)] = channel
+        self.n += len(sample)
 
-    def _add(self, run: _Batch) -> None:
-        assert self.raw is not None and self.filtered is not None
-        self.raw.add(run[0][0], np.concatenate([raw for _, raw, _ in run]))
-        self.filtered.add(run[0][0], np.concatenate([uV for _, _, uV in run]))
-
-    def window(self, filtered: bool, now: int, n_samples: int, channels: list[int],
-               pixels: int) -> tuple[tuple[np.ndarray, ...], int] | None:
-        """Copies of the envelope bins of ``channels`` over the last ``n_samples`` before
-        ``now`` (hold lock): ((bins, ids, lo, hi), bin samples), or None without data."""
-        signal = self.filtered if filtered else self.raw
-        if signal is None:
-            return None
-        envelope = signal.level(n_samples, pixels)
-        last = (now - 1) // envelope.bin
-        first = max((now - n_samples) // envelope.bin, last - len(envelope.ids) + 1)
-        return envelope.window(first, last, channels), envelope.bin
+    def between(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the spikes with ``start <= sample < stop``."""
+        sample = self.sample[:self.n]
+        keep = (sample >= start) & (sample < stop)
+        return sample[keep], self.channel[:self.n][keep]
 
 
-class LiveBuffers(Sink):
+class LiveBuffers:
     """The latest minute of a run for the GUI: traces, spikes, pulses, PSTH, events.
 
-    One object serves a whole session: each run's start clears the traces,
-    spikes and pulses (the device clock may restart); the PSTH is kept until
-    the first pulse of a later run, so it stays on screen after its run.
+    One object serves a whole session; :meth:`bind` points it at a device's
+    rings. Each run's start clears the traces, spikes and pulses (the device
+    clock may restart); the PSTH is kept until the first pulse of a later run,
+    so it stays on screen after its run.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._store = _TraceStore()
+        self._lock = threading.Lock()
+        self.rings: f.Rings | None = None
         self.info: DeviceInfo | None = None
-        self._engine: Engine | None = None
-        self._protocol: Protocol | None = None
-        self._model_source: Any = None
-        self._events: deque[RunEvent] = deque(maxlen=KEEP_NOTES)
-        self._decisions: deque[dict[str, Any]] = deque(maxlen=KEEP_NOTES)
+        self._notes: Notes = lambda model=True: {}
         self._psth_sum = np.zeros(int(round(PSTH_MS / PSTH_BIN_MS)))
         self._psth_pulses = 0
         self._psth_stale = True  # the next executed pulse starts a new PSTH
+        self._protocol: str | None = None
+        self._disarmed: str | None = None
         self._clear()
+        self._run = -1
 
-    # -- the run's engine, from the session ----------------------------------------------
-    def attach(self, engine: Engine) -> None:
-        """Read the clock, loop figures and gate of ``engine`` (call before its run)."""
+    def bind(self, rings: f.Rings | None, info: DeviceInfo | None, notes: Notes | None = None
+             ) -> None:
+        """Read ``rings`` of device ``info`` from now on, and events and the model from
+        ``notes(model=...)`` (a LiveFeed's take_notes, or the rig process's)."""
         with self._lock:
-            self._engine = engine
-
-    # -- Sink, on the acquisition thread ---------------------------------------------------
-    def on_start(self, info: DeviceInfo, protocol: Protocol) -> None:
-        with self._lock:
-            self.info = info
-            self._protocol = protocol
-            if not getattr(protocol, "passive", False):
-                self._model_source = protocol if hasattr(protocol, "model_state") else None
+            self.rings, self.info = rings, info
+            self._notes = notes or (lambda model=True: {})
+            self._run = -1
             self._clear()
-            engine = self._engine
-            if engine is not None and engine.protocol is protocol:
-                self._t0 = self._now = engine.t0
-            self._psth_stale = True
-            self._changed.notify_all()
 
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
-        # ``spikes`` came through on_spikes already (the only way on a spikes-only device)
-        if block.n_samples == 0:
-            return
-        if filtered is None:  # no filter output: show the raw signal there
-            filtered = block.microvolts()
-        with self._lock:
-            self._unfolded.append((block.start_sample, block.data, filtered))
-            lag = block.stop_sample - self._unfolded[0][0]
-            if lag > FOLD_LAG_S * self._rate() and self._store.lock.acquire(blocking=False):
-                try:  # no snapshot lately: fold here rather than pile blocks up
-                    self._store.fold(*self._take_unfolded())
-                finally:
-                    self._store.lock.release()
-            self._raw_seen = True
-            self._blocks += 1
-            if self._t0 is None:
-                self._t0 = block.start_sample
-            self._now = max(self._now, block.stop_sample)
-            self._settle(self._now)
-            self._changed.notify_all()
-
-    def on_spikes(self, spikes: SpikeEvents) -> None:
-        if not len(spikes):
-            return
-        fs = self._rate()
-        with self._lock:
-            self._spikes.append(spikes)
-            self._n_spikes += len(spikes)
-            if self._t0 is None:
-                self._t0 = int(spikes.sample[0])
-            if not self._raw_seen:
-                self._now = max(self._now, int(spikes.sample[-1]) + 1)
-            for at, hist in self._open_pulses:
-                _psth_add(hist, at, spikes, fs)
-            oldest = int(spikes.sample[-1]) - int(KEEP_S * fs)
-            while self._spikes[0].sample[-1] < oldest:
-                self._spikes.popleft()
-            self._settle(self._clock())
-            self._changed.notify_all()
-
-    def on_stim(self, record: StimRecord) -> None:
-        fs = self._rate()
-        with self._lock:
-            self._stim_counts[record.status] = self._stim_counts.get(record.status, 0) + 1
-            if record.status == "executed" and record.execution_sample is not None:
-                at = int(record.execution_sample)
-                self._latency[at - record.trigger_sample] += 1
-                self._stims.append((at, record.pattern.channels))
-                while self._stims[0][0] < at - int(KEEP_S * fs):
-                    self._stims.popleft()
-                self._open_pulse(at, fs)
-            self._changed.notify_all()
-
-    def on_decision(self, sample: int, decision: dict[str, Any]) -> None:
-        with self._lock:
-            self._decisions.append({"sample": sample, **decision})
-
-    def on_event(self, event: RunEvent) -> None:
-        with self._lock:
-            self._events.append(event)
-            self._changed.notify_all()
-
-    def on_stop(self, summary: dict[str, Any]) -> None:
-        with self._lock:
-            self._changed.notify_all()
-
-    # -- from other threads ----------------------------------------------------------------
-    def note(self, kind: str, message: str) -> None:
-        """Add an event of the GUI's own (an operator's action) to the event list."""
-        with self._lock:
-            self._events.append(RunEvent(self._clock(), kind, message))
-            self._changed.notify_all()
-
+    # -- from the GUI (any thread) ---------------------------------------------------------
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds (checked whenever data arrive); False on timeout."""
-        with self._changed:
-            return self._changed.wait_for(predicate, timeout)
+        """Wait until ``predicate()`` holds (checked every few ms); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     @property
     def now(self) -> int:
         """The device sample just after the newest data."""
         with self._lock:
-            return self._clock()
+            self._pull()
+            return self._now
 
     @property
     def protocol(self) -> str | None:
-        """The name of the protocol whose run the buffers show."""
-        with self._lock:
-            return self._protocol.name if self._protocol is not None else None
+        """The name of the protocol whose run the buffers show (as of the last snapshot)."""
+        return self._protocol
 
     @property
     def counts(self) -> dict[str, int]:
         """This run's blocks, spikes, pulses by fate (executed, dropped, refused, sent) and
         the pulses in the PSTH."""
         with self._lock:
+            self._pull()
             return {"blocks": self._blocks, "spikes": self._n_spikes,
                     "psth_pulses": self._psth_pulses, **self._stim_counts}
 
     def snapshot(self, window_s: float = 10.0, channels: Sequence[int] | None = None,
-                 filtered: bool = True, pixels: int = 1000) -> Snapshot:
+                 filtered: bool = True, pixels: int = 1000, model: bool = True) -> Snapshot:
         """One frame: traces of ``channels`` (default all) over ``window_s`` as ``pixels``
         min/max columns (NaN where there are no data), the raster, rates, PSTH, status and
-        model; drains the events and decisions."""
+        (``model``) the model; takes the events and decisions."""
         window_s = float(min(max(window_s, 1e-3), KEEP_S))
-        with self._store.lock:
-            with self._lock:
-                info = self.info
-                if info is None:
-                    return Snapshot(sample_rate=0.0, now=0, n_electrodes=0, window_s=window_s)
-                fs, n = info.sample_rate, info.n_channels
-                chans = list(range(n)) if channels is None else [int(c) for c in channels]
-                if any(not 0 <= c < n for c in chans):
-                    raise ValueError(f"channels must be 0 to {n - 1}, not {chans}")
-                now = self._clock()
-                self._settle(now)
-                unfolded = self._take_unfolded()
-                has_traces = self._raw_seen and now > 0 and bool(chans) and pixels > 0
-                chunks, stims = list(self._spikes), list(self._stims)
-                psth_sum, psth_pulses = self._psth_sum.copy(), self._psth_pulses
-                latency = sorted(self._latency.items())
-                events, decisions = list(self._events), list(self._decisions)
-                self._events.clear()
-                self._decisions.clear()
-                t0 = self._t0 if self._t0 is not None else now
-                counts = dict(self._stim_counts, spikes=self._n_spikes, blocks=self._blocks)
-                protocol, model_source, engine = self._protocol, self._model_source, self._engine
-            self._store.fold(*unfolded)
-            trace = (self._store.window(filtered, now, int(window_s * fs), chans, pixels)
-                     if has_traces else None)
-        snap = Snapshot(sample_rate=fs, now=now, n_electrodes=n, window_s=window_s,
-                        trace_filtered=filtered, events=events, decisions=decisions)
-        if trace is not None:
-            _traces(snap, *trace, info.uV_per_bit, chans, pixels)
-        _raster(snap, chunks, stims, t0)
-        snap.psth_edges_ms = np.arange(0.0, PSTH_MS + PSTH_BIN_MS / 2, PSTH_BIN_MS)
-        snap.psth = psth_sum / max(psth_pulses, 1)
-        snap.psth_pulses = psth_pulses
-        snap.status = _status(counts, latency, fs, engine, protocol)
-        if model_source is not None:
-            try:
-                snap.model = model_source.model_state()
-            except Exception as exc:  # a protocol's display hook must not stop the display
-                snap.status["model_error"] = f"{type(exc).__name__}: {exc}"
+        notes = self._notes(model=model)
+        with self._lock:
+            self._pull()
+            info = self.info
+            if info is None:
+                return Snapshot(sample_rate=0.0, now=0, n_electrodes=0, window_s=window_s,
+                                events=notes.get("events", []))
+            fs, n = info.sample_rate, info.n_channels
+            chans = list(range(n)) if channels is None else [int(c) for c in channels]
+            if any(not 0 <= c < n for c in chans):
+                raise ValueError(f"channels must be 0 to {n - 1}, not {chans}")
+            now = self._now
+            self._protocol = notes.get("protocol", self._protocol)
+            self._disarmed = notes.get("disarmed")
+            snap = Snapshot(sample_rate=fs, now=now, n_electrodes=n, window_s=window_s,
+                            trace_filtered=filtered, events=notes.get("events", []),
+                            decisions=notes.get("decisions", []), model=notes.get("model"))
+            if self._raw_seen and now > 0 and chans and pixels > 0:
+                trace = self._window(filtered, now, int(window_s * fs), chans, pixels)
+                _traces(snap, *trace, chans, pixels)
+            start = now - int(window_s * fs)
+            sample, channel = self._spikes.between(start, now)
+            stims = [(at, c) for at, c in self._stims if at >= start]
+            _raster(snap, sample, channel, stims, self._t0 if self._t0 >= 0 else now)
+            snap.psth_edges_ms = np.arange(0.0, PSTH_MS + PSTH_BIN_MS / 2, PSTH_BIN_MS)
+            snap.psth = self._psth_sum / max(self._psth_pulses, 1)
+            snap.psth_pulses = self._psth_pulses
+            snap.status = self._status()
+        if "model_error" in notes:
+            snap.status["model_error"] = notes["model_error"]
         return snap
 
-    # -- internals (hold the lock) ---------------------------------------------------------
+    # -- taking what is new from the rings (hold the lock) ---------------------------------
     def _clear(self) -> None:
-        """Forget the previous run's data (not the PSTH, not the notes)."""
-        self._spikes: deque[SpikeEvents] = deque()
+        """Forget the previous run's data (not the PSTH)."""
+        self.raw: _Trace | None = None
+        self.filtered: _Trace | None = None
+        self._spikes = _Spikes()
         self._stims: deque[tuple[int, tuple[int, ...]]] = deque()
-        self._open_pulses: list[tuple[int, np.ndarray]] = []
+        self._open_pulses: deque[int] = deque()
         self._latency: Counter[int] = Counter()
-        self._stim_counts = {"executed": 0, "dropped": 0, "refused": 0}
-        self._n_spikes = 0
-        self._blocks = 0
+        self._stim_counts = {"executed": 0, "dropped": 0, "refused": 0, "sent": 0}
+        self._n_spikes = self._blocks = self._lost = self._block_samples = 0
+        self._armed = True
         self._now = 0
-        self._t0: int | None = None
+        self._t0 = -1
         self._raw_seen = False
-        self._unfolded: _Batch = []
-        self._reset_traces = True
+        self._taken = (0, 0, 0)  # blocks, spikes, pulses read so far
 
-    def _take_unfolded(self) -> tuple[_Batch, bool, DeviceInfo | None]:
-        """The blocks to fold, whether the envelopes must be cleared first, the device."""
-        taken = (self._unfolded, self._reset_traces, self.info)
-        self._unfolded, self._reset_traces = [], False
-        return taken
+    def _pull(self) -> None:
+        """Take the blocks, spikes and pulses the feed wrote since the last pull."""
+        r, info = self.rings, self.info
+        if r is None or info is None:
+            return
+        h = r.header
+        run = int(h[f.RUN])
+        if run % 2:
+            return  # a run is starting: next time
+        if run != self._run:
+            self._clear()
+            self._run = run
+            self._psth_stale = True
+        nb, ns, nst = (int(h[k]) for k in (f.BLOCKS, f.SPIKES, f.STIMS))
+        now, t0 = int(h[f.NOW]), int(h[f.T0])
+        status = (int(h[f.N_BLOCKS]), int(h[f.SAMPLES_LOST]), bool(h[f.ARMED]),
+                  int(h[f.BLOCK_SAMPLES]))
+        b0, s0, st0 = self._taken
+        b0, s0, st0 = max(b0, nb - f.BLOCK_SLOTS), max(s0, ns - f.SPIKE_SLOTS), \
+            max(st0, nst - f.STIM_SLOTS)
+        runs = _contiguous(_get(r.blocks, b0, nb - b0))
+        samples = [(a, _get(r.raw, a, n), _get(r.filtered, a, n)) for a, n in runs]
+        spikes = _get(r.spike_sample, s0, ns - s0), _get(r.spike_channel, s0, ns - s0)
+        stims = (_get(r.stim_at, st0, nst - st0), _get(r.stim_status, st0, nst - st0),
+                 _get(r.stim_electrodes, st0, nst - st0))
+        if int(h[f.RUN]) != run:
+            return  # a new run began meanwhile: the next pull starts over
+        # what the feed overwrote while we copied is not to be trusted
+        oldest = int(h[f.RAW_END]) - r.sample_slots
+        lapped_spikes = max(0, int(h[f.SPIKES]) - f.SPIKE_SLOTS - s0)
+        lapped_stims = max(0, int(h[f.STIMS]) - f.STIM_SLOTS - st0)
+        self._taken = nb, ns, nst
+        self._now, self._t0 = max(self._now, now), t0
+        self._blocks, self._lost, self._armed, self._block_samples = status
+        self._fold([(a, raw[max(0, oldest - a):], uV[max(0, oldest - a):])
+                    for a, raw, uV in samples if a + len(raw) > oldest])
+        sample, channel = (x[lapped_spikes:] for x in spikes)
+        fs = info.sample_rate
+        self._spikes.add(sample, channel, self._now - int(KEEP_S * fs))
+        self._n_spikes += len(sample)
+        self._add_stims(*(x[lapped_stims:] for x in stims))
+        self._settle()
 
-    def _rate(self) -> float:
-        return self.info.sample_rate if self.info is not None else 1.0
+    def _fold(self, runs: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Fold stretches of contiguous samples into the envelopes."""
+        info = self.info
+        assert info is not None
+        if not runs:
+            return
+        if self.raw is None or self.filtered is None:
+            self.raw = _Trace(info.sample_rate, info.n_channels, 1.0)
+            self.filtered = _Trace(info.sample_rate, info.n_channels, info.uV_per_bit)
+        for start, raw, uV in runs:
+            self.raw.add(start, raw)
+            self.filtered.add(start, uV)
+        self._raw_seen = True
 
-    def _clock(self) -> int:
-        """Newest sample: from the blocks, or the engine's clock for a spikes-only device."""
-        engine = self._engine
-        if self._raw_seen or engine is None or engine.protocol is not self._protocol:
-            return self._now
-        return max(self._now, engine.now)
+    def _window(self, filtered: bool, now: int, n_samples: int, channels: list[int],
+                pixels: int) -> tuple[tuple[np.ndarray, ...], int, float]:
+        """Copies of the envelope bins of ``channels`` over the last ``n_samples`` before
+        ``now``: ((bins, ids, lo, hi), bin samples, microvolts a unit)."""
+        signal = self.filtered if filtered else self.raw
+        assert signal is not None and self.info is not None
+        envelope = signal.level(n_samples, pixels)
+        last = (now - 1) // envelope.bin
+        first = max(-(-(now - n_samples) // envelope.bin), last - len(envelope.ids) + 1)
+        return envelope.window(first, last, channels), envelope.bin, self.info.uV_per_bit
 
-    def _open_pulse(self, at: int, fs: float) -> None:
-        """Start a pulse's PSTH row with the spikes already here (late device reports)."""
-        if self._psth_stale:
-            self._psth_sum[:] = 0.0
-            self._psth_pulses = 0
-            self._psth_stale = False
-        hist = np.zeros(len(self._psth_sum))
-        for chunk in reversed(self._spikes):
-            if chunk.sample[-1] < at:
-                break
-            _psth_add(hist, at, chunk, fs)
-        self._open_pulses.append((at, hist))
+    def _add_stims(self, at: np.ndarray, status: np.ndarray, electrodes: np.ndarray) -> None:
+        """Count new pulses by fate; file the executed ones for the raster and the PSTH."""
+        assert self.info is not None
+        keep = int(KEEP_S * self.info.sample_rate)
+        for (executed, trigger), code, mask in zip(at, status, electrodes, strict=True):
+            fate = f.STATUSES[int(code)]
+            self._stim_counts[fate] += 1
+            if fate != "executed" or executed < 0:
+                continue
+            self._latency[int(executed - trigger)] += 1
+            self._stims.append((int(executed), tuple(int(c) for c in np.flatnonzero(mask))))
+            if self._psth_stale:
+                self._psth_sum[:] = 0.0
+                self._psth_pulses = 0
+                self._psth_stale = False
+            self._open_pulses.append(int(executed))
+        while self._stims and self._stims[0][0] < self._now - keep:
+            self._stims.popleft()
 
-    def _settle(self, now: int) -> None:
+    def _settle(self) -> None:
         """Move the pulses whose window closed (plus a margin) into the PSTH."""
         if not self._open_pulses:
             return
-        wait = int((PSTH_MS + PSTH_SETTLE_MS) * self._rate() / 1000.0)
-        while self._open_pulses and self._open_pulses[0][0] + wait <= now:
-            _, hist = self._open_pulses.pop(0)
-            self._psth_sum += hist
+        fs = self.info.sample_rate if self.info is not None else 1.0
+        span = int(PSTH_MS * fs / 1000.0)
+        wait = int((PSTH_MS + PSTH_SETTLE_MS) * fs / 1000.0)
+        while self._open_pulses and self._open_pulses[0] + wait <= self._now:
+            at = self._open_pulses.popleft()
+            sample, _ = self._spikes.between(at, at + span)
+            bins = np.floor((sample - at) * (1000.0 / PSTH_BIN_MS / fs)).astype(np.int64)
+            self._psth_sum += np.bincount(bins, minlength=len(self._psth_sum))[
+                :len(self._psth_sum)]
             self._psth_pulses += 1
 
+    def _status(self) -> dict[str, Any]:
+        """Loop and device health for the status bar."""
+        assert self.info is not None
+        fs = self.info.sample_rate
+        lat = np.repeat(*zip(*sorted(self._latency.items()), strict=True)) \
+            if self._latency else np.zeros(0)
+        lat = lat.astype(np.float64)
+        return {
+            "protocol": self._protocol or "",
+            "blocks": self._blocks,
+            "blocks_dropped": -(-self._lost // max(self._block_samples, 1)),
+            "samples_lost": self._lost,
+            "latency_p50_ms": float(np.percentile(lat, 50)) * 1000 / fs if len(lat) else None,
+            "latency_p99_ms": float(np.percentile(lat, 99)) * 1000 / fs if len(lat) else None,
+            "watchdog": "armed" if self._armed else f"disarmed: {self._disarmed or 'stopped'}",
+            "spikes": self._n_spikes,
+            "stims_executed": self._stim_counts["executed"],
+            "stims_dropped": self._stim_counts["dropped"],
+            "stims_refused": self._stim_counts["refused"],
+        }
 
-def _psth_add(hist: np.ndarray, at: int, spikes: SpikeEvents, fs: float) -> None:
-    """Count ``spikes`` into the PSTH row of the pulse at sample ``at``."""
-    bins = np.floor((spikes.sample - at) * (1000.0 / PSTH_BIN_MS / fs)).astype(np.int64)
-    bins = bins[(bins >= 0) & (bins < len(hist))]
-    if len(bins):
-        hist += np.bincount(bins, minlength=len(hist))
+
+def _contiguous(blocks: np.ndarray) -> list[tuple[int, int]]:
+    """(start, samples) of each stretch of back-to-back block records."""
+    runs: list[list[int]] = []
+    for start, n in blocks.tolist():
+        if runs and start == runs[-1][0] + runs[-1][1]:
+            runs[-1][1] += n
+        else:
+            runs.append([start, n])
+    return [(a, n) for a, n in runs]
 
 
 def _traces(snap: Snapshot, window: tuple[np.ndarray, ...], bin_samples: int,
@@ -461,51 +441,18 @@ def _traces(snap: Snapshot, window: tuple[np.ndarray, ...], bin_samples: int,
     snap.trace_t = ((bins[edges] + 0.5) * bin_samples - snap.now) / snap.sample_rate
 
 
-def _raster(snap: Snapshot, chunks: list[SpikeEvents],
+def _raster(snap: Snapshot, sample: np.ndarray, channel: np.ndarray,
             stims: list[tuple[int, tuple[int, ...]]], t0: int) -> None:
     """Spikes and pulses of the window, and the rates of its last RATE_WINDOW_S."""
     fs, now = snap.sample_rate, snap.now
-    start = now - int(snap.window_s * fs)
-    recent = []
-    for chunk in reversed(chunks):
-        if chunk.sample[-1] < start:
-            break
-        recent.append(chunk)
-    spikes = SpikeEvents.concat(recent[::-1]).between(start, now)
-    snap.spike_t = (spikes.sample - now) / fs
-    snap.spike_channel = spikes.channel.astype(np.int32)
+    snap.spike_t = (sample - now) / fs
+    snap.spike_channel = channel
     rate_start = now - int(RATE_WINDOW_S * fs)
     span_s = (now - max(rate_start, t0)) / fs
-    counts = np.bincount(spikes.channel[spikes.sample >= rate_start].astype(np.int64),
-                         minlength=snap.n_electrodes)
+    counts = np.bincount(channel[sample >= rate_start], minlength=snap.n_electrodes)
     snap.rates_hz = counts / span_s if span_s > 0 else np.zeros(snap.n_electrodes)
     snap.rate_window_s = RATE_WINDOW_S
     # a pulse reported executed may run in the block after ``now`` (t >= 0)
-    shown = [(at, chans) for at, chans in stims if at >= start]
-    snap.stim_t = np.array([(at - now) / fs for at, _ in shown])
-    snap.stim_channels = [chans for _, chans in shown]
-    snap.stimulated = np.unique(np.array([c for _, chans in shown for c in chans], np.int32))
-
-
-def _status(counts: dict[str, int], latency: list[tuple[int, int]], fs: float,
-            engine: Engine | None, protocol: Protocol | None) -> dict[str, Any]:
-    """Loop and device health for the status bar."""
-    lat = np.repeat([v for v, _ in latency], [n for _, n in latency]).astype(np.float64)
-    status: dict[str, Any] = {
-        "protocol": protocol.name if protocol is not None else "",
-        "blocks": counts["blocks"],
-        "blocks_dropped": 0,
-        "latency_p50_ms": float(np.percentile(lat, 50)) * 1000 / fs if len(lat) else None,
-        "latency_p99_ms": float(np.percentile(lat, 99)) * 1000 / fs if len(lat) else None,
-        "watchdog": "armed",
-        "spikes": counts["spikes"],
-        "stims_executed": counts["executed"],
-        "stims_dropped": counts["dropped"],
-        "stims_refused": counts["refused"],
-    }
-    if engine is not None and engine.protocol is protocol:
-        status["blocks"] = engine.n_blocks  # a spikes-only device's ticks count too
-        status["blocks_dropped"] = -(-engine.samples_lost // engine.block_samples)
-        if not engine.gate.armed:
-            status["watchdog"] = f"disarmed: {engine.gate.disarm_reason}"
-    return status
+    snap.stim_t = np.array([(at - now) / fs for at, _ in stims])
+    snap.stim_channels = [chans for _, chans in stims]
+    snap.stimulated = np.unique(np.array([c for _, chans in stims for c in chans], np.int32))

@@ -9,6 +9,11 @@ raised as one-line exceptions, those of a run go to :attr:`log`.
 
 A driver streams once per open(), so the rig thread re-opens it between runs;
 the simulator then starts again from its seed, at sample 0.
+
+Every run's engine feeds the session's :class:`LiveFeed` (the views' data) and
+its :class:`RecordingSwitch` (the recording in force, started and stopped at
+any moment). The window runs a RigSession in a child process
+(:mod:`mea_control.gui.remote`); tests and scripts may use one directly.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from typing import Any
 
 from drivers.base import DeviceInfo, Driver, DriverError, open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.recording.errors import RecordingError
+from mea_control.recording.switch import RecordingSwitch
 from mea_control.safety import SafetyLimits
 
 #: Lines kept in the log panel's deque.
@@ -55,10 +62,16 @@ class RigSession:
     """Connect a device, keep it monitored, run protocols on it; all calls return fast."""
 
     def __init__(self, limits: SafetyLimits | None = None, seed: int = 0,
-                 block_ms: float = 1.0) -> None:
+                 block_ms: float = 1.0, ring_buffer: Any = None) -> None:
         self.limits = limits or SafetyLimits()
         self.seed = seed
         self.block_ms = block_ms
+        #: Where the feed's rings live (a shared-memory buffer for a GUI in another process).
+        self.ring_buffer = ring_buffer
+        #: The sink every run of the session fills.
+        self.feed = LiveFeed()
+        #: The sink every run of the session records through, when a recording is on.
+        self.switch = RecordingSwitch()
         #: The live buffers every view draws from; one object for the session's life.
         self.buffers = LiveBuffers()
         #: Log lines (engine events, errors, the session's own notes), oldest first.
@@ -102,6 +115,10 @@ class RigSession:
             driver.close()
             self._driver = None
             raise
+        rings = Rings(driver.info.n_channels, self.ring_buffer)
+        rings.reset()
+        self.feed.rings = rings
+        self.buffers.bind(rings, driver.info, self.feed.take_notes)
         with self._state:
             self.info, self.url, self._connected = driver.info, url, True
             self._engine = monitor
@@ -125,6 +142,12 @@ class RigSession:
             thread.join(timeout)
             return not thread.is_alive()
         return True
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """End the session (the window closes): stop, disconnect; False if a recording
+        is still being closed after ``timeout`` s."""
+        self.stop()
+        return self.disconnect(timeout)
 
     @property
     def connected(self) -> bool:
@@ -215,6 +238,72 @@ class RigSession:
             return engine.progress()
         return (0.0, "starting") if waiting else (0.0, "")
 
+    def pause(self) -> None:
+        """Hold the protocol run (no hooks, no new trials; acquisition and recording go on)."""
+        engine = self._job_engine_now()
+        engine.pause()
+        self._say(f"pausing {engine.protocol.name}")
+
+    def resume(self) -> None:
+        self._job_engine_now().resume()
+
+    @property
+    def paused(self) -> bool:
+        with self._state:
+            engine = self._engine if self._job is not None else None
+        return engine is not None and engine.paused
+
+    def _job_engine_now(self) -> Engine:
+        with self._state:
+            if self._job is None or self._engine is None:
+                raise RuntimeError("no protocol is running")
+            return self._engine
+
+    # -- recording -------------------------------------------------------------------------
+    def record(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Record the run in progress (the monitor's or a protocol's) from now until
+        stop_recording() or the end of that run; returns the file's path."""
+        with self._state:
+            engine = self._engine if self._connected else None
+            job = self._job
+        if engine is None:
+            raise RuntimeError("connect a device first")
+        if self.switch.recorder is not None:
+            raise RuntimeError(f"already recording to {self.switch.recorder.path}")
+        recorder = self._recorder(engine, job.path if job else None, path, overwrite, None)
+        try:
+            self.switch.put(recorder, engine)
+        except RuntimeError:
+            recorder.discard()
+            raise
+        self._say(f"recording {engine.protocol.name} to {recorder.path} until stopped or "
+                  "the run ends")
+        return recorder.path
+
+    def stop_recording(self) -> dict[str, Any] | None:
+        """End the recording now and close its file; its stats (None if none was on)."""
+        recorder = self.switch.finish()
+        if recorder is None:
+            return None
+        stats = recorder.stats()
+        self._say(f"recording {recorder.path} closed: {stats['samples_written']} samples, "
+                  f"{stats['samples_lost']} lost" + (f"; {recorder.finalize_error}"
+                                                     if recorder.finalize_error else ""))
+        return stats
+
+    @property
+    def recording(self) -> dict[str, Any] | None:
+        """The recording in progress: file, seconds, bytes, backlog_s, samples_lost; or None."""
+        recorder = self.switch.recorder
+        if recorder is None:
+            return None
+        stats = recorder.stats()
+        fs = recorder.info.sample_rate
+        path = recorder.path
+        return {"file": str(path), "seconds": stats["samples_written"] / fs,
+                "bytes": path.stat().st_size if path.exists() else 0,
+                "backlog_s": stats["backlog_s"], "samples_lost": recorder.samples_dropped}
+
     # -- stimulation safety --------------------------------------------------------------------
     def stop_stimulation(self) -> None:
         """Disarm the gate now and cancel the device's queued pulses, until rearm()."""
@@ -222,13 +311,12 @@ class RigSession:
             self._stim_stopped = OPERATOR_STOP
             engine = self._engine
         if engine is not None:
-            engine.gate.disarm(OPERATOR_STOP)
-            try:
-                engine.driver.abort_stimulation()
+            try:  # logged and recorded as a "disarm" event by the engine
+                engine.stop_stimulation(OPERATOR_STOP)
             except DriverError as exc:
                 self._error(f"aborting the device's stimulation failed: {exc}")
-        self.buffers.note("disarm", OPERATOR_STOP)
-        self._say(f"[disarm] {OPERATOR_STOP}; re-arm to stimulate again")
+        else:
+            self._say(f"[disarm] {OPERATOR_STOP}")
 
     def rearm(self) -> None:
         """Let stimulation through again (after stop_stimulation or the watchdog)."""
@@ -316,20 +404,24 @@ class RigSession:
         recorder = None
         if job is not None and job.record_path is not None:
             try:
-                recorder = self._recorder(engine, job)
-            except (RecordingError, OSError) as exc:
+                recorder = self._recorder(engine, job.path, job.record_path, job.overwrite,
+                                          job.duration_s)
+                self.switch.put(recorder, engine)
+            except (RecordingError, OSError, RuntimeError) as exc:
+                if recorder is not None:
+                    recorder.discard()
                 self._error(f"{job.protocol.name} did not run: {exc}")
                 return True  # the driver has not started: it still can
-            engine.sinks.append(recorder)
-        self.buffers.attach(engine)
+        self.feed.attach(engine)
         try:
             summary = engine.run()
         except Exception as exc:  # the device did not start (or a bug): say so, disconnect
             self._lost(f"device {self.url}: {type(exc).__name__}: {exc}")
             return False
         finally:
-            if recorder is not None:
-                recorder.close()  # nothing to do after a run that reached its end
+            left = self.switch.take()  # a run that ended without on_stop (a device error)
+            if left is not None:
+                left.close()
         if engine.error_kind == "device" or (engine.error and job is None):
             self._lost(f"{engine.protocol.name}: {_last_line(engine.error)}")
         elif engine.error:
@@ -360,24 +452,25 @@ class RigSession:
         return engine
 
     def _monitor_engine(self) -> Engine:
-        return self._engine_with(Monitor(), self._config(self._monitor_fast), [self.buffers])
+        return self._engine_with(Monitor(), self._config(self._monitor_fast),
+                                 [self.feed, self.switch])
 
     def _job_engine(self, job: _Job) -> Engine:
         return self._engine_with(job.protocol, self._config(job.fast, job.duration_s),
-                                 [self.buffers])
+                                 [self.feed, self.switch])
 
-    def _recorder(self, engine: Engine, job: _Job) -> Any:
-        """The NWB recorder of a job's run (made on the rig thread: it writes the file)."""
+    def _recorder(self, engine: Engine, protocol_file: Path | None, path: str | Path,
+                  overwrite: bool, duration_s: float | None) -> Any:
+        """An NWB recorder of ``engine``'s run (it creates the file: bad paths raise here)."""
         from mea_control.recording import Recorder, RecordingMeta
         from mea_control.recording.writer import engine_provenance
 
-        meta = RecordingMeta(session_description=f"{job.protocol.name} (mea-control gui)")
+        meta = RecordingMeta(session_description=f"{engine.protocol.name} (mea-control gui)")
         if engine.info.simulated:
             meta = meta.for_simulator()
-        provenance = engine_provenance(engine, job.path, source="gui")
-        assert job.record_path is not None
-        return Recorder(job.record_path, engine.info, provenance, meta=meta,
-                        overwrite=job.overwrite, duration_s=job.duration_s)
+        provenance = engine_provenance(engine, protocol_file, source="gui")
+        return Recorder(path, engine.info, provenance, meta=meta, overwrite=overwrite,
+                        duration_s=duration_s)
 
 
 def _last_line(text: str | None) -> str:

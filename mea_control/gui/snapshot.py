@@ -1,8 +1,9 @@
 """What the GUI draws, taken from the live buffers about 30 times a second.
 
-The acquisition thread fills :class:`~mea_control.gui.live.LiveBuffers`; the
-GUI thread asks it for a :class:`Snapshot` and hands that to every view. A
-snapshot holds copies only: views never touch the buffers.
+The acquisition thread fills a :class:`~mea_control.gui.feed.LiveFeed`; the GUI
+thread asks :class:`~mea_control.gui.live.LiveBuffers` for a :class:`Snapshot`
+and hands that to every view. A snapshot holds copies only: views never touch
+the buffers.
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ class _PlotView(QtWidgets.QWidget):
             self.plot.setTitle(title)
 
 
+#: Envelope columns of the trace view: at least, and when it is not on screen.
+MIN_COLUMNS = 200
+DEFAULT_COLUMNS = 1000
+
+
 class TraceView(_PlotView):
     """The selected electrodes' traces stacked top to bottom, with spikes and pulses.
 
@@ -110,6 +115,11 @@ class TraceView(_PlotView):
             self.plot.addItem(item)
         self._channels: list[int] | None = None
         self._bar: tuple | None = None
+
+    def pixels(self) -> int:
+        """The plot's width in device pixels: the envelope columns worth drawing."""
+        width = self.plot.getViewBox().width() * self.devicePixelRatioF()
+        return max(MIN_COLUMNS, int(width)) if self.isVisible() else DEFAULT_COLUMNS
 
     def update_view(self, snap: Snapshot) -> None:
         """Draw the snapshot's envelope, spikes and pulses."""
@@ -153,8 +163,11 @@ class TraceView(_PlotView):
         row_of[chans] = np.arange(n)
         keep = (st >= t0) & (st <= t1)
         rows = row_of[sc[keep]]
-        st = st[keep][rows >= 0]
-        base = offsets[rows[rows >= 0]]
+        st, rows = st[keep][rows >= 0], rows[rows >= 0]
+        # one tick per row and pixel column is all the screen can show
+        cols = np.floor((st - t0) / (t1 - t0) * self.pixels()).astype(np.int64)
+        _, first = np.unique(rows * (self.pixels() + 1) + cols, return_index=True)
+        st, base = st[first], offsets[rows[first]]
         self.spikes.setData(*_segments(st, base + 0.32 * s, st, base + 0.48 * s))
         stim = np.asarray(snap.stim_t, float)
         stim = stim[(stim >= t0) & (stim <= t1)]

@@ -1,8 +1,9 @@
 """The main window: device, protocol, recording and safety panels around the live views.
 
 Everything the views draw comes from one :class:`~mea_control.gui.snapshot.Snapshot`
-taken from the session's live buffers by a 30 Hz timer on the GUI thread; the
-acquisition thread never waits for the window.
+taken from the session's live buffers by a 30 Hz timer on the GUI thread. By
+default the rig (device, engine, recorder) runs in its own process
+(:class:`~mea_control.gui.remote.RemoteSession`), so drawing never delays the loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -27,6 +29,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
     QTabWidget,
@@ -35,6 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from mea_control.gui.forms import ProtocolPanel
+from mea_control.gui.remote import RemoteSession
 from mea_control.gui.session import RigSession
 from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TraceView
 from mea_control.layouts import load_layout
@@ -55,11 +59,15 @@ def serial_devices() -> list[str]:
     return [f"serial://{p.device}" for p in list_ports.comports()]
 
 
-def _group(title: str, *rows: QWidget | QHBoxLayout) -> QGroupBox:
-    box = QGroupBox(title)
+def _group(title: str | None, *rows: QWidget | QHBoxLayout) -> QWidget:
+    """A group box of rows; a plain widget (a tab's page) without a title."""
+    box = QGroupBox(title) if title else QWidget()
     lay = QVBoxLayout(box)
+    lay.setContentsMargins(6, 4, 6, 4)  # compact: the side panel's height is for the protocol
     for row in rows:
         (lay.addLayout if isinstance(row, QHBoxLayout) else lay.addWidget)(row)
+    if not title:
+        lay.addStretch()
     return box
 
 
@@ -73,19 +81,19 @@ def _row(*widgets: QWidget) -> QHBoxLayout:
 class MainWindow(QMainWindow):
     """Operate a rig: connect, watch, run protocols, record, stop stimulation."""
 
-    def __init__(self, session: RigSession | None = None, device: str | None = None,
-                 protocol: str | None = None, settings: QSettings | None = None,
+    def __init__(self, session: RigSession | RemoteSession | None = None,
+                 device: str | None = None, protocol: str | None = None,
+                 settings: QSettings | None = None,
                  confirm: Callable[[str], bool] | None = None) -> None:
         super().__init__()
         self.setWindowTitle("mea-control")
-        self.session = session or RigSession()
+        self.session = session or RemoteSession()
         self.settings = settings or QSettings("mea-control", "mea-control")
         #: Asks the operator a yes/no question (tests replace it).
         self.confirm = confirm or self._confirm
         self._layout_name = ""
         self._selected: list[int] = list(range(DEFAULT_TRACES))
-        self._recording: Path | None = None
-        self._record_started = 0.0
+        self._recorded = ""  # the file of the latest recording, for the panel
         self._refusals = 0
         self._last_refusal = ""
 
@@ -101,12 +109,8 @@ class MainWindow(QMainWindow):
         self.log_view = QPlainTextEdit(readOnly=True)
         self.log_view.setMaximumBlockCount(5000)
 
-        side = QWidget()
-        side_lay = QVBoxLayout(side)
-        for w in (self.device_box, self.display_box, self.protocol_panel, self.recording_box,
-                  self.safety_box):
-            side_lay.addWidget(w)
-        self._dock("Rig", side, Qt.LeftDockWidgetArea)
+        self._dock("Rig", self._side_panel(), Qt.LeftDockWidgetArea)
+        self.setCorner(Qt.BottomLeftCorner, Qt.LeftDockWidgetArea)  # the Rig dock: full height
         self._dock("Log", self.log_view, Qt.BottomDockWidgetArea)
         self.views = QTabWidget()
         self._dock("Array and responses", self.views, Qt.RightDockWidgetArea)
@@ -126,6 +130,28 @@ class MainWindow(QMainWindow):
         dock.setWidget(widget)
         self.addDockWidget(area, dock)
 
+    def _side_panel(self) -> QWidget:
+        """Device, protocol (taking the spare height) and recording / display / limits tabs
+        in a scroll area; Safety below it, always in view."""
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(self.recording_box, "Recording")
+        self.side_tabs.addTab(self.display_box, "Display")
+        self.side_tabs.addTab(_group(None, self.limits_label), "Limits")
+        panels = QWidget()
+        lay = QVBoxLayout(panels)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.device_box)
+        lay.addWidget(self.protocol_panel, 1)
+        lay.addWidget(self.side_tabs)
+        self.side_scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        self.side_scroll.setWidget(panels)
+        side = QWidget()
+        side_lay = QVBoxLayout(side)
+        side_lay.setContentsMargins(4, 4, 4, 4)
+        side_lay.addWidget(self.side_scroll, 1)
+        side_lay.addWidget(self.safety_box)
+        return side
+
     def _build_device_panel(self) -> None:
         self.device_url = QComboBox(editable=True)
         self.device_url.addItems([DEFAULT_DEVICE, *serial_devices()])
@@ -144,10 +170,14 @@ class MainWindow(QMainWindow):
         browse = QPushButton("…")
         browse.setFixedWidth(28)
         browse.clicked.connect(self._browse_recording)
+        self.record_button = QPushButton("Record now")
+        self.record_button.setToolTip("record what runs now (the monitoring or a protocol) "
+                                      "until you stop it or that run ends")
+        self.record_button.clicked.connect(self._toggle_recording)
         self.record_status = QLabel("not recording")
         self.record_status.setWordWrap(True)
-        self.recording_box = _group("Recording", _row(self.record_check, self.record_path,
-                                                      browse), self.record_status)
+        self.recording_box = _group(None, _row(self.record_check, self.record_path, browse),
+                                    _row(self.record_button, self.record_status))
 
     def _build_safety_panel(self) -> None:
         self.stop_button = QPushButton("STOP STIMULATION")
@@ -165,15 +195,16 @@ class MainWindow(QMainWindow):
         self.limits_label = QLabel(self._limits_text())
         self.limits_label.setWordWrap(True)
         self.limits_label.setStyleSheet("color: #555;")
-        self.safety_box = _group("Safety", self.stop_button, self.rearm_button,
-                                 self.safety_state, self.limits_label)
+        self.safety_state.setMinimumWidth(120)
+        self.safety_box = _group("Safety", self.stop_button,
+                                 _row(self.rearm_button, self.safety_state))
 
     def _build_display_panel(self) -> None:
         self.filtered_check = QCheckBox("band-pass filtered traces")
         self.filtered_check.setChecked(True)
         self.window_seconds = QSpinBox(minimum=10, maximum=60, singleStep=10, suffix=" s")
         self.window_seconds.setValue(10)
-        self.display_box = _group("Display", _row(self.filtered_check, QLabel("raster window"),
+        self.display_box = _group(None, _row(self.filtered_check, QLabel("raster window"),
                                                   self.window_seconds))
 
     def _build_views(self, layout) -> None:
@@ -220,8 +251,8 @@ class MainWindow(QMainWindow):
         return True
 
     def disconnect(self) -> None:
-        if self.session.running and self._recording is not None and not self.confirm(
-                "A protocol is recording. Stop it and disconnect?"):
+        if self.session.recording is not None and not self.confirm(
+                "A recording is on. Stop it, close the file and disconnect?"):
             return
         if not self.session.disconnect():
             self.log("the device is still finishing a recording; it closes when done")
@@ -238,12 +269,30 @@ class MainWindow(QMainWindow):
         except Exception as exc:
             self.error(f"cannot start {protocol}: {exc}")
             return
-        self._recording = record
-        self._record_started = time.monotonic()
         self.protocol_panel.set_running(True)
 
     def _pause(self) -> None:
-        self.log("pause is not available yet: stop the protocol, or stop stimulation")
+        """Pause the protocol, or resume it if paused."""
+        try:
+            if self.session.paused:
+                self.session.resume()
+            else:
+                self.session.pause()
+        except Exception as exc:
+            self.error(f"cannot pause: {exc}")
+
+    def _toggle_recording(self) -> None:
+        """Record what runs now to the chosen file, or stop the recording in progress."""
+        if self.session.recording is not None:
+            self.session.stop_recording()
+            return
+        path = Path(self.record_path.text())
+        if path.exists() and not self.confirm(f"{path} exists. Overwrite it?"):
+            return
+        try:
+            self.session.record(path, overwrite=True)
+        except Exception as exc:
+            self.error(f"cannot record to {path}: {exc}")
 
     def stop_stimulation(self) -> None:
         self.session.stop_stimulation()
@@ -268,7 +317,8 @@ class MainWindow(QMainWindow):
             self.log(line)
         snap = self.session.buffers.snapshot(window_s=float(self.window_seconds.value()),
                                              channels=self._selected,
-                                             filtered=self.filtered_check.isChecked())
+                                             filtered=self.filtered_check.isChecked(),
+                                             pixels=self.traces.pixels())
         for view in (self.traces, self.raster, self.array, self.psth, self.model):
             view.update_view(snap)
         for ev in snap.events:
@@ -289,6 +339,7 @@ class MainWindow(QMainWindow):
                 f"{status.get('watchdog', 'armed')}")
         running = s.running and s.protocol is not None
         self.protocol_panel.set_running(running)
+        self.protocol_panel.pause.setText("Resume" if running and s.paused else "Pause")
         if running:
             self.protocol_panel.set_progress(*s.progress())
         armed = s.armed
@@ -297,15 +348,17 @@ class MainWindow(QMainWindow):
             + f"; refusals {self._refusals}"
             + (f", last: {self._last_refusal}" if self._last_refusal else ""))
         self.rearm_button.setEnabled(not armed)
-        if self._recording is not None:
-            size = self._recording.stat().st_size / 1e6 if self._recording.exists() else 0.0
-            state = "recording" if running else "recorded"
+        rec = s.recording
+        if rec is not None:
+            self._recorded = Path(rec["file"]).name
             self.record_status.setText(
-                f"{state} {self._recording.name}: {size:.1f} MB, "
-                f"{time.monotonic() - self._record_started:.0f} s; samples lost "
-                f"{status.get('samples_lost', 0)}")
-            if not running:
-                self._recording = None
+                f"recording {self._recorded}: {rec['bytes'] / 1e6:.1f} MB, "
+                f"{rec['seconds']:.0f} s; backlog {rec['backlog_s']:.1f} s, samples lost "
+                f"{rec['samples_lost']}")
+        elif self._recorded:
+            self.record_status.setText(f"recorded {self._recorded}; not recording")
+        self.record_button.setText("Stop recording" if rec is not None else "Record now")
+        self.record_button.setEnabled(s.connected or rec is not None)
         if s.last_error:
             self.error(s.last_error)
             s.last_error = None
@@ -361,8 +414,8 @@ class MainWindow(QMainWindow):
             self.settings.setValue(f"values/{name}", self.protocol_panel.values())
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        if self.session.running and self._recording is not None and not self.confirm(
-                "A protocol is recording. Stop it, close the file and quit?"):
+        if self.session.recording is not None and not self.confirm(
+                "A recording is on. Stop it, close the file and quit?"):
             event.ignore()
             return
         self.timer.stop()
@@ -371,9 +424,8 @@ class MainWindow(QMainWindow):
         self.settings.setValue("record_path", self.record_path.text())
         self.settings.setValue("window_s", self.window_seconds.value())
         self.settings.setValue("filtered", "true" if self.filtered_check.isChecked() else "false")
-        self.session.stop()
-        if not self.session.disconnect(timeout=30.0):
-            self.log("the recording is still being closed")
+        if not self.session.close(timeout=30.0):
+            self.log("the rig did not close cleanly")
         event.accept()
 
 
