@@ -99,7 +99,8 @@ def bench_frames(app: QApplication, window: MainWindow, window_s: float, n_trace
     for i in range(frames + warmup):
         due = max(due + FRAME_MS / 1000.0, time.perf_counter())
         t0 = time.perf_counter()
-        snap = buffers.snapshot(window_s, chans, pixels=window.traces.pixels())  # as refresh()
+        snap = buffers.snapshot(window_s, chans,  # as MainWindow.refresh()
+                                pixels=window.traces.columns(len(chans)))
         t1 = time.perf_counter()
         ms["snapshot"][i] = t1 - t0
         for name, view in views.items():

@@ -229,11 +229,17 @@ def test_record_now_records_the_run_in_progress_until_stopped(real_time_rig, tmp
 def test_pause_holds_a_protocol_run_until_resumed(rig):
     with pytest.raises(RuntimeError, match="no protocol is running"):
         rig.pause()
+    # a run paused before it began starts held, and resumes
     rig.start("bss_isomura", BSS_LONG, fast=True)
+    rig.pause()
+    assert rig.buffers.wait_for(lambda: rig.progress()[1].endswith("(paused)"), WAIT_S)
+    assert rig.buffers.counts["executed"] == 0
+    rig.resume()
+    assert not rig.paused
     wait_counts(rig, executed=2)
     rig.pause()
-    assert rig.buffers.wait_for(lambda: rig.paused, WAIT_S)
-    assert rig.progress()[1].endswith("(paused)")
+    assert rig.paused  # asked; the loop holds the protocol at its next block
+    assert rig.buffers.wait_for(lambda: rig.progress()[1].endswith("(paused)"), WAIT_S)
     executed, now = rig.buffers.counts["executed"], rig.buffers.now
     assert rig.buffers.wait_for(lambda: rig.buffers.now > now + 10 * FS, WAIT_S)
     assert rig.buffers.counts["executed"] <= executed + 1  # a trial begun may finish

@@ -92,6 +92,7 @@ class RigSession:
         self._queued: _Job | None = None  # asked for, waiting for the monitor to end
         self._instance: Protocol | None = None
         self._stim_stopped: str | None = None
+        self._held = False  # the operator paused the protocol run
 
     # -- connection --------------------------------------------------------------------------
     def connect(self, url: str, fast: bool = False) -> DeviceInfo:
@@ -188,7 +189,7 @@ class RigSession:
         with self._state:
             if not self._connected:
                 raise RuntimeError("the device was disconnected")
-            self._queued, self._instance = job, instance
+            self._queued, self._instance, self._held = job, instance, False
             if self._job is None and self._engine is not None:
                 self._engine.stop()  # the monitor; the rig thread starts the job next
         self._say(f"starting {cls.name}" + (f", recording to {target}" if target else ""))
@@ -239,25 +240,29 @@ class RigSession:
         return (0.0, "starting") if waiting else (0.0, "")
 
     def pause(self) -> None:
-        """Hold the protocol run (no hooks, no new trials; acquisition and recording go on)."""
-        engine = self._job_engine_now()
-        engine.pause()
-        self._say(f"pausing {engine.protocol.name}")
+        """Hold the protocol run (no hooks, no new trials; acquisition and recording go on);
+        a run about to start starts held."""
+        self._hold(True)
 
     def resume(self) -> None:
-        self._job_engine_now().resume()
+        self._hold(False)
 
     @property
     def paused(self) -> bool:
+        """Whether the operator holds the protocol run (it takes effect within a block)."""
         with self._state:
-            engine = self._engine if self._job is not None else None
-        return engine is not None and engine.paused
+            return self._held and (self._job is not None or self._queued is not None)
 
-    def _job_engine_now(self) -> Engine:
+    def _hold(self, pause: bool) -> None:
         with self._state:
-            if self._job is None or self._engine is None:
+            job = self._job or self._queued
+            if job is None:
                 raise RuntimeError("no protocol is running")
-            return self._engine
+            self._held = pause
+            engine = self._engine if self._job is not None else None
+        if engine is not None:
+            engine.pause() if pause else engine.resume()
+        self._say(f"{'pausing' if pause else 'resuming'} {job.protocol.name}")
 
     # -- recording -------------------------------------------------------------------------
     def record(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -385,6 +390,8 @@ class RigSession:
                 try:
                     engine = self._job_engine(job)
                     self._job = job
+                    if self._held:  # paused before it began
+                        engine.pause()
                 except ValueError as exc:
                     self._error(f"{job.protocol.name}: {exc}")
             self._engine = engine or self._monitor_engine()

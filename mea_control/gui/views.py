@@ -89,6 +89,8 @@ class _PlotView(QtWidgets.QWidget):
 #: Envelope columns of the trace view: at least, and when it is not on screen.
 MIN_COLUMNS = 200
 DEFAULT_COLUMNS = 1000
+#: Above this many rows the trace view draws one envelope column every two pixels.
+DENSE_ROWS = 16
 
 
 class TraceView(_PlotView):
@@ -120,6 +122,12 @@ class TraceView(_PlotView):
         """The plot's width in device pixels: the envelope columns worth drawing."""
         width = self.plot.getViewBox().width() * self.devicePixelRatioF()
         return max(MIN_COLUMNS, int(width)) if self.isVisible() else DEFAULT_COLUMNS
+
+    def columns(self, rows: int) -> int:
+        """Envelope columns to ask a snapshot for: one a pixel, or one every two pixels
+        when more than DENSE_ROWS rows share the plot (each then only a few pixels tall;
+        every extreme is still drawn, over 2 pixels of time)."""
+        return self.pixels() // 2 if rows > DENSE_ROWS else self.pixels()
 
     def update_view(self, snap: Snapshot) -> None:
         """Draw the snapshot's envelope, spikes and pulses."""
@@ -165,8 +173,9 @@ class TraceView(_PlotView):
         rows = row_of[sc[keep]]
         st, rows = st[keep][rows >= 0], rows[rows >= 0]
         # one tick per row and pixel column is all the screen can show
-        cols = np.floor((st - t0) / (t1 - t0) * self.pixels()).astype(np.int64)
-        _, first = np.unique(rows * (self.pixels() + 1) + cols, return_index=True)
+        columns = self.columns(n)
+        cols = np.floor((st - t0) / (t1 - t0) * columns).astype(np.int64)
+        _, first = np.unique(rows * (columns + 1) + cols, return_index=True)
         st, base = st[first], offsets[rows[first]]
         self.spikes.setData(*_segments(st, base + 0.32 * s, st, base + 0.48 * s))
         stim = np.asarray(snap.stim_t, float)

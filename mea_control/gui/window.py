@@ -318,7 +318,7 @@ class MainWindow(QMainWindow):
         snap = self.session.buffers.snapshot(window_s=float(self.window_seconds.value()),
                                              channels=self._selected,
                                              filtered=self.filtered_check.isChecked(),
-                                             pixels=self.traces.pixels())
+                                             pixels=self.traces.columns(len(self._selected)))
         for view in (self.traces, self.raster, self.array, self.psth, self.model):
             view.update_view(snap)
         for ev in snap.events:
