@@ -36,6 +36,12 @@ KEEP_RECENT = 10_000
 DRIFT_ALLOWANCE = 2e-4
 
 
+def expand_counts(counts: Counter[int]) -> np.ndarray:
+    """The values of a value -> count tally, each repeated count times, sorted."""
+    values = sorted(counts)
+    return np.repeat(np.array(values, np.int64), [counts[v] for v in values])
+
+
 class SinkError(Exception):
     """A sink (recorder, display) failed; the run stops."""
 
@@ -640,9 +646,7 @@ class Engine:
     # -- results -------------------------------------------------------------------
     def latency_samples(self) -> np.ndarray:
         """Trigger -> execution, in samples, for every executed pattern."""
-        values = sorted(self.latency_counts)
-        return np.repeat(np.array(values, np.int64),
-                         [self.latency_counts[v] for v in values])
+        return expand_counts(self.latency_counts)
 
     def summary(self) -> dict[str, Any]:
         fs = self.info.sample_rate

@@ -139,7 +139,8 @@ class LiveFeed(Sink):
     # -- Sink, on the acquisition thread ---------------------------------------------------
     def on_start(self, info: DeviceInfo, protocol: Protocol) -> None:
         if self.rings is None or self.rings.n_channels != info.n_channels:
-            self.rings = Rings(info.n_channels)
+            raise ValueError(f"the live rings are not laid out for {info.n_channels} "
+                             "channels (the session lays them out at connect)")
         h = self.rings.header
         h[RUN] += 1  # odd: resetting
         h[BLOCKS] = h[SPIKES] = h[STIMS] = h[N_BLOCKS] = h[SAMPLES_LOST] = h[RAW_END] = 0

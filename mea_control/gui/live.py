@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from drivers.base import DeviceInfo
+from mea_control.engine import expand_counts
 from mea_control.gui import feed as f
 from mea_control.gui.snapshot import Snapshot
 
@@ -36,7 +37,8 @@ PSTH_BIN_MS = 5.0
 #: A pulse joins the PSTH this long after its window closed (spikes arrive late).
 PSTH_SETTLE_MS = 20.0
 _NO_BIN = np.iinfo(np.int64).min
-#: What the rig's notes give when there are none (see LiveFeed.take_notes).
+#: Gives what the rings do not hold (events, decisions, the model): LiveFeed.take_notes
+#: or the rig process's copy of it.
 Notes = Callable[..., dict[str, Any]]
 
 
@@ -134,6 +136,17 @@ class _Trace:
             if n_samples <= level.bin * pixels * LEVEL_STEP:
                 return level
         return self.levels[-1]
+
+
+def _contiguous(blocks: np.ndarray) -> list[tuple[int, int]]:
+    """(start, samples) of each stretch of back-to-back block records."""
+    runs: list[list[int]] = []
+    for start, n in blocks.tolist():
+        if runs and start == runs[-1][0] + runs[-1][1]:
+            runs[-1][1] += n
+        else:
+            runs.append([start, n])
+    return [(a, n) for a, n in runs]
 
 
 def _get(ring: np.ndarray, first: int, n: int) -> np.ndarray:
@@ -310,7 +323,7 @@ class LiveBuffers:
         b0, s0, st0 = self._taken
         b0, s0, st0 = max(b0, nb - f.BLOCK_SLOTS), max(s0, ns - f.SPIKE_SLOTS), \
             max(st0, nst - f.STIM_SLOTS)
-        runs = _contiguous(_get(r.blocks, b0, nb - b0))
+        runs = _contiguous(_get(r.blocks, b0, nb - b0))  # one fold a stretch: cheaper
         samples = [(a, _get(r.raw, a, n), _get(r.filtered, a, n)) for a, n in runs]
         spikes = _get(r.spike_sample, s0, ns - s0), _get(r.spike_channel, s0, ns - s0)
         stims = (_get(r.stim_at, st0, nst - st0), _get(r.stim_status, st0, nst - st0),
@@ -396,9 +409,7 @@ class LiveBuffers:
         """Loop and device health for the status bar."""
         assert self.info is not None
         fs = self.info.sample_rate
-        lat = np.repeat(*zip(*sorted(self._latency.items()), strict=True)) \
-            if self._latency else np.zeros(0)
-        lat = lat.astype(np.float64)
+        lat = expand_counts(self._latency).astype(np.float64)
         return {
             "protocol": self._protocol or "",
             "blocks": self._blocks,
@@ -412,17 +423,6 @@ class LiveBuffers:
             "stims_dropped": self._stim_counts["dropped"],
             "stims_refused": self._stim_counts["refused"],
         }
-
-
-def _contiguous(blocks: np.ndarray) -> list[tuple[int, int]]:
-    """(start, samples) of each stretch of back-to-back block records."""
-    runs: list[list[int]] = []
-    for start, n in blocks.tolist():
-        if runs and start == runs[-1][0] + runs[-1][1]:
-            runs[-1][1] += n
-        else:
-            runs.append([start, n])
-    return [(a, n) for a, n in runs]
 
 
 def _traces(snap: Snapshot, window: tuple[np.ndarray, ...], bin_samples: int,

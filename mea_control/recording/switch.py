@@ -58,6 +58,8 @@ class RecordingSwitch(Sink):
         return recorder
 
     def _forward(self, method: str, *args: Any) -> None:
+        if self.recorder is None:  # no recording: no lock on the acquisition thread
+            return
         with self._lock:
             if self.recorder is not None:
                 getattr(self.recorder, method)(*args)
