@@ -21,6 +21,8 @@ STIM_COLOUR = (255, 165, 0, 200)
 SELECT_COLOUR = "#ff3df5"
 ENSEMBLE_COLOURS = ("#4c9be8", "#f28e2b")
 N_COLOURS = 256
+#: Items that never change are painted from a pixmap: 64 outlined discs cost 1 ms a frame
+CACHED = QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache
 
 
 def _foreground(alpha: int = 255) -> QtGui.QColor:
@@ -41,6 +43,17 @@ def _vlines(t: np.ndarray, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray
     return _segments(t, np.full(len(t), y0), t, np.full(len(t), y1))
 
 
+def _one_a_pixel(rows: np.ndarray, t: np.ndarray, n_rows: int, t0: float, t1: float,
+                 columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Events (row, time in [t0, t1]) thinned to one per row and column of ``columns``
+    over [t0, t1], the column's left edge for its time: all a screen can show."""
+    cols = np.clip(((t - t0) / (t1 - t0) * columns).astype(np.int64), 0, columns - 1)
+    have = np.zeros(n_rows * columns, bool)
+    have[rows * columns + cols] = True
+    rows, cols = np.divmod(np.flatnonzero(have), columns)
+    return rows, t0 + (t1 - t0) * cols / columns
+
+
 def _segment_curve(pen: QtGui.QPen) -> pg.PlotCurveItem:
     """A curve of separate line segments, drawn with one QPainter.drawLines call."""
     curve = pg.PlotCurveItem(pen=pen, connect="pairs", skipFiniteCheck=True)
@@ -58,8 +71,18 @@ def _label(layout: Layout, ch: int) -> str:
     return layout.labels[ch] if 0 <= ch < layout.n_electrodes else str(ch)
 
 
+#: Pixel columns a view draws: at least, and when it is not on screen.
+MIN_COLUMNS = 200
+DEFAULT_COLUMNS = 1000
+#: Above this many rows the trace view draws one envelope column every two pixels.
+DENSE_ROWS = 16
+
+
 class _PlotView(QtWidgets.QWidget):
     """A QWidget holding one PlotItem with auto-range off; ranges set only on change."""
+
+    #: The x range is this times the window (TraceView: room for its scale bar).
+    x_margin = 1.0
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -68,12 +91,22 @@ class _PlotView(QtWidgets.QWidget):
         self.plot = self.plot_widget.getPlotItem()
         self.plot.hideButtons()
         self.plot.disableAutoRange()
+        # the axes and title overlap the data's repaint rectangle: blit them, unchanged
+        for item in (self.plot.getAxis("left"), self.plot.getAxis("bottom"), self.plot.titleLabel,
+                     self.plot.titleLabel.item):
+            item.setCacheMode(CACHED)
         box = QtWidgets.QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
         box.addWidget(self.plot_widget)
         self._range: tuple | None = None
         self._title: str | None = None
         self._set_title(" ")
+
+    def pixels(self) -> int:
+        """The width in device pixels of the plot's x range up to its window's end (the
+        rest is the margin): the columns worth drawing."""
+        width = self.plot.getViewBox().width() * self.devicePixelRatioF() / self.x_margin
+        return max(MIN_COLUMNS, int(width)) if self.isVisible() else DEFAULT_COLUMNS
 
     def _set_range(self, x: tuple[float, float], y: tuple[float, float]) -> None:
         if (x, y) != self._range:
@@ -86,19 +119,14 @@ class _PlotView(QtWidgets.QWidget):
             self.plot.setTitle(title)
 
 
-#: Envelope columns of the trace view: at least, and when it is not on screen.
-MIN_COLUMNS = 200
-DEFAULT_COLUMNS = 1000
-#: Above this many rows the trace view draws one envelope column every two pixels.
-DENSE_ROWS = 16
-
-
 class TraceView(_PlotView):
     """The selected electrodes' traces stacked top to bottom, with spikes and pulses.
 
     Each row is drawn from the snapshot's min/max envelope, a vertical segment per pixel
     bin; all rows are one curve. Red ticks above a row are its spikes, orange lines pulses.
     """
+
+    x_margin = 1.08
 
     def __init__(self, layout: Layout, spacing_uv: float = 150.0,
                  parent: QtWidgets.QWidget | None = None) -> None:
@@ -110,18 +138,14 @@ class TraceView(_PlotView):
         self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.stims = _segment_curve(pg.mkPen(STIM_COLOUR, width=1))
         self.curve = _segment_curve(pg.mkPen(_foreground()))
-        self.spikes = _segment_curve(pg.mkPen(SPIKE_COLOUR, width=2))
+        # spike ticks are 2 px wide as two 1-px lines: a 2-px pen costs Qt 8x more
+        self.spikes = _segment_curve(pg.mkPen(SPIKE_COLOUR, width=1))
         self.scale_bar = pg.PlotCurveItem(pen=pg.mkPen(_foreground(), width=3))
         self.scale_text = pg.TextItem(anchor=(0, 0.5), color=_foreground())
         for item in (self.stims, self.curve, self.spikes, self.scale_bar, self.scale_text):
             self.plot.addItem(item)
         self._channels: list[int] | None = None
         self._bar: tuple | None = None
-
-    def pixels(self) -> int:
-        """The plot's width in device pixels: the envelope columns worth drawing."""
-        width = self.plot.getViewBox().width() * self.devicePixelRatioF()
-        return max(MIN_COLUMNS, int(width)) if self.isVisible() else DEFAULT_COLUMNS
 
     def columns(self, rows: int) -> int:
         """Envelope columns to ask a snapshot for: one a pixel, or one every two pixels
@@ -172,12 +196,11 @@ class TraceView(_PlotView):
         keep = (st >= t0) & (st <= t1)
         rows = row_of[sc[keep]]
         st, rows = st[keep][rows >= 0], rows[rows >= 0]
-        # one tick per row and pixel column is all the screen can show
-        columns = self.columns(n)
-        cols = np.floor((st - t0) / (t1 - t0) * columns).astype(np.int64)
-        _, first = np.unique(rows * (columns + 1) + cols, return_index=True)
-        st, base = st[first], offsets[rows[first]]
-        self.spikes.setData(*_segments(st, base + 0.32 * s, st, base + 0.48 * s))
+        # one tick per row and envelope column is all the screen can show: a tick where
+        # a column of the row holds spikes, 2 px wide (two 1-px lines)
+        rows, x = _one_a_pixel(rows, st, n, t0, t1, self.columns(n))
+        x, base = np.concatenate([x, x + (t1 - t0) / self.pixels()]), offsets[np.tile(rows, 2)]
+        self.spikes.setData(*_segments(x, base + 0.32 * s, x, base + 0.48 * s))
         stim = np.asarray(snap.stim_t, float)
         stim = stim[(stim >= t0) & (stim <= t1)]
         self.stims.setData(*_vlines(stim, -0.5 * s, (n - 0.5) * s))
@@ -190,7 +213,7 @@ class TraceView(_PlotView):
             self.scale_bar.setData([xb, xb], [yb - bar / 2, yb + bar / 2])
             self.scale_text.setText(f"{bar:g} µV")
             self.scale_text.setPos(xb, yb)
-        self._set_range((t0, t1 + 0.08 * (t1 - t0)), (-0.6 * s, (n - 0.4) * s))
+        self._set_range((t0, t1 + (self.x_margin - 1) * (t1 - t0)), (-0.6 * s, (n - 0.4) * s))
 
 
 class RasterView(_PlotView):
@@ -219,12 +242,15 @@ class RasterView(_PlotView):
         self.plot.addItem(self.spikes)
 
     def update_view(self, snap: Snapshot) -> None:
-        """Draw the snapshot's spikes and pulses over its window."""
+        """Draw the snapshot's spikes (one tick a row and pixel) and pulses over its window."""
         n = max(self.electrode_layout.n_electrodes, snap.n_electrodes)
+        t0 = -float(snap.window_s)
         t = np.asarray(snap.spike_t, float)
-        ch = np.asarray(snap.spike_channel, float)
+        ch = np.asarray(snap.spike_channel, int)
         if len(ch) != len(t):
             t, ch = t[:0], ch[:0]
+        keep = (t >= t0) & (t <= 0.0) & (ch >= 0) & (ch < n)
+        ch, t = _one_a_pixel(ch[keep], t[keep], n, t0, 0.0, self.pixels())
         self.spikes.setData(*_segments(t, ch - 0.4, t, ch + 0.4))
         self.stims.setData(*_vlines(np.asarray(snap.stim_t, float), -0.5, n - 0.5))
         # no spike count here: a title that changes every frame re-lays out the plot
@@ -297,6 +323,7 @@ class ArrayView(QtWidgets.QWidget):
             frame = QtWidgets.QGraphicsRectItem(square)
             frame.setPen(pg.mkPen(SELECT_COLOUR, width=4))
             frame.setZValue(3)
+            frame.setCacheMode(CACHED)
             frame.setVisible(False)
             self.plot.addItem(cell)
             self.plot.addItem(frame)
@@ -308,6 +335,7 @@ class ArrayView(QtWidgets.QWidget):
                 disc.setPen(pg.mkPen("k", width=1.5))
                 disc.setBrush(pg.mkBrush("w"))
                 disc.setZValue(1)
+                disc.setCacheMode(CACHED)
                 self.plot.addItem(disc)
             self.plot.addItem(_tag(layout.labels[ch] + (f" {roles[ch]}" if ch in roles else ""),
                                    x - 0.47 * p, y + 0.47 * p, font))
@@ -408,7 +436,9 @@ def _tag(text: str, x: float, y: float, font: QtGui.QFont) -> QtWidgets.QGraphic
     chip.setFlag(QtWidgets.QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
     chip.setPos(x, y)
     chip.setZValue(2)
+    chip.setCacheMode(CACHED)
     label.setParentItem(chip)
+    label.setCacheMode(CACHED)
     label.setPos(2, 0)
     return chip
 
