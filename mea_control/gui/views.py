@@ -39,6 +39,15 @@ def _segments(x0, y0, x1, y1) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _columns(t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+             where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical segments from ``lo`` to ``hi`` (rows x columns at times ``t``) ``where``
+    True, as :func:`_segments` gives them."""
+    at = np.flatnonzero(where)  # faster than 2-D masks and nonzero
+    x = t[at % len(t)]
+    return _segments(x, lo.ravel()[at], x, hi.ravel()[at])
+
+
 def _vlines(t: np.ndarray, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray]:
     return _segments(t, np.full(len(t), y0), t, np.full(len(t), y1))
 
@@ -52,6 +61,29 @@ def _one_a_pixel(rows: np.ndarray, t: np.ndarray, n_rows: int, t0: float, t1: fl
     have[rows * columns + cols] = True
     rows, cols = np.divmod(np.flatnonzero(have), columns)
     return rows, t0 + (t1 - t0) * cols / columns
+
+
+def _label_rows(axis: pg.AxisItem, positions, labels: list[str]) -> None:
+    """Label rows on ``axis``: every 8th row, and every 4th, 2nd and each while they
+    have room (64 labels do not fit beside 64 rows a few pixels tall)."""
+    rows = list(zip(positions, labels, strict=True))
+    levels = [[(float(p), label) for i, (p, label) in enumerate(rows)
+               if i % step == 0 and (step == 8 or i % (2 * step))] for step in (8, 4, 2, 1)]
+    axis.setTicks(levels)
+    axis.setStyle(textFillLimits=[(0, 0.9), (2, 0.7), (4, 0.6), (6, 0.55)])
+
+
+def _shown_spikes(snap: Snapshot, chans: list[int], t0: float,
+                  t1: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row (index in ``chans``) and time of the snapshot's spikes in [t0, t1] on those rows."""
+    st, sc = np.asarray(snap.spike_t, float), np.asarray(snap.spike_channel, int)
+    if len(st) != len(sc):
+        st, sc = st[:0], sc[:0]
+    row_of = np.full(max(snap.n_electrodes, max(chans) + 1, int(sc.max(initial=-1)) + 1), -1)
+    row_of[chans] = np.arange(len(chans))
+    keep = (st >= t0) & (st <= t1)
+    rows = row_of[sc[keep]]
+    return rows[rows >= 0], st[keep][rows >= 0]
 
 
 def _segment_curve(pen: QtGui.QPen) -> pg.PlotCurveItem:
@@ -163,9 +195,8 @@ class TraceView(_PlotView):
         offsets = (n - 1 - np.arange(n)) * s
         if chans != self._channels:
             self._channels = chans
-            ticks = [(float(o), _label(self.electrode_layout, c))
-                     for o, c in zip(offsets, chans, strict=True)]
-            self.plot.getAxis("left").setTicks([ticks, []])
+            _label_rows(self.plot.getAxis("left"), offsets,
+                        [_label(self.electrode_layout, c) for c in chans])
         kind = "band-pass filtered" if snap.trace_filtered else "raw (unfiltered)"
         self._set_title(f"Traces, <b>{kind}</b>, rows {s:g} µV apart; "
                         f"<span style='color:{SPIKE_COLOUR}'>| spikes</span> "
@@ -178,29 +209,31 @@ class TraceView(_PlotView):
             self._bar = None
             self._set_range((-1.0, 0.0), (-0.6 * s, (max(n, 1) - 0.4) * s))
             return
-        # one vertical segment from min to max per pixel bin and row; bins without data
-        # (NaN: before the run, gaps) are left out, as the curve skips finite checks
-        x = np.broadcast_to(t, (n, len(t)))
-        have = np.isfinite(lo) & np.isfinite(hi)
-        self.curve.setData(*_segments(x[have], (lo + offsets[:, None])[have], x[have],
-                                      (hi + offsets[:, None])[have]))
         # the snapshot's window, not its bins' times: those shift a little every frame,
         # and a moving range makes pyqtgraph rebuild the axis and repaint twice a frame
         t0, t1 = -float(snap.window_s), 0.0
-        # spike ticks in the upper part of their row
-        st, sc = np.asarray(snap.spike_t, float), np.asarray(snap.spike_channel, int)
-        if len(st) != len(sc):
-            st, sc = st[:0], sc[:0]
-        row_of = np.full(max(snap.n_electrodes, max(chans) + 1, int(sc.max(initial=-1)) + 1), -1)
-        row_of[chans] = np.arange(n)
-        keep = (st >= t0) & (st <= t1)
-        rows = row_of[sc[keep]]
-        st, rows = st[keep][rows >= 0], rows[rows >= 0]
-        # one tick per row and envelope column is all the screen can show: a tick where
-        # a column of the row holds spikes, 2 px wide (two 1-px lines)
-        rows, x = _one_a_pixel(rows, st, n, t0, t1, self.columns(n))
-        x, base = np.concatenate([x, x + (t1 - t0) / self.pixels()]), offsets[np.tile(rows, 2)]
-        self.spikes.setData(*_segments(x, base + 0.32 * s, x, base + 0.48 * s))
+        rows, st = _shown_spikes(snap, chans, t0, t1)
+        # one vertical segment from min to max per pixel bin and row; bins without data
+        # (NaN: before the run, gaps) are left out, as the curve skips finite checks
+        have = np.isfinite(lo) & np.isfinite(hi)
+        lo, hi = lo + offsets[:, None], hi + offsets[:, None]
+        if n > DENSE_ROWS:
+            # rows a few pixels tall: a spike is its envelope column drawn red (a tick
+            # above the row would touch the next row up)
+            spiky = np.zeros_like(have)
+            cols = np.clip(np.searchsorted(t, st, "right") - 1, 0, len(t) - 1)
+            spiky.ravel()[rows * len(t) + cols] = True
+            spiky &= have
+            have &= ~spiky
+            self.spikes.setData(*_columns(t, lo, hi, spiky))
+        else:
+            # a tick in the upper part of the row where a pixel column of it holds
+            # spikes (all the screen can show), 2 px wide as two 1-px lines
+            rows, xt = _one_a_pixel(rows, st, n, t0, t1, self.columns(n))
+            xt = np.concatenate([xt, xt + (t1 - t0) / self.pixels()])
+            base = offsets[np.tile(rows, 2)]
+            self.spikes.setData(*_segments(xt, base + 0.32 * s, xt, base + 0.48 * s))
+        self.curve.setData(*_columns(t, lo, hi, have))
         stim = np.asarray(snap.stim_t, float)
         stim = stim[(stim >= t0) & (stim <= t1)]
         self.stims.setData(*_vlines(stim, -0.5 * s, (n - 0.5) * s))
@@ -230,12 +263,7 @@ class RasterView(_PlotView):
         self.plot.invertY(True)
         self.plot.setLabel("bottom", "time relative to now", units="s")
         self.plot.setLabel("left", "electrode")
-        levels = [[(float(ch), _label(layout, ch)) for ch in range(n) if ch % step == 0
-                   and (step == 8 or ch % (2 * step))] for step in (8, 4, 2, 1)]
-        axis = self.plot.getAxis("left")
-        axis.setTicks(levels)
-        # show finer levels of labels (every 4th, 2nd, each) while they have room
-        axis.setStyle(textFillLimits=[(0, 0.9), (2, 0.7), (4, 0.6), (6, 0.55)])
+        _label_rows(self.plot.getAxis("left"), range(n), [_label(layout, ch) for ch in range(n)])
         self.stims = _segment_curve(pg.mkPen(STIM_COLOUR, width=1))
         self.spikes = _segment_curve(pg.mkPen(_foreground(), width=1))
         self.plot.addItem(self.stims)
