@@ -517,10 +517,22 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _no_display() -> bool:
+    """On Linux, no screen for Qt: no X or Wayland display and no platform chosen."""
+    return (sys.platform.startswith("linux") and "QT_QPA_PLATFORM" not in os.environ
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"))
+
+
 def cmd_gui(args: argparse.Namespace) -> int:
     """The Qt window; with --screenshot, save a PNG of it after --after seconds and exit."""
     if args.screenshot:
         _check_writable(args.screenshot, "the screenshot")
+    if _no_display():
+        if not args.screenshot:
+            raise UserError("no display to open the window on (DISPLAY and WAYLAND_DISPLAY are "
+                            "unset); log in graphically or use ssh -X, or set "
+                            "QT_QPA_PLATFORM=offscreen")
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
     from PySide6.QtWidgets import QApplication
 
     from mea_control.gui.window import MainWindow, screenshot_after

@@ -136,16 +136,31 @@ def test_a_device_that_cannot_connect_is_reported(qtbot, window):
     assert "cannot connect" in window.statusBar().currentMessage()
 
 
-def test_gui_screenshot_from_the_command_line(tmp_path):
-    png = tmp_path / "window.png"
-    env_home = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+def _headless_env(tmp_path) -> dict[str, str]:
+    """The environment of a machine without a display (as CI and a rig's ssh session)."""
     import os
 
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")}
+    return env | {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+
+
+def test_gui_screenshot_from_the_command_line(tmp_path):
+    """The README's screenshot command works without a display (it goes offscreen)."""
+    png = tmp_path / "window.png"
     proc = subprocess.run(cli_command("gui", "--screenshot", str(png), "--after", "2"),
                           capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, **env_home, "QT_QPA_PLATFORM": "offscreen"})
+                          env=_headless_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+
+
+def test_gui_without_a_display_says_so(tmp_path):
+    proc = subprocess.run(cli_command("gui"), capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env=_headless_env(tmp_path))
+    assert proc.returncode == 2
+    assert "no display" in proc.stderr and "QT_QPA_PLATFORM=offscreen" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_settings_persist_between_runs(qtbot, tmp_path):
@@ -167,3 +182,30 @@ def test_settings_persist_between_runs(qtbot, tmp_path):
     assert again.window_seconds.value() == 30 and not again.filtered_check.isChecked()
     assert again.record_path.text() == str(tmp_path / "x.nwb")
     again.close()
+
+
+def test_side_panel_controls_never_overlap(qtbot, window):
+    """On a small screen the side panel scrolls; its controls are never drawn over each
+    other (word-wrapped device lines once connected, the parameter form above Start)."""
+    from PySide6.QtCore import QPoint, QRect
+
+    w = window
+    assert w.connect_device("sim://?seed=1")
+    qtbot.waitUntil(lambda: w.device_status.text() != "", timeout=5000)
+    p = w.protocol_panel
+    p.set_protocol("fep_closed_loop")
+    controls = [w.device_url, w.connect_button, w.device_info, w.device_status, p.combo,
+                p.description, p.scroll, p.start, p.pause, p.stop, p.progress,
+                p.progress_text, w.side_tabs]
+    panels = w.side_scroll.widget()
+    for size in [(1400, 900), (1024, 600), (800, 600)]:
+        w.resize(*size)
+        for _ in range(5):
+            qtbot.wait(20)
+        rects = {c: QRect(c.mapTo(panels, QPoint(0, 0)), c.size()) for c in controls
+                 if c.isVisible() and c.height() > 0}
+        assert p.scroll in rects and p.start in rects
+        assert rects[p.scroll].height() >= p.scroll.minimumHeight()
+        clashes = [(type(a).__name__, type(b).__name__) for i, a in enumerate(rects)
+                   for b in list(rects)[i + 1:] if rects[a].intersects(rects[b])]
+        assert clashes == [], size

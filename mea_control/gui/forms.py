@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -228,6 +228,20 @@ class ParameterForm(QWidget):
         return self.error
 
 
+class _FormScroll(QScrollArea):
+    """The parameter form's scroll area: it takes the spare height, and asks for no more
+    than its minimum. (Asking for the whole form would make the side panel scroll; asking
+    for nothing, as an ignored size hint does, makes the side panel's scroll area, which
+    sizes word-wrapped panels by their preferred heights, squeeze it over the buttons.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+
+    def sizeHint(self) -> QSize:
+        return QSize(super().sizeHint().width(), self.minimumHeight())
+
+
 class ProtocolPanel(QWidget):
     """Choose a protocol, set its parameters, start / pause / stop it and follow its progress.
 
@@ -272,11 +286,9 @@ class ProtocolPanel(QWidget):
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.status.hide()
-        self.scroll = QScrollArea()
+        self.scroll = _FormScroll()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        # it takes the spare height, down to its minimum (its own size hint is ignored)
-        self.scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
         self.scroll.setMinimumHeight(FORM_MIN_LINES * self.fontMetrics().lineSpacing())
 
         self.start = QPushButton("Start")

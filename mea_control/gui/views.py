@@ -64,9 +64,13 @@ def _one_a_pixel(rows: np.ndarray, t: np.ndarray, n_rows: int, t0: float, t1: fl
 
 
 def _label_rows(axis: pg.AxisItem, positions, labels: list[str]) -> None:
-    """Label rows on ``axis``: every 8th row, and every 4th, 2nd and each while they
-    have room (64 labels do not fit beside 64 rows a few pixels tall)."""
+    """Label rows on ``axis``: each of up to DENSE_ROWS rows; of more, every 8th row, and
+    every 4th, 2nd and each while they have room (64 labels do not fit beside 64 rows a
+    few pixels tall)."""
     rows = list(zip(positions, labels, strict=True))
+    if len(rows) <= DENSE_ROWS:
+        axis.setTicks([[(float(p), label) for p, label in rows], []])
+        return
     levels = [[(float(p), label) for i, (p, label) in enumerate(rows)
                if i % step == 0 and (step == 8 or i % (2 * step))] for step in (8, 4, 2, 1)]
     axis.setTicks(levels)
@@ -158,7 +162,7 @@ class TraceView(_PlotView):
     bin; all rows are one curve. Red ticks above a row are its spikes, orange lines pulses.
     """
 
-    x_margin = 1.08
+    x_margin = 1.12
 
     def __init__(self, layout: Layout, spacing_uv: float = 150.0,
                  parent: QtWidgets.QWidget | None = None) -> None:
