@@ -165,7 +165,7 @@ class ElectrodeArray:
                 f"got {start_sample}"
             )
         stop = start_sample + n_samples
-        if stop + self._margin > self._w0 + self._cap:
+        if stop + self._margin + self._chunk > self._w0 + self._cap:  # room for a noise chunk
             self._shift(start_sample, n_samples)
         while self._noise_stop < stop:
             self._add_noise()

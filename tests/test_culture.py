@@ -295,3 +295,15 @@ def test_response_figures_measure_additivity_and_history():
     rested = np.r_[False, s[:-1].sum(1) == 0]
     r[rested] *= 1.5
     assert response_figures(r, s, 2)["after_rest"] == 1.5
+
+
+def test_noise_stays_inside_the_buffer_for_blocks_that_do_not_divide_its_chunks():
+    """128-sample blocks at 30 kHz (RHX's) against 100 ms noise chunks: the noise of a
+    chunk started near the buffer's end once ran past it and corrupted the heap."""
+    electrodes = ElectrodeArray(LAYOUT, culture().unit_positions_um, 30000.0, seed=2,
+                                max_block_samples=128)
+    none = np.zeros(0, np.int64)
+    for start in range(0, 60_000, 128):
+        block = electrodes.render(start, 128, none, none)
+        assert block.shape == (128, 64)
+        assert electrodes._noise_stop - electrodes._w0 <= electrodes._cap  # the invariant

@@ -215,3 +215,33 @@ def test_readme_reading_examples_run(recorded):
     for block in re.findall(r"```python\n(.*?)```", section, re.S)[:2]:
         exec(block.replace('"run.nwb"', repr(str(path))), {})  # noqa: S102 - the README's code
 
+
+
+SOURCELESS = '''\
+"""A pulse on one electrode a trial, no hidden sources."""
+from mea_control.protocol import Protocol, Trials, TrialSpec
+from mea_control.types import StimPattern, StimPulse
+
+
+class Probe(Protocol):
+    name = "probe"
+
+    def setup(self, ctx):
+        self.channel = next(c for c in range(ctx.n_channels) if ctx.can_stimulate(c))
+        ctx.use_trials(Trials(self.design, n_trials=3, stim_channels=[self.channel],
+                              isi_s=0.3, window_ms=(10.0, 100.0), first_trial_s=0.2))
+
+    def design(self, ctx, index):
+        return TrialSpec(StimPattern.single([self.channel], StimPulse.biphasic(4.0, 200.0)), ())
+'''
+
+
+def test_a_trial_design_without_sources_is_recorded(tmp_path):
+    protocol, nwb = tmp_path / "probe.py", tmp_path / "p.nwb"
+    protocol.write_text(SOURCELESS)
+    proc = run_cli("run", str(protocol), "--device", "sim://?seed=1", "--fast", "--record",
+                   str(nwb), "--no-raw", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    with recording.open(nwb) as rec:
+        assert rec.complete and len(rec.trials) == 3
+        assert rec.trials.s.shape == (3, 0) and rec.trials.o.shape == (3, 1)

@@ -18,7 +18,7 @@ from test_device import serving
 from drivers import wire
 from drivers.base import DriverError, open_driver
 from hardware_sim.device import TcpLink
-from mea_control import cli
+from mea_control import cli, recording
 from mea_control.trials import TrialTable
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
@@ -307,7 +307,7 @@ def test_served_device_gives_the_in_process_trial_table(tmp_path, serve_args, si
         pty = line.split()[-1]
         over_link = subprocess.run(
             cli_command(*bss, "--device", f"serial://{pty}", "--trials",
-                        str(tmp_path / "serial.npz")),
+                        str(tmp_path / "serial.npz"), "--record", str(tmp_path / "serial.nwb")),
             capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert over_link.returncode == 0, over_link.stderr
     finally:
@@ -324,3 +324,6 @@ def test_served_device_gives_the_in_process_trial_table(tmp_path, serve_args, si
     assert len(a) == 6 and (a.status == "executed").any()
     for name in ("o", "s", "r", "r_pre", "trigger_sample", "stim_sample", "status"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    # the device's name ("mea-control-sim/<version> on /dev/pts/N") is no NWB name as it is
+    with recording.open(tmp_path / "serial.nwb") as rec:
+        assert rec.complete and np.array_equal(rec.trials.r, a.r)

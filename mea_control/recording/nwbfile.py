@@ -107,7 +107,7 @@ def create(
         ),
     )
     device = nwb.create_device(
-        name=info.name,
+        name=info.name.replace("/", "_").replace(":", "_"),  # NWB names take neither
         description=json.dumps(info.describe(), default=str),
     )
     group = nwb.create_electrode_group(

@@ -221,8 +221,10 @@ def _trials_table(c: JournalContents, t0: int, fs: float):
     tr = c.trials
     n = len(tr)
 
-    def arr(key: str, dtype: Any, width: int = 0) -> np.ndarray:
-        return np.array([t[key] for t in tr], dtype).reshape(n, *((width,) if width else ()))
+    def arr(key: str, dtype: Any, width: int | None = None) -> np.ndarray:
+        """A column; ``width`` values a trial for a 2-D one (0: a design without sources)."""
+        shape = (n,) if width is None else (n, width)
+        return np.array([t[key] for t in tr], dtype).reshape(shape)
 
     window = np.array([t["window"] for t in tr], np.int64).reshape(n, 2)
     stim = arr("stim_sample", np.int64)
