@@ -56,7 +56,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.signal
 from numba import njit
 
 from mea_control.types import Block, SpikeEvents
@@ -412,6 +411,8 @@ class SpikeDetector:
         self.uV_per_bit = float(uV_per_bit)
         self.config = config
         self.noise_floor_uV = max(float(config.min_noise_uV), 2.0 * self.uV_per_bit)
+        import scipy.signal  # here: it costs a second or two to import, and only a run needs it
+
         sos = scipy.signal.butter(
             int(config.order), (low, high), btype="bandpass", fs=sample_rate, output="sos"
         )
