@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean cl-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,4 +30,22 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/recording.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(CL_VENV) .pytest_cache .ruff_cache .hypothesis
+
+# The real cl-sdk (the simulator of Cortical Labs' cl API: Python >= 3.12, CC BY-NC 4.0) in an
+# environment of its own, .venv-cl; tests/test_cl_api.py and benchmarks/cl.py use it when it
+# exists. CL_PYTHON: a Python >= 3.12 (default: python3.12, else pyenv's oldest 3.12+).
+CL_VENV := .venv-cl
+CL_PYTHON ?= python3.12
+
+cl-env: $(CL_VENV)/.installed
+
+$(CL_VENV)/.installed: pyproject.toml
+	@py='$(CL_PYTHON)'; \
+	$$py -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null || \
+	  py=$$(ls -d $$(pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python3 2>/dev/null | head -1); \
+	test -n "$$py" || { echo "make cl-env: no Python >= 3.12 found; set CL_PYTHON=" >&2; exit 1; }; \
+	test -x $(CL_VENV)/bin/python || $$py -m venv $(CL_VENV)
+	$(CL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CL_VENV)/bin/python -m pip install --quiet -e '.[cl]'
+	touch $@

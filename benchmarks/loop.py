@@ -36,7 +36,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mea_control.dsp import DetectorConfig, SpikeDetector  # noqa: E402
-from mea_control.types import Block  # noqa: E402
+from mea_control.protocol import Parameter, Protocol  # noqa: E402
+from mea_control.types import Block, StimPattern, StimPulse  # noqa: E402
 
 UV_PER_BIT = 0.195
 WHITE_NOISE_UV = 15.0  # white noise of this rms has ~7 uV rms in 300-3000 Hz at 25-30 kHz
@@ -192,6 +193,34 @@ def bench_block_cost(quick: bool = False) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------
+class React(Protocol):
+    """Stimulate as soon as a spike is seen (the first in a batch, after a 20 ms hold-off),
+    on the stimulating electrodes in turn (the first ``electrodes`` of them; 0: all), so
+    that the rate limits are never reached; finish after ``reactions`` (and 5 % more, as
+    some may be dropped late)."""
+
+    parameters = {"reactions": Parameter(int, 1000, range=(1, 1_000_000)),
+                  "electrodes": Parameter(int, 0, range=(0, 4096))}
+
+    def setup(self, ctx):
+        self.ready_at = 0
+        self.count = 0
+        self.pulse = StimPulse.biphasic(5.0, 200.0)
+        targets = [i for i in range(ctx.n_channels) if ctx.layout.can_stimulate[i]]
+        self.targets = targets[:self.p.electrodes] if self.p.electrodes else targets
+
+    def on_spikes(self, ctx, spikes):
+        if ctx.now < self.ready_at:
+            return
+        target = self.targets[self.count % len(self.targets)]
+        ctx.stimulate(StimPattern.single([target], self.pulse),
+                      trigger_sample=int(spikes.sample.min()))
+        self.count += 1
+        self.ready_at = ctx.now + ctx.samples(0.02)
+        if self.count > 1.05 * self.p.reactions:
+            ctx.finish()
+
+
 def bench_reaction_latency(quick: bool = False, record: bool = False,
                            device: str = "sim://?seed=7") -> dict:
     """(c) Spike-to-pulse latency through the engine on the simulator, in device samples.
@@ -208,32 +237,12 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
     """
     from drivers.base import open_driver
     from mea_control.engine import Engine, EngineConfig
-    from mea_control.protocol import Protocol
-    from mea_control.types import StimPattern, StimPulse
 
     n_reactions = 200 if quick else 1000
-
-    class React(Protocol):
-        def setup(self, ctx):
-            self.ready_at = 0
-            self.count = 0
-            self.pulse = StimPulse.biphasic(5.0, 200.0)
-            self.targets = [i for i in range(ctx.n_channels) if ctx.layout.can_stimulate[i]]
-
-        def on_spikes(self, ctx, spikes):
-            if ctx.now < self.ready_at:
-                return
-            target = self.targets[self.count % len(self.targets)]
-            ctx.stimulate(StimPattern.single([target], self.pulse),
-                          trigger_sample=int(spikes.sample.min()))
-            self.count += 1
-            self.ready_at = ctx.now + ctx.samples(0.02)
-            if self.count > 1.05 * n_reactions:  # some may be dropped late
-                ctx.finish()
-
     driver = open_driver(device)
     driver.open()
-    engine = Engine(driver, React(), EngineConfig(fast=False, duration_s=600.0))
+    engine = Engine(driver, React(reactions=n_reactions), EngineConfig(fast=False,
+                                                                      duration_s=600.0))
     with tempfile.TemporaryDirectory() as folder:
         if record:
             from mea_control.recording.writer import Recorder, engine_provenance

@@ -163,6 +163,9 @@ REGISTRY: dict[str, str] = {
     "sim": "drivers.sim:SimDriver",
     "serial": "drivers.serial_mea:SerialDriver",
     "socket": "drivers.serial_mea:SerialDriver",
+    "rhx": "drivers.intan_rhx:RHXDriver",
+    "pulsepal": "drivers.pulsepal:PulsePalDriver",
+    "cl": "drivers.cl_api:CLDriver",
 }
 
 

@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from drivers.base import REGISTRY, DriverError, open_driver
 from mea_control import __version__
@@ -172,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_target(args.record, args.overwrite)
         meta = _recording_meta(args, rig)
-    driver = open_driver(args.device)
+    driver = open_driver(args.device, rig=str(args.rig) if args.rig else "")
     try:
         driver.open()
     except DriverError:
@@ -593,7 +594,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from serial.tools import list_ports
 
     print("sim://  the simulator, in-process (`mea-control sim serve` puts it behind a port)")
-    ports = [(f"serial://{p.device}", p.description) for p in sorted(list_ports.comports())]
+    # other makers' devices first: a port one of them claims is not sent our Ping, whose
+    # bytes could mean something to that device (a Pulse Pal trigger, say)
+    found = _discovered(args.timeout)
+    claimed = {urlsplit(url).netloc + urlsplit(url).path for url, _ in found if url}
+    ports = [(f"serial://{p.device}", p.description) for p in sorted(list_ports.comports())
+             if p.device not in claimed]
     for url, description in ports + [(url, "") for url in args.url]:
         try:
             with open_driver(url, timeout=args.timeout) as driver:
@@ -602,9 +608,33 @@ def cmd_devices(args: argparse.Namespace) -> int:
             answer = f"no mea-control device: {exc}"
         print(f"{url}  {description + ': ' if description and description != 'n/a' else ''}"
               f"{answer}", flush=True)
-    if not ports:
+    if not ports and not claimed:
         print("no serial ports found", flush=True)
+    for url, answer in found:
+        print(f"{url}  {answer}" if url else answer, flush=True)
     return 0
+
+
+#: Drivers of other makers' devices, each with a ``discover(timeout)`` of its own, and
+#: what to say when it finds none.
+DISCOVERING = {
+    "drivers.intan_rhx": "rhx://  none: no Intan RHX TCP command server listens on this "
+                         "computer's port 5000 (in RHX: Network > Remote TCP Control > Connect)",
+    "drivers.pulsepal": "pulsepal://  none: no serial port answers the Pulse Pal handshake",
+    "drivers.cl_api": "cl://  none: no Cortical Labs device opens (the cl package needs "
+                      "Python >= 3.12; see docs/cl-api.md)",
+}
+
+
+def _discovered(timeout: float) -> list[tuple[str, str]]:
+    """(URL, what answered there) from each vendor driver's own search, or a line saying
+    it found none (URL empty)."""
+    import importlib
+
+    found = []
+    for module, none in DISCOVERING.items():
+        found += importlib.import_module(module).discover(timeout) or [("", none)]
+    return found
 
 
 def _describe_device(info: Any) -> str:

@@ -225,7 +225,8 @@ class Rig:
     notes: tuple[str, ...] = ()
 
 
-_RIG_TABLES = ("rig", "limits", "recording")
+#: [channels] and [stimulator] are read by the drivers of real rigs (see their docs).
+_RIG_TABLES = ("rig", "limits", "recording", "channels", "stimulator")
 
 
 def load_rig(path: str | Path) -> Rig:

@@ -43,3 +43,18 @@ def ctrl_c_works() -> None:
     (a background job of a script, as some CI runners start the suite) passes that on,
     and Python then never raises KeyboardInterrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def read_until(driver, done, timeout: float = 10.0) -> list:
+    """A driver's events from read() up to and including the first for which ``done``
+    holds; AssertionError if none does within ``timeout`` seconds."""
+    import time
+
+    events, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = driver.read(timeout=0.2)
+        if item is not None:
+            events.append(item)
+            if done(item):
+                return events
+    raise AssertionError(f"nothing matched within {timeout} s; last events: {events[-3:]}")

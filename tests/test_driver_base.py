@@ -27,7 +27,8 @@ def test_caller_defaults_give_way_to_the_url():
     ("url", "message"),
     [
         ("nowhere", "has no scheme; write it like sim://"),
-        ("usb://x", "unknown device scheme 'usb://'; accepted: serial://, sim://, socket://"),
+        ("usb://x", "unknown device scheme 'usb://'; accepted: cl://, pulsepal://, rhx://, "
+                     "serial://, sim://, socket://"),
         ("sim://?speed=1", "unknown parameter 'speed' for sim://; accepted: bursts, culture"),
         ("sim://?seed=1.5", "bad value '1.5' for URL parameter 'seed': expected int"),
         ("sim://?bursts=maybe", "expected bool"),

@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command
+from conftest import ROOT, cli_command, read_until
 from test_device import serving
 
 from drivers import wire
@@ -39,17 +39,6 @@ def connected(url: str, block: int = 25):
         yield driver
     finally:
         driver.close()
-
-
-def read_until(driver, done, timeout: float = 5.0) -> list:
-    """Events from read() up to and including the first for which ``done`` holds."""
-    events = []
-    while True:
-        item = driver.read(timeout)
-        assert item is not None, f"nothing from the device within {timeout} s"
-        events.append(item)
-        if done(item):
-            return events
 
 
 def blocks_to(sample: int):
@@ -292,6 +281,8 @@ def test_devices_lists_the_simulator_and_answers(capsys):
     assert out.startswith("sim://")
     assert f"{link.name}  mea-control-sim/" in out and "64 channels at 25 kHz" in out
     assert "socket://127.0.0.1:9  no mea-control device: cannot open" in out
+    for scheme in ("rhx://", "pulsepal://", "cl://"):  # each vendor driver's own search
+        assert f"\n{scheme}" in out
 
 
 @pytest.mark.parametrize(("serve_args", "sim_query"), [([], ""), (["--spikes-only"], "&raw=0")])
