@@ -101,10 +101,15 @@ class Driver(ABC):
         self.options = options
         self.location = location
 
+    #: What open() found; ``info`` refuses until then.
+    _info: DeviceInfo | None = None
+
     @property
-    @abstractmethod
     def info(self) -> DeviceInfo:
         """What the device is; valid after open()."""
+        if self._info is None:
+            raise DriverError(f"{self.url}: device info is available after open()")
+        return self._info
 
     @abstractmethod
     def open(self) -> None: ...

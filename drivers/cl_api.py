@@ -110,12 +110,6 @@ class CLDriver(Driver):
         self._state = "closed"
 
     # -- lifecycle -------------------------------------------------------------------------
-    @property
-    def info(self) -> DeviceInfo:
-        if self._info is None:
-            raise DriverError("cl:// device info is available after open()")
-        return self._info
-
     def open(self) -> None:
         if self._state != "closed":
             return

@@ -243,7 +243,7 @@ class RHXDriver(Driver):
         "spikes": Param(int, 5002, "RHX's TCP spike output port (used with detect=rhx)"),
         "rig": Param(str, "", "rig file with the [channels] table (the CLI's --rig sets it)"),
         "layout": Param(str, DEFAULT_LAYOUT, "layout name or probeinterface JSON path"),
-        "timeout": Param(float, 3.0, "seconds to wait for RHX when connecting"),
+        "timeout": Param(float, 3.0, "seconds to wait for RHX's answers (connecting, closing)"),
         "detect": Param(str, "host", "host: mea-control detects spikes in the raw stream; "
                         "rhx: RHX's detector, from its spike port"),
         "refractory_us": Param(float, 1000.0, "RHS refractory period after a pulse or train"),
@@ -265,12 +265,6 @@ class RHXDriver(Driver):
         self._info: DeviceInfo | None = None
         self._state = "closed"
         self.stats = _Stats()
-
-    @property
-    def info(self) -> DeviceInfo:
-        if self._info is None:
-            raise DriverError(f"{self.where}: device info is available after open()")
-        return self._info
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -491,7 +485,8 @@ class RHXDriver(Driver):
                        if m.get("StimEnabled") == "true"]
                 self._ask(off + (["execute UploadStimParameters"] if off else [])
                           + ["execute DisconnectTCPWaveformDataOutput",
-                             "execute DisconnectTCPSpikeDataOutput"], timeout=1.0)
+                             "execute DisconnectTCPSpikeDataOutput"],
+                          timeout=self.options["timeout"])
             except DriverError:
                 pass
         self._closing.set()

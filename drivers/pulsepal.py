@@ -256,12 +256,6 @@ class PulsePalDriver(Driver):
         self._lock = threading.RLock()
         self.firmware = 0
 
-    @property
-    def info(self) -> DeviceInfo:
-        if self._info is None:
-            raise DriverError(f"pulsepal://{self.port_name}: device info is available after open()")
-        return self._info
-
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         if self._state != "closed":

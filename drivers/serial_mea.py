@@ -78,12 +78,6 @@ class SerialDriver(Driver):
         self._port: Any = None
         self._state = "closed"
 
-    @property
-    def info(self) -> DeviceInfo:
-        if self._info is None:
-            raise DriverError(f"{self.where}: device info is available after open()")
-        return self._info
-
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         if self._state != "closed":

@@ -117,12 +117,6 @@ class SimDriver(Driver):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    @property
-    def info(self) -> DeviceInfo:
-        if self._info is None:
-            raise DriverError("sim:// device info is available after open()")
-        return self._info
-
     def open(self) -> None:
         if self._state != "closed":
             return
