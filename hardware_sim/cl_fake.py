@@ -460,3 +460,13 @@ def get_system_attributes() -> dict[str, Any]:
     return {"project_id": "mea-control", "chip_id": "cl-fake-chip",
             "cell_batch_id": "cl-fake-cells", "plugin": {}, "system_id": "cl1-fake-000",
             "hostname": "localhost"}
+
+
+def _compile_the_renderer() -> None:
+    """Render 0.1 s of a culture once, at import: on a fresh checkout the renderer's numba
+    functions compile then (several seconds), not while a device hands out its first
+    frames, which a CL1 does at once after open()."""
+    Neurons(Faults())._render_to(FRAMES_PER_SECOND // 10)
+
+
+_compile_the_renderer()
