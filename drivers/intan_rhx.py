@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import re
 import socket
 import struct
@@ -50,7 +49,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
+from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Inbox, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
 from mea_control.safety import RigFileError, load_rig
 from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
@@ -302,14 +301,13 @@ class RHXDriver(Driver):
         return "" if not self.options["rig"] else f" (rig file {self.options['rig']} has none)"
 
     def _reset(self) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._inbox = Inbox()
         self._events: list[tuple[str, str]] = []
         self._lock = threading.Lock()  # the stim bookkeeping, shared with the reader thread
         self._ask_lock = threading.Lock()
         self._text = ""  # command port text not yet taken
         self._text_ready = threading.Condition()
         self._asking = False
-        self._lost: str | None = None
         self._closing = threading.Event()
         self._data: dict[str, socket.socket] = {}
         self._readers: list[threading.Thread] = []
@@ -479,7 +477,7 @@ class RHXDriver(Driver):
         if self._state in ("running", "starting"):
             self._state = "running"
             self.stop()
-        if self._lost is None and self._info is not None:
+        if self._inbox.lost is None and self._info is not None:
             try:  # leave RHX as found: stimulation off, outputs disconnected
                 off = [f"set {n.lower()}.StimEnabled false" for n, m in self._model.items()
                        if m.get("StimEnabled") == "true"]
@@ -512,10 +510,10 @@ class RHXDriver(Driver):
             self._key_used[preset.key] = math.inf
         self._state = "starting"
         self._send("set runmode run;")  # alone: RHX parses what follows it only after a stop
-        if not self._first_block.wait(self.options["timeout"] + 2.0) or self._lost:
+        if not self._first_block.wait(self.options["timeout"] + 2.0) or self._inbox.lost:
             self._state = "open"
             errors = self._take_text()
-            raise DriverError(self._lost or (
+            raise DriverError(self._inbox.lost or (
                 f"{self.where} refused to run: {errors}" if errors else
                 f"{self.where} sent no data within {self.options['timeout'] + 2:g} s of "
                 "`set runmode run`: check that RHX's waveform output is connected to us"))
@@ -525,7 +523,7 @@ class RHXDriver(Driver):
         if self._state != "running":
             return
         self._state = "stopped"
-        if self._lost is None:
+        if self._inbox.lost is None:
             try:
                 self._ask(["set runmode stop"], timeout=1.0)
             except DriverError:
@@ -538,14 +536,7 @@ class RHXDriver(Driver):
         if self._state != "running":
             raise DriverError(f"{self.where}: read() before start()")
         self._fire_due()
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            item = None
-        if isinstance(item, _Lost):
-            self._queue.put(item)  # every later read() raises too
-            raise DriverError(self._lost)
-        return item
+        return self._inbox.get(timeout)
 
     def drain_events(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -624,7 +615,7 @@ class RHXDriver(Driver):
                 items.append(Tick(self._pending_tick))
             self._pending_tick = stop
         for item in items:
-            self._queue.put(item)
+            self._inbox.put(item)
         self._first_block.set()
 
     def _receive_spikes(self) -> None:
@@ -666,9 +657,7 @@ class RHXDriver(Driver):
         return None
 
     def _lose(self, message: str) -> None:
-        if self._lost is None:
-            self._lost = message
-            self._queue.put(_Lost())
+        if self._inbox.lose(message):
             self._first_block.set()
             with self._text_ready:
                 self._text_ready.notify_all()
@@ -693,7 +682,7 @@ class RHXDriver(Driver):
         except OSError as exc:
             self._lose(f"lost the connection to {self.where} ({exc}): check that RHX still "
                        "runs and start its TCP server (Connect) again")
-            raise DriverError(self._lost) from None
+            raise DriverError(self._inbox.lost) from None
 
     def _take_text(self) -> str:
         with self._text_ready:
@@ -712,8 +701,8 @@ class RHXDriver(Driver):
                 with self._text_ready:
                     while (match := _BARRIER_ANSWER.search(self._text)) is None:
                         left = deadline - time.monotonic()
-                        if self._lost:
-                            raise DriverError(self._lost)
+                        if self._inbox.lost:
+                            raise DriverError(self._inbox.lost)
                         if left <= 0:
                             raise DriverError(
                                 f"{self.where} did not answer within {timeout:g} s (sent "
@@ -856,7 +845,7 @@ class RHXDriver(Driver):
         return ""
 
     def _refuse(self, ticket: int, reason: str) -> None:
-        self._queue.put(StimReport(ticket, self._last_sample or 0, False, reason))
+        self._inbox.put(StimReport(ticket, self._last_sample or 0, False, reason))
 
     def _stim_reports(self, words: np.ndarray, start: int) -> list[StimReport]:
         """Reports for fired patterns whose pulse shows in this block (lock held)."""
@@ -895,7 +884,7 @@ class RHXDriver(Driver):
         """Patterns held for a later sample will not run (a pulse already sent runs)."""
         held, self._held = self._held, []
         for h in held:
-            self._queue.put(StimReport(h.ticket, h.pattern.at_sample or 0, False, "aborted"))
+            self._inbox.put(StimReport(h.ticket, h.pattern.at_sample or 0, False, "aborted"))
 
 
 def _applies(item: str, model: dict[str, str | None]) -> bool:
@@ -933,9 +922,6 @@ class _Answers(dict):
     def get_all(self, name: str) -> list[str]:
         return [value for n, value in self.every if n == name]
 
-
-class _Lost:
-    """Queued when a connection is lost: read() raises from here on."""
 
 
 # -- discovery ------------------------------------------------------------------------------------

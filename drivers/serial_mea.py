@@ -18,7 +18,6 @@ stays unreported (its fate is unknown) unless a StimExecuted comes later.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import select
 import threading
@@ -32,7 +31,7 @@ import numpy as np
 import serial
 
 from drivers import wire
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
+from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Inbox, Param
 from mea_control.layouts import LayoutError, load_layout
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 
@@ -95,7 +94,7 @@ class SerialDriver(Driver):
             raise
 
     def _reset(self) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._inbox = Inbox()
         self._events: deque[tuple[str, str]] = deque()
         self._requests: dict[int, _Request] = {}
         self._write_lock = threading.Lock()
@@ -109,7 +108,6 @@ class SerialDriver(Driver):
         self._pinged = False
         self._hello: wire.Hello | None = None
         self._refused = ""  # an Error frame during the handshake
-        self._lost: str | None = None
         self._last_sample: int | None = None
         self._ticket = 0
         self._sent = 0  # commands sent, in order: an Abort cancels the patterns sent before it
@@ -134,14 +132,15 @@ class SerialDriver(Driver):
             raise DriverError(self._silence(timeout))
         if self._refused:
             raise DriverError(f"{self.where} refused the connection: {self._refused}")
-        if self._lost:
-            raise DriverError(self._lost)
+        if self._inbox.lost:
+            raise DriverError(self._inbox.lost)
         assert self._hello is not None
         self._info = self._device_info(self._hello)
         # a host that died may have left the device streaming: end that stream
         ack = self._ask(wire.Stop(), ACK_TIMEOUT_S)
         if ack is None or ack.reason:
-            raise DriverError(self._lost or f"{self.where} did not accept Stop after its Hello")
+            raise DriverError(self._inbox.lost
+                              or f"{self.where} did not accept Stop after its Hello")
 
     def _silence(self, timeout: float) -> str:
         """Why no Hello came: nothing at all, another protocol version, or not our protocol."""
@@ -212,7 +211,7 @@ class SerialDriver(Driver):
         if ack is None or ack.reason:
             self._state = "open"
         if ack is None:
-            raise DriverError(self._lost or f"{self.where} did not answer Start within "
+            raise DriverError(self._inbox.lost or f"{self.where} did not answer Start within "
                               f"{START_TIMEOUT_S:g} s")
         if ack.reason:
             raise DriverError(f"{self.where} refused to start streaming: {ack.message}")
@@ -221,7 +220,7 @@ class SerialDriver(Driver):
         if self._state != "running":
             return
         self._state = "stopped"
-        if self._lost is None:
+        if self._inbox.lost is None:
             try:
                 self._ask(wire.Stop(), ACK_TIMEOUT_S)
             except DriverError:
@@ -233,14 +232,7 @@ class SerialDriver(Driver):
             return None
         if self._state != "running":
             raise DriverError(f"{self.where}: read() before start()")
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            item = None
-        if isinstance(item, _Lost):
-            self._queue.put(item)  # every later read() raises too
-            raise DriverError(self._lost)
-        return item
+        return self._inbox.get(timeout)
 
     def drain_events(self) -> list[tuple[str, str]]:
         out = []
@@ -273,7 +265,7 @@ class SerialDriver(Driver):
                 return
             reason = (f"refused by the device ({wire.REASONS.get(ack.reason, ack.reason)}):"
                       f" {ack.message}")
-            self._queue.put(StimReport(ticket, self._report_sample(at), False, reason))
+            self._inbox.put(StimReport(ticket, self._report_sample(at), False, reason))
 
         self._send(wire.Stimulate(ticket, at, pulses, pattern.train_count,
                                   pattern.train_rate_hz), answered)
@@ -293,7 +285,7 @@ class SerialDriver(Driver):
 
     def abort_stimulation(self) -> None:
         """Send Abort; its Ack means the patterns sent before it and not yet run never will."""
-        if self._state != "running" or self._lost:
+        if self._state != "running" or self._inbox.lost:
             return
         before = self._sent
 
@@ -304,7 +296,7 @@ class SerialDriver(Driver):
                 return
             for ticket, (at, index) in list(self._unreported.items()):
                 if index < before and self._unreported.pop(ticket, None) is not None:
-                    self._queue.put(StimReport(ticket, self._report_sample(at), False, "aborted"))
+                    self._inbox.put(StimReport(ticket, self._report_sample(at), False, "aborted"))
 
         try:
             self._send(wire.Abort(), answered)
@@ -329,7 +321,7 @@ class SerialDriver(Driver):
             except (serial.SerialException, OSError) as exc:
                 self._requests.pop(seq, None)
                 self._lose(exc)
-                raise DriverError(self._lost) from None
+                raise DriverError(self._inbox.lost) from None
         return seq
 
     def _ask(self, message: Any, timeout: float) -> wire.Ack | None:
@@ -369,16 +361,16 @@ class SerialDriver(Driver):
         if isinstance(m, wire.SampleBlock):
             block = Block(m.first_sample, m.data, self.info.uV_per_bit)
             self._last_sample = block.stop_sample
-            self._queue.put(block)
+            self._inbox.put(block)
         elif isinstance(m, wire.Spikes):
-            self._queue.put(SpikeEvents(m.sample, m.channel, m.amplitude_uV))
+            self._inbox.put(SpikeEvents(m.sample, m.channel, m.amplitude_uV))
         elif isinstance(m, wire.Heartbeat):
             self._last_sample = max(m.sample, self._last_sample or 0)
             if self._spikes_mode and self._state == "running":
-                self._queue.put(Tick(m.sample))
+                self._inbox.put(Tick(m.sample))
         elif isinstance(m, wire.StimExecuted):
             if self._unreported.pop(m.ticket, None) is not None:
-                self._queue.put(StimReport(m.ticket, m.sample))
+                self._inbox.put(StimReport(m.ticket, m.sample))
         elif isinstance(m, wire.Ack):
             self._on_ack(m)
         elif isinstance(m, wire.Hello):
@@ -429,20 +421,15 @@ class SerialDriver(Driver):
         self._events.append((kind, message))
 
     def _lose(self, exc: BaseException) -> None:
-        if self._lost is not None:
-            return
         if self._greeted.is_set():
-            self._lost = (f"lost the link to {self.where} ({exc}): the device stopped answering;"
-                          " check the cable and its power (or that `mea-control sim serve` runs)")
+            self._inbox.lose(f"lost the link to {self.where} ({exc}): the device stopped "
+                             "answering; check the cable and its power (or that `mea-control "
+                             "sim serve` runs)")
         else:
-            self._lost = (f"{self.where} hung up before introducing itself ({exc}): is another "
-                          "host connected to it?")
-        self._queue.put(_Lost())
+            self._inbox.lose(f"{self.where} hung up before introducing itself ({exc}): is "
+                             "another host connected to it?")
         self._greeted.set()
 
-
-class _Lost:
-    """Queued when the link is lost: read() raises from here on."""
 
 
 def _decimal(value: float) -> float:
