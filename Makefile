@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: demo test lint bench clean cl-env
+.PHONY: demo test data lint bench clean cl-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/mea-control demo
+
+# The published data of Isomura et al. 2023 (GPL-3.0, so not in this repository) into
+# data/isomura2023, checked by SHA-256, with the figures the tests compare against.
+ISOMURA := data/isomura2023
+
+data: $(STAMP)
+	$(BIN)/python -m mea_control.fep.published $(ISOMURA)
+	cp tests/data/isomura2023_expected.json $(ISOMURA)/expected.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,8 +12,9 @@ Run ``.venv/bin/python benchmarks/fep.py`` with
   ones (see :func:`active`);
 - ``--quick``: each part tiny (a smoke run for CI; its figures mean nothing).
 
-The real data are ``../shared/data/isomura2023`` beside the repository, or
-``$MEA_CONTROL_ISOMURA_DATA``, or ``--data DIR``.
+The real data are found as the tests find them (``$MEA_CONTROL_ISOMURA_DATA``,
+``data/isomura2023`` after ``make data``, ``../shared/data/isomura2023``), or given with
+``--data DIR``.
 """
 
 from __future__ import annotations
@@ -40,11 +41,10 @@ from benchmarks.culture import RATE, THRESHOLD_UV, bss_protocol, run_bss  # noqa
 from hardware_sim.culture import NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control import fep  # noqa: E402
-from mea_control.fep import ensembles, model, online, selection  # noqa: E402
+from mea_control.fep import ensembles, model, online, published, selection  # noqa: E402
 from mea_control.fep.data import FEPInputError, TrialData  # noqa: E402
 
-DATA = Path(os.environ.get("MEA_CONTROL_ISOMURA_DATA",
-                           ROOT.parent / "shared" / "data" / "isomura2023"))
+DATA = published.locate()
 GOAL_ANALYZE_MS = 20.0
 GOAL_STEP_P99_US = 1000.0
 CONDITIONS = {"control": 0.25, "mix50": 0.5}
@@ -424,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("choose --speed, --simulated, --active or --quick (all, tiny)")
         parts = [True, True, True]
     q = args.quick
+    if (parts[0] or parts[1]) and args.data is None:
+        parser.error(f"the published data are missing: {published.HOW_TO_GET}, or give --data DIR")
     if parts[0]:
         speed(args.data, 3 if q else 50, 300 if q else 5000)
     if parts[1]:

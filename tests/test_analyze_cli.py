@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_command
+from conftest import cli_command, isomura_expected_path
 
-DATA = Path(__file__).parents[1].parent / "shared/data/isomura2023"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"no published data in {DATA}")
+from mea_control.fep import published
+
 FIGURES = ("responses", "prediction", "weights", "free_energy")
 CONDITIONS = ("mix0", "mix50")
 PER, SESSIONS = 16, 12  # synthetic cultures: small, so that they run fast
@@ -32,10 +32,9 @@ def close(got, expected):
     return abs(got - expected) <= 1e-6 * abs(expected) + 1e-6
 
 
-@needs_data
 @pytest.mark.parametrize("condition", CONDITIONS)
-def test_published_figures(condition, runs):
-    expected = json.loads((DATA / "expected.json").read_text())[condition]
+def test_published_figures(condition, runs, isomura_expected):
+    expected = isomura_expected[condition]
     folder, procs = runs
     proc = procs[condition]
     assert proc.returncode == 0, proc.stderr
@@ -136,10 +135,11 @@ def runs(tmp_path_factory):
     for name, arrays in files.items():
         np.savez(folder / f"{name}.npz", **arrays)
     commands = {"batch": [sys.executable, "-c", BATCH]}
-    if DATA.is_dir():
-        baselines = json.loads((DATA / "expected.json").read_text())
+    data = published.locate()
+    if data is not None:
+        baselines = json.loads(isomura_expected_path(data).read_text())
         for c in CONDITIONS:
-            commands[c] = cli_command("analyze", str(DATA / f"response_data_{c}.mat"), "--baseline",
+            commands[c] = cli_command("analyze", str(data / f"response_data_{c}.mat"), "--baseline",
                                       str(baselines[c]["baseline"]), "--json", f"{c}.json")
     # The matrices are small: BLAS threads only add start-up and, on a busy machine, seconds.
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}

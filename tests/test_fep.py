@@ -17,9 +17,8 @@ KEYS = ("corr_post", "mse_post", "L_first", "L_last", "phi1", "phi0", "n_g1", "n
 
 
 @pytest.fixture(scope="module")
-def published(isomura_data):
-    expected = json.loads((isomura_data / "expected.json").read_text())
-    return {cond: (fep.load(isomura_data / f"response_data_{cond}.mat"), expected[cond])
+def published(isomura_data, isomura_expected):
+    return {cond: (fep.load(isomura_data / f"response_data_{cond}.mat"), isomura_expected[cond])
             for cond in ("mix0", "mix50")}
 
 
