@@ -16,6 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(__file__).resolve().parent / "output"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def the_suite_keeps_its_priority():
+    """A window made in this process would lower the calling thread's CPU priority for
+    good (RemoteSession yields to its rig process, as the GUI should), and with it every
+    later test, thread and subprocess: on a busy machine they would then get a fraction
+    of a core. tests/test_gui_remote.py tests the yielding on a thread of its own."""
+    from mea_control.gui import remote
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote, "_yielded", True)  # as if this process had yielded already
+        yield
+
+
 @pytest.fixture
 def output_dir() -> Path:
     OUTPUT.mkdir(exist_ok=True)
@@ -70,7 +83,18 @@ def ctrl_c_works() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def read_until(driver, done, timeout: float = 10.0) -> list:
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    """Poll ``condition()`` until it holds; AssertionError naming ``what`` after ``timeout``
+    seconds (a margin a loaded machine keeps: it only costs time when the test fails)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.01)
+
+
+def read_until(driver, done, timeout: float = 30.0) -> list:
     """A driver's events from read() up to and including the first for which ``done``
     holds; AssertionError if none does within ``timeout`` seconds."""
     import time

@@ -52,11 +52,15 @@ class Quiet(Protocol):
 
 
 class EveryTenthSecond(Protocol):
-    """A pulse on channel 10 every 100 ms, counted in trials."""
+    """A pulse on channel 10 every 100 ms, counted in trials, each sent ``lead_ms`` ahead."""
+
+    def __init__(self, lead_ms=50.0):
+        super().__init__()
+        self.lead_ms = lead_ms
 
     def setup(self, ctx):
         ctx.use_trials(Trials(self.design, n_trials=12, stim_channels=[10], isi_s=0.1,
-                              window_ms=(5, 50), first_trial_s=0.2))
+                              window_ms=(5, 50), first_trial_s=0.2, lead_ms=self.lead_ms))
 
     def design(self, ctx, index):
         return TrialSpec(StimPattern.single([10], PULSE) if index % 3 else None)
@@ -86,8 +90,12 @@ def test_trials_stimulate_with_all_three_samples_recorded():
 
 
 def test_fast_and_real_time_give_identical_results():
-    fast_engine, _, fast = run(EveryTenthSecond(), fast=True)
-    slow_engine, _, slow = run(EveryTenthSecond(), fast=False)
+    # identical while the loop keeps up: trials sent 1 s ahead and a watchdog of 5 s give
+    # a busy machine's stalls a margin (a pulse that reaches a paced device after its
+    # sample is dropped, and a stall past the watchdog stops stimulation)
+    fast_engine, _, fast = run(EveryTenthSecond(lead_ms=1000), fast=True)
+    slow_engine, _, slow = run(EveryTenthSecond(lead_ms=1000), fast=False, watchdog_ms=5000)
+    assert fast["stims_executed"] == slow["stims_executed"] == 8
     assert fast["spikes"] == slow["spikes"] and fast["blocks"] == slow["blocks"]
     a, b = fast_engine.trials.table(), slow_engine.trials.table()
     np.testing.assert_array_equal(a.r, b.r)
@@ -259,15 +267,16 @@ def test_stimulus_artifacts_are_not_detected_as_spikes():
 
 class SlowSetup(Protocol):
     def setup(self, ctx):
-        time.sleep(0.4)  # e.g. loading a model before the first block
+        time.sleep(1.5)  # e.g. loading a model before the first block: 1.5x the watchdog
 
     def on_block(self, ctx, block, filtered):
-        if ctx.now == ctx.start_sample + 12_500:  # 0.5 s, after the backlog of setup
+        if ctx.now == ctx.start_sample + 50_000:  # 2 s, after the backlog of setup
             ctx.stimulate(StimPattern.single([10], PULSE))
 
 
 def test_slow_setup_is_not_taken_for_a_stalled_loop():
-    engine, driver, s = run(SlowSetup(), fast=False, duration_s=0.6, watchdog_ms=100.0)
+    # a watchdog a busy machine's stalls do not reach, and a setup longer than it
+    engine, driver, s = run(SlowSetup(), fast=False, duration_s=2.2, watchdog_ms=1000.0)
     assert s["watchdog_trips"] == 0 and s["stimulation_armed"]
     assert s["stims_executed"] == 1
 
@@ -376,14 +385,18 @@ def test_in_real_time_a_slow_decision_shows_in_the_latency():
 
 
 class StallThenPulse(Protocol):
-    """A train booked ahead, a stalled hook, then a pulse 'as soon as possible'."""
+    """A train booked ahead, a stalled hook, then a pulse 'as soon as possible'.
+
+    The train starts 200 ms ahead and lasts 1 s, and the hook stalls 300 ms: on a busy
+    machine the device is still inside the train when the hook goes on, unless the loop
+    lagged 200 ms before the stall or 900 ms in all."""
 
     def on_block(self, ctx, block, filtered):
         if ctx.now == ctx.start_sample + 100:
-            train = StimPattern(((10, PULSE),), train_count=10, train_rate_hz=200.0,
-                                at_sample=ctx.now + 2000)
+            train = StimPattern(((10, PULSE),), train_count=200, train_rate_hz=200.0,
+                                at_sample=ctx.now + ctx.samples(0.2))
             ctx.stimulate(train)
-            time.sleep(0.1)  # the loop stalls; the device runs on into the train
+            time.sleep(0.3)  # the loop stalls; the device runs on into the train
             try:
                 ctx.stimulate(StimPattern.single([10], PULSE))
             except SafetyRefusal as refusal:
@@ -392,7 +405,7 @@ class StallThenPulse(Protocol):
 
 def test_gate_books_a_late_pulse_where_the_device_will_run_it():
     proto = StallThenPulse()
-    engine, _, s = run(proto, fast=False, duration_s=0.4, watchdog_ms=1000.0)
+    engine, _, s = run(proto, fast=False, duration_s=1.5, watchdog_ms=5000.0)
     # booked at the device's sample, inside the train: 11 pulses in 50 ms are refused
     assert proto.refusal.limit in ("burst_rate_hz", "overlap")
     assert s["stims_executed"] == 1 and s["stims_refused"] == 1

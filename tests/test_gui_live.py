@@ -16,7 +16,7 @@ from mea_control.protocol import ProtocolError
 from mea_control.types import Block, SpikeEvents
 
 FS = 25_000
-WAIT_S = 30.0
+WAIT_S = 60.0
 #: A short BSS run: pulses every half second.
 BSS = {"sessions": 1, "trials_per_session": 12, "isi_s": 0.5}
 #: One that outlasts the test that stops it.
@@ -33,7 +33,7 @@ def connected(url: str) -> RigSession:
 def rig():
     session = connected("sim://?seed=1")
     yield session
-    assert session.disconnect(timeout=10.0)
+    assert session.disconnect(timeout=WAIT_S)
 
 
 def wait_counts(session: RigSession, **least: int) -> None:
@@ -194,7 +194,7 @@ def real_time_rig():
     session = RigSession()
     session.connect("sim://?seed=1")
     yield session
-    assert session.disconnect(timeout=10.0)
+    assert session.disconnect(timeout=WAIT_S)
 
 
 def test_record_now_records_the_run_in_progress_until_stopped(real_time_rig, tmp_path):
@@ -273,13 +273,13 @@ def test_spikes_only_device_with_a_model_protocol():
         assert any(d.get("kind") == "update" and "sample" in d for d in decisions)
         assert snap.model is not None and snap.model["running"] and snap.model["trials"] == 80
     finally:
-        assert rig.disconnect(timeout=10.0)
+        assert rig.disconnect(timeout=WAIT_S)
 
 
 def test_disconnect_while_running_ends_cleanly(rig):
     rig.start("bss_isomura", BSS_LONG, fast=True)
     wait_counts(rig, executed=1)
-    assert rig.disconnect(timeout=10.0)
+    assert rig.disconnect(timeout=WAIT_S)
     assert not rig.connected and not rig.running and rig.protocol is None
     assert rig.last_summary["protocol"] == "bss_isomura" and rig.last_summary["error"] is None
     assert rig.progress() == (0.0, "")

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -61,7 +62,7 @@ def test_errors_cross_the_process_boundary_and_a_dead_rig_is_reported(tmp_path):
         assert info.n_channels == 64 and session.connected
         with pytest.raises(Exception, match="no protocol file"):
             session.start("no_such_protocol", {})
-        assert session.buffers.wait_for(lambda: session.buffers.now > 25000, 20)
+        assert session.buffers.wait_for(lambda: session.buffers.now > 25000, 60)
         os.kill(session._process.pid, signal.SIGKILL)
         session._process.join(10)
         with pytest.raises(RigProcessError, match="rig process has ended"):
@@ -69,3 +70,25 @@ def test_errors_cross_the_process_boundary_and_a_dead_rig_is_reported(tmp_path):
         assert not session.connected and not session.running
     finally:
         assert not session.close(timeout=5)  # not clean: it had died
+
+
+def test_the_window_thread_yields_the_cpu_to_the_rig_once(monkeypatch):
+    """On a thread of its own, which ends with the test (conftest keeps the rest of the
+    suite from yielding)."""
+    from mea_control.gui import remote
+
+    monkeypatch.setattr(remote, "_yielded", False)
+    seen = {}
+
+    def window_thread():
+        tid = threading.get_native_id()
+        seen["before"] = os.getpriority(os.PRIO_PROCESS, tid)
+        remote.yield_cpu_to_the_rig()
+        remote.yield_cpu_to_the_rig()  # once only
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    thread = threading.Thread(target=window_thread)
+    thread.start()
+    thread.join()
+    assert seen["after"] == min(19, seen["before"] + remote.GUI_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < seen["after"]

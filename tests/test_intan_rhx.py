@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command, read_until
+from conftest import ROOT, cli_command, read_until, wait_until
 
 from drivers import intan_rhx
 from drivers.base import DriverError, open_driver
@@ -48,10 +48,8 @@ def fake(rhx):
     """The module's fake RHX, stopped, its command server listening and its logs empty."""
     rhx.hang_up()  # whatever the last test left running
     rhx.enable_command_server()  # what a user clicks after each disconnect
-    deadline = time.monotonic() + 2.0
-    while rhx._server is None or rhx._client is not None or rhx.running:
-        assert time.monotonic() < deadline, "the fake RHX did not get ready"
-        time.sleep(0.01)
+    wait_until(lambda: rhx._server is not None and rhx._client is None and not rhx.running,
+               what="the fake RHX getting ready")
     rhx.commands.clear()
     rhx.received.clear()
     yield rhx
@@ -129,8 +127,7 @@ def test_rhx_takes_one_client_until_connect_is_clicked_again(fake, rig):
     opened(fake, rig).close()
     with pytest.raises(DriverError, match="Connect"):
         open_driver(fake.url + "&timeout=1", rig=rig).open()
-    while fake._client is not None:  # RHX notices the first client leave
-        time.sleep(0.01)
+    wait_until(lambda: fake._client is None, what="RHX noticing the first client leave")
     fake.enable_command_server()
     opened(fake, rig).close()
 
@@ -368,7 +365,7 @@ def test_detect_rhx_gives_spikes_from_the_spike_port_and_ticks(fake, rig):
     assert f"set {native('11').lower()}.TCPDataOutputEnabledSpike true" in fake.commands
     driver.start()
     fake.inject("spike", b"junk!")
-    items = read_until(driver, lambda e: isinstance(e, Tick) and e.sample >= 15000, timeout=5)
+    items = read_until(driver, lambda e: isinstance(e, Tick) and e.sample >= 15000)
     driver.close()
     ticks = [e.sample for e in items if isinstance(e, Tick)]
     assert ticks == list(range(ticks[0], ticks[-1] + 1, 128))

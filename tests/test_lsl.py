@@ -7,6 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 from drivers.base import open_driver
 from mea_control.engine import Engine, EngineConfig, RunEvent, Sink, StimRecord
@@ -35,19 +36,19 @@ def unique_name() -> str:
 
 def connect(lsl, stream):
     """An open inlet on ``stream`` and its full description."""
-    found = lsl.resolve_byprop("name", stream, timeout=5)
+    found = lsl.resolve_byprop("name", stream, timeout=30)
     assert len(found) == 1, f"stream {stream} not found"
     inlet = lsl.StreamInlet(found[0], max_buflen=60)
     # fetch the description now: pull_chunk otherwise fetches it on first use with no
     # timeout, and hangs for good if the outlet has gone by then
-    full = inlet.info(timeout=5)
-    inlet.open_stream(timeout=5)
+    full = inlet.info(timeout=30)
+    inlet.open_stream(timeout=30)
     return inlet, full
 
 
 def pull(inlet, n):
-    """Exactly ``n`` samples (returns as soon as they are in; fails after 5 s)."""
-    data, stamps = inlet.pull_chunk(timeout=5, max_samples=n)
+    """Exactly ``n`` samples (returns as soon as they are in; fails after 30 s)."""
+    data, stamps = inlet.pull_chunk(timeout=30, max_samples=n)
     assert len(stamps) == n
     return data, np.array(stamps)
 
@@ -172,15 +173,12 @@ def test_closed_loop_run_streams_every_spike(lsl, driver):
     inlet, _ = connect(lsl, f"{name}-spikes")
     markers, _ = connect(lsl, f"{name}-markers")
     got: list[list[float]] = []
-    run_over = threading.Event()
+    enough = threading.Event()
 
     def receive():
-        # pulls while the run goes; after it, until the inlet's buffer is empty
-        while True:
+        while not enough.is_set():
             data, _ = inlet.pull_chunk(timeout=0.2, max_samples=4096)
             got.extend(data)
-            if not data and run_over.is_set():
-                return
 
     receiver = threading.Thread(target=receive, daemon=True)
     receiver.start()
@@ -189,8 +187,9 @@ def test_closed_loop_run_streams_every_spike(lsl, driver):
     engine = Engine(driver, cls(), EngineConfig(fast=True, duration_s=2.0, block_ms=1.0),
                     sinks=[sent, outlet])
     summary = engine.run()
-    run_over.set()
-    receiver.join(timeout=10)  # a guard: it ends 0.2 s after the last spike
+    wait_until(lambda: len(got) >= summary["spikes"], what="every spike reaching the inlet")
+    enough.set()
+    receiver.join(timeout=10)
     assert not receiver.is_alive()
 
     assert summary["error"] is None and summary["spikes"] > 100
@@ -201,7 +200,7 @@ def test_closed_loop_run_streams_every_spike(lsl, driver):
 
     seen = []
     while not seen or seen[-1]["type"] != "stop":
-        sample, _ = markers.pull_sample(timeout=5)
+        sample, _ = markers.pull_sample(timeout=30)
         assert sample is not None, "the stop marker did not arrive"
         seen.append(json.loads(sample[0]))
     kinds = [marker.get("kind") for marker in seen]

@@ -11,11 +11,10 @@ import json
 import struct
 import subprocess
 import threading
-import time
 from urllib.parse import quote
 
 import pytest
-from conftest import ROOT, cli_command, read_until
+from conftest import ROOT, cli_command, read_until, wait_until
 from test_device import serving
 
 from drivers import pulsepal
@@ -373,9 +372,9 @@ def test_a_garbled_answer_refuses_the_pattern_and_the_next_one_is_sent_whole(rig
         fake.wait_for(77)
         assert len(sent_since(fake, mark)) == 8 + 1  # everything programmed again
         fake.inject(b"noise")  # bytes nobody asked for are reported; the run goes on
-        start = time.monotonic()
-        while time.monotonic() - start < 1.0:
-            assert driver.read(0.5) is not None
+        first = read_until(driver, lambda e: isinstance(e, Block))[-1].start_sample
+        one_s = int(driver.info.sample_rate)  # the noise comes within 0.2 s
+        read_until(driver, lambda e: isinstance(e, Block) and e.start_sample >= first + one_s)
         assert [m for k, m in driver.drain_events() if k == "link_error"] == [
             f"5 unexpected byte(s) from the Pulse Pal on {link.name}: {b'noise'.hex()}"]
 
@@ -396,8 +395,8 @@ def test_the_fake_reads_bytes_as_the_firmware_does():
             port.write(op74(4, 2, "<I", 7))
             assert port.read(1) == b"\x01" and fake.program[2][4] == 7
             port.write(bytes([213, 74, 4, 2, 9]))  # stops mid-value
-            time.sleep(0.3)
-            assert fake.comm_failures == 1 and fake.program[2][4] == 20  # defaults reloaded
+            wait_until(lambda: fake.comm_failures == 1)
+            assert fake.program[2][4] == 20  # defaults reloaded
             assert port.read(1) == b""  # and nothing answered
             assert fake.garbage == 2
         finally:

@@ -13,7 +13,7 @@ from datetime import UTC
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command, ctrl_c_works
+from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 
 from drivers.base import open_driver
 from mea_control import cli, recording
@@ -29,13 +29,6 @@ SERIES = "acquisition/ElectricalSeries"
 def run_cli(*args, timeout=300):
     return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)
-
-
-def wait_for(condition, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _openable(path) -> bool:
@@ -72,12 +65,13 @@ def test_killed_run_leaves_a_readable_file_and_recover_restores_tables(tmp_path)
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = journal_path(nwb)
     try:  # kill it once a few trials are in the side journal
-        wait_for(lambda: journal.exists() and journal.read_text().count('"record": "trial"') >= 5)
+        wait_until(lambda: journal.exists() and journal.read_text().count('"record": "trial"') >= 5,
+                   timeout=60)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    wait_for(lambda: _openable(nwb))  # the recording process flushes and lets go
+    wait_until(lambda: _openable(nwb), timeout=60)  # the recording process flushes and lets go
 
     with recording.open(nwb) as rec:  # opens as it is, tables from the side journal
         assert not rec.complete
@@ -414,7 +408,7 @@ def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
         preexec_fn=ctrl_c_works)
     journal = journal_path(nwb)
     try:  # once a few batches of spikes are in the side journal
-        wait_for(lambda: journal.exists() and journal.stat().st_size > 2000)
+        wait_until(lambda: journal.exists() and journal.stat().st_size > 2000, timeout=60)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)  # the second press lands while the run winds down
         proc.send_signal(signal.SIGINT)

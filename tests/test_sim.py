@@ -43,9 +43,10 @@ def trace_uV(blocks: list[Block]) -> np.ndarray:
 
 
 def scripted_run(url: str, n_blocks: int, block: int | None = None, fast: bool = True,
-                 ahead: int | None = None) -> list:
+                 ahead: int | None = None, fixed_at: int = 1234) -> list:
     """Every event of a run with pulses sent at fixed points of the stream: two as soon as
-    possible, or (``ahead``) that many samples after the last block read; one at 1234."""
+    possible, or (``ahead``) that many samples after the last block read; one at
+    ``fixed_at``."""
     driver = make(url, block, fast)
     ch = driver.info.layout.channel("44")
     events: list = []
@@ -55,7 +56,7 @@ def scripted_run(url: str, n_blocks: int, block: int | None = None, fast: bool =
             at = None if ahead is None else end + ahead
             driver.stimulate(StimPattern.single([ch], PULSE, at_sample=at))
         if n == 12:
-            driver.stimulate(StimPattern.single([ch, ch + 1], PULSE, at_sample=1234))
+            driver.stimulate(StimPattern.single([ch, ch + 1], PULSE, at_sample=fixed_at))
         while True:
             events.append(driver.read())
             if isinstance(events[-1], Block):
@@ -195,10 +196,13 @@ def test_block_size_does_not_change_the_signal():
 
 
 def test_fast_and_paced_give_identical_blocks():
-    # pulses booked 40 ms ahead: "as soon as possible" is wherever a paced device has
-    # got to, which a loaded machine moves by blocks
-    fast = scripted_run("sim://?seed=7", 80, fast=True, ahead=1000)
-    paced = scripted_run("sim://?seed=7", 80, fast=False, ahead=1000)
+    # pulses booked 300 ms or more ahead of the last block read, in 10 ms blocks: "as soon
+    # as possible" is wherever a paced device has got to, which a loaded machine moves by
+    # blocks, and a reader that a busy machine holds up falls behind the device by tens of
+    # ms (a pulse booked for a sample the device has passed is dropped)
+    script = {"n_blocks": 120, "block": 250, "ahead": 7500, "fixed_at": 20_000}
+    fast = scripted_run("sim://?seed=7", fast=True, **script)
+    paced = scripted_run("sim://?seed=7", fast=False, **script)
     # the same blocks, samples and pulse reports; where a report falls between two blocks
     # depends, when paced, on when the device thread ran
     blocks = [[e for e in run if isinstance(e, Block)] for run in (fast, paced)]
