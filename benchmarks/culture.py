@@ -4,9 +4,10 @@ Run: ``.venv/bin/python benchmarks/culture.py`` for speed (fast mode over the wh
 BSS protocol, raw mode in 1 ms blocks) and activity figures;
 ``--learning --seeds 5 --sessions 100`` for the learning comparison (control
 mixing=0.25, mix50 mixing=0.5, control without plasticity but with homeostasis),
-with the published criteria for source-preferring electrodes (Isomura et al. 2023, README of
-../shared/data/isomura2023, step 1); ``--real DIR`` puts the simulated culture's
-BSS responses beside the real cultures' in that folder (mix0 and mix50).
+with the published criteria for source-preferring electrodes (Isomura et al. 2023; see
+``mea_control/fep/ensembles.py``); ``--real DIR`` puts the simulated culture's BSS
+responses beside the real cultures' in that folder (mix0 and mix50; ``make data`` puts
+them in ``data/isomura2023``).
 
 Fast mode advances the culture one trial (1 s) at a time and turns its spikes
 into electrode events with :meth:`ElectrodeArray.events` (threshold 5 x 7 uV),
