@@ -241,8 +241,11 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
     n_reactions = 200 if quick else 1000
     driver = open_driver(device)
     driver.open()
-    engine = Engine(driver, React(reactions=n_reactions), EngineConfig(fast=False,
-                                                                      duration_s=600.0))
+    # a quick (smoke) run must not depend on how busy the machine is: its watchdog lets
+    # the loop fall behind by seconds; a full run keeps the default (200 ms)
+    watchdog = {"watchdog_ms": 10_000.0} if quick else {}
+    engine = Engine(driver, React(reactions=n_reactions),
+                    EngineConfig(fast=False, duration_s=600.0, **watchdog))
     with tempfile.TemporaryDirectory() as folder:
         if record:
             from mea_control.recording.writer import Recorder, engine_provenance
@@ -252,6 +255,10 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
         summary = engine.run()
     driver.close()
     lat = engine.latency_samples()
+    if not len(lat):
+        raise RuntimeError(f"no reaction was executed on {device}: watchdog trips "
+                           f"{summary['watchdog_trips']}, dropped {summary['stims_dropped']}, "
+                           f"error {summary['error']}")
     block = engine.block_samples
     out = {
         "reactions": int(len(lat)),

@@ -75,7 +75,10 @@ def fetch(folder: Path, sources: tuple[str, ...] | None = None, timeout: float =
     source that gives the right bytes; FetchError when a file cannot be had."""
     if sources is None:
         sources = (os.environ[URL_ENV],) if os.environ.get(URL_ENV) else SOURCES
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetchError(f"cannot make the folder {folder}: {exc.strerror or exc}") from exc
     paths = []
     for name, want in FILES.items():
         path = folder / name
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mea_control.fep.published",
         description="Download the published BSS data (Isomura et al. 2023: mix0, mix50) into "
                     "FOLDER and check their SHA-256.")
-    parser.add_argument("folder", type=Path, nargs="?", default=FOLDERS[0])
+    parser.add_argument("folder", type=Path, help="where to put them (make data: data/isomura2023)")
     args = parser.parse_args(argv)
     try:
         fetch(args.folder)
