@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,6 @@ def ctrl_c_works() -> None:
 def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
     """Poll ``condition()`` until it holds; AssertionError naming ``what`` after ``timeout``
     seconds (a margin a loaded machine keeps: it only costs time when the test fails)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
@@ -97,8 +96,6 @@ def wait_until(condition, timeout: float = 30.0, what: str = "the condition") ->
 def read_until(driver, done, timeout: float = 30.0) -> list:
     """A driver's events from read() up to and including the first for which ``done``
     holds; AssertionError if none does within ``timeout`` seconds."""
-    import time
-
     events, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         item = driver.read(timeout=0.2)
