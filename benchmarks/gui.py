@@ -223,7 +223,7 @@ def _latency_run(variant: str, quick: bool, device: str) -> dict:
                 [sys.executable, str(Path(__file__).with_name("gui_rig.py")), shm.name,
                  str(info.n_channels), device] + (["--quick"] if quick else []),
                 stdout=subprocess.PIPE, text=True).result()
-            yield_cpu_to_the_rig()  # what RemoteSession does (this thread, for good)
+            yield_cpu_to_the_rig()  # what mea-control gui does (this thread, for good)
             running = lambda: rig.poll() is None  # noqa: E731
         else:
             feed = LiveFeed(Rings(info.n_channels)) if variant != "none" else None

@@ -536,10 +536,12 @@ def cmd_gui(args: argparse.Namespace) -> int:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
     from PySide6.QtWidgets import QApplication
 
+    from mea_control.gui.remote import yield_cpu_to_the_rig
     from mea_control.gui.window import MainWindow, screenshot_after
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     window = MainWindow(device=args.device, protocol=args.protocol)
+    yield_cpu_to_the_rig()  # the window's rig process has started: it keeps its priority
     window.show()
     if args.device or args.screenshot:
         window.connect_device(window.device_url.currentText().strip())

@@ -17,19 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(__file__).resolve().parent / "output"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def the_suite_keeps_its_priority():
-    """A window made in this process would lower the calling thread's CPU priority for
-    good (RemoteSession yields to its rig process, as the GUI should), and with it every
-    later test, thread and subprocess: on a busy machine they would then get a fraction
-    of a core. tests/test_gui_remote.py tests the yielding on a thread of its own."""
-    from mea_control.gui import remote
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(remote, "_yielded", True)  # as if this process had yielded already
-        yield
-
-
 @pytest.fixture
 def output_dir() -> Path:
     OUTPUT.mkdir(exist_ok=True)

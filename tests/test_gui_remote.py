@@ -73,8 +73,7 @@ def test_errors_cross_the_process_boundary_and_a_dead_rig_is_reported(tmp_path):
 
 
 def test_the_window_thread_yields_the_cpu_to_the_rig_once(monkeypatch):
-    """On a thread of its own, which ends with the test (conftest keeps the rest of the
-    suite from yielding)."""
+    """On a thread of its own, which ends with the test: the suite keeps its priority."""
     from mea_control.gui import remote
 
     monkeypatch.setattr(remote, "_yielded", False)

@@ -1,6 +1,8 @@
 """The main window as an operator uses it, offscreen: connect, watch, run, record, stop."""
 
+import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from conftest import ROOT, cli_command
 from PySide6.QtCore import QSettings
 
 from mea_control import recording
+from mea_control.gui.remote import GUI_NICE
 from mea_control.gui.window import MainWindow
 
 #: Seconds a step may take on a busy machine (the rig process starts, compiles, runs).
@@ -149,13 +152,29 @@ def _headless_env(tmp_path) -> dict[str, str]:
     return env | {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
 
 
+def _nice(pid: int) -> int | None:
+    """The nice value of the process's main thread, or None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(") ", 1)[1].split()[16])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
 def test_gui_screenshot_from_the_command_line(tmp_path):
-    """The README's screenshot command works without a display (it goes offscreen)."""
+    """The README's screenshot command works without a display (it goes offscreen), and
+    the window's thread yields the CPU to its rig process once the window is made."""
     png = tmp_path / "window.png"
-    proc = subprocess.run(cli_command("gui", "--screenshot", str(png), "--after", "2"),
-                          capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env=_headless_env(tmp_path))
-    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.Popen(cli_command("gui", "--screenshot", str(png), "--after", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=_headless_env(tmp_path))
+    start, seen = _nice(os.getpid()), set()
+    while proc.poll() is None:  # the window lives --after 2 s once it has yielded
+        seen.add(_nice(proc.pid))
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert min(19, start + GUI_NICE) in seen
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
 
 

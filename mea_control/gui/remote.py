@@ -56,7 +56,10 @@ CALLS = ("connect", "disconnect", "start", "stop", "wait", "pause", "resume", "r
 def yield_cpu_to_the_rig() -> None:
     """Lower the calling thread's CPU priority by GUI_NICE (once): on a busy machine the
     kernel then runs the rig process's threads before the window's painting. Threads
-    this one starts later inherit it; the rig process must be started before."""
+    this one starts later inherit it; the rig process must be started before. The
+    application calls it (``mea-control gui``, once its window and rig process exist),
+    not RemoteSession: a window made in another program, such as a test suite, leaves
+    that program's priority alone."""
     global _yielded
     if _yielded:
         return
@@ -151,7 +154,6 @@ class RemoteSession:
             name="mea-control rig", daemon=True)
         self._process.start()
         child.close()
-        yield_cpu_to_the_rig()
         self._asked = False  # a state request is on its way
         self._state: dict[str, Any] = {"connected": False, "running": False, "protocol": None,
                                        "progress": (0.0, ""), "armed": True,
