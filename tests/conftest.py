@@ -71,7 +71,7 @@ def ctrl_c_works() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+def wait_until(condition, timeout: float = 60.0, what: str = "the condition") -> None:
     """Poll ``condition()`` until it holds; AssertionError naming ``what`` after ``timeout``
     seconds (a margin a loaded machine keeps: it only costs time when the test fails)."""
     deadline = time.monotonic() + timeout

@@ -5,10 +5,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, wait_until
 
 from mea_control import recording
 from mea_control.gui.remote import RemoteSession, RigProcessError
@@ -35,10 +34,7 @@ def test_a_killed_window_leaves_a_complete_recording(tmp_path):
     finally:
         gui.kill()  # as a crash would: no atexit, no closeEvent
         gui.wait()
-    deadline = time.monotonic() + 60
-    while _alive(rig):
-        assert time.monotonic() < deadline, "the rig process outlived its window"
-        time.sleep(0.1)
+    wait_until(lambda: not _alive(rig), what="the rig process ending with its window")
     with recording.open(path) as r:
         assert r.complete and r.n_samples >= 2 * 25000 and len(r.spikes) > 0
 

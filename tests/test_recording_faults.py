@@ -65,13 +65,12 @@ def test_killed_run_leaves_a_readable_file_and_recover_restores_tables(tmp_path)
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = journal_path(nwb)
     try:  # kill it once a few trials are in the side journal
-        wait_until(lambda: journal.exists() and journal.read_text().count('"record": "trial"') >= 5,
-                   timeout=60)
+        wait_until(lambda: journal.exists() and journal.read_text().count('"record": "trial"') >= 5)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    wait_until(lambda: _openable(nwb), timeout=60)  # the recording process flushes and lets go
+    wait_until(lambda: _openable(nwb))  # the recording process flushes and lets go
 
     with recording.open(nwb) as rec:  # opens as it is, tables from the side journal
         assert not rec.complete
@@ -408,7 +407,7 @@ def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
         preexec_fn=ctrl_c_works)
     journal = journal_path(nwb)
     try:  # once a few batches of spikes are in the side journal
-        wait_until(lambda: journal.exists() and journal.stat().st_size > 2000, timeout=60)
+        wait_until(lambda: journal.exists() and journal.stat().st_size > 2000)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)  # the second press lands while the run winds down
         proc.send_signal(signal.SIGINT)

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import os
 import sys
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,11 +44,6 @@ class FetchError(Exception):
     """The data could not be fetched; the message is one line with what to do."""
 
 
-def holds_data(folder: Path) -> bool:
-    """Whether ``folder`` holds every published file."""
-    return all((folder / name).is_file() for name in FILES)
-
-
 def candidates() -> list[Path]:
     """The folders :func:`locate` tries, in order."""
     env = os.environ.get(DATA_ENV)
@@ -57,8 +51,9 @@ def candidates() -> list[Path]:
 
 
 def locate() -> Path | None:
-    """The first folder of :func:`candidates` that holds the data, or None."""
-    return next((folder for folder in candidates() if holds_data(folder)), None)
+    """The first folder of :func:`candidates` that holds every published file, or None."""
+    return next((folder for folder in candidates()
+                 if all((folder / name).is_file() for name in FILES)), None)
 
 
 def sha256(path: Path) -> str:
@@ -69,52 +64,51 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(folder: Path, sources: tuple[str, ...] | None = None, timeout: float = 60.0,
-          log=print) -> list[Path]:
-    """Download the files missing from ``folder`` (or whose SHA-256 is wrong), from the first
-    source that gives the right bytes; FetchError when a file cannot be had."""
-    if sources is None:
-        sources = (os.environ[URL_ENV],) if os.environ.get(URL_ENV) else SOURCES
+def _download(url: str, path: Path, want: str) -> str | None:
+    """``url`` into ``path`` if its SHA-256 is ``want`` (through a ``.part`` file, so that
+    ``path`` is whole or absent); else what went wrong."""
+    part = path.with_name(path.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+    except (OSError, ValueError) as exc:  # URLError is an OSError
+        part.unlink(missing_ok=True)
+        return f"{url}: {getattr(exc, 'reason', exc)}"
+    got = sha256(part)
+    if got != want:
+        part.unlink()
+        return f"{url}: SHA-256 {got[:12]}... is not the published {want[:12]}..."
+    part.replace(path)
+    return None
+
+
+def fetch(folder: Path) -> None:
+    """Download the files missing from ``folder`` (or whose SHA-256 is wrong), each from the
+    first source that gives the right bytes; FetchError when a file cannot be had."""
+    sources = (os.environ[URL_ENV],) if os.environ.get(URL_ENV) else SOURCES
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FetchError(f"cannot make the folder {folder}: {exc.strerror or exc}") from exc
-    paths = []
     for name, want in FILES.items():
         path = folder / name
-        paths.append(path)
         if path.is_file() and sha256(path) == want:
-            log(f"{path}: present, checksum ok")
+            print(f"{path}: present, checksum ok")
             continue
         problems = []
         for base in sources:
             url = base.rstrip("/") + "/" + name
-            log(f"{name}: downloading {url}")
-            part = path.with_name(path.name + ".part")
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response, \
-                        open(part, "wb") as out:
-                    while chunk := response.read(1 << 16):
-                        out.write(chunk)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                part.unlink(missing_ok=True)
-                problems.append(f"{url}: {getattr(exc, 'reason', exc)}")
-                continue
-            got = sha256(part)
-            if got != want:
-                part.unlink()
-                problems.append(f"{url}: SHA-256 {got[:12]}... is not the published "
-                                f"{want[:12]}...")
-                continue
-            part.replace(path)
-            log(f"{path}: {path.stat().st_size / 1e6:.1f} MB, checksum ok")
-            break
+            print(f"{name}: downloading {url}")
+            problems.append(_download(url, path, want))
+            if problems[-1] is None:
+                print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, checksum ok")
+                break
         else:
             raise FetchError(f"could not download {name} ({'; '.join(problems)}); place "
                              f"{' and '.join(FILES)} by hand in {folder} (from "
                              "github.com/takuyaisomura/reverse-engineering-py, folder "
                              "example/invitro_bss/data) and run this again to check them")
-    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
