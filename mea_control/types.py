@@ -244,12 +244,19 @@ class StimPattern:
 
 @dataclass(frozen=True)
 class StimReport:
-    """The device's word on a submitted pattern: executed at ``sample``, or dropped."""
+    """The device's word on a submitted pattern: executed at ``sample``, or dropped.
+
+    A train that the device cut short after it began (an abort) gets a second report
+    with the same ticket: ``executed`` True, ``pulses_run`` the number of train pulses
+    that ran, ``sample`` the first sample at which no further pulse ran, and the reason.
+    """
 
     ticket: int
     sample: int
     executed: bool = True
     reason: str = ""
+    #: Set only in the report of a cut train: how many of its pulses ran.
+    pulses_run: int | None = None
 
 
 @dataclass(frozen=True)
