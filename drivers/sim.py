@@ -29,6 +29,7 @@ import bisect
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,7 +38,7 @@ from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, P
 from hardware_sim.culture import CULTURES, Culture, NetworkParams, StimEvent
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimReport, Tick
+from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 UV_PER_BIT = 0.195
 #: the simulated device's own stimulation limits, by SafetyLimits field name
@@ -113,6 +114,9 @@ class SimDriver(Driver):
         self._info: DeviceInfo | None = None
         self._lock = threading.Lock()
         self._fast = False
+        #: Called (lock held) with every pulse the moment the culture receives it, as
+        #: (sample, ticket, channel, StimPulse) tuples: the device's own record of what ran.
+        self.pulse_listener: Callable[[list[tuple[int, int, int, StimPulse]]], None] | None = None
         self._state = "closed"
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class SimDriver(Driver):
         self._seq = 0
         self._ticket = 0
         self._pulses: list[tuple[int, int, int, Any]] = []  # (sample, ticket, channel, pulse)
+        self._trains: dict[int, int] = {}  # ticket -> train_count, for trains with pulses to run
         self._unreported: list[tuple[int, int]] = []  # (first pulse sample, ticket)
         self._reports: deque[StimReport] = deque()  # for read(), before the next block
         self._t0 = 0.0
@@ -242,6 +247,12 @@ class SimDriver(Driver):
         i = bisect.bisect_left(self._pulses, (stop,))
         taken = self._pulses[:i]
         del self._pulses[:i]
+        if self._trains:
+            left = {ticket for _, ticket, _, _ in self._pulses}
+            for ticket in [t for t in self._trains if t not in left]:
+                del self._trains[ticket]
+        if self.pulse_listener is not None:
+            self.pulse_listener(taken)
         return [(sample, channel, pulse) for sample, _, channel, pulse in taken]
 
     def _generate(self, start: int, stop: int, stims: list[StimEvent]) -> list[Event]:
@@ -304,6 +315,8 @@ class SimDriver(Driver):
             for offset in pattern.pulse_offsets(info.sample_rate):
                 for channel, pulse in pattern.pulses:
                     bisect.insort(self._pulses, (at + offset, ticket, channel, pulse))
+            if pattern.train_count > 1:
+                self._trains[ticket] = pattern.train_count
             bisect.insort(self._unreported, (at, ticket))
         return ticket, at, "", ""
 
@@ -352,12 +365,22 @@ class SimDriver(Driver):
         return "", ""
 
     def abort_stimulation(self) -> None:
-        """Drop every queued pulse; patterns that had not started are reported as not run."""
+        """Drop every queued pulse. Patterns that had not started are reported as not run;
+        trains that had started are reported cut, with the number of pulses that ran."""
         with self._lock:
+            unstarted = {ticket for _, ticket in self._unreported}
+            cut: dict[int, set[int]] = {}  # started train -> samples of the pulses dropped
+            for sample, ticket, _, _ in self._pulses:
+                if ticket not in unstarted:
+                    cut.setdefault(ticket, set()).add(sample)
             self._pulses.clear()
             for sample, ticket in self._unreported:
                 self._reports.append(StimReport(ticket, sample, executed=False, reason="aborted"))
             self._unreported.clear()
+            for ticket, samples in sorted(cut.items()):
+                ran = self._trains[ticket] - len(samples)
+                self._reports.append(StimReport(ticket, min(samples), True, "aborted", ran))
+            self._trains.clear()
 
     # -- ground truth ----------------------------------------------------------------------
 
