@@ -180,6 +180,10 @@ class Driver(ABC):
     def abort_stimulation(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Cancel queued stimulation; a device that cannot is a no-op."""
 
+    def rearm_stimulation(self) -> None:  # noqa: B027 - optional, a no-op by default
+        """A person re-armed stimulation: a device that disarmed itself (it lost the
+        host's heartbeat) may run patterns again. A device without such a switch: no-op."""
+
     def drain_events(self) -> list[tuple[str, str]]:
         """Problems on the link since the last call, as (kind, message): lost or corrupt
         frames and the like. The engine logs them as run events."""
