@@ -420,9 +420,15 @@ class SerialDriver(Driver):
                 self._report_decoder()
             now = time.monotonic()
             self._expire(now)
-            if now - self._heard > SILENCE_S and self._greeted.is_set() and not self._inbox.lost:
+            if self._silent(now):
                 self._went_silent()
                 return
+
+    def _silent(self, now: float) -> bool:
+        """No frame for SILENCE_S, and no command waiting for its Ack (Start may take the
+        device a while, and a request's own timeout reports it)."""
+        return (now - self._heard > SILENCE_S and self._greeted.is_set()
+                and not self._requests and self._inbox.lost is None)
 
     def _went_silent(self) -> None:
         """Nothing from the device for SILENCE_S: try to cancel its patterns, then give up."""

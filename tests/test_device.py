@@ -20,12 +20,14 @@ PULSE = wire.WirePulse(10, "current", ((200.0, -5.0), (200.0, 5.0)))
 
 
 @contextlib.contextmanager
-def serving(link_cls=PtyLink, url: str = "sim://?seed=4", spikes_only: bool = False):
-    """A simulated device serving on a new link from a thread; yields the link."""
+def serving(link_cls=PtyLink, url: str = "sim://?seed=4", spikes_only: bool = False,
+            **device):
+    """A simulated device (``device``: more SimDevice arguments) serving on a new link from
+    a thread; yields the link."""
     link = link_cls()
     stop = threading.Event()
-    thread = threading.Thread(target=SimDevice(url, spikes_only).serve, args=(link, stop),
-                              daemon=True)
+    thread = threading.Thread(target=SimDevice(url, spikes_only, **device).serve,
+                              args=(link, stop), daemon=True)
     thread.start()
     try:
         yield link
