@@ -621,14 +621,30 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_serve(args: argparse.Namespace) -> int:
+    import json
     import signal
     import threading
 
-    from hardware_sim.device import PtyLink, SimDevice, TcpLink
+    from hardware_sim.device import LinkFaults, PtyLink, SimDevice, TcpLink
 
     params = "&".join(p for p in (f"seed={args.seed}", args.sim.lstrip("?")) if p)
+    try:
+        faults = LinkFaults.parse(args.faults) if args.faults else None
+    except ValueError as exc:
+        raise UserError(f"--faults {args.faults}: {exc}") from None
+    pulse_log = None
+    if args.pulse_log:
+        try:
+            log_file = open(args.pulse_log, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the device
+        except OSError as exc:
+            raise UserError(f"--pulse-log {args.pulse_log}: {exc.strerror}") from None
+
+        def pulse_log(entry: dict) -> None:  # one JSON line an entry, flushed: survives a kill
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
     device = SimDevice(f"sim://?{params}", spikes_only=args.spikes_only,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       log=lambda m: print(m, file=sys.stderr, flush=True),
+                       host_timeout_ms=args.host_timeout_ms, pulse_log=pulse_log, faults=faults)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         try:
@@ -864,6 +880,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stream detected spikes only, as a rig that detects on board")
     serve.add_argument("--sim", default="", metavar="PARAMS",
                        help="more sim:// URL parameters, e.g. 'layout=mcs60&noise_uV=5'")
+    serve.add_argument("--host-timeout-ms", type=int, default=300, metavar="N",
+                       help="dead-man switch: cancel all patterns when the host is silent this "
+                            "long while streaming (default 300)")
+    serve.add_argument("--pulse-log", metavar="FILE",
+                       help="write the device's own log (every pulse the culture received, "
+                            "aborts, trips, ...) as JSON lines")
+    serve.add_argument("--faults", metavar="SPEC",
+                       help="spoil the frames sent while streaming, seeded, e.g. "
+                            "'garbage=0.01,flip=0.01,dup=0.01,reorder=0.01,truncate=0.01,"
+                            "drop=0.01,seed=1' (silent_at=SAMPLE: send nothing from there)")
     serve.set_defaults(func=cmd_sim_serve)
 
     devices = sub.add_parser(
