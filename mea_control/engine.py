@@ -563,6 +563,7 @@ class Engine:
                 self._wall_end = time.perf_counter()
                 self._end_stimulation()
                 self._stop_device()
+                self._serve_summaries()
             self._finished.set()
 
     def _end_stimulation(self) -> None:
@@ -581,6 +582,7 @@ class Engine:
         deadline = time.perf_counter() + LAST_REPORTS_S
         try:
             while (self.pending or self._trains) and time.perf_counter() < deadline:
+                self._serve_summaries()
                 item = self.driver.read(timeout=0.05)
                 if isinstance(item, StimReport):
                     self._on_report(item)
@@ -719,6 +721,10 @@ class Engine:
             self.event("limits", note)
         try:
             self._call(self.protocol.setup, self.ctx)
+            if self.gate.armed:
+                # a device whose dead-man switch tripped while setup kept the loop from
+                # reading (and beating) may stimulate: the host is alive and armed
+                self.driver.rearm_stimulation()
             for spikes in early_spikes:
                 self._on_spikes(spikes)
             self._started = True
@@ -726,14 +732,26 @@ class Engine:
         finally:
             if not self._abandoned:
                 self._call(self.protocol.teardown, self.ctx)
-                for kind, message in self.driver.drain_events():
-                    self.event(kind, message)
+                self._device_events()
                 self._events_from_elsewhere()
                 self.event("stop", "interrupted" if self.interrupted else "end of run")
+
+    def _device_events(self) -> None:
+        """Log what the driver saw on the link; a device that disarmed itself (it heard
+        nothing from this computer for too long) disarms the gate too, until a person
+        re-arms both."""
+        for kind, message in self.driver.drain_events():
+            if kind == "device_disarmed":
+                self.gate.disarm("the device disarmed itself")
+            self.event(kind, message)
 
     def _events_from_elsewhere(self) -> None:
         while self._queued_events:
             self._record_event(self._queued_events.popleft())
+        self._serve_summaries()
+
+    def _serve_summaries(self) -> None:
+        """Make the summaries other threads asked for, here between two items."""
         while self._summary_requests:
             done, out = self._summary_requests.popleft()
             out.append(self._summary())
@@ -749,8 +767,7 @@ class Engine:
             self._events_from_elsewhere()
             if self._pause_wanted != self.paused:
                 self._hold(self._pause_wanted)
-            for kind, message in self.driver.drain_events():
-                self.event(kind, message)
+            self._device_events()
             if isinstance(item, Block):
                 tick = time.perf_counter()
                 self._on_block(item)
@@ -789,6 +806,7 @@ class Engine:
         """
         deadline = time.perf_counter() + self.config.device_timeout_s
         while not self._stop.is_set():
+            self._serve_summaries()
             item = self.driver.read(timeout=0.5)
             if item is not None:
                 return item
@@ -900,13 +918,15 @@ class Engine:
         """The run's figures. Any thread: while the loop runs, it computes them between
         two items, so that nothing changes under them."""
         worker = self._worker
-        if (worker is not None and worker.is_alive() and not self._abandoned
-                and threading.current_thread() is not worker and not self._finished.is_set()):
+        if worker is not None and threading.current_thread() is not worker:
             done, out = threading.Event(), []
             self._summary_requests.append((done, out))
-            if done.wait(2.0) and out:
+            while not done.wait(0.05):
+                if self._finished.is_set() or self._abandoned or not worker.is_alive():
+                    break  # the loop is over (or given up as hung): nothing moves under us
+            if out:
                 return out[0]
-        for _ in range(10):  # the loop is stuck or gone: copy, again if it changed meanwhile
+        for _ in range(10):  # a hung loop's figures: copy, again if they changed meanwhile
             try:
                 return self._summary()
             except RuntimeError:

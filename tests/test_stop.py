@@ -294,6 +294,7 @@ def test_the_summary_asked_from_another_thread_is_made_between_two_items():
     errors, summaries = [], []
 
     def ask():
+        wait_until(lambda: engine._worker is not None, what="the run starting")
         while not engine._finished.is_set():
             try:
                 summaries.append(engine.summary())
