@@ -113,7 +113,12 @@ class Culture(ABC):
         """Spikes in ``[start, stop)``; ``stims`` are sorted by sample."""
 
     def spike_log(self) -> tuple[np.ndarray, np.ndarray]:
-        """Ground truth: every spike so far as (samples int64, unit ids int32)."""
+        """Ground truth: every spike so far as (samples int64, unit ids int32).
+
+        Kept only with ``keep_log`` (it grows with time); without, asking for it is an error.
+        """
+        if not self.keep_log:
+            raise RuntimeError("this culture keeps no spike log: make it with keep_log=True")
         if not self._log_samples:
             return np.empty(0, np.int64), np.empty(0, np.int32)
         return np.concatenate(self._log_samples), np.concatenate(self._log_units)
