@@ -47,9 +47,9 @@ class Sample:
 
 
 def command(args: argparse.Namespace, record: Path, summary: Path) -> list[str]:
-    cli = shutil.which("mea-control", path=str(Path(sys.executable).parent)) or "mea-control"
-    cmd = [cli, "run", args.protocol, "--device", args.device, "--duration", f"{args.seconds:g}",
-           "--record", str(record), "--summary-json", str(summary), "--quiet"]
+    cmd = [sys.executable, "-m", "mea_control.cli", "run", args.protocol, "--device",
+           args.device, "--duration", f"{args.seconds:g}", "--record", str(record),
+           "--summary-json", str(summary), "--quiet"]
     if args.fast:
         cmd.append("--fast")
     if args.no_raw:
