@@ -619,12 +619,16 @@ def test_spikes_only_run_keeps_no_blanking_windows():
 
 def test_ground_truth_is_kept_only_when_asked_for():
     """The spike log grows with every simulated spike (a long run on the default sim://
-    once reached 1.4 GB): it is opt-in, and asking a driver that keeps none is an error."""
+    once reached 1.4 GB): it is opt-in, with the burst log, and asking a driver that keeps
+    none is an error."""
     default = make("sim://?seed=1")
     read_blocks(default, 200)
     with pytest.raises(DriverError, match="truth=1"):
         default.ground_truth()
+    with pytest.raises(RuntimeError, match="keep_log=True"):
+        default.culture.bursts()  # the network's burst log grew too (about 1 MB an hour)
     kept = make("sim://?seed=1&truth=1")
     read_blocks(kept, 200)
     events, units = kept.ground_truth()
     assert len(events) == len(units) > 0
+    kept.culture.bursts()
