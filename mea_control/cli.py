@@ -247,7 +247,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     progress = Progress(enabled=not args.quiet)
     for note in notes:
         log(f"[limits] {note}")
-    if hint := _fast_path_hint(args, driver, protocol):
+    if hint := _fast_path_hint(args, protocol):
         log(hint)
     recorder = None
     started = False
@@ -304,7 +304,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     return 0
 
 
-def _fast_path_hint(args: argparse.Namespace, driver: Any, protocol: Protocol) -> str | None:
+def _fast_path_hint(args: argparse.Namespace, protocol: Protocol) -> str | None:
     """How to run spikes only, for a --fast run on sim:// that renders voltage nobody uses.
 
     Not done silently: spikes-only detection is the device's, not the engine's, so the
