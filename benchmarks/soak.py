@@ -137,8 +137,11 @@ def report(samples: list[Sample], wall: float, code: int, summary_file: Path) ->
     print(table(samples))
     print(f"exit {code}; wall {wall:.0f} s; simulated {summary.get('duration_s', 0):.0f} s "
           f"({summary.get('realtime_factor', '?')}x real time)")
-    print(f"peak RSS {max(s.rss_mb for s in samples):.1f} MB; threads "
-          f"{min(s.threads for s in samples)}-{max(s.threads for s in samples)}; "
+    steady = running(samples)
+    print(f"peak RSS {max(s.rss_mb for s in steady):.1f} MB while running, "
+          f"{max(s.rss_mb for s in samples):.1f} MB overall (the end writes the tables); "
+          f"threads {min(s.threads for s in steady)}-{max(s.threads for s in steady)} "
+          f"while running; "
           f"file {samples[-1].file_mb:.1f} MB at the last sample; "
           f"{summary.get('recording', {}).get('samples_lost', '?')} raw samples lost; "
           f"watchdog trips {summary.get('watchdog_trips', '?')}")
