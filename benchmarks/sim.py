@@ -33,7 +33,7 @@ def fast_driver(url: str) -> SimDriver:
 
 
 def speed(seed: int, seconds: float) -> None:
-    driver = fast_driver(f"sim://?seed={seed}&truth=0&culture=poisson_burst")
+    driver = fast_driver(f"sim://?seed={seed}&culture=poisson_burst")
     for _ in range(200):  # warm up (numba compilation, first noise chunks)
         driver.read()
     n = int(seconds * 1000)
@@ -48,7 +48,7 @@ def speed(seed: int, seconds: float) -> None:
 
 
 def activity(seed: int, seconds: float) -> None:
-    driver = fast_driver(f"sim://?seed={seed}&culture=poisson_burst")
+    driver = fast_driver(f"sim://?seed={seed}&culture=poisson_burst&truth=1")
     for _ in range(int(seconds * 1000)):
         driver.read()
     events, _ = driver.ground_truth()
@@ -87,7 +87,7 @@ def population_bursts(
 
 def evoked(seed: int, trials: int) -> None:
     """Spikes 5-50 ms after a pulse on units near electrode 44, per amplitude."""
-    driver = fast_driver(f"sim://?seed={seed}&bursts=0&culture=poisson_burst")
+    driver = fast_driver(f"sim://?seed={seed}&bursts=0&culture=poisson_burst&truth=1")
     layout = driver.info.layout
     rate = driver.info.sample_rate
     stim_ch = layout.channel("44")

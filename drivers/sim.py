@@ -63,7 +63,8 @@ class SimDriver(Driver):
         "bursts": Param(bool, True, "network bursts on (off: spontaneous + evoked only)"),
         "inhibition": Param(float, 1.0, "network culture: inhibitory synapse scale (0.2 "
                             "bicuculline-like, 2 diazepam-like)"),
-        "truth": Param(bool, True, "keep the ground-truth spike log (memory grows with time)"),
+        "truth": Param(bool, False, "keep every spike for ground_truth() (tests, benchmarks; "
+                       "memory grows with time)"),
         "raw": Param(bool, True, "stream raw voltage (off: spikes only, detected on board)"),
         "threshold_sd": Param(float, 5.0, "spikes-only detection threshold, x noise_uV"),
     }
@@ -385,7 +386,12 @@ class SimDriver(Driver):
     # -- ground truth ----------------------------------------------------------------------
 
     def ground_truth(self) -> tuple[SpikeEvents, np.ndarray]:
-        """Every spike generated so far: (trough sample, nearest channel, peak uV) and unit ids."""
+        """Every spike generated so far: (trough sample, nearest channel, peak uV) and unit ids.
+
+        Only a driver opened with ``truth=1`` keeps them (the log grows with time).
+        """
+        if not self.options["truth"]:
+            raise DriverError("sim:// keeps no ground truth: open it with truth=1")
         samples, units = self.culture.spike_log()
         el = self.electrodes
         events = SpikeEvents(

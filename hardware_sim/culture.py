@@ -60,7 +60,8 @@ class Culture(ABC):
     Subclasses set ``unit_positions_um`` (n_units, 2) and implement :meth:`_advance`;
     those in :data:`CULTURES` are built as ``cls(layout, sample_rate, seed=SeedSequence,
     bursts=bool, keep_log=bool)`` by the sim driver. Their state advances on a tick of
-    about 1 ms (``tick_samples``).
+    about 1 ms (``tick_samples``). ``keep_log`` keeps the ground truth (every spike, the
+    burst onsets), which grows with time; the sim driver asks for it only with ``truth=1``.
     """
 
     def __init__(self, layout: Layout, sample_rate: float, keep_log: bool = True) -> None:
@@ -112,8 +113,17 @@ class Culture(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Spikes in ``[start, stop)``; ``stims`` are sorted by sample."""
 
+    def _check_log(self) -> None:
+        if not self.keep_log:
+            raise RuntimeError("this culture keeps no ground truth: make it with keep_log=True")
+
     def spike_log(self) -> tuple[np.ndarray, np.ndarray]:
-        """Ground truth: every spike so far as (samples int64, unit ids int32)."""
+        """Ground truth: every spike so far as (samples int64, unit ids int32).
+
+        Kept only with ``keep_log`` (it grows with time), as are the burst onsets;
+        without it, asking for either is an error.
+        """
+        self._check_log()
         if not self._log_samples:
             return np.empty(0, np.int64), np.empty(0, np.int32)
         return np.concatenate(self._log_samples), np.concatenate(self._log_units)
@@ -262,6 +272,7 @@ class PoissonBurstCulture(Culture):
 
     def burst_onsets(self) -> np.ndarray:
         """Samples at which network bursts started, up to the current sample."""
+        self._check_log()
         onsets = np.asarray(self._burst_ticks, np.int64) * self.tick_samples
         return onsets[onsets < self._next_sample]
 
@@ -328,7 +339,8 @@ class PoissonBurstCulture(Culture):
         self._hist = np.concatenate([self._hist[:-1], hist])
         self._spk_samples = np.concatenate([self._spk_samples, samples])
         self._spk_units = np.concatenate([self._spk_units, units])
-        self._burst_ticks.extend(onsets.tolist())
+        if self.keep_log:
+            self._burst_ticks.extend(onsets.tolist())
         self._sim_tick = k1
 
     def _rollback(self, k: int, forced_tick: int) -> None:
@@ -731,7 +743,9 @@ class NetworkCulture(Culture):
 
         A burst starts when the neurons fire more than ``burst_on_fraction`` spikes per
         neuron in 10 ms and ends when they fire fewer than ``burst_off_fraction``.
+        Kept, as the spike log, only with ``keep_log``.
         """
+        self._check_log()
         ticks = [np.concatenate(t) if t else np.empty(0, np.int64)
                  for t in (self._burst_ticks, self._burst_end_ticks)]
         onsets, ends = (t * self.tick_samples for t in ticks)
@@ -774,9 +788,9 @@ class NetworkCulture(Culture):
         self._tick = k_end
         parts_s.append(samples)
         parts_u.append(units)
-        if len(onsets):
+        if self.keep_log and len(onsets):
             self._burst_ticks.append(onsets)
-        if len(ends):
+        if self.keep_log and len(ends):
             self._burst_end_ticks.append(ends)
 
     def _stimulate(self, k: int, stims: list[StimEvent]) -> None:

@@ -16,12 +16,12 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from drivers.base import REGISTRY, DriverError, open_driver
 from mea_control import __version__
 from mea_control.engine import Engine, EngineConfig
-from mea_control.protocol import ProtocolError, load_protocol, shipped_protocols
+from mea_control.protocol import Protocol, ProtocolError, load_protocol, shipped_protocols
 from mea_control.recording.errors import RecordingError
 from mea_control.safety import Rig, RigFileError, SafetyLimits, load_rig
 
@@ -247,6 +247,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     progress = Progress(enabled=not args.quiet)
     for note in notes:
         log(f"[limits] {note}")
+    if hint := _fast_path_hint(args, protocol):
+        log(hint)
     recorder = None
     started = False
     try:
@@ -300,6 +302,26 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
               file=sys.stderr)
         return EXIT_WATCHDOG
     return 0
+
+
+def _fast_path_hint(args: argparse.Namespace, protocol: Protocol) -> str | None:
+    """How to run spikes only, for a --fast run on sim:// that renders voltage nobody uses.
+
+    Not done silently: spikes-only detection is the device's, not the engine's, so the
+    spikes (and responses) would differ from the same run in real time.
+    """
+    url = urlsplit(args.device)
+    query = parse_qsl(url.query)
+    uses_voltage = (
+        (args.record is not None and not args.no_raw) or args.lsl
+        or type(protocol).on_block is not Protocol.on_block
+        or any(key == "raw" for key, _ in query)  # asked for by name
+    )
+    if not args.fast or url.scheme != "sim" or uses_voltage:
+        return None
+    fast_url = args.device.partition("?")[0] + "?" + urlencode([*query, ("raw", "0")], safe=":/")
+    return (f"[fast] nothing in this run uses the voltage: --device '{fast_url}' --block-ms 100 "
+            "runs spikes only, several times faster (spikes as the device detects them)")
 
 
 def _recording_meta(args: argparse.Namespace, rig: Rig | None) -> Any:

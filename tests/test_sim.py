@@ -244,7 +244,7 @@ def test_noise_rms_in_range():
 
 def test_spike_waveforms_have_realistic_peaks_and_shape():
     # units 10-50 um from their electrode (the network's are anywhere: tests/test_culture.py)
-    driver = make("sim://?seed=3&noise_uV=0&bursts=0&culture=poisson_burst")
+    driver = make("sim://?seed=3&noise_uV=0&bursts=0&culture=poisson_burst&truth=1")
     blocks, _ = read_blocks(driver, 4000)
     x = trace_uV(blocks)
     events, _ = driver.ground_truth()
@@ -271,7 +271,7 @@ def test_spike_waveforms_have_realistic_peaks_and_shape():
 
 def test_spontaneous_rate_and_bursts():
     """The Poisson culture's burst process (the network's: tests/test_culture.py)."""
-    driver = make("sim://?seed=1&culture=poisson_burst")
+    driver = make("sim://?seed=1&culture=poisson_burst&truth=1")
     read_blocks(driver, 20000)
     events, _ = driver.ground_truth()
     rates = np.bincount(events.channel, minlength=64) / 20.0
@@ -298,7 +298,7 @@ def test_spontaneous_rate_and_bursts():
 
 def test_stimulation_evokes_spikes_nearby_rising_with_amplitude():
     """The Poisson culture's evoked responses (the network's: tests/test_culture.py)."""
-    driver = make("sim://?seed=2&bursts=0&culture=poisson_burst")
+    driver = make("sim://?seed=2&bursts=0&culture=poisson_burst&truth=1")
     layout = driver.info.layout
     ch = layout.channel("44")
     near = np.nonzero(layout.distances_um(ch) <= 250.0)[0]
@@ -443,7 +443,7 @@ def test_stimulating_does_not_change_the_noise():
     """The noise has its own random stream: away from spikes and the artifact, the
     traces of a run with a pulse equal those of the same run without it."""
     # a culture whose pulses only add spikes, so that stretches without spikes remain
-    url = "sim://?seed=8&bursts=0&culture=poisson_burst"
+    url = "sim://?seed=8&bursts=0&culture=poisson_burst&truth=1"
     quiet, _ = read_blocks(make(url), 400)
     driver = make(url)
     driver.stimulate(StimPattern.single([27], PULSE, at_sample=1000))
@@ -508,7 +508,7 @@ def read_spikes_only(driver: SimDriver, n_ticks: int) -> tuple[list[SpikeEvents]
 
 
 def test_spikes_only_streams_electrode_events_and_ticks():
-    driver = make("sim://?seed=1&raw=0")
+    driver = make("sim://?seed=1&raw=0&truth=1")
     caps = driver.info.capabilities
     assert not caps.raw_stream and caps.onboard_detection
     spikes, ticks = read_spikes_only(driver, 3000)
@@ -608,10 +608,27 @@ def test_spikes_only_run_keeps_no_blanking_windows():
     from mea_control.protocol import load_protocol
 
     cls, _ = load_protocol("bss_isomura")
-    driver = open_driver("sim://?seed=4&raw=0&truth=0")
+    driver = open_driver("sim://?seed=4&raw=0")
     driver.open()
     engine = Engine(driver, cls(sessions=1, trials_per_session=8),
                     EngineConfig(block_ms=100.0, fast=True))
     summary = engine.run()
     assert summary["error"] is None and summary["stims_executed"] > 0
     assert engine.detector._windows == []
+
+
+def test_ground_truth_is_kept_only_when_asked_for():
+    """The spike log grows with every simulated spike (a long run on the default sim://
+    once reached 1.4 GB): it is opt-in, with the burst log, and asking a driver that keeps
+    none is an error."""
+    default = make("sim://?seed=1")
+    read_blocks(default, 200)
+    with pytest.raises(DriverError, match="truth=1"):
+        default.ground_truth()
+    with pytest.raises(RuntimeError, match="keep_log=True"):
+        default.culture.bursts()  # the network's burst log grew too (about 1 MB an hour)
+    kept = make("sim://?seed=1&truth=1")
+    read_blocks(kept, 200)
+    events, units = kept.ground_truth()
+    assert len(events) == len(units) > 0
+    kept.culture.bursts()
