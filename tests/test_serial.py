@@ -284,17 +284,21 @@ def test_devices_lists_the_simulator_and_answers(capsys):
 
 @pytest.mark.parametrize(("serve_args", "sim_query"), [([], ""), (["--spikes-only"], "&raw=0")])
 def test_served_device_gives_the_in_process_trial_table(tmp_path, serve_args, sim_query):
-    """`sim serve --pty` in one process, `run --device serial://` in another, in real time."""
+    """`sim serve --pty` in one process, `run --device serial://` in another, in real time.
+
+    The watchdog and the device's dead-man switch get seconds, not their defaults: this
+    compares results on a machine that may be busy (both are tested on their own)."""
     bss = ["run", "protocols/bss_isomura.py", "--param", "sessions=1", "--quiet",
            "--param", "trials_per_session=6", "--param", "isi_s=0.4"]
-    server = subprocess.Popen(cli_command("sim", "serve", "--pty", "--seed", "5", *serve_args),
+    server = subprocess.Popen(cli_command("sim", "serve", "--pty", "--seed", "5",
+                                          "--host-timeout-ms", "3000", *serve_args),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = server.stdout.readline()
         assert line.startswith("serving on /dev/pts/"), server.stderr.read()
         pty = line.split()[-1]
         over_link = subprocess.run(
-            cli_command(*bss, "--device", f"serial://{pty}", "--trials",
+            cli_command(*bss, "--device", f"serial://{pty}", "--watchdog-ms", "3000", "--trials",
                         str(tmp_path / "serial.npz"), "--record", str(tmp_path / "serial.nwb")),
             capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert over_link.returncode == 0, over_link.stderr
