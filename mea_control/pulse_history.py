@@ -177,6 +177,10 @@ class PulseHistory:
                     (start_sample + math.ceil((w - start_wall) * fs - _SLACK),
                      max(1, math.ceil(n * fs - _SLACK))) for w, n in kept]
             gate.import_history(mapped, start_sample)
+            kept = gate.export_history(start_sample)
+            if kept:
+                notes.append(f"pulse history: {sum(map(len, kept.values()))} pulse(s) of earlier "
+                             f"runs on {len(kept)} electrode(s) count toward the rate limits")
             self._gate, self._clock = gate, clock
             self._saved_admitted = gate.admitted
         if self.path is not None:

@@ -107,7 +107,8 @@ def test_the_file_carries_the_same_samples_to_another_process(tmp_path, monkeypa
     second = gate()  # "another process": a new store reads the file
     notes = PulseHistory(path, "serial:///dev/ttyACM0").restore(
         second, 0, 1_700_000_002.25, clock=lambda: 0)
-    assert notes == []
+    assert notes == ["pulse history: 1 pulse(s) of earlier runs on 1 electrode(s) count "
+                     "toward the rate limits"]
     assert second.export_history(0) == {CH34: [(12_345 - 15_000 - 40_000, 8)]}
 
 
@@ -223,6 +224,7 @@ def test_two_cli_runs_back_to_back_share_the_mean_rate_window(pulser, tmp_path, 
     assert list((state_dir / "pulse-history").glob("sim_seed_1-*.json"))
 
     second, log = run_cli(pulser, tmp_path, "second")
+    assert f"pulse history: {admitted(first)} pulse(s) of earlier runs on 1 electrode(s)" in log
     assert admitted(first) + admitted(second) == 60  # the hour's 60 pulses, over both runs
     assert second["stims_refused"] > 0
     assert "exceeds mean_rate_hz" in log
