@@ -502,14 +502,14 @@ class SafetyGate:
     def export_history(self, now_sample: int) -> dict[int, list[tuple[int, int]]]:
         """(start, length) in samples of every remembered pulse that may still share a rate
         window with ``now_sample`` or later (scheduled pulses included), by channel."""
-        with self._lock:
+        with self._lock:  # slices only: STOP's disarm waits for this lock
             cutoff = max(self._clock or now_sample, now_sample) - self._keep
-            out = {}
+            kept = {}
             for channel, (starts, lengths) in self._history.items():
                 k = bisect_right(starts, cutoff)
                 if k < len(starts):
-                    out[channel] = list(zip(starts[k:], lengths[k:], strict=True))
-            return out
+                    kept[channel] = (starts[k:], lengths[k:])
+        return {ch: list(zip(st, ln, strict=True)) for ch, (st, ln) in kept.items()}
 
     def import_history(
         self, pulses: Mapping[int, list[tuple[int, int]]], now_sample: int
