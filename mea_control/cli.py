@@ -22,6 +22,7 @@ from drivers.base import REGISTRY, DriverError, open_driver
 from mea_control import __version__
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol, ProtocolError, load_protocol, shipped_protocols
+from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
 from mea_control.safety import Rig, RigFileError, SafetyLimits, load_rig
 
@@ -228,6 +229,12 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
 
         check_target(args.record, args.overwrite)
         meta = _recording_meta(args, rig)
+
+    def log(message: str) -> None:  # --quiet hides all but warnings
+        if not args.quiet or "warning:" in message:
+            _say(sys.stderr, message)
+
+    history = PulseHistory.for_device(args.device, rig, log=log)
     driver = open_driver(args.device, rig=str(args.rig) if args.rig else "")
     try:
         driver.open()
@@ -243,7 +250,6 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         seed=args.seed,
         limits=limits,
     )
-    log = (lambda m: None) if args.quiet else (lambda m: _say(sys.stderr, m))
     progress = Progress(enabled=not args.quiet)
     for note in notes:
         log(f"[limits] {note}")
@@ -253,7 +259,8 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     started = False
     try:
         try:
-            engine = Engine(driver, protocol, config, log=_quiet_filter(log))
+            engine = Engine(driver, protocol, config, log=_quiet_filter(log),
+                            pulse_history=history)
         except ValueError as exc:  # limits or detection settings that do not fit this device
             raise UserError(str(exc)) from None
         if args.lsl:
@@ -803,7 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run as fast as possible (simulator only); same results as real time")
     run.add_argument("--summary-json", metavar="FILE", help="write the end-of-run summary")
     run.add_argument("--trials", metavar="FILE.npz", help="write the trial table (o, s, r)")
-    run.add_argument("--rig", metavar="FILE.toml", help="rig file with safety limits")
+    run.add_argument("--rig", metavar="FILE.toml",
+                     help="rig file with safety limits ([rig] pulse_history names the file "
+                     "keeping the device's recent pulses across runs)")
     run.add_argument("--block-ms", type=_positive(100.0), default=1.0,
                      help="block length, up to 100 ms (default 1 ms)")
     run.add_argument("--watchdog-ms", type=_positive(), default=200.0,

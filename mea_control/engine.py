@@ -27,6 +27,7 @@ from drivers.base import DeviceInfo, Driver, DriverError, Event
 from mea_control import __version__
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
+from mea_control.pulse_history import PulseHistory
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.trials import Trial, Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
@@ -212,8 +213,11 @@ class Engine:
         config: EngineConfig | None = None,
         sinks: Iterable[Sink] = (),
         log: Callable[[str], None] | None = None,
+        pulse_history: PulseHistory | None = None,
     ) -> None:
         self.driver = driver
+        #: The culture's recent pulses, given to the gate at start and kept at the end.
+        self.pulse_history = pulse_history
         self.protocol = protocol
         self.config = config or EngineConfig()
         self.sinks = list(sinks)
@@ -505,6 +509,7 @@ class Engine:
         falls behind the device, and ends the run when a protocol hook hangs.
         """
         self.driver.set_fast(self.config.fast)
+        self._start_wall_clock = time.time()  # at or before the device's first sample
         self.driver.start(self.block_samples)
         self._worker = threading.Thread(target=self._loop, name="mea-acquisition", daemon=True)
         watchdog = threading.Thread(target=self._watch, name="mea-watchdog", daemon=True)
@@ -563,8 +568,17 @@ class Engine:
                 self._wall_end = time.perf_counter()
                 self._end_stimulation()
                 self._stop_device()
+                self._keep_pulses()
                 self._serve_summaries()
             self._finished.set()
+
+    def _keep_pulses(self) -> None:
+        """However the run ended, its pulses stay in the device's pulse history."""
+        if self.pulse_history is not None:
+            try:
+                self.pulse_history.keep(self.gate, self.now)
+            except Exception as exc:  # never in the way of ending the run
+                self._log(f"[limits] warning: keeping the pulse history failed: {exc}")
 
     def _end_stimulation(self) -> None:
         """Every way a run ends: close the gate, cancel what the device holds, and take
@@ -616,6 +630,7 @@ class Engine:
         except Exception as exc:
             self._log(f"[device_error] cancelling queued stimulation failed: {exc}")
         self._stop_device()
+        self._keep_pulses()
         self._trains_unknown(self.now)
         while self._queued_events:
             self._record_event(self._queued_events.popleft())
@@ -719,6 +734,10 @@ class Engine:
         self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
             self.event("limits", note)
+        if self.pulse_history is not None:
+            for note in self.pulse_history.restore(self.gate, self.t0, self._start_wall_clock,
+                                                   lambda: self.now):
+                self.event("limits", note)
         try:
             self._call(self.protocol.setup, self.ctx)
             if self.gate.armed:

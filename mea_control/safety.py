@@ -499,6 +499,36 @@ class SafetyGate:
             }
             return {ch: st for ch, st in recent.items() if st}
 
+    def export_history(self, now_sample: int) -> dict[int, list[tuple[int, int]]]:
+        """(start, length) in samples of every remembered pulse that may still share a rate
+        window with ``now_sample`` or later (scheduled pulses included), by channel."""
+        with self._lock:  # slices only: STOP's disarm waits for this lock
+            cutoff = max(self._clock or now_sample, now_sample) - self._keep
+            kept = {}
+            for channel, (starts, lengths) in self._history.items():
+                k = bisect_right(starts, cutoff)
+                if k < len(starts):
+                    kept[channel] = (starts[k:], lengths[k:])
+        return {ch: list(zip(st, ln, strict=True)) for ch, (st, ln) in kept.items()}
+
+    def import_history(
+        self, pulses: Mapping[int, list[tuple[int, int]]], now_sample: int
+    ) -> None:
+        """Remember pulses admitted elsewhere (a previous run, mapped onto this gate's
+        clock) as if admitted here; those too old to share a window with ``now_sample``
+        are dropped. Counters are unchanged."""
+        with self._lock:
+            cutoff = int(now_sample) - self._keep
+            for channel, given in pulses.items():
+                merged = sorted(
+                    [p for p in given if p[0] > cutoff]
+                    + list(zip(*self._history.get(channel, ([], [])), strict=True))
+                )
+                if merged:
+                    starts, lengths = zip(*merged, strict=True)
+                    self._history[int(channel)] = ([int(s) for s in starts],
+                                                   [max(1, int(n)) for n in lengths])
+
     def _check(
         self, pattern: StimPattern, now_sample: int
     ) -> dict[int, tuple[list[int], list[int]]]:

@@ -10,11 +10,33 @@ from pathlib import Path
 import pytest
 
 from mea_control.fep import published
+from mea_control.pulse_history import STATE_DIR_ENV
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(__file__).resolve().parent / "output"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_dir(tmp_path_factory):
+    """Session-wide fixtures keep mea-control's state (pulse histories) out of the user's."""
+    before = os.environ.get(STATE_DIR_ENV)
+    os.environ[STATE_DIR_ENV] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if before is None:
+        os.environ.pop(STATE_DIR_ENV, None)
+    else:
+        os.environ[STATE_DIR_ENV] = before
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch) -> Path:
+    """Each test's own mea-control state folder (CLI subprocesses inherit it): tests
+    neither share pulse histories nor write the user's."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv(STATE_DIR_ENV, str(folder))
+    return folder
 
 
 @pytest.fixture

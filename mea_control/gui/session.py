@@ -10,6 +10,9 @@ raised as one-line exceptions, those of a run go to :attr:`log`.
 A driver streams once per open(), so the rig thread re-opens it between runs;
 the simulator then starts again from its seed, at sample 0.
 
+The session keeps one :class:`PulseHistory` for the connected device, so the safety
+gate's rate limits count the pulses of the earlier runs too (docs/safety.md).
+
 Every run's engine feeds the session's :class:`LiveFeed` (the views' data) and
 its :class:`RecordingSwitch` (the recording in force, started and stopped at
 any moment). The window runs a RigSession in a child process
@@ -29,6 +32,7 @@ from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
+from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.switch import RecordingSwitch
 from mea_control.safety import SafetyLimits
@@ -83,6 +87,8 @@ class RigSession:
         #: The latest error as one line (a run's, the device's or the recorder's).
         self.last_error: str | None = None
         self._driver: Driver | None = None
+        #: The connected device's recent pulses, kept across its runs (and in its state file).
+        self.pulse_history: PulseHistory | None = None
         self._monitor_fast = False
         self._thread: threading.Thread | None = None
         self._state = threading.Condition()
@@ -111,6 +117,7 @@ class RigSession:
             if fast and not driver.info.simulated:
                 raise DriverError(f"fast mode works with the simulator only, not {url}")
             self._driver, self._monitor_fast = driver, fast
+            self.pulse_history = PulseHistory.for_device(url, log=self._say)
             monitor = self._monitor_engine()
         except (DriverError, ValueError):
             driver.close()
@@ -453,7 +460,8 @@ class RigSession:
     def _engine_with(self, protocol: Protocol, config: EngineConfig,
                      sinks: list[Sink]) -> Engine:
         assert self._driver is not None
-        engine = Engine(self._driver, protocol, config, sinks=sinks, log=self._say)
+        engine = Engine(self._driver, protocol, config, sinks=sinks, log=self._say,
+                        pulse_history=self.pulse_history)
         if self._stim_stopped is not None:  # an operator's stop holds until rearm()
             engine.gate.disarm(self._stim_stopped)
         return engine

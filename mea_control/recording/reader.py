@@ -3,25 +3,54 @@
 Reads with h5py (no pynwb needed): raw samples stay on disk until sliced.
 A file whose run did not stop cleanly is read too: its tables come from the
 side journal until ``mea-control recover`` writes them into the file.
+
+Whatever is wrong with a file (not there, not NWB, cut short, bytes changed) is a
+:class:`RecordingError` naming the file and what failed, raised by ``open`` or by the
+first property that reads the damaged part; the parts read before stay usable. A
+damaged side journal loses only its damaged lines (counted in the health line).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
 from mea_control.recording import nwbfile
 from mea_control.recording.errors import RecordingError, is_locked
-from mea_control.recording.journal import JournalContents, journal_path, read_journal
+from mea_control.recording.journal import FIELDS, JournalContents, journal_path, read_journal
 from mea_control.recording.tables import DECISION_FIELDS, stim_rows
 from mea_control.trials import TrialTable
 from mea_control.types import SpikeEvents
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: What h5py, json and numpy raise on a damaged file (a byte changed, the file cut short).
+DAMAGE = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
+_T = TypeVar("_T")
+
+
+def damaged(path: Path, exc: BaseException) -> RecordingError:
+    """The error for a file whose contents are damaged, naming what failed."""
+    return RecordingError(f"{path}: damaged recording ({type(exc).__name__}: {exc}); the "
+                          "parts read before this are all that can be read")
+
+
+def _reads_file(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Turn what a damaged file raises while ``method`` reads it into :func:`damaged`."""
+    @functools.wraps(method)
+    def read(rec: Any, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(rec, *args, **kwargs)
+        except RecordingError:
+            raise
+        except DAMAGE as exc:
+            raise damaged(rec.path, exc) from None
+    return read
 
 
 def open_hdf5(path: Path) -> h5py.File:
@@ -45,7 +74,14 @@ def open_hdf5(path: Path) -> h5py.File:
         raise RecordingError(
             f"{path}: damaged or truncated HDF5 file ({exc}); it cannot be read"
         ) from None
-    if "nwb_version" not in f.attrs:
+    except DAMAGE as exc:
+        raise damaged(path, exc) from None
+    try:
+        nwb = "nwb_version" in f.attrs
+    except DAMAGE as exc:
+        f.close()
+        raise damaged(path, exc) from None
+    if not nwb:
         f.close()
         raise RecordingError(f"{path}: an HDF5 file but not an NWB file")
     return f
@@ -62,9 +98,9 @@ class Recording:
         except RecordingError:
             self._h5.close()
             raise
-        except (KeyError, OSError, ValueError) as exc:
+        except DAMAGE as exc:
             self._h5.close()
-            raise RecordingError(f"{self.path}: damaged recording ({exc})") from None
+            raise damaged(self.path, exc) from None
 
     def _load(self) -> None:
         h5, path = self._h5, self.path
@@ -90,7 +126,7 @@ class Recording:
         self.journal: JournalContents | None = None
         jpath = journal_path(path)
         if self.summary is None and jpath.exists():
-            self.journal = read_journal(jpath)
+            self.journal = read_journal(jpath, self.n_channels)
         if self.summary is not None:
             self.first_sample = int(self.summary.get("first_sample", 0))
         elif self.journal is not None and self.journal.start:
@@ -109,6 +145,7 @@ class Recording:
         return 0 if self.samples is None else int(self.samples.shape[0])
 
     @property
+    @_reads_file
     def duration_s(self) -> float:
         if self.summary is not None and "duration_s" in self.summary:
             return float(self.summary["duration_s"])
@@ -117,6 +154,7 @@ class Recording:
             last.append(int(self.spikes.sample[-1]) - self.first_sample + 1)
         return max(last) / self.sample_rate
 
+    @_reads_file
     def microvolts(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Raw samples [start, stop) (indices from the first sample) in uV, float32."""
         if self.samples is None:
@@ -128,6 +166,7 @@ class Recording:
         return self._h5.get(path) if self.complete else None
 
     @property
+    @_reads_file
     def spikes(self) -> SpikeEvents:
         """Detected spikes: device sample, electrode index, amplitude in uV."""
         if self.journal is not None:
@@ -138,6 +177,7 @@ class Recording:
         return SpikeEvents(g["sample"][:], g["electrode"][:], g["amplitude_uV"][:])
 
     @property
+    @_reads_file
     def pulses(self) -> dict[str, Any]:
         """The stimulation table as columns; phase columns are lists of arrays (one per pulse)."""
         if self.journal is not None:
@@ -157,13 +197,14 @@ class Recording:
         return out
 
     @property
+    @_reads_file
     def trials(self) -> TrialTable | None:
         """The trial table (o, s, r, ...), or None when the protocol ran no trials."""
         if self.journal is not None:
             recs = self.journal.trials
             if not recs:
                 return None
-            cols = {k: [t[k] for t in recs] for k in recs[0]}
+            cols = {k: [t[k] for t in recs] for k in FIELDS["trial"]}
             stim_channels = recs[0]["stim_channels"]
         else:
             g = self._group("intervals/trials")
@@ -196,11 +237,13 @@ class Recording:
                 for i in range(len(g["id"]))]
 
     @property
+    @_reads_file
     def events(self) -> list[dict[str, Any]]:
         """Run events (start, stop, gap, watchdog, refusal, lost, errors) with sample and kind."""
         return self._log("events")
 
     @property
+    @_reads_file
     def decisions(self) -> list[dict[str, Any]]:
         """Model decisions: sample, time, choice, candidates, scores, details."""
         rows = self._log("decisions")
@@ -239,6 +282,11 @@ def health(rec: Recording) -> tuple[str, list[str]]:
                         f"({s.get('samples_lost', 0)} samples missing)")
     if s.get("error"):
         problems.append(f"the run ended with a {s['error']} error")
+    torn = (s["recovered"].get("torn_journal_lines", 0) if "recovered" in s
+            else rec.journal.torn_lines if rec.journal is not None else 0)
+    if torn:
+        problems.append(f"{torn} line(s) of the side journal could not be read (cut short "
+                        "or damaged); their records are missing")
     if "recovered" in s:
         problems.insert(0, "recovered after the run stopped without finishing the file: it "
                         "holds the raw samples up to the last flush and the tables up to the "
@@ -255,6 +303,7 @@ def health(rec: Recording) -> tuple[str, list[str]]:
     return "incomplete", problems
 
 
+@_reads_file
 def describe(rec: Recording) -> str:
     """A readable summary of a recording (``mea-control info``)."""
     prov, s = rec.provenance, rec.summary or {}

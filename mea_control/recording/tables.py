@@ -279,15 +279,15 @@ def finalize(path: str | Path, recovered: bool = False) -> JournalContents:
 
     path = Path(path)
     jpath = journal_path(path)
-    c = read_journal(jpath)
     with NWBHDF5IO(str(path), "a") as io:
         nwb = io.read()
         if nwbfile.SUMMARY in nwb.scratch:
             raise RecordingError(f"{path} is already complete; nothing to recover")
         prov = json.loads(str(nwb.scratch[nwbfile.PROVENANCE].data))
         fs = float(prov["device_info"]["sample_rate"])
-        t0 = int(c.start["first_sample"]) if c.start else 0
         labels = [str(x) for x in nwb.electrodes["channel_name"].data[:]]
+        c = read_journal(jpath, len(labels))  # records of electrodes beyond these: corrupted
+        t0 = int(c.start["first_sample"]) if c.start else 0
         nwb.create_processing_module("ecephys", "spikes detected online").add(
             _spikes_table(nwb, c, t0, fs))
         nwb.units = _units(nwb, c, t0, fs, labels)
@@ -319,7 +319,7 @@ def finalize(path: str | Path, recovered: bool = False) -> JournalContents:
 
 def recover(path: str | Path) -> JournalContents:
     """Write a crashed run's side journal into its file (``mea-control recover``)."""
-    from mea_control.recording.reader import Recording
+    from mea_control.recording.reader import DAMAGE, Recording
 
     path = Path(path)
     with Recording(path) as rec:  # raises a clear error for anything but a recording
@@ -331,4 +331,13 @@ def recover(path: str | Path) -> JournalContents:
             f"{path}: its side journal {journal_path(path).name} is gone, so spikes, pulses "
             "and trials cannot be recovered; the raw samples in the file are readable as they are"
         )
-    return finalize(path, recovered=True)
+    try:
+        return finalize(path, recovered=True)
+    except RecordingError:
+        raise
+    except DAMAGE as exc:  # pynwb reads the whole file: damage anywhere shows here
+        raise RecordingError(
+            f"{path}: damaged recording; its tables could not be written into it "
+            f"({type(exc).__name__}: {exc}). The side journal is kept; `mea-control info` "
+            "reads what is readable"
+        ) from None
