@@ -22,7 +22,7 @@ from drivers.base import REGISTRY, DriverError, open_driver
 from mea_control import __version__
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol, ProtocolError, load_protocol, shipped_protocols
-from mea_control.pulse_history import PulseHistory
+from mea_control.pulse_history import PulseHistory, names_history_file
 from mea_control.recording.errors import RecordingError
 from mea_control.safety import Rig, RigFileError, SafetyLimits, load_rig
 
@@ -242,6 +242,9 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         raise
     except OSError as exc:
         raise DriverError(f"device {args.device} is not answering: {exc}") from None
+    if driver.info.simulated and not names_history_file(rig):
+        # a simulated device grows a fresh culture for every run: a dry run repeats exactly
+        history = PulseHistory(None, args.device, log)
     config = EngineConfig(
         block_ms=args.block_ms,
         fast=args.fast,

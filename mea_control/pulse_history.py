@@ -52,6 +52,11 @@ def default_path(device_url: str) -> Path:
     return state_dir() / "pulse-history" / f"{slug}-{digest}.json"
 
 
+def names_history_file(rig: Rig | None) -> bool:
+    """Whether the rig file names the pulse history file (``[rig] pulse_history``)."""
+    return rig is not None and "pulse_history" in rig.tables.get("rig", {})
+
+
 def history_path(device_url: str, rig: Rig | None = None) -> Path:
     """The rig file's ``[rig] pulse_history`` (relative to the rig file), else the default."""
     table = rig.tables.get("rig", {}) if rig is not None else {}

@@ -205,9 +205,17 @@ def test_an_unwritable_file_is_one_warning(tmp_path):
 # -- end to end ---------------------------------------------------------------------------------
 
 
-def run_cli(pulser, tmp_path, name: str) -> tuple[dict, str]:
+def rig_file(tmp_path, history: bool = True):
+    """The test's limits; ``history``: the rig names a pulse history file (the simulator
+    keeps none otherwise), pulses.json beside it."""
     rig = tmp_path / "rig.toml"
-    rig.write_text("[limits]\n" + "".join(f"{k} = {v}\n" for k, v in LIMITS.items()))
+    rig.write_text(('[rig]\npulse_history = "pulses.json"\n' if history else "")
+                   + "[limits]\n" + "".join(f"{k} = {v}\n" for k, v in LIMITS.items()))
+    return rig
+
+
+def run_cli(pulser, tmp_path, name: str, history: bool = True) -> tuple[dict, str]:
+    rig = rig_file(tmp_path, history)
     summary = tmp_path / f"{name}.json"
     done = subprocess.run(
         cli_command("run", str(pulser), "--device", "sim://?seed=1", "--fast", "--duration",
@@ -221,13 +229,21 @@ def test_two_cli_runs_back_to_back_share_the_mean_rate_window(pulser, tmp_path, 
     first, log = run_cli(pulser, tmp_path, "first")
     assert first["stims_refused"] == 0 and admitted(first) >= 35
     assert "none kept yet" in log
-    assert list((state_dir / "pulse-history").glob("sim_seed_1-*.json"))
+    assert (tmp_path / "pulses.json").exists()
 
     second, log = run_cli(pulser, tmp_path, "second")
     assert f"pulse history: {admitted(first)} pulse(s) of earlier runs on 1 electrode(s)" in log
     assert admitted(first) + admitted(second) == 60  # the hour's 60 pulses, over both runs
     assert second["stims_refused"] > 0
     assert "exceeds mean_rate_hz" in log
+
+
+def test_the_simulator_repeats_exactly_without_a_named_file(pulser, tmp_path, state_dir):
+    """A simulated culture is new in every CLI run: nothing carries over by default."""
+    first, _ = run_cli(pulser, tmp_path, "first", history=False)
+    second, log = run_cli(pulser, tmp_path, "second", history=False)
+    assert admitted(first) == admitted(second) >= 35 and second["stims_refused"] == 0
+    assert "earlier runs" not in log and not (state_dir / "pulse-history").exists()
 
 
 def test_a_gui_session_keeps_the_history_across_runs(pulser):
@@ -250,19 +266,17 @@ def test_a_gui_session_keeps_the_history_across_runs(pulser):
 def test_a_killed_run_leaves_the_pulses_of_all_but_its_last_second(pulser, tmp_path,
                                                                    state_dir):
     """The file is rewritten during the run, so a SIGKILL does not reset the windows."""
-    rig = tmp_path / "rig.toml"
-    rig.write_text("[limits]\n" + "".join(f"{k} = {v}\n" for k, v in LIMITS.items()))
+    rig = rig_file(tmp_path)
     run = subprocess.Popen(
         cli_command("run", str(pulser), "--device", "sim://?seed=1", "--duration", "60",
                     "--rig", str(rig), "--quiet"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    folder = state_dir / "pulse-history"
+    path = tmp_path / "pulses.json"
 
     def kept() -> int:
-        for path in folder.glob("sim_seed_1-*.json"):
-            return len(json.loads(path.read_text())["electrodes"].get("34", {}).get("start_s",
-                                                                                    []))
-        return 0
+        if not path.exists():
+            return 0
+        return len(json.loads(path.read_text())["electrodes"].get("34", {}).get("start_s", []))
 
     try:
         wait_until(lambda: kept() >= 30, timeout=WAIT_S, what="30 pulses in the state file")
