@@ -54,7 +54,6 @@ import sys
 import tempfile
 import threading
 import time
-from bisect import bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,51 +334,48 @@ class Device:
 
 
 class Operator(threading.Thread):
-    """Performs a scenario's operator actions on the engine, from its own thread."""
+    """Performs a scenario's operator actions on the engine, from its own thread; the
+    ``sync`` ones through :meth:`pacer`, on the loop's thread."""
 
     def __init__(self, engine: Engine, bench: Bench, acts: tuple[Act, ...],
                  block_samples: int, at_send_wait_s: float) -> None:
         super().__init__(name="operator", daemon=True)
         self.engine, self.bench = engine, bench
-        self.acts = [a for a in acts if not a.sync]
         self.block_samples = block_samples
         self.at_send_wait_s = at_send_wait_s
         self.over = threading.Event()  # set once Engine.run returned
-        self._reached = {a.send: threading.Event() for a in self.acts if a.send is not None}
-        self._done = {n: threading.Event() for n in self._reached}
+        self.acts = [(a, threading.Event()) for a in acts if not a.sync]
+        self.sync = [a for a in acts if a.sync]
+        self._sends = {a.send: (reached, threading.Event()) for a, reached in self.acts
+                       if a.send is not None}
         self.performed = 0
         self.pause_wanted = False
         #: Exceptions the engine's control methods raised (a STOP must not raise but
         #: DriverError), as (action, exception text).
         self.errors: list[tuple[str, str]] = []
 
+    def pacer(self) -> Sink:
+        """The sink that wakes this thread when a block is reached and does sync actions."""
+        return Pacer(self, [(a.block * self.block_samples, reached) for a, reached in self.acts
+                            if a.block is not None])
+
     def inside_send(self, n: int) -> None:
         """Called by the device in the loop's n-th send: let the operator act now."""
-        if n in self._reached:
-            self._reached[n].set()
-            self._done[n].wait(self.at_send_wait_s)
+        if n in self._sends:
+            reached, done = self._sends[n]
+            reached.set()
+            done.wait(self.at_send_wait_s)
 
     def run(self) -> None:
-        for act in self.acts:
+        for act, reached in self.acts:
+            while not reached.wait(0.05):
+                if self.over.is_set():
+                    return
+            self.perform(act.kind)
             if act.send is not None:
-                if not self._wait(self._reached[act.send].is_set):
-                    return
-                self.perform(act.kind)
-                self._done[act.send].set()
-            else:
-                due = act.block * self.block_samples
-                if not self._wait(lambda due=due: self.engine.now - self.engine.t0 >= due):
-                    return
-                self.perform(act.kind)
+                self._sends[act.send][1].set()
         if self.pause_wanted:  # a pause drawn last: let the run end
             self.perform("resume")
-
-    def _wait(self, condition) -> bool:
-        while not condition():
-            if self.over.is_set():
-                return False
-            time.sleep(0.0002)
-        return True
 
     def perform(self, kind: str) -> None:
         """One action, recorded in the bench's order. A control method that raises anything
@@ -405,17 +401,20 @@ class Operator(threading.Thread):
             bench.fault("stop", guard_now=True)
 
 
-class SyncActs(Sink):
-    """The scenario's ``sync`` actions, performed by a sink on the loop's thread."""
+class Pacer(Sink):
+    """On the loop's thread: wakes the operator when a block is reached, does sync actions."""
 
-    def __init__(self, operator: Operator, acts: tuple[Act, ...], block_samples: int) -> None:
+    def __init__(self, operator: Operator, alarms: list[tuple[int, threading.Event]]) -> None:
         self.operator = operator
-        self.due = sorted((a.block * block_samples, i, a.kind) for i, a in enumerate(acts)
-                          if a.sync)
+        self.alarms = sorted(alarms, key=lambda alarm: alarm[0])
+        self.due = sorted((a.block * operator.block_samples, i, a.kind)
+                          for i, a in enumerate(operator.sync))
 
     def on_block(self, block, filtered, spikes) -> None:
-        engine = self.operator.engine
-        while self.due and block.stop_sample - engine.t0 >= self.due[0][0]:
+        elapsed = block.stop_sample - self.operator.engine.t0
+        while self.alarms and elapsed >= self.alarms[0][0]:
+            self.alarms.pop(0)[1].set()
+        while self.due and elapsed >= self.due[0][0]:
             self.operator.perform(self.due.pop(0)[2])
 
 
@@ -490,7 +489,7 @@ def run_scenario(scenario: Scenario, at_send_wait_s: float = AT_SEND_WAIT_S) -> 
     engine = Engine(device, protocol, config)
     block_samples = engine.block_samples
     operator = Operator(engine, bench, scenario.acts, block_samples, at_send_wait_s)
-    engine.sinks.append(SyncActs(operator, scenario.acts, block_samples))
+    engine.sinks.append(operator.pacer())
     device.operator = operator
     _record_disarms(engine, bench)
     operator.start()
@@ -546,7 +545,7 @@ def limit_violations(log, limits: SafetyLimits, layout, fs: float) -> list[Viola
               ("mean_rate_hz", limits.mean_window_s * fs, limits.mean_max_pulses))
     for channel, pulses in by_channel.items():
         pulses.sort()
-        for k, (sample, i, ticket, duration_us) in enumerate(pulses[1:], 1):
+        for k, (sample, i, ticket, _) in enumerate(pulses[1:], 1):
             prev, _, _, prev_us = pulses[k - 1]
             length = max(1, math.ceil(prev_us * 1e-6 * fs - _EPS))
             if sample < prev + length:
@@ -669,32 +668,34 @@ def record_violations(bench: Bench, engine: Engine) -> list[Violation]:
 
 
 # ---------------------------------------------------------------------------- strategies
-#: 64, -1: no such electrode on the 8x8 layout; 1 is "12" and 14 is "27" (forbidden in some).
-CHANNELS = (0, 1, 9, 14, 27, 63, 64, -1)
-#: (count, rate in Hz): trains within and beyond the rate limits, none longer than 2 s.
-TRAINS = [(2, 100.0), (5, 20.0), (11, 1000.0), (11, 250.0), (40, 100.0), (40, 20.0),
-          (300, 1000.0), (300, 250.0)]
+#: Within every limit LIMITS may draw (5 uA x 200 us = 1 nC, k < 0 on 30 um electrodes).
+LEGAL = dict(channels=[(0,), (9,), (27,), (63,), (9, 27)], amplitude=[1.0, 3.0, 5.0],
+             phase_us=[20.0, 60.0, 200.0], mode=["current"], imbalance=[0.0],
+             train=[(1, 0.0)] * 3 + [(2, 100.0), (5, 20.0)])
+#: Beyond some limit, device or layout: 64 and -1 are no electrode, 1 is "12" and 14 is
+#: "27" (forbidden in some LIMITS), channel 3 is mcs60mea200's reference electrode; the
+#: trains break the burst or mean rate windows (or not, with the pulses already sent).
+ILLEGAL = dict(channels=[(64,), (-1,), (1,), (14,), (3,), (9, 64)],
+               amplitude=[9.99, 10.0, 10.5, 20.0, 49.0, 60.0], phase_us=[10.0, 500.0, 501.0, 900.0],
+               mode=["voltage"], imbalance=[0.005, 0.05, 1.0],
+               train=[(11, 1000.0), (11, 250.0), (40, 100.0), (40, 20.0), (300, 1000.0),
+                      (300, 250.0)])
+VOLTAGES = [100.0, 899.0, 900.0, 950.0, 1600.0]
 
 
 @st.composite
 def shots(draw) -> Shot:
-    mode = draw(st.sampled_from(["current"] * 4 + ["voltage"]))
-    amplitudes = ([1.0, 5.0, 9.99, 10.0, 10.5, 20.0, 49.0, 60.0] if mode == "current"
-                  else [100.0, 899.0, 900.0, 950.0, 1600.0])
-    train = draw(st.sampled_from([(1, 0.0)] * 4 + TRAINS))
-    return Shot(
-        channels=tuple(draw(st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=3,
-                                     unique=True))),
-        amplitude=draw(st.sampled_from(amplitudes)),
-        phase_us=draw(st.sampled_from([10.0, 20.0, 60.0, 200.0, 400.0, 500.0, 501.0, 900.0])),
-        mode=mode,
-        imbalance=draw(st.sampled_from([0.0, 0.0, 0.0, 0.005, 0.05, 1.0])),
-        train_count=train[0], train_rate_hz=train[1],
-        ahead_ms=draw(st.one_of(st.none(), st.sampled_from([-5.0, 0.0, 1.0, 5.0, 40.0, 200.0,
-                                                            800.0]))),
-        repeat=draw(st.sampled_from([1, 1, 1, 3, 12])),
-        spacing_ms=draw(st.sampled_from([0.0, 2.0, 4.5, 20.0])),
-    )
+    """A legal pattern, or one with one or two of its values beyond a limit."""
+    illegal = set(draw(st.lists(st.sampled_from(sorted(LEGAL)), max_size=2)))
+    values = {k: draw(st.sampled_from((ILLEGAL if k in illegal else LEGAL)[k])) for k in LEGAL}
+    if values["mode"] == "voltage":
+        values["amplitude"] = draw(st.sampled_from(VOLTAGES))
+    count, rate = values.pop("train")
+    return Shot(**values, train_count=count, train_rate_hz=rate,
+                ahead_ms=draw(st.one_of(st.none(), st.sampled_from([-5.0, 0.0, 1.0, 5.0, 40.0,
+                                                                    200.0, 800.0]))),
+                repeat=draw(st.sampled_from([1, 1, 1, 3, 12])),
+                spacing_ms=draw(st.sampled_from([0.0, 2.0, 4.5, 20.0])))
 
 
 LIMITS = st.builds(
@@ -714,7 +715,7 @@ def scenarios(draw, real_time: bool = False) -> Scenario:
     """Random protocol behaviour, operator actions and faults; real time adds hangs."""
     blocks = 1200 if real_time else 300
     block = st.integers(0, blocks - 1)
-    kinds = ["stim"] * 8 + ["raise"] + (["hang"] * 2 if real_time else [])
+    kinds = ["stim"] * 12 + ["raise"] + (["hang"] * 3 if real_time else [])
     steps = []
     for _ in range(draw(st.integers(0, 8))):
         kind = draw(st.sampled_from(kinds))
@@ -735,7 +736,7 @@ def scenarios(draw, real_time: bool = False) -> Scenario:
         steps=tuple(sorted(steps, key=lambda s: s.block)),
         acts=tuple(acts),
         limits=draw(LIMITS),
-        link_loss_block=draw(st.one_of(st.none(), block)),
+        link_loss_block=draw(block) if draw(st.integers(0, 3)) == 0 else None,
         teardown=draw(st.one_of(st.none(), shots())),
         blocks=blocks,
         real_time=real_time,
