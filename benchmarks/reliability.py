@@ -746,21 +746,23 @@ def scenarios(draw, real_time: bool = False) -> Scenario:
 
 
 # ------------------------------------------------------------------------- long form
+#: Scenarios per hypothesis run of the long form (each run has its own seed).
+CHUNK = 50
+
+
 def long_form(actions: int, seed: int, real_time_share: float) -> int:
     """Random scenarios until ``actions`` actions were tried; prints the figures."""
     tally = Counter()
     rules: Counter[str] = Counter()
     first: list[Outcome] = []
-    rng = random.Random(seed)
     started = time.perf_counter()
+    per_mille = int(round(real_time_share * 1000))
 
-    @settings(max_examples=10**9, deadline=None, database=None, phases=[Phase.generate],
+    @settings(max_examples=CHUNK, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def explore(data) -> None:
-        if tally["actions"] >= actions:
-            return
-        real_time = rng.random() < real_time_share
+        real_time = data.draw(st.integers(0, 999)) < per_mille
         outcome = run_scenario(data.draw(scenarios(real_time=real_time)))
         tally.update(runs=1, actions=outcome.actions, pulses=outcome.pulses,
                      violations=len(outcome.violations), real_time_runs=int(real_time),
@@ -772,7 +774,10 @@ def long_form(actions: int, seed: int, real_time_share: float) -> int:
             print(f"  {tally['runs']} runs, {tally['actions']} actions, "
                   f"{tally['violations']} violations", flush=True)
 
-    hypothesis_seed(seed)(explore)()  # stops once enough actions were tried (cheap no-ops)
+    for chunk in itertools.count():
+        if tally["actions"] >= actions:
+            break
+        hypothesis_seed(seed * 100_003 + chunk)(explore)()
     print(f"runs: {tally['runs']} ({tally['real_time_runs']} in real time) in "
           f"{time.perf_counter() - started:.0f} s")
     print(f"actions tried: {tally['actions']}")
