@@ -81,6 +81,8 @@ AT_SEND_WAIT_S = 0.2
 #: A watchdog running beside the loop trips within its time plus this (a busy machine).
 WATCHDOG_MARGIN_MS = 300.0
 _EPS = 1e-9
+#: A run held by a pause is ended at this many times its duration (in device time).
+RUN_LIMIT = 4
 
 
 # ------------------------------------------------------------------------------ scenarios
@@ -411,7 +413,11 @@ class Pacer(Sink):
                           for i, a in enumerate(operator.sync))
 
     def on_block(self, block, filtered, spikes) -> None:
-        elapsed = block.stop_sample - self.operator.engine.t0
+        engine = self.operator.engine
+        elapsed = block.stop_sample - engine.t0
+        if elapsed >= RUN_LIMIT * engine.config.duration_s * engine.info.sample_rate:
+            engine.resume()  # held by a pause whose resume waits for a send that never comes
+            engine.stop()
         while self.alarms and elapsed >= self.alarms[0][0]:
             self.alarms.pop(0)[1].set()
         while self.due and elapsed >= self.due[0][0]:
