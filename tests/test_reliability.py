@@ -1,6 +1,6 @@
 """STOP means stop, from the device's own record: the property (short form) and the
-defects it found, kept as regression tests. The harness is benchmarks/reliability.py,
-whose long form runs 10,000 random actions."""
+defects it found, kept as regression tests (each failed on the engine before 548c09a).
+The harness is benchmarks/reliability.py, whose long form runs 10,000 random actions."""
 
 import sys
 
@@ -29,17 +29,9 @@ SHORT = settings(deadline=None, derandomize=True, database=None, max_examples=25
                  phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
                  suppress_health_check=list(HealthCheck))
 
-#: The defects the property found on main (issue 19); each fix flips its test below.
-RACE = "check-then-send race: a STOP between gate.admit and driver.stimulate does not " \
-       "cancel the pattern, which runs after STOP returned"
-HANG = "the watchdog runs on the loop thread after the hooks: a hanging hook is never " \
-       "caught, the device runs what was booked through the hang"
-QUEUED = "queued patterns survive the end of a run (no abort on a normal end or stop())"
-CUT = "a train cut by an abort is listed with all its pulses executed"
+#: A defect the property found that is still open.
 SIM_ABORT = "sim:// abort_stimulation raises KeyError for a single pattern reported " \
             "executed whose pulse has not run yet (it looks it up in the trains)"
-ALL = "the property fails on main until issue 19's fixes land: " + "; ".join(
-    (RACE, HANG, QUEUED, CUT))
 
 PULSE = 5.0, 200.0  # uA, us: within every default limit
 
@@ -51,7 +43,8 @@ def breaks(scenario, rule="", **kwargs):
     return outcome.report() if hits else ""
 
 
-#: Shortest counterexamples on main, tried first (Phase.explicit): the race, a train cut.
+#: Shortest counterexamples on the engine before 548c09a, tried first (Phase.explicit):
+#: the check-then-send race, a train cut by STOP, a hook hanging through a booked train.
 RACE_CASE = Scenario(steps=(Step(10, "stim", Shot((9,), *PULSE, ahead_ms=50.0)),),
                      acts=(Act("stop_stimulation", send=1),))
 CUT_CASE = Scenario(steps=(Step(10, "stim", Shot((9,), *PULSE, train_count=20,
@@ -62,7 +55,6 @@ HANG_CASE = Scenario(steps=(Step(50, "stim", Shot((9,), *PULSE, train_count=40,
                             Step(60, "hang", hang_s=0.8)), real_time=True, blocks=1500)
 
 
-@pytest.mark.xfail(strict=True, reason=ALL)
 @SHORT
 @example(RACE_CASE)
 @example(CUT_CASE)
@@ -71,7 +63,6 @@ def test_no_pulse_breaks_a_limit_or_runs_when_nothing_may_run(scenario):
     assert not breaks(scenario)
 
 
-@pytest.mark.xfail(strict=True, reason=ALL)
 @settings(SHORT, max_examples=3)
 @example(HANG_CASE)
 @given(scenarios(real_time=True))
@@ -79,25 +70,19 @@ def test_in_real_time_with_hangs_too(scenario):
     assert not breaks(scenario)
 
 
-# -- the defects found, each its shortest counterexample -----------------------------------
-@pytest.mark.xfail(strict=True, reason=RACE)
+# -- the defects found, each its shortest counterexample; all but the last fixed in 548c09a --
 def test_a_stop_between_admission_and_send_cancels_the_pattern():
     # the gate admits a pulse booked 50 ms ahead; STOP lands before the device has it
     # (2 s for the STOP: a fixed engine makes it wait for the send, then it goes on)
     assert not breaks(RACE_CASE, "after_stop", at_send_wait_s=2.0)
 
 
-@pytest.mark.xfail(strict=True, reason=HANG)
 def test_a_hung_hook_is_caught_by_the_watchdog_while_it_hangs():
     # a 2 s train at 20 Hz booked 100 ms ahead, then the hook hangs for 0.8 s (watchdog 100 ms)
     assert not breaks(HANG_CASE, "after_hang")
 
 
-@pytest.mark.parametrize("end", [
-    pytest.param("duration", marks=pytest.mark.xfail(strict=True, reason=QUEUED)),
-    pytest.param("operator", marks=pytest.mark.xfail(strict=True, reason=QUEUED)),
-    "protocol_error", "link_loss",
-])
+@pytest.mark.parametrize("end", ["duration", "operator", "protocol_error", "link_loss"])
 def test_nothing_booked_runs_after_the_run_ended(end):
     # a pulse booked 200 ms ahead 20 ms before the end; the run ends four ways
     steps = [Step(280, "stim", Shot((9,), *PULSE, ahead_ms=200.0))]
@@ -112,7 +97,6 @@ def test_nothing_booked_runs_after_the_run_ended(end):
     assert not breaks(scenario, "after_")
 
 
-@pytest.mark.xfail(strict=True, reason=CUT)
 def test_a_train_cut_by_stop_is_recorded_as_far_as_it_ran():
     # 20 pulses at 100 Hz from block 15; STOP at block 50, four pulses in
     assert not breaks(CUT_CASE, "record:")
