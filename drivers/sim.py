@@ -210,14 +210,17 @@ class SimDriver(Driver):
         while True:
             with self._lock:
                 if self._ready is None:
-                    report = self._due_report()
-                    if report is not None:
-                        return report
                     # Make the block now and hand it over when it is due, as a device
-                    # whose data are ready the moment their last sample is taken.
+                    # whose data are ready the moment their last sample is taken, after
+                    # the reports due before it. A pattern reported executed has its
+                    # pulses in this block already: an abort cannot un-run it.
+                    reports = []
+                    while (report := self._due_report()) is not None:
+                        reports.append(report)
                     start = self._next_sample
                     stop = start + self._block_samples
-                    self._ready = (stop, self._generate(start, stop, self._take_pulses(stop)))
+                    block = self._generate(start, stop, self._take_pulses(stop))
+                    self._ready = (stop, reports + block)
                 stop, items = self._ready
             if not self._fast:
                 wait = self._t0 + stop / rate - time.monotonic()

@@ -198,6 +198,7 @@ class _Booked:
     channels: tuple[int, ...]
     starts: list[int]  # sample of each train pulse
     run: int = 0  # train pulses the culture received
+    reported: bool = False  # StimExecuted sent
 
 
 class _Session:
@@ -441,6 +442,9 @@ class _Session:
                 booked = self.booked.get(item.ticket)
                 if item.executed and item.pulses_run is None and booked is not None:
                     self.send(wire.StimExecuted(booked.ticket, item.sample, booked.channels))
+                    booked.reported = True
+                    if booked.run >= len(booked.starts):
+                        del self.booked[item.ticket]
             elif isinstance(item, SpikeEvents):
                 self.send(wire.Spikes(item.sample, item.channel.astype("u2"),
                                       item.amplitude_uV))
@@ -464,9 +468,9 @@ class _Session:
                                duration_us=pulse.duration_us)
         for sim_ticket, samples in trains.items():
             booked = self.booked.get(sim_ticket)
-            if booked is not None:
+            if booked is not None:  # the sim reports it with the block that holds its pulse
                 booked.run += len(samples)
-                if booked.run >= len(booked.starts):
+                if booked.reported and booked.run >= len(booked.starts):
                     del self.booked[sim_ticket]
 
 
