@@ -309,18 +309,16 @@ class Engine:
 
         The abort waits for a send in progress (admitted before the gate closed),
         so it cancels that pattern too. A send that does not finish within a
-        second (a stuck link) gets an abort at once and another once it is through.
+        second (a stuck link) gets an abort now, and stimulate() aborts again once
+        that send is through, as it finds the gate closed.
         """
         self.gate.disarm(reason)
-        for wait_s in (1.0, 5.0):
-            got = self._stim_lock.acquire(timeout=wait_s)
-            try:
-                self.driver.abort_stimulation()
-            finally:
-                if got:
-                    self._stim_lock.release()
+        got = self._stim_lock.acquire(timeout=1.0)
+        try:
+            self.driver.abort_stimulation()
+        finally:
             if got:
-                return
+                self._stim_lock.release()
 
     def _queue_event(self, kind: str, message: str) -> None:
         """An event from another thread: logged now, recorded by the loop."""
@@ -411,6 +409,8 @@ class Engine:
                 self._check_mode(pattern)
                 self.gate.admit(pattern, self.now)
                 ticket = self.driver.stimulate(pattern)
+                if not self.gate.armed:  # a STOP came while it was on its way (see _halt)
+                    self.driver.abort_stimulation()
         except SafetyRefusal as refusal:
             record = StimRecord(None, pattern, trigger, self.now, status="refused",
                                 reason=str(refusal))

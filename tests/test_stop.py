@@ -83,7 +83,10 @@ class SlowSend(Wrapped):
         return self._driver.stimulate(pattern)
 
 
-def test_a_stop_during_a_send_cancels_the_pattern_being_sent():
+@pytest.mark.parametrize("stuck_s", [0.0, 2.0])
+def test_a_stop_during_a_send_cancels_the_pattern_being_sent(stuck_s):
+    """STOP comes while an admitted pattern is on its way; the send then takes ``stuck_s``
+    more (2 s: longer than STOP waits for it, as on a stuck link)."""
     driver, ran = sim()
     slow = SlowSend(driver)
     engine = Engine(slow, Once(0.1, lambda ctx: ctx.stimulate(ahead(ctx, 0.1))),
@@ -95,6 +98,7 @@ def test_a_stop_during_a_send_cancels_the_pattern_being_sent():
         stopper = threading.Thread(target=engine.stop_stimulation, args=("operator",))
         stopper.start()
         wait_until(lambda: not engine.gate.armed, what="the gate closing")
+        time.sleep(stuck_s)
         slow.release.set()  # the send completes after the gate closed ...
         stopper.join(30)
         assert not stopper.is_alive()
