@@ -1,13 +1,16 @@
 """The mea-control wire protocol: frames and messages between a host and a serial MEA bridge.
 
 Specified in ``docs/wire-protocol.md``; used by the serial driver and by the
-simulated device. A frame is, little-endian::
+simulated device. A version 2 frame is, little-endian::
 
-    A5 5A | version u8 | type u8 | seq u32 | length u32 | payload | crc32 u32
+    A5 5A | version u8 | type u8 | seq u32 | length u32 | header crc32 u32 | payload | crc32 u32
 
-The CRC-32 (zlib's) covers version through payload. :class:`FrameDecoder`
-finds frames in any byte stream, skipping garbage and frames whose CRC or
-header is wrong, and counts what it skipped.
+The header CRC-32 (zlib's) covers version through length, so that a spoiled
+length is noticed at once; the frame's CRC-32 covers everything after the marker.
+:class:`FrameDecoder` finds frames in any byte stream, skipping garbage and
+frames whose CRC or header is wrong, and counts what it skipped; a well-formed
+frame of another version (version 1's layout, or this one's for later versions)
+comes out as a :class:`Frame` whose message is :class:`OtherVersion`.
 """
 
 from __future__ import annotations
@@ -19,17 +22,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MARKER = b"\xa5\x5a"
-VERSION = 1
-HEADER = struct.Struct("<2sBBII")
+VERSION = 2
+#: Version 1's header (no header CRC): recognised, to refuse a version-1 peer clearly.
+HEADER_V1 = struct.Struct("<2sBBII")
+HEADER = struct.Struct("<2sBBIII")  # ... length u32, header crc32 u32
 CRC = struct.Struct("<I")
 #: Larger payloads are taken for garbage (a 1 s block of 1024 channels at 30 kHz fits).
 MAX_PAYLOAD = 64 * 1024 * 1024
+#: A frame of another version is recognised up to this payload size (a Hello or a Ping
+#: fits); version 1 has no header CRC, so a larger length is more likely noise.
+MAX_OTHER_PAYLOAD = 4096
 NOW = -1  # Stimulate.at_sample: as soon as possible
 #: Ack.reason codes
-DONE, MALFORMED, LIMIT, ELECTRODE, LATE, BUSY = range(6)
+DONE, MALFORMED, LIMIT, ELECTRODE, LATE, BUSY, DISARMED = range(7)
 REASONS = {DONE: "done", MALFORMED: "malformed or unknown command", LIMIT: "a limit of the device",
            ELECTRODE: "the electrode cannot stimulate", LATE: "too late: at_sample has passed",
-           BUSY: "busy"}
+           BUSY: "busy", DISARMED: "disarmed: host silent"}
+#: StimCut.cause codes, and the reason a host's report gives
+CUT_ABORT, CUT_HOST_SILENT = 0, 1
+CUT_REASONS = {CUT_ABORT: "aborted", CUT_HOST_SILENT: "disarmed: host silent"}
 
 
 class WireError(ValueError):
@@ -84,10 +95,13 @@ class Hello:
     layout: str
     firmware: str
     limits: dict[str, float] = field(default_factory=dict)
+    #: The device disarms itself when it hears no frame from the host for this long.
+    host_timeout_ms: int = 300
     TYPE = 0x01
 
     def payload(self) -> bytes:
-        out = struct.pack("<Hdf", self.n_channels, self.sample_rate, self.uV_per_bit)
+        out = struct.pack("<HdfI", self.n_channels, self.sample_rate, self.uV_per_bit,
+                          self.host_timeout_ms)
         out += _text(self.layout) + _text(self.firmware) + bytes([len(self.limits)])
         for name, value in self.limits.items():
             out += _text(name) + struct.pack("<d", value)
@@ -95,11 +109,11 @@ class Hello:
 
     @classmethod
     def parse(cls, r: _Reader) -> Hello:
-        n, rate, uv = r.take("Hdf")
+        n, rate, uv, host_timeout_ms = r.take("HdfI")
         layout, firmware = r.text(), r.text()
         (count,) = r.take("B")
         limits = {r.text(): r.take("d")[0] for _ in range(count)}
-        return cls(n, rate, uv, layout, firmware, limits)
+        return cls(n, rate, uv, layout, firmware, limits, host_timeout_ms)
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,6 +231,44 @@ class Error:
         return cls(code, r.text())
 
 
+@dataclass(frozen=True)
+class StimCut:
+    """A started train cut short: ``pulses_run`` of its pulses ran, none from ``sample`` on."""
+
+    ticket: int
+    sample: int
+    pulses_run: int
+    cause: int = CUT_ABORT  # CUT_ABORT or CUT_HOST_SILENT
+    TYPE = 0x08
+
+    def payload(self) -> bytes:
+        return struct.pack("<IqHB", self.ticket, self.sample, self.pulses_run, self.cause)
+
+    @classmethod
+    def parse(cls, r: _Reader) -> StimCut:
+        return cls(*r.take("IqHB"))
+
+
+@dataclass(frozen=True)
+class Disarmed:
+    """The dead-man switch tripped at ``sample``: the host was silent for ``silent_ms``;
+    ``tickets`` are the patterns cancelled (cut trains among them, each also in a StimCut)."""
+
+    sample: int
+    silent_ms: int
+    tickets: tuple[int, ...] = ()
+    TYPE = 0x09
+
+    def payload(self) -> bytes:
+        return struct.pack(f"<qIH{len(self.tickets)}I", self.sample, self.silent_ms,
+                           len(self.tickets), *self.tickets)
+
+    @classmethod
+    def parse(cls, r: _Reader) -> Disarmed:
+        sample, silent_ms, n = r.take("qIH")
+        return cls(sample, silent_ms, r.take(f"{n}I"))
+
+
 # -- host to device --------------------------------------------------------------------
 #: Start.mode bits
 RAW, SPIKES = 1, 2
@@ -332,15 +384,59 @@ class Ping:
         return cls(*r.take("Q"))
 
 
+@dataclass(frozen=True)
+class HostHeartbeat:
+    """The host is alive and its loop reads: ``sample`` is the latest device sample it read
+    (-1: none yet). Not acknowledged."""
+
+    sample: int = -1
+    TYPE = 0x16
+
+    def payload(self) -> bytes:
+        return struct.pack("<q", self.sample)
+
+    @classmethod
+    def parse(cls, r: _Reader) -> HostHeartbeat:
+        return cls(*r.take("q"))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A person re-armed stimulation: a device that disarmed itself runs patterns again."""
+
+    TYPE = 0x17
+
+    def payload(self) -> bytes:
+        return b""
+
+    @classmethod
+    def parse(cls, r: _Reader) -> Arm:
+        return cls()
+
+
+@dataclass(frozen=True)
+class OtherVersion:
+    """The message of a well-formed frame of another protocol version (not decoded)."""
+
+    version: int
+    kind: int
+
+
 MESSAGES = {cls.TYPE: cls for cls in (Hello, SampleBlock, Spikes, StimExecuted, Ack, Heartbeat,
-                                      Error, Start, Stop, Stimulate, Abort, SetThreshold, Ping)}
+                                      Error, StimCut, Disarmed, Start, Stop, Stimulate, Abort,
+                                      SetThreshold, Ping, HostHeartbeat, Arm)}
 
 
-def encode(message: object, seq: int) -> bytes:
-    """One frame carrying ``message`` with sequence number ``seq``."""
+def encode(message: object, seq: int, version: int = VERSION) -> bytes:
+    """One frame carrying ``message`` with sequence number ``seq``.
+
+    ``version=1`` gives version 1's frame (to tell a version-1 peer it must update).
+    """
     payload = message.payload()
-    body = HEADER.pack(MARKER, VERSION, message.TYPE, seq & 0xFFFFFFFF, len(payload))[2:]
-    body += payload
+    head = HEADER_V1.pack(MARKER, version, message.TYPE, seq & 0xFFFFFFFF, len(payload))[2:]
+    if version != 1:
+        head += CRC.pack(zlib.crc32(head))
+    body = head + payload
     return MARKER + body + CRC.pack(zlib.crc32(body))
 
 
@@ -358,54 +454,73 @@ def decode_payload(kind: int, payload: bytes) -> object:
 class Frame:
     version: int
     seq: int
-    message: object
+    message: object  # OtherVersion when version != VERSION
 
 
 class FrameDecoder:
-    """Finds frames in a byte stream fed in pieces; skips and counts what is not a frame."""
+    """Finds frames in a byte stream fed in pieces; skips and counts what is not a frame.
+
+    ``feed`` never raises: whatever the bytes, it returns the frames whose CRCs are right.
+    """
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.garbage_bytes = 0  # bytes skipped while looking for a frame
-        self.crc_errors = 0
+        self.crc_errors = 0  # a header that checks out, a frame that does not
         self.bad_payloads = 0  # CRC right, content wrong (unknown type, short payload)
-        self.other_versions: set[int] = set()  # versions seen in headers that we do not speak
+        self.other_versions: set[int] = set()  # versions of well-formed frames we do not speak
 
     def feed(self, data: bytes) -> list[Frame]:
         self.buf += data
-        frames = []
-        while True:
-            start = self.buf.find(MARKER)
-            if start < 0:
-                keep = 1 if self.buf.endswith(MARKER[:1]) else 0
-                self.garbage_bytes += len(self.buf) - keep
-                del self.buf[:len(self.buf) - keep]
+        frames: list[Frame] = []
+        while self._find_marker():
+            if len(self.buf) < 3:
                 return frames
-            if start:
-                self.garbage_bytes += start
-                del self.buf[:start]
-            if len(self.buf) < HEADER.size:
+            version = self.buf[2]
+            header = HEADER_V1 if version == 1 else HEADER
+            if len(self.buf) < header.size:
                 return frames
-            _, version, kind, seq, length = HEADER.unpack_from(self.buf)
-            if version != VERSION or length > MAX_PAYLOAD:
-                if version != VERSION and length <= MAX_PAYLOAD:
-                    self.other_versions.add(version)
+            _, _, kind, seq, length = HEADER_V1.unpack_from(self.buf)
+            limit = MAX_PAYLOAD if version == VERSION else MAX_OTHER_PAYLOAD
+            if version == 0 or length > limit or not self._header_ok(header):
                 self._skip()
                 continue
-            end = HEADER.size + length + CRC.size
+            end = header.size + length + CRC.size
             if len(self.buf) < end:
                 return frames
-            body = bytes(self.buf[2:HEADER.size + length])
-            (crc,) = CRC.unpack_from(self.buf, HEADER.size + length)
-            if zlib.crc32(body) != crc:
+            body = bytes(self.buf[2:header.size + length])
+            if zlib.crc32(body) != CRC.unpack_from(self.buf, end - CRC.size)[0]:
                 self.crc_errors += 1
                 self._skip()
                 continue
             del self.buf[:end]
+            if version != VERSION:
+                self.other_versions.add(version)
+                frames.append(Frame(version, seq, OtherVersion(version, kind)))
+                continue
             try:
-                frames.append(Frame(version, seq, decode_payload(kind, body[HEADER.size - 2:])))
+                frames.append(Frame(version, seq, decode_payload(kind, body[header.size - 2:])))
             except WireError:
                 self.bad_payloads += 1
+        return frames
+
+    def _find_marker(self) -> bool:
+        """Drop what precedes the next marker (or all but a trailing first byte of one)."""
+        start = self.buf.find(MARKER)
+        if start < 0:
+            keep = 1 if self.buf.endswith(MARKER[:1]) else 0
+            self.garbage_bytes += len(self.buf) - keep
+            del self.buf[:len(self.buf) - keep]
+            return False
+        self.garbage_bytes += start
+        del self.buf[:start]
+        return True
+
+    def _header_ok(self, header: struct.Struct) -> bool:
+        if header is HEADER_V1:
+            return True  # version 1 has no header CRC: its frame CRC decides
+        (crc,) = CRC.unpack_from(self.buf, HEADER_V1.size)
+        return zlib.crc32(bytes(self.buf[2:HEADER_V1.size])) == crc
 
     def _skip(self) -> None:
         """Not a frame after all: look for the next marker past this one."""

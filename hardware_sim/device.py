@@ -11,58 +11,158 @@ URL options and run in fast mode; this module adds what firmware adds:
   device before then runs in it (as with ``sim://`` and a reader that keeps up);
 - Hello when a host connects and after every Ping, an Ack for every command
   (refusals with a reason code), StimExecuted just before the interval that
-  holds a pattern's first pulse, a Heartbeat after each interval of a spikes
+  holds a pattern's first pulse, StimCut for a started train that an Abort, a
+  Stop or the dead-man switch cut, a Heartbeat after each interval of a spikes
   stream and whenever nothing was sent for half a second;
+- the dead-man switch: streaming, a device that hears no frame from its host for
+  ``host_timeout_ms`` (in device samples: before generating an interval that ends
+  later than that after the host's last frame) cancels every pattern, sends
+  Disarmed, and refuses Stimulate until the host sends Arm (or Start);
+- its own log of what it did (``pulse_log``): every pulse as the culture receives
+  it, and aborts, trips, re-arms, starts, stops and hosts coming and going;
+- a version-1 host is told, in a version-1 Error frame, that it must update;
 - sessions: a host that disconnects ends its session (streaming stops); every
   Start begins a fresh culture at sample 0 from the seed, so a run over the
-  link sees the very samples ``sim://`` gives with the same options.
+  link sees the very samples ``sim://`` gives with the same options;
+- :class:`LinkFaults`, seeded, spoils the frames it sends while streaming
+  (garbage, flipped bits, truncated, lost, duplicated and reordered frames, silence).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import select
 import socket
 import threading
 import time
 import tty
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from drivers import wire
 from drivers.base import DriverError, parse_url
 from drivers.sim import SimDriver, check_threshold
-from drivers.wire import BUSY, DONE, ELECTRODE, LATE, LIMIT, MALFORMED
+from drivers.wire import BUSY, DISARMED, DONE, ELECTRODE, LATE, LIMIT, MALFORMED
 from mea_control import __version__
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 #: Firmware string of the Hello; the words after the name are flags (see the protocol doc).
 FIRMWARE = f"mea-control-sim/{__version__}"
 HEARTBEAT_S = 0.5
+#: The dead-man switch's default: no frame from the host for this long disarms the device.
+HOST_TIMEOUT_MS = 300
 #: Intervals generated back to back, when the device fell behind, before commands are read again.
 MAX_CATCH_UP = 50
 #: Error codes of this device's Error frames.
-ERROR_BUSY = 1
+ERROR_BUSY, ERROR_VERSION = 1, 2
 #: Ack reason by the simulator's kind of refusal (others: LIMIT)
 _ACK_REASON = {"electrode": ELECTRODE, "late": LATE}
 
 
+@dataclass
+class LinkFaults:
+    """Seeded faults on the frames the device sends while streaming.
+
+    Each frame independently: ``garbage`` random bytes before it, ``drop`` lost,
+    else ``flip`` one bit flipped or ``truncate`` cut short, ``dup`` sent twice,
+    ``reorder`` held back and sent after the next one. From device sample
+    ``silent_at`` on, nothing more is sent (the device keeps running and listening).
+    ``counts`` says how often each fault struck.
+    """
+
+    garbage: float = 0.0
+    drop: float = 0.0
+    flip: float = 0.0
+    truncate: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    silent_at: int | None = None
+    seed: int = 0
+    counts: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.held = b""
+
+    @classmethod
+    def parse(cls, text: str) -> LinkFaults:
+        """``garbage=0.01,flip=0.01,...,silent_at=50000,seed=3``; ValueError if it is not."""
+        kinds = {f.name: f for f in fields(cls) if f.init}
+        values: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            if name not in kinds:
+                raise ValueError(f"unknown fault {name!r}; accepted: {', '.join(kinds)}")
+            values[name] = int(value) if name in ("silent_at", "seed") else float(value)
+            if name not in ("silent_at", "seed") and not 0.0 <= values[name] <= 1.0:
+                raise ValueError(f"fault {name}={value}: a probability is 0 to 1")
+        return cls(**values)
+
+    def spoil(self, frame: bytes, sample: int) -> bytes:
+        """What goes on the wire instead of ``frame`` (sent at device clock ``sample``)."""
+        if self.silent_at is not None and sample >= self.silent_at:
+            self.counts["silent"] += 1
+            return b""
+        r, out = self.rng, b""
+        if r.random() < self.garbage:
+            out += r.randbytes(r.randint(1, 32))
+            self.counts["garbage"] += 1
+        if r.random() < self.drop:
+            frame = b""
+            self.counts["drop"] += 1
+        elif r.random() < self.flip:
+            bit = r.randrange(len(frame) * 8)
+            frame = bytearray(frame)
+            frame[bit // 8] ^= 1 << bit % 8
+            frame = bytes(frame)
+            self.counts["flip"] += 1
+        elif r.random() < self.truncate:
+            frame = frame[:r.randrange(1, len(frame))]
+            self.counts["truncate"] += 1
+        if frame and r.random() < self.dup:
+            frame += frame
+            self.counts["dup"] += 1
+        if frame and not self.held and r.random() < self.reorder:
+            self.held = frame
+            self.counts["reorder"] += 1
+            return out
+        out += frame + self.held
+        self.held = b""
+        return out
+
+
 class SimDevice:
-    """The simulated MEA as a wire-protocol device; ``serve()`` runs it on a link."""
+    """The simulated MEA as a wire-protocol device; ``serve()`` runs it on a link.
+
+    ``pulse_log`` is called with each entry of the device's own log (see
+    docs/wire-protocol.md, "The simulated device's log"): the ground truth of what ran.
+    """
 
     def __init__(self, sim_url: str = "sim://", spikes_only: bool = False,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 host_timeout_ms: int = HOST_TIMEOUT_MS,
+                 pulse_log: Callable[[dict], None] | None = None,
+                 faults: LinkFaults | None = None) -> None:
         cls, _, options = parse_url(sim_url)
         if cls is not SimDriver:
             raise DriverError(f"the simulated device runs sim:// URLs, not {sim_url!r}")
+        if not 1 <= host_timeout_ms <= 60_000:
+            raise DriverError(f"host_timeout_ms={host_timeout_ms}: use 1 to 60000 ms")
         self.sim_url = sim_url
         self.options = options
         self.spikes_only = spikes_only
         self.log = log or (lambda message: None)
+        self.host_timeout_ms = int(host_timeout_ms)
+        self.pulse_log = pulse_log
+        self.faults = faults
         info = SimDriver(sim_url, dict(options, raw=not spikes_only)).described  # checks options
         flags = " simulated" + (" spikes-only" if spikes_only else "")
         self.hello = wire.Hello(info.n_channels, info.sample_rate, info.uV_per_bit,
-                                options["layout"], FIRMWARE + flags, dict(info.limits))
+                                options["layout"], FIRMWARE + flags, dict(info.limits),
+                                self.host_timeout_ms)
 
     def new_sim(self, raw: bool, threshold_sd: float | None = None) -> SimDriver:
         """A fresh, opened simulator: the culture from its seed, the clock at sample 0."""
@@ -74,6 +174,11 @@ class SimDevice:
         sim.set_fast(True)  # the device paces it
         return sim
 
+    def record(self, kind: str, sample: int, **details: Any) -> None:
+        """One entry of the device's own log."""
+        if self.pulse_log is not None:
+            self.pulse_log({"kind": kind, "wall": time.time(), "sample": int(sample), **details})
+
     def serve(self, link: Link, stop: threading.Event) -> None:
         """Serve hosts one after the other until ``stop`` is set."""
         while not stop.is_set():
@@ -83,6 +188,16 @@ class SimDevice:
                     _Session(self, link, stop).run()
                 finally:
                     link.end_session()
+
+
+@dataclass
+class _Booked:
+    """A pattern the device accepted: whose it is and how far its train got."""
+
+    ticket: int  # the host's
+    channels: tuple[int, ...]
+    starts: list[int]  # sample of each train pulse
+    run: int = 0  # train pulses the culture received
 
 
 class _Session:
@@ -97,34 +212,64 @@ class _Session:
         self.t0 = 0.0
         self.sample = 0  # the device's clock: the end of the latest interval
         self.threshold_sd: float | None = None
-        self.tickets: dict[int, tuple[int, tuple[int, ...]]] = {}  # sim's -> host's, channels
+        self.booked: dict[int, _Booked] = {}  # by the sim's ticket
+        self.armed = True
+        self.heard = time.monotonic()  # the host's latest frame
+        self.heard_sample = 0  # ... on the device's clock
 
     def run(self) -> None:
+        self.device.record("host_connected", self.sample)
         try:
             self.send(self.device.hello)
             while not self.stop.is_set():
-                data = self.link.recv(self._wait())
-                if data == b"":
+                if not self.listen(self._wait()):
                     self.device.log("host gone")
                     return
-                for frame in self.decoder.feed(data or b""):
-                    self.command(frame)
                 self.stream()
                 if time.monotonic() - self.last_sent >= HEARTBEAT_S:
                     self.send(wire.Heartbeat(self.sample))
         except HostGone:
             self.device.log("host gone")
         finally:
-            self._end_streaming()
+            self._end_streaming(tell=False)
+            self.device.record("host_gone", self.sample)
             d = self.decoder
             if d.garbage_bytes or d.crc_errors or d.bad_payloads:
                 self.device.log(f"from the host: {d.garbage_bytes} garbage bytes, "
                                 f"{d.crc_errors} bad CRCs, {d.bad_payloads} undecodable frames")
 
-    def send(self, message: Any) -> None:
-        self.link.send(wire.encode(message, self.seq), self.stop)
+    def listen(self, timeout: float) -> bool:
+        """Carry out what the host sent within ``timeout`` s; False once the host has gone."""
+        data = self.link.recv(timeout)
+        if data == b"":
+            return False
+        for frame in self.decoder.feed(data or b""):
+            if frame.version != wire.VERSION:
+                self.refuse_version(frame)
+                continue
+            self.heard = time.monotonic()
+            self.heard_sample = self._clock()
+            self.command(frame)
+        return True
+
+    def send(self, message: Any, spoil: bool = True) -> None:
+        frame = wire.encode(message, self.seq)
+        faults = self.device.faults
+        if spoil and faults is not None and self.sim is not None:
+            frame = faults.spoil(frame, self.sample)
+        self.link.send(frame, self.stop)
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         self.last_sent = time.monotonic()
+
+    def refuse_version(self, frame: wire.Frame) -> None:
+        """A host of another protocol version: tell it, in its own version if it is 1."""
+        message = (f"this device speaks mea-control wire protocol version {wire.VERSION}, the "
+                   f"host version {frame.version}: update mea-control on the host")
+        self.device.log(message)
+        version = 1 if frame.version == 1 else wire.VERSION
+        self.link.send(wire.encode(wire.Error(ERROR_VERSION, message), self.seq, version),
+                       self.stop)
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
 
     def _wait(self) -> float:
         due = self.last_sent + HEARTBEAT_S
@@ -137,15 +282,23 @@ class _Session:
         assert sim is not None
         return self.t0 + (sim.next_sample + sim.block_samples) / sim.info.sample_rate
 
+    def _clock(self) -> int:
+        """The sample the device acquires now, by the wall clock (its latest while idle)."""
+        if self.sim is None:
+            return self.sample
+        return int((time.monotonic() - self.t0) * self.sim.info.sample_rate)
+
     # -- commands ------------------------------------------------------------------------
     def command(self, frame: wire.Frame) -> None:
         message = frame.message
+        if isinstance(message, wire.HostHeartbeat):
+            return  # hearing it was the point; not acknowledged
         handler = getattr(self, f"on_{type(message).__name__.lower()}", None)
         if handler is None:
             reason, text = MALFORMED, f"{type(message).__name__} is not a host command"
         else:
             reason, text = handler(message)
-        self.send(wire.Ack(frame.seq, reason, text))
+        self.send(wire.Ack(frame.seq, reason, text), spoil=not isinstance(message, wire.Start))
         if isinstance(message, wire.Ping):
             self.send(self.device.hello)
 
@@ -165,7 +318,10 @@ class _Session:
             sim.start(m.block_samples or None)
         except DriverError as exc:
             return MALFORMED, str(exc)
+        sim.pulse_listener = self._pulses_ran
         self.sim, self.t0, self.sample = sim, time.monotonic(), 0
+        self.armed, self.heard, self.heard_sample = True, self.t0, 0  # Start also arms
+        self.device.record("start", 0)
         self.device.log(f"streaming {'raw samples' if raw else 'spikes'} in blocks of "
                         f"{sim.block_samples} samples")
         return DONE, ""
@@ -178,24 +334,33 @@ class _Session:
         sim = self.sim
         if sim is None:
             return BUSY, "not streaming: send Start first"
+        if not self.armed:
+            return DISARMED, (f"disarmed: the host was silent for more than "
+                              f"{self.device.host_timeout_ms} ms; send Arm to re-arm")
         try:
             pattern = StimPattern(
                 tuple((p.electrode, StimPulse(p.mode, p.phases)) for p in m.pulses),
                 m.train_count, m.train_rate_hz,
                 at_sample=None if m.at_sample == wire.NOW else m.at_sample)
-            ticket, _, kind, problem = sim.admit(pattern)
+            ticket, at, kind, problem = sim.admit(pattern)
         except ValueError as exc:
             return MALFORMED, str(exc)
         if kind:
             return _ACK_REASON.get(kind, LIMIT), problem
-        self.tickets[ticket] = (m.ticket, pattern.channels)
+        starts = [at + offset for offset in pattern.pulse_offsets(sim.info.sample_rate)]
+        self.booked[ticket] = _Booked(m.ticket, pattern.channels, starts)
         return DONE, ""
 
     def on_abort(self, m: wire.Abort) -> tuple[int, str]:
-        """Patterns not yet reported by StimExecuted will not run (their reports are dropped)."""
-        if self.sim is not None:
-            self.sim.abort_stimulation()
-        self.tickets.clear()
+        """Patterns not yet started will not run (no more is said of them); started trains
+        are cut, each reported by a StimCut before the Ack."""
+        self.device.record("abort", self.sample)
+        self._cancel(wire.CUT_ABORT)
+        return DONE, ""
+
+    def on_arm(self, m: wire.Arm) -> tuple[int, str]:
+        self.armed = True
+        self.device.record("arm", self.sample)
         return DONE, ""
 
     def on_setthreshold(self, m: wire.SetThreshold) -> tuple[int, str]:
@@ -209,12 +374,47 @@ class _Session:
         self.threshold_sd = threshold
         return DONE, ""
 
-    def _end_streaming(self) -> None:
+    def _cancel(self, cause: int, tell: bool = True) -> list[int]:
+        """Drop every booked pattern, a StimCut for each started train (``tell``); their
+        host tickets."""
+        cancelled = []
+        for booked in self.booked.values():
+            cancelled.append(booked.ticket)
+            if booked.run and tell:  # finished ones are no longer booked
+                self.send(wire.StimCut(booked.ticket, booked.starts[booked.run], booked.run,
+                                       cause))
+        self.booked.clear()
         if self.sim is not None:
+            self.sim.abort_stimulation()  # its reports of these are not passed on
+        return cancelled
+
+    def _end_streaming(self, tell: bool = True) -> None:
+        """Streaming ends (Stop, or the host went: ``tell`` False): nothing more runs."""
+        if self.sim is not None:
+            self._cancel(wire.CUT_ABORT, tell)
             self.sim.stop()
             self.sim.close()
             self.sim = None
-            self.tickets.clear()
+            self.device.record("stop", self.sample)
+
+    # -- the dead-man switch -------------------------------------------------------------
+    def _host_silent(self, stop: int) -> bool:
+        """Would the interval ending at ``stop`` reach past the host's timeout?"""
+        assert self.sim is not None
+        limit = self.device.host_timeout_ms * self.sim.info.sample_rate / 1000.0
+        return self.armed and stop > self.heard_sample + limit
+
+    def _trip(self) -> None:
+        """The host went silent: cancel everything, refuse patterns until Arm, say so."""
+        assert self.sim is not None
+        sample = self.sim.next_sample
+        silent_ms = int(round((time.monotonic() - self.heard) * 1000.0))
+        self.armed = False
+        cancelled = self._cancel(wire.CUT_HOST_SILENT)
+        self.device.record("host_timeout", sample, silent_ms=silent_ms, cancelled=cancelled)
+        self.device.log(f"disarmed at sample {sample}: no frame from the host for {silent_ms} ms; "
+                        f"{len(cancelled)} pattern(s) cancelled")
+        self.send(wire.Disarmed(sample, silent_ms, tuple(cancelled)))
 
     # -- streaming -----------------------------------------------------------------------
     def stream(self) -> None:
@@ -222,6 +422,14 @@ class _Session:
         for _ in range(MAX_CATCH_UP):
             if self.sim is None or time.monotonic() < self._due():
                 return
+            stop = self.sim.next_sample + self.sim.block_samples
+            if self._host_silent(stop):
+                if not self.listen(0.0):  # what the host sent meanwhile counts first
+                    raise HostGone("the host hung up")
+                if self.sim is None:
+                    return
+                if self._host_silent(stop):
+                    self._trip()
             self._interval()
 
     def _interval(self) -> None:
@@ -230,9 +438,9 @@ class _Session:
         assert sim is not None
         while (item := sim.read()) is not None:
             if isinstance(item, StimReport):
-                known = self.tickets.pop(item.ticket, None)
-                if item.executed and known is not None:  # aborted ones were acknowledged
-                    self.send(wire.StimExecuted(known[0], item.sample, known[1]))
+                booked = self.booked.get(item.ticket)
+                if item.executed and item.pulses_run is None and booked is not None:
+                    self.send(wire.StimExecuted(booked.ticket, item.sample, booked.channels))
             elif isinstance(item, SpikeEvents):
                 self.send(wire.Spikes(item.sample, item.channel.astype("u2"),
                                       item.amplitude_uV))
@@ -244,6 +452,22 @@ class _Session:
                 self.sample = item.sample
                 self.send(wire.Heartbeat(item.sample))
                 return
+
+    def _pulses_ran(self, pulses: list[tuple[int, int, int, StimPulse]]) -> None:
+        """The sim's pulse listener: log each pulse the culture received, count train pulses."""
+        trains: dict[int, set[int]] = {}
+        for sample, sim_ticket, channel, pulse in pulses:
+            booked = self.booked.get(sim_ticket)
+            trains.setdefault(sim_ticket, set()).add(sample)
+            self.device.record("pulse", sample, ticket=booked.ticket if booked else -1,
+                               channel=channel, mode=pulse.mode, amplitude=pulse.peak_amplitude,
+                               duration_us=pulse.duration_us)
+        for sim_ticket, samples in trains.items():
+            booked = self.booked.get(sim_ticket)
+            if booked is not None:
+                booked.run += len(samples)
+                if booked.run >= len(booked.starts):
+                    del self.booked[sim_ticket]
 
 
 # -- links -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -31,12 +32,62 @@ EXIT_WATCHDOG = 3
 #: The run finished but its recording lost raw samples or could not be finished.
 EXIT_RECORDING = 4
 EXIT_INTERRUPTED = 130
+#: A run ended by `kill` (SIGTERM) or a closed terminal (SIGHUP) exits with 128 + the
+#: signal's number, as the shell reports a killed program, after ending as Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 DEMO_DEVICE = "sim://?seed=1"
 
 
 class UserError(Exception):
     """Reported as one line and exit code 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the run ends as on Ctrl-C (the engine stops it cleanly)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """While a run is prepared and runs, SIGTERM and SIGHUP end it as Ctrl-C does.
+
+    The first such signal raises :class:`Terminated` in the main thread; later ones are
+    ignored, so that a second `kill` cannot cut the recording's last writes short.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        #: False once the run has ended: a signal then only ends what is left of the command.
+        self.raising = True
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None and self.raising:
+            self.signum = signum
+            raise Terminated(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.signum is None else 128 + self.signum
+
+
+def _say(stream: Any, text: str, end: str = "\n") -> None:
+    """Write to the terminal, which may be gone (SIGHUP): the run goes on without it."""
+    try:
+        stream.write(text + end)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class Progress:
@@ -56,15 +107,14 @@ class Progress:
             text += f", about {left:.0f} s left"
         if self.tty:
             bar = "#" * int(fraction * 30)
-            sys.stderr.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {text}   ")
-            sys.stderr.flush()
+            _say(sys.stderr, f"\r[{bar:<30}] {fraction * 100:5.1f}% {text}   ", end="")
         elif int(fraction * 10) > self.last_decile:
             self.last_decile = int(fraction * 10)
-            print(f"{fraction * 100:5.1f}% {text}", file=sys.stderr, flush=True)
+            _say(sys.stderr, f"{fraction * 100:5.1f}% {text}")
 
     def close(self) -> None:
         if self.enabled and self.tty:
-            sys.stderr.write("\n")
+            _say(sys.stderr, "")
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str]:
@@ -141,6 +191,11 @@ def _check_writable(path: str | None, what: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    with StopSignals() as stop_signals:
+        return _run(args, stop_signals)
+
+
+def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
     cls, path = load_protocol(args.protocol)
     values: dict[str, Any] = _parse_params(args.param)
     if args.sessions is not None:
@@ -188,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         limits=limits,
     )
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log = (lambda m: None) if args.quiet else (lambda m: _say(sys.stderr, m))
     progress = Progress(enabled=not args.quiet)
     for note in notes:
         log(f"[limits] {note}")
@@ -207,6 +262,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         started = True
         summary = engine.run(progress=progress)
     finally:
+        stop_signals.raising = False
+        stopped_by = stop_signals.exit_code
         progress.close()
         driver.close()
         if recorder is not None:
@@ -236,7 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if recorder is not None and _report_recording(summary["recording"], args.quiet):
         return EXIT_RECORDING
     if engine.interrupted:
-        return EXIT_INTERRUPTED
+        return stopped_by
     if engine.watchdog_trips and not engine.gate.armed:
         print("mea-control: warning: the watchdog stopped stimulation during the run "
               "(see the [watchdog] line); the trials after it were not stimulated",
@@ -564,14 +621,30 @@ def cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_serve(args: argparse.Namespace) -> int:
+    import json
     import signal
     import threading
 
-    from hardware_sim.device import PtyLink, SimDevice, TcpLink
+    from hardware_sim.device import LinkFaults, PtyLink, SimDevice, TcpLink
 
     params = "&".join(p for p in (f"seed={args.seed}", args.sim.lstrip("?")) if p)
+    try:
+        faults = LinkFaults.parse(args.faults) if args.faults else None
+    except ValueError as exc:
+        raise UserError(f"--faults {args.faults}: {exc}") from None
+    pulse_log = None
+    if args.pulse_log:
+        try:
+            log_file = open(args.pulse_log, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the device
+        except OSError as exc:
+            raise UserError(f"--pulse-log {args.pulse_log}: {exc.strerror}") from None
+
+        def pulse_log(entry: dict) -> None:  # one JSON line an entry, flushed: survives a kill
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
     device = SimDevice(f"sim://?{params}", spikes_only=args.spikes_only,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       log=lambda m: print(m, file=sys.stderr, flush=True),
+                       host_timeout_ms=args.host_timeout_ms, pulse_log=pulse_log, faults=faults)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         try:
@@ -807,6 +880,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stream detected spikes only, as a rig that detects on board")
     serve.add_argument("--sim", default="", metavar="PARAMS",
                        help="more sim:// URL parameters, e.g. 'layout=mcs60&noise_uV=5'")
+    serve.add_argument("--host-timeout-ms", type=int, default=300, metavar="N",
+                       help="dead-man switch: cancel all patterns when the host is silent this "
+                            "long while streaming (default 300)")
+    serve.add_argument("--pulse-log", metavar="FILE",
+                       help="write the device's own log (every pulse the culture received, "
+                            "aborts, trips, ...) as JSON lines")
+    serve.add_argument("--faults", metavar="SPEC",
+                       help="spoil the frames sent while streaming, seeded, e.g. "
+                            "'garbage=0.01,flip=0.01,dup=0.01,reorder=0.01,truncate=0.01,"
+                            "drop=0.01,seed=1' (silent_at=SAMPLE: send nothing from there)")
     serve.set_defaults(func=cmd_sim_serve)
 
     devices = sub.add_parser(
@@ -829,9 +912,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ProtocolError, DriverError, RigFileError, RecordingError) as exc:
         print(f"mea-control: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("mea-control: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        _say(sys.stderr, f"mea-control: interrupted{f' ({exc})' if str(exc) else ''}")
+        return 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

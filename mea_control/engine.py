@@ -10,7 +10,9 @@ only by the watchdog and for loop-cost figures.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -34,6 +36,10 @@ KEEP_RECENT = 10_000
 #: How fast the watchdog lets the loop's offset from the device clock creep: drift
 #: between the device's clock and the computer's (crystals: tens of ppm).
 DRIFT_ALLOWANCE = 2e-4
+#: After the run asked its loop to stop, a hook still running this long counts as hung.
+STOP_GRACE_S = 2.0
+#: After the end-of-run abort, how long the loop waits for the device's last reports.
+LAST_REPORTS_S = 0.5
 
 
 def expand_counts(counts: Counter[int]) -> np.ndarray:
@@ -53,6 +59,9 @@ class EngineConfig:
     duration_s: float | None = None
     #: Stimulation stops when the loop falls this far behind the device (real time only).
     watchdog_ms: float = 200.0
+    #: A protocol hook (after setup) that has not returned after this long ends the run as
+    #: a protocol error; stimulation stops long before, when the loop falls behind.
+    hook_timeout_s: float = 60.0
     #: Seed of ``ctx.rng``, the protocol's random generator.
     seed: int = 0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -72,6 +81,8 @@ class StimRecord:
     execution_sample: int | None = None
     status: str = "sent"  # sent (no report by the end of the run), executed, dropped, refused
     reason: str = ""
+    #: A train the device cut short: how many of its pulses ran (None: all of them).
+    pulses_run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +264,26 @@ class Engine:
         self._wall_start = 0.0
         self._wall_end = 0.0
         self._lag_anchor: tuple[float, float] | None = None  # (offset s, wall s)
-        self._queued_events: deque[tuple[str, str]] = deque()
+        self._lag_lock = threading.Lock()
+        #: The furthest the loop fell behind the device, in ms (real time only).
+        self.max_lag_ms = 0.0
+        #: Events from other threads (operator, watchdog), logged at once and given to the
+        #: sinks by the loop.
+        self._queued_events: deque[RunEvent] = deque()
+        #: Admission and sending are one step with respect to aborting (see stop_stimulation).
+        self._stim_lock = threading.Lock()
+        #: Executed trains whose last pulse is still ahead, by ticket: the sinks hear of a
+        #: train once it is complete or cut, so that they list only pulses that ran.
+        self._trains: dict[int, tuple[StimRecord, int]] = {}  # with its last pulse's sample
+        #: (hook name, wall time it was called) while a protocol hook runs.
+        self._hook: tuple[str, float] | None = None
+        self._worker: threading.Thread | None = None
+        #: A hook never returned: run() ended the run without its loop.
+        self._abandoned = False
+        self._started = False
+        #: Whether the gate was armed when the run ended (its gate is closed after that).
+        self.armed_at_end: bool | None = None
+        self._summary_requests: deque[tuple[threading.Event, list[dict[str, Any]]]] = deque()
         self.ctx: Context | None = None
 
     # -- control, from any thread -------------------------------------------------
@@ -264,11 +294,34 @@ class Engine:
     def stop_stimulation(self, reason: str) -> None:
         """A person stops stimulation now (any thread): the gate refuses every pattern
         until rearm(), the device's queued pulses are cancelled, and a "disarm" event
-        goes to the log and the recording. Raises DriverError if the abort failed (the
-        gate is closed anyway)."""
+        goes to the log and the recording. When it returns, no pattern the loop sent
+        will run (beyond what the driver documents it cannot stop). Raises DriverError
+        if the abort failed (the gate is closed anyway)."""
+        self._queue_event("disarm", reason)
+        self._halt(reason)
+
+    def _halt(self, reason: str) -> None:
+        """Close the gate, then cancel what the device holds.
+
+        The abort waits for a send in progress (admitted before the gate closed),
+        so it cancels that pattern too. A send that does not finish within a
+        second (a stuck link) gets an abort at once and another once it is through.
+        """
         self.gate.disarm(reason)
-        self._queued_events.append(("disarm", reason))
-        self.driver.abort_stimulation()
+        for wait_s in (1.0, 5.0):
+            got = self._stim_lock.acquire(timeout=wait_s)
+            try:
+                self.driver.abort_stimulation()
+            finally:
+                if got:
+                    self._stim_lock.release()
+            if got:
+                return
+
+    def _queue_event(self, kind: str, message: str) -> None:
+        """An event from another thread: logged now, recorded by the loop."""
+        self._log(f"[{kind}] {message}")
+        self._queued_events.append(RunEvent(self.now, kind, message))
 
     def pause(self) -> None:
         """Hold the protocol until resume(): its hooks are not called and no trial starts;
@@ -281,9 +334,11 @@ class Engine:
 
     def rearm(self) -> None:
         """A person re-enables stimulation after the watchdog or an error stopped it."""
+        with self._lag_lock:
+            self._lag_anchor = None
+        self.driver.rearm_stimulation()
         self.gate.rearm()
-        self._lag_anchor = None
-        self._queued_events.append(("rearm", "stimulation re-armed"))
+        self._queue_event("rearm", "stimulation re-armed")
 
     def set_trials(self, trials: Trials) -> None:
         if self.trials is not None:
@@ -295,15 +350,19 @@ class Engine:
 
     def event(self, kind: str, message: str) -> None:
         """Log an event and give it to the sinks (acquisition thread)."""
-        ev = RunEvent(self.now, kind, message)
-        self.recent_events.append(ev)
         self._log(f"[{kind}] {message}" if kind != "log" else message)
+        self._record_event(RunEvent(self.now, kind, message))
+
+    def _record_event(self, ev: RunEvent) -> None:
+        self.recent_events.append(ev)
         self._notify("on_event", ev)
 
     def notify_decision(self, decision: dict[str, Any]) -> None:
         self._notify("on_decision", self.now, decision)
 
     def _notify(self, method: str, *args: Any) -> None:
+        if self._abandoned and threading.current_thread() is self._worker:
+            return  # run() ended the run without this hung loop: the sinks are closed
         for sink in self.sinks:
             try:
                 getattr(sink, method)(*args)
@@ -336,14 +395,18 @@ class Engine:
     # -- stimulation ---------------------------------------------------------------
     def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
         trigger = self.now if trigger_sample is None else int(trigger_sample)
-        if pattern.at_sample is None:
-            # book the pulse where the device will run it, not where the loop is
-            earliest = self.driver.earliest_stim_sample()
-            if earliest is not None:
-                pattern = replace(pattern, at_sample=max(self.now, earliest))
         try:
-            self._check_mode(pattern)
-            self.gate.admit(pattern, self.now)
+            # One step with respect to _halt(): a STOP either comes first (the gate refuses)
+            # or waits for the send and then cancels it.
+            with self._stim_lock:
+                if pattern.at_sample is None:
+                    # book the pulse where the device will run it, not where the loop is
+                    earliest = self.driver.earliest_stim_sample()
+                    if earliest is not None:
+                        pattern = replace(pattern, at_sample=max(self.now, earliest))
+                self._check_mode(pattern)
+                self.gate.admit(pattern, self.now)
+                ticket = self.driver.stimulate(pattern)
         except SafetyRefusal as refusal:
             record = StimRecord(None, pattern, trigger, self.now, status="refused",
                                 reason=str(refusal))
@@ -352,13 +415,14 @@ class Engine:
             self.event("refusal", str(refusal))
             self._notify("on_stim", record)
             raise
-        ticket = self.driver.stimulate(pattern)
         self.pending[ticket] = StimRecord(ticket, pattern, trigger, self.now)
         return ticket
 
     def _check_mode(self, pattern: StimPattern) -> None:
         modes = self.info.capabilities.stim_modes
         for channel, pulse in pattern.pulses:
+            if not 0 <= channel < self.info.layout.n_electrodes:
+                continue  # the gate refuses it, naming the layout's channels
             if pulse.mode not in modes:
                 label = self.info.layout.labels[channel]
                 raise SafetyRefusal(
@@ -368,6 +432,9 @@ class Engine:
                 )
 
     def _on_report(self, report: StimReport) -> None:
+        if report.pulses_run is not None:
+            self._on_cut(report)
+            return
         record = self.pending.pop(report.ticket, None)
         if record is None:
             return
@@ -387,19 +454,65 @@ class Engine:
             self.event("stim_dropped", f"device dropped pattern {report.ticket}: {report.reason}")
         if self.trials is not None:
             self.trials.on_report(report)
+        if report.executed and record.pattern.train_count > 1:
+            last = report.sample + record.pattern.pulse_offsets(self.info.sample_rate)[-1]
+            self._trains[report.ticket] = (record, last)  # the sinks hear of it when it ends
+        else:
+            self._notify("on_stim", record)
+
+    def _on_cut(self, report: StimReport) -> None:
+        """The device cut a started train: the record lists only the pulses that ran."""
+        record, _ = self._trains.pop(report.ticket, (None, 0))
+        if record is None:
+            return
+        self._end_train(record, report.pulses_run,
+                        f"train cut after {report.pulses_run} of "
+                        f"{record.pattern.train_count} pulses ({report.reason or 'aborted'})")
+
+    def _end_train(self, record: StimRecord, pulses_run: int | None, reason: str = "") -> None:
+        if pulses_run is not None and pulses_run < record.pattern.train_count:
+            record.pulses_run, record.reason = max(pulses_run, 0), reason
+            self.event("train_cut", f"pattern {record.ticket}: {reason}")
         self._notify("on_stim", record)
+
+    def _trains_done(self, sample: int) -> None:
+        """Hand the sinks every train whose last pulse is before ``sample`` (device clock)."""
+        if not self._trains:
+            return
+        for ticket, (record, last) in list(self._trains.items()):
+            if last < sample:
+                del self._trains[ticket]
+                self._end_train(record, None)
+
+    def _trains_unknown(self, sample: int) -> None:
+        """Trains whose end the device never told: only the pulses before ``sample``, the
+        last sample it delivered, are known to have run."""
+        fs = self.info.sample_rate
+        for record, _ in self._trains.values():
+            ran = sum(record.execution_sample + o < sample
+                      for o in record.pattern.pulse_offsets(fs))
+            self._end_train(record, ran, f"run ended after {ran} of "
+                            f"{record.pattern.train_count} train pulses were seen; the "
+                            "device did not report where it stopped the train")
+        self._trains.clear()
 
     # -- the loop ------------------------------------------------------------------
     def run(self, progress: Callable[[float, str], None] | None = None,
             interval_s: float = 0.25) -> dict[str, Any]:
-        """Run to the end on a worker thread; returns the summary. Ctrl-C stops cleanly."""
+        """Run to the end on a worker thread; returns the summary. Ctrl-C stops cleanly.
+
+        A watchdog thread runs beside the loop: it stops stimulation when the loop
+        falls behind the device, and ends the run when a protocol hook hangs.
+        """
         self.driver.set_fast(self.config.fast)
         self.driver.start(self.block_samples)
-        worker = threading.Thread(target=self._loop, name="mea-acquisition", daemon=True)
+        self._worker = threading.Thread(target=self._loop, name="mea-acquisition", daemon=True)
+        watchdog = threading.Thread(target=self._watch, name="mea-watchdog", daemon=True)
         self._wall_start = time.perf_counter()
-        worker.start()
+        self._worker.start()
+        watchdog.start()
         try:
-            while not self._finished.wait(interval_s):
+            while not self._ended(interval_s):
                 if progress is not None:
                     progress(*self.progress())
         except KeyboardInterrupt:
@@ -407,11 +520,16 @@ class Engine:
             self.stop()
             while True:  # further Ctrl-C while the loop winds down changes nothing
                 try:
-                    self._finished.wait()
+                    while not self._ended(0.1):
+                        pass
                     break
                 except KeyboardInterrupt:
                     continue
-        worker.join()
+        if self._abandoned:
+            self._end_without_loop()
+        else:
+            self._worker.join()
+        watchdog.join()
         if progress is not None:
             progress(*self.progress())
         try:  # patterns the device never reported on: sent, fate unknown
@@ -427,6 +545,10 @@ class Engine:
             summary["error"] = "sink"
         return summary
 
+    def _ended(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s: True once the loop finished or was given up as hung."""
+        return self._finished.wait(timeout) or self._abandoned
+
     def _loop(self) -> None:
         try:
             self._acquire()
@@ -437,33 +559,83 @@ class Engine:
         except Exception as exc:  # a driver bug must still end the run cleanly
             self._fail("device", traceback.format_exc(), exc)
         finally:
-            self._wall_end = time.perf_counter()
-            try:
-                self.driver.stop()
-            except Exception as exc:  # stopping a broken device must not hide the first error
-                try:
-                    self.event("device_error", f"stopping the device failed: {exc}")
-                except SinkError:
-                    pass
-            finally:
-                self._finished.set()
+            if not self._abandoned:
+                self._wall_end = time.perf_counter()
+                self._end_stimulation()
+                self._stop_device()
+            self._finished.set()
+
+    def _end_stimulation(self) -> None:
+        """Every way a run ends: close the gate, cancel what the device holds, and take
+        the device's last reports (what ran, what was cancelled, where trains were cut)."""
+        self.armed_at_end = self.gate.armed
+        self.gate.close("the run has ended")
+        try:
+            self._halt("the run has ended")
+        except Exception as exc:
+            self._event_quietly("device_error", f"cancelling queued stimulation failed: {exc}")
+            return
+        if self._abandoned:
+            return
+        clock = self.now
+        deadline = time.perf_counter() + LAST_REPORTS_S
+        try:
+            while (self.pending or self._trains) and time.perf_counter() < deadline:
+                item = self.driver.read(timeout=0.05)
+                if isinstance(item, StimReport):
+                    self._on_report(item)
+                elif isinstance(item, Block | Tick):
+                    clock = item.stop_sample if isinstance(item, Block) else item.sample
+                    self._trains_done(clock)
+        except Exception:
+            pass  # a lost device has no more reports; what is pending stays "sent"
+        self._trains_unknown(clock)
+
+    def _stop_device(self) -> None:
+        try:
+            self.driver.stop()
+        except Exception as exc:  # stopping a broken device must not hide the first error
+            self._event_quietly("device_error", f"stopping the device failed: {exc}")
+
+    def _event_quietly(self, kind: str, message: str) -> None:
+        """An event whose own failure (a broken sink) must not hide the first error."""
+        try:
+            self.event(kind, message)
+        except SinkError:
+            pass
+
+    def _end_without_loop(self) -> None:
+        """The loop is stuck in a protocol hook: end the run from here (caller's thread)."""
+        self._wall_end = time.perf_counter()
+        self.armed_at_end = False
+        self.gate.close("the run has ended")
+        try:
+            self._halt("the run has ended")
+        except Exception as exc:
+            self._log(f"[device_error] cancelling queued stimulation failed: {exc}")
+        self._stop_device()
+        self._trains_unknown(self.now)
+        while self._queued_events:
+            self._record_event(self._queued_events.popleft())
 
     def _fail(self, kind: str, message: str, exc: BaseException | None = None) -> None:
+        """Stop stimulation and the run; the first error is the one reported (any thread)."""
         if self.error is None:
             self.error, self.error_kind, self.exception = message, kind, exc
-        self.gate.disarm(f"{kind} error")
         try:
-            self.driver.abort_stimulation()
+            self._halt(f"{kind} error")
         except Exception:
             pass
-        try:
-            self.event(f"{kind}_error", message.strip().splitlines()[-1])
-        except SinkError:
-            pass  # the first error is the one reported
+        text = message.strip().splitlines()[-1] if message.strip() else kind
+        if threading.current_thread() is self._worker:
+            self._event_quietly(f"{kind}_error", text)
+        else:
+            self._queue_event(f"{kind}_error", text)
         self._stop.set()
 
     def _call(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Run a protocol hook; an exception stops stimulation and the run."""
+        self._hook = (getattr(hook, "__name__", "hook"), time.perf_counter())
         try:
             return hook(*args)
         except SafetyRefusal:
@@ -471,8 +643,65 @@ class Engine:
         except (DriverError, SinkError):
             raise  # not the protocol's fault: the loop reports it as such
         except Exception as exc:
-            self._fail("protocol", traceback.format_exc(), exc)
+            self._fail("protocol", traceback.format_exc() + self._where(exc.__traceback__),
+                       exc)
             return None
+        finally:
+            self._hook = None
+
+    def _where(self, tb: Any) -> str:
+        """'at FILE:LINE in HOOK' for the deepest frame in the protocol's own file."""
+        try:
+            source = inspect.getsourcefile(type(self.protocol))
+        except TypeError:
+            return ""
+        frames = traceback.extract_tb(tb) if tb is not None else traceback.extract_stack()
+        mine = [f for f in frames if f.filename == source]
+        if not mine:
+            return ""
+        f = mine[-1]
+        return f"(at {f.filename}:{f.lineno} in {f.name})"
+
+    def _watch(self) -> None:
+        """The watchdog thread: the loop's lag behind the device, and hooks that hang."""
+        period = min(max(self.config.watchdog_ms / 4000.0, 0.005), 0.05)
+        while not self._finished.wait(period):
+            if self._abandoned:
+                return
+            self._check_hook()
+            if self._started and not self.config.fast:
+                self._watchdog()
+
+    def _check_hook(self) -> None:
+        running = self._hook
+        if running is None or not self._started or self._abandoned:
+            return
+        name, since = running
+        limit = self.config.hook_timeout_s
+        if self._stop.is_set():
+            limit = min(limit, STOP_GRACE_S)  # the run is ending: do not wait long for it
+        stuck = time.perf_counter() - since
+        if stuck <= limit:
+            return
+        frame = sys._current_frames().get(self._worker.ident) if self._worker else None
+        where = self._where_frame(frame)
+        message = (f"protocol hook {name} has not returned for {stuck:.1f} s {where}; the "
+                   "run ended without it and stimulation was stopped").replace("  ", " ")
+        self._fail("protocol", message)
+        self._abandoned = True
+
+    def _where_frame(self, frame: Any) -> str:
+        if frame is None:
+            return ""
+        try:
+            source = inspect.getsourcefile(type(self.protocol))
+        except TypeError:
+            return ""
+        while frame is not None:
+            if frame.f_code.co_filename == source:
+                return f"(at {source}:{frame.f_lineno} in {frame.f_code.co_name})"
+            frame = frame.f_back
+        return ""
 
     def _acquire(self) -> None:
         first, early_spikes = self._wait_first_clock()
@@ -492,12 +721,23 @@ class Engine:
             self._call(self.protocol.setup, self.ctx)
             for spikes in early_spikes:
                 self._on_spikes(spikes)
+            self._started = True
             self._stream(first)
         finally:
-            self._call(self.protocol.teardown, self.ctx)
-            for kind, message in self.driver.drain_events():
-                self.event(kind, message)
-            self.event("stop", "interrupted" if self.interrupted else "end of run")
+            if not self._abandoned:
+                self._call(self.protocol.teardown, self.ctx)
+                for kind, message in self.driver.drain_events():
+                    self.event(kind, message)
+                self._events_from_elsewhere()
+                self.event("stop", "interrupted" if self.interrupted else "end of run")
+
+    def _events_from_elsewhere(self) -> None:
+        while self._queued_events:
+            self._record_event(self._queued_events.popleft())
+        while self._summary_requests:
+            done, out = self._summary_requests.popleft()
+            out.append(self._summary())
+            done.set()
 
     def _stream(self, first: Block | Tick) -> None:
         duration = (
@@ -505,9 +745,8 @@ class Engine:
             if self.config.duration_s is not None else None
         )
         item: Event | None = first
-        while item is not None:
-            while self._queued_events:
-                self.event(*self._queued_events.popleft())
+        while item is not None and not self._abandoned:
+            self._events_from_elsewhere()
             if self._pause_wanted != self.paused:
                 self._hold(self._pause_wanted)
             for kind, message in self.driver.drain_events():
@@ -570,6 +809,8 @@ class Engine:
         self.n_blocks += 1
         filtered, spikes = self.detector.process(block)
         self.now = block.stop_sample
+        if not self.config.fast:
+            self._watchdog()  # before the protocol decides anything on this block
         if not self.paused:
             self._call(self.protocol.on_block, self.ctx, block, filtered)
         if self.error is None and len(spikes):
@@ -580,12 +821,13 @@ class Engine:
     def _on_clock(self, sample: int) -> None:
         """The device delivered everything before ``sample``: trials and the watchdog move on."""
         self.now = sample
+        self._trains_done(sample)
+        if not self.config.fast:
+            self._watchdog()
         if self.trials is not None and self.error is None:
             for trial in self._call(self.trials.on_block, self.ctx, sample) or ():
                 self._call(self.protocol.on_trial, self.ctx, trial)
                 self._notify("on_trial", trial)
-        if not self.config.fast:
-            self._watchdog()
 
     def _on_spikes(self, spikes: SpikeEvents) -> None:
         self.n_spikes += len(spikes)
@@ -622,26 +864,32 @@ class Engine:
         which is allowed to creep up by DRIFT_ALLOWANCE so that the drift
         between the device's and the computer's clocks, and the time setup
         took, are not taken for lag. The backlog after a stall is.
+
+        The watchdog thread calls it every few ms, and the loop before it hands a
+        block to the protocol, so that a hook that hangs is caught while it hangs
+        and no decision is taken on stale data.
         """
-        wall = time.perf_counter()
-        offset = wall - (self.now - self.t0) / self.info.sample_rate
-        last = self._lag_anchor  # one read: rearm() may reset it from another thread
-        if last is None:
-            self._lag_anchor = (offset, wall)
-            return
-        anchor, since = last
-        anchor = min(offset, anchor + DRIFT_ALLOWANCE * (wall - since))
-        self._lag_anchor = (anchor, wall)
-        behind_ms = (offset - anchor) * 1000.0
-        if behind_ms > self.config.watchdog_ms and self.gate.armed:
+        with self._lag_lock:
+            wall = time.perf_counter()
+            offset = wall - (self.now - self.t0) / self.info.sample_rate
+            if self._lag_anchor is None:
+                self._lag_anchor = (offset, wall)
+                return
+            anchor, since = self._lag_anchor
+            anchor = min(offset, anchor + DRIFT_ALLOWANCE * (wall - since))
+            self._lag_anchor = (anchor, wall)
+            behind_ms = (offset - anchor) * 1000.0
+            self.max_lag_ms = max(self.max_lag_ms, behind_ms)
+            if behind_ms <= self.config.watchdog_ms or not self.gate.armed:
+                return
             self.watchdog_trips += 1
             self.gate.disarm(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
-            self.driver.abort_stimulation()
-            self.event(
-                "watchdog",
-                f"loop fell {behind_ms:.0f} ms behind the device "
-                f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
-            )
+        self._queue_event(
+            "watchdog",
+            f"loop fell {behind_ms:.0f} ms behind the device "
+            f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
+        )
+        self._halt(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
 
     # -- results -------------------------------------------------------------------
     def latency_samples(self) -> np.ndarray:
@@ -649,6 +897,23 @@ class Engine:
         return expand_counts(self.latency_counts)
 
     def summary(self) -> dict[str, Any]:
+        """The run's figures. Any thread: while the loop runs, it computes them between
+        two items, so that nothing changes under them."""
+        worker = self._worker
+        if (worker is not None and worker.is_alive() and not self._abandoned
+                and threading.current_thread() is not worker and not self._finished.is_set()):
+            done, out = threading.Event(), []
+            self._summary_requests.append((done, out))
+            if done.wait(2.0) and out:
+                return out[0]
+        for _ in range(10):  # the loop is stuck or gone: copy, again if it changed meanwhile
+            try:
+                return self._summary()
+            except RuntimeError:
+                time.sleep(0.01)
+        return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
         fs = self.info.sample_rate
         lat = self.latency_samples()
         duration_s = (self.now - self.t0) / fs
@@ -683,7 +948,9 @@ class Engine:
             "loop_cost_us": self._cost.quantiles(),
             "watchdog_trips": self.watchdog_trips,
             "gaps": self.counts["gaps"],
-            "stimulation_armed": self.gate.armed,
+            "stimulation_armed": self.gate.armed if self.armed_at_end is None
+            else self.armed_at_end,
+            "max_lag_ms": round(self.max_lag_ms, 1),
             "trials": len(self.trials.finished) if self.trials is not None else 0,
             "limits": self.gate.limits.as_dict(),
             "interrupted": self.interrupted,

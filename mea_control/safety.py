@@ -36,12 +36,14 @@ LIMIT_UNITS: dict[str, str] = {
     "mean_rate_hz": "Hz",
     "mean_window_s": "s",
     "max_shannon_k": "",
+    "max_train_pulses": "pulses",
 }
 #: Limits where a larger value is stricter; every other numeric limit is stricter when smaller.
 _LARGER_IS_STRICTER = frozenset({"min_phase_us"})
-_POSITIVE = frozenset({"burst_window_ms", "mean_window_s"})
-#: Longest allowed windows: the gate remembers every pulse of the longest window.
-_MAXIMUM = {"burst_window_ms": 10_000.0, "mean_window_s": 3600.0}
+_POSITIVE = frozenset({"burst_window_ms", "mean_window_s", "max_train_pulses"})
+#: Longest allowed windows: the gate remembers every pulse of the longest window. Longest
+#: train: the gate checks every pulse of a train while STOP waits for it.
+_MAXIMUM = {"burst_window_ms": 10_000.0, "mean_window_s": 3600.0, "max_train_pulses": 65535.0}
 #: Each rate limit with its window, and the window's length in seconds per unit.
 _RATE_WINDOWS = (("burst_rate_hz", "burst_window_ms", 1e-3), ("mean_rate_hz", "mean_window_s", 1.0))
 #: Float slack for comparisons against limits (values are user-facing, not bit-exact).
@@ -74,6 +76,8 @@ class SafetyLimits:
     mean_rate_hz: float = 40.0
     mean_window_s: float = 10.0
     max_shannon_k: float = 1.85
+    #: Pulses in one train (a pattern's ``train_count``).
+    max_train_pulses: float = 1000.0
     forbidden: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -333,7 +337,7 @@ def _rig_value(where: str, key: str, value: Any) -> Any:
 class SafetyRefusal(Exception):
     """A pattern the gate refused: which limit, on which electrode, the value and the allowed.
 
-    ``limit`` is a :class:`SafetyLimits` field name, or one of "disarmed", "schedule",
+    ``limit`` is a :class:`SafetyLimits` field name, or one of "disarmed", "closed", "schedule",
     "overlap", "electrode", "ground", "reference", "can_stimulate".
     """
 
@@ -432,6 +436,7 @@ class SafetyGate:
         self._lock = threading.Lock()
         self._armed = True
         self._disarm_reason = ""
+        self._closed = ""
         self._clock: int | None = None
         self._forbidden = frozenset(limits.forbidden)
         self._burst_span = limits.burst_window_ms * 1e-3 * self.sample_rate
@@ -463,6 +468,12 @@ class SafetyGate:
         with self._lock:
             self._armed = True
             self._disarm_reason = ""
+
+    def close(self, reason: str) -> None:
+        """Refuse every pattern from now on (limit "closed"): the run has ended.
+        Unlike :meth:`disarm`, no re-arm undoes it, and ``armed`` keeps the operator's state."""
+        with self._lock:
+            self._closed = reason
 
     # -- admission ---------------------------------------------------------------
 
@@ -497,6 +508,11 @@ class SafetyGate:
         self._prune(pattern.channels)
         now = self._clock
         first = self._label(pattern.channels[0])
+        if self._closed:
+            raise SafetyRefusal(
+                "closed", first, self._closed, "a run in progress",
+                f"refused: pattern on electrode {first} not sent: {self._closed}",
+            )
         if not self._armed:
             raise SafetyRefusal(
                 "disarmed",
@@ -505,6 +521,12 @@ class SafetyGate:
                 "armed",
                 f"refused: stimulation is disarmed ({self._disarm_reason}); pattern on "
                 f"electrode {first} not sent; a person must re-arm",
+            )
+        if pattern.train_count > self.limits.max_train_pulses:
+            raise SafetyRefusal(
+                "max_train_pulses", first, pattern.train_count, self.limits.max_train_pulses,
+                f"refused: a train of {pattern.train_count} pulses on electrode {first} exceeds "
+                f"max_train_pulses = {self.limits.max_train_pulses:g}",
             )
         start = now if pattern.at_sample is None else int(pattern.at_sample)
         if start < now:

@@ -20,12 +20,14 @@ PULSE = wire.WirePulse(10, "current", ((200.0, -5.0), (200.0, 5.0)))
 
 
 @contextlib.contextmanager
-def serving(link_cls=PtyLink, url: str = "sim://?seed=4", spikes_only: bool = False):
-    """A simulated device serving on a new link from a thread; yields the link."""
+def serving(link_cls=PtyLink, url: str = "sim://?seed=4", spikes_only: bool = False,
+            **device):
+    """A simulated device (``device``: more SimDevice arguments) serving on a new link from
+    a thread; yields the link."""
     link = link_cls()
     stop = threading.Event()
-    thread = threading.Thread(target=SimDevice(url, spikes_only).serve, args=(link, stop),
-                              daemon=True)
+    thread = threading.Thread(target=SimDevice(url, spikes_only, **device).serve,
+                              args=(link, stop), daemon=True)
     thread.start()
     try:
         yield link
@@ -58,14 +60,16 @@ class _Socket:
 
 
 class Host:
-    """A bare wire-protocol host: send commands, wait for given messages."""
+    """A bare wire-protocol host: send commands, wait for given messages; while waiting it
+    sends a HostHeartbeat every 50 ms (``beat``), as a live host does."""
 
-    def __init__(self, link) -> None:
+    def __init__(self, link, beat: bool = True) -> None:
         is_tcp = link.name.startswith("socket://")
         self.port = _Socket(link.name) if is_tcp else serial.Serial(link.name, timeout=0.05)
         self.decoder = wire.FrameDecoder()
         self.frames: list[wire.Frame] = []
         self.seq = 0
+        self.beat, self.last_beat = beat, 0.0
 
     def send(self, message) -> int:
         seq, self.seq = self.seq, self.seq + 1
@@ -80,6 +84,9 @@ class Host:
                 frame = self.frames.pop(0)
                 if isinstance(frame.message, kind) and where(frame.message):
                     return frame.message
+            if self.beat and time.monotonic() - self.last_beat > 0.05:
+                self.last_beat = time.monotonic()
+                self.send(wire.HostHeartbeat())
             self.frames += self.decoder.feed(self.port.read(1 << 16))
         raise AssertionError(f"no {kind.__name__} within {timeout} s")
 
@@ -139,17 +146,17 @@ def test_stimulation_runs_at_its_sample_and_refusals_have_reasons():
         host.next(wire.SampleBlock, where=lambda b: b.first_sample >= 250)
         assert host.ask(stimulate(0)).reason == wire.LATE
         no_electrode = wire.WirePulse(200, "current", PULSE.phases)
-        assert host.ask(stimulate(5000, [no_electrode])).reason == wire.ELECTRODE
+        assert host.ask(stimulate(25_000, [no_electrode])).reason == wire.ELECTRODE
         too_strong = wire.WirePulse(10, "current", ((200.0, -500.0), (200.0, 500.0)))
-        refused = host.ask(stimulate(5000, [too_strong]))
+        refused = host.ask(stimulate(25_000, [too_strong]))
         assert refused.reason == wire.LIMIT and "max_current_uA" in refused.message
         no_phases = wire.WirePulse(10, "current", ())
-        assert host.ask(stimulate(5000, [no_phases])).reason == wire.MALFORMED
-        assert host.ask(stimulate(5000, ticket=9)).reason == wire.DONE
+        assert host.ask(stimulate(25_000, [no_phases])).reason == wire.MALFORMED
+        assert host.ask(stimulate(25_000, ticket=9)).reason == wire.DONE
         done = host.next(wire.StimExecuted)
-        assert (done.ticket, done.sample, done.electrodes) == (9, 5000, (10,))
+        assert (done.ticket, done.sample, done.electrodes) == (9, 25_000, (10,))
         # reported just before the block that holds the pulse
-        assert host.next(wire.SampleBlock).first_sample == 5000
+        assert host.next(wire.SampleBlock).first_sample == 25_000
         assert host.ask(wire.Stop()).reason == wire.DONE
 
 

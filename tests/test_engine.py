@@ -528,7 +528,8 @@ def test_an_operator_stop_is_an_event_and_refuses_later_pulses():
     finally:
         driver.close()
     disarm = [e for e in engine.recent_events if e.kind == "disarm"]
-    assert [e.message for e in disarm] == ["stopped by the operator"] and driver.aborts == 1
+    # one abort for the STOP, one at the end of the run
+    assert [e.message for e in disarm] == ["stopped by the operator"] and driver.aborts == 2
     # trial 2's pattern was already queued on the device: the abort cancelled it
     assert (s["stims_executed"], s["stims_dropped"], s["stims_refused"]) == (1, 1, 6)
     assert not s["stimulation_armed"]

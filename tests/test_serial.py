@@ -8,7 +8,6 @@ import socket
 import subprocess
 import threading
 import tty
-import zlib
 
 import numpy as np
 import pytest
@@ -164,17 +163,12 @@ def fake_device(answer: bytes):
         yield url + "?timeout=2"  # the driver waits it out, seeing no frame of its own
 
 
-def version2(message) -> bytes:
-    frame = bytearray(wire.encode(message, 0))
-    frame[2] = 2
-    frame[-4:] = zlib.crc32(bytes(frame[2:-4])).to_bytes(4, "little")
-    return bytes(frame)
-
-
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (version2(wire.Heartbeat(0)) * 50, "speaks wire protocol version 2, not 1"),
+        (wire.encode(wire.Heartbeat(0), 0, version=1) * 50,
+         "^socket://127.0.0.1:[0-9]+ speaks mea-control wire protocol version 1, this "
+         "mea-control speaks version 2: update the device's firmware to protocol version 2$"),
         (bytes(range(256)) * 8, "not in the mea-control wire protocol"),
         (wire.encode(wire.Error(1, "busy: another host is connected"), 0),
          "refused the connection: error 1: busy"),

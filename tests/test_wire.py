@@ -35,7 +35,7 @@ pulses = st.builds(wire.WirePulse, u16, st.sampled_from(wire.MODES),
                    st.lists(st.tuples(f32, f32), max_size=4).map(tuple))
 messages = st.one_of(
     st.builds(wire.Hello, u16, st.floats(allow_nan=False), f32, text, text,
-              st.dictionaries(text, st.floats(allow_nan=False), max_size=5)),
+              st.dictionaries(text, st.floats(allow_nan=False), max_size=5), u32),
     blocks(), spikes(),
     st.builds(wire.StimExecuted, u32, i64, st.lists(u16, max_size=8).map(tuple)),
     st.builds(wire.Ack, u32, st.integers(0, 255), text),
@@ -44,6 +44,9 @@ messages = st.one_of(
     st.builds(wire.Stimulate, u32, i64, st.lists(pulses, max_size=5).map(tuple), u16, f32),
     st.builds(wire.Abort), st.builds(wire.SetThreshold, f32), st.builds(wire.Ping,
                                                                         st.integers(0, 2**64 - 1)),
+    st.builds(wire.StimCut, u32, i64, u16, st.integers(0, 255)),
+    st.builds(wire.Disarmed, i64, u32, st.lists(u32, max_size=8).map(tuple)),
+    st.builds(wire.HostHeartbeat, i64), st.builds(wire.Arm),
 )
 
 
@@ -72,7 +75,7 @@ def test_decoder_resynchronises_after_garbage_in_any_pieces(msgs, junk, piece):
 
 def test_a_corrupted_frame_is_dropped_and_counted_and_the_next_one_decoded():
     first = bytearray(wire.encode(wire.Heartbeat(100), 1))
-    first[14] ^= 0xFF  # a payload byte
+    first[18] ^= 0xFF  # a payload byte
     second = wire.encode(wire.Heartbeat(200), 2)
     decoder = wire.FrameDecoder()
     frames = decoder.feed(bytes(first) + second)
@@ -80,18 +83,17 @@ def test_a_corrupted_frame_is_dropped_and_counted_and_the_next_one_decoded():
     assert decoder.crc_errors == 1
 
 
-def test_another_version_is_noticed_and_skipped():
-    frame = bytearray(wire.encode(wire.Ping(7), 0))
-    frame[2] = 9
-    frame[-4:] = zlib.crc32(bytes(frame[2:-4])).to_bytes(4, "little")
+def test_another_version_is_recognised_not_decoded():
     decoder = wire.FrameDecoder()
-    assert decoder.feed(bytes(frame) + wire.encode(wire.Ping(8), 1))[0].message == wire.Ping(8)
+    frames = decoder.feed(wire.encode(wire.Ping(7), 0, version=9) + wire.encode(wire.Ping(8), 1))
+    assert [(f.version, f.message) for f in frames] == [
+        (9, wire.OtherVersion(9, wire.Ping.TYPE)), (2, wire.Ping(8))]
     assert decoder.other_versions == {9}
 
 
 def test_a_valid_frame_with_a_bad_payload_is_counted():
-    body = bytes([wire.VERSION, 0x06]) + (3).to_bytes(4, "little") + (2).to_bytes(4, "little")
-    body += b"\x01\x02"  # a heartbeat needs 8 bytes
+    head = bytes([wire.VERSION, 0x06]) + (3).to_bytes(4, "little") + (2).to_bytes(4, "little")
+    body = head + zlib.crc32(head).to_bytes(4, "little") + b"\x01\x02"  # a heartbeat needs 8
     frame = wire.MARKER + body + zlib.crc32(body).to_bytes(4, "little")
     decoder = wire.FrameDecoder()
     assert decoder.feed(frame) == [] and decoder.bad_payloads == 1
@@ -99,7 +101,15 @@ def test_a_valid_frame_with_a_bad_payload_is_counted():
 
 def test_frame_layout_is_as_documented():
     frame = wire.encode(wire.Heartbeat(5), 0x01020304)
-    assert frame[:2] == b"\xa5\x5a" and frame[2] == 1 and frame[3] == 0x06
+    assert frame[:2] == b"\xa5\x5a" and frame[2] == 2 and frame[3] == 0x06
     assert frame[4:8] == bytes([4, 3, 2, 1]) and frame[8:12] == (8).to_bytes(4, "little")
-    assert frame[12:20] == (5).to_bytes(8, "little")
+    assert frame[12:16] == zlib.crc32(frame[2:12]).to_bytes(4, "little")
+    assert frame[16:24] == (5).to_bytes(8, "little")
+    assert frame[24:] == zlib.crc32(frame[2:24]).to_bytes(4, "little")
+
+
+def test_version_1_frames_have_no_header_crc():
+    frame = wire.encode(wire.Ping(7), 3, version=1)
+    assert frame[2] == 1 and frame[12:20] == (7).to_bytes(8, "little")
     assert frame[20:] == zlib.crc32(frame[2:20]).to_bytes(4, "little")
+    assert wire.FrameDecoder().feed(frame)[0].message == wire.OtherVersion(1, wire.Ping.TYPE)

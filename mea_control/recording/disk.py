@@ -17,6 +17,7 @@ import os
 import pickle
 import queue
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -266,6 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     N_CHANNELS 0 means no raw samples.
     """
     path, journal, n_channels, rows = argv or sys.argv[1:]
+    # Ctrl-C, `kill` and a closed terminal reach the whole process group: the host ends
+    # its run and closes the pipe, and this process finishes the file then, not before.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
     def read() -> None:
@@ -277,18 +282,22 @@ def main(argv: list[str] | None = None) -> None:
 
     threading.Thread(target=read, daemon=True).start()
 
+    def say(line: str) -> None:
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except OSError:  # the host is gone (killed): the files are finished all the same
+            pass
+
     def progress(taken: int, on_disk: int) -> None:
-        sys.stdout.write(f"progress {taken} {on_disk}\n")
-        sys.stdout.flush()
+        say(f"progress {taken} {on_disk}")
 
     try:
         writer = DiskWriter(Path(path), Path(journal), int(n_channels) or None, int(rows))
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
+        say("ready")
         result = writer.run(items, progress)
     except Exception as exc:  # the recorder must hear of it, whatever it was
         result = failure(f"the recording process failed ({type(exc).__name__}: {exc})")
-    sys.stdout.write(f"result {json.dumps(result)}\n")
-    sys.stdout.flush()
+    say(f"result {json.dumps(result)}")
     os._exit(0)  # HDF5 may crash in its exit handler after a failed write; all is closed
 

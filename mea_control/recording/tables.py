@@ -42,9 +42,10 @@ def stim_record(record: Any, info: DeviceInfo) -> dict[str, Any]:
         "trigger_sample": int(record.trigger_sample),
         "decision_sample": int(record.decision_sample),
         "requested_sample": NO_SAMPLE if p.at_sample is None else int(p.at_sample),
-        "execution_sample": NO_SAMPLE if record.execution_sample is None
-        else int(record.execution_sample),
-        "offsets": p.pulse_offsets(info.sample_rate),
+        "execution_sample": int(record.execution_sample) if record.status == "executed"
+        else NO_SAMPLE,
+        # a train the device cut lists only the pulses that ran
+        "offsets": p.pulse_offsets(info.sample_rate)[:record.pulses_run],
         "pulses": [
             {"channel": ch, "mode": pulse.mode, "unit": pulse.unit,
              "durations_us": [d for d, _ in pulse.phases],
@@ -153,6 +154,10 @@ def stim_rows(stims: list[dict[str, Any]], t0: int, fs: float) -> list[dict[str,
             base = rec["requested_sample"] if rec["requested_sample"] != NO_SAMPLE \
                 else rec["decision_sample"]
         for k, offset in enumerate(rec["offsets"]):
+            own = {w: rec[f"{w}_sample"] for w in SAMPLES}  # the pulse's own samples
+            for w in ("requested", "execution"):
+                if own[w] != NO_SAMPLE:
+                    own[w] += offset
             for pulse in rec["pulses"]:
                 start = (base + offset - t0) / fs
                 rows.append({
@@ -167,7 +172,7 @@ def stim_rows(stims: list[dict[str, Any]], t0: int, fs: float) -> list[dict[str,
                     "train_pulse": k,
                     "ticket": rec["ticket"],
                     "pattern_label": rec["label"],
-                    **{f"{w}_sample": rec[f"{w}_sample"] for w in SAMPLES},
+                    **{f"{w}_sample": own[w] for w in SAMPLES},
                     "status": rec["status"],
                     "reason": rec["reason"],
                 })
@@ -177,8 +182,8 @@ def stim_rows(stims: list[dict[str, Any]], t0: int, fs: float) -> list[dict[str,
 SAMPLES = {
     "trigger": "sample of what caused the pattern",
     "decision": "sample when the loop decided it",
-    "requested": "sample the pattern was scheduled for (-1: as soon as possible)",
-    "execution": "sample the device ran it (-1: not run)",
+    "requested": "sample this pulse was scheduled for (-1: as soon as possible)",
+    "execution": "sample the device ran this pulse (-1: not run)",
 }
 
 

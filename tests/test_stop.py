@@ -1,0 +1,365 @@
+"""STOP means stop: every way a pulse could reach the culture after STOP, a hang, a fault
+or the end of a run, checked against the simulator's own record of the pulses it ran
+(``SimDriver.pulse_listener``), not against what the host believes it sent."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from conftest import ROOT, cli_command, ctrl_c_works, wait_until
+
+from drivers.base import DriverError, open_driver
+from mea_control import cli, recording
+from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.protocol import Protocol
+from mea_control.recording.journal import journal_path
+from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.safety import SafetyRefusal
+from mea_control.types import StimPattern, StimPulse
+
+PULSE = StimPulse.biphasic(5.0, 200.0)
+FS = 25_000
+
+
+class Wrapped:
+    """A driver seen through a wrapper that changes one behaviour."""
+
+    def __init__(self, driver):
+        self._driver = driver
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+
+def sim(url="sim://?seed=1"):
+    """An opened sim:// driver and the list its culture fills with every pulse it gets:
+    (sample, ticket, channel, pulse)."""
+    driver = open_driver(url)
+    driver.open()
+    ran = []
+    driver.pulse_listener = ran.extend
+    return driver, ran
+
+
+def tickets(ran):
+    return {ticket for _, ticket, _, _ in ran}
+
+
+class Once(Protocol):
+    """Calls ``act(ctx)`` once, in the first block at or after ``at_s``."""
+
+    def __init__(self, at_s, act):
+        super().__init__()
+        self.at_s, self.act, self.done = at_s, act, False
+
+    def on_block(self, ctx, block, filtered):
+        if not self.done and ctx.now >= ctx.samples(self.at_s):
+            self.done = True
+            self.act(ctx)
+
+
+def ahead(ctx, seconds, **train):
+    """A pulse (or train) on channel 10, booked ``seconds`` ahead."""
+    return StimPattern(((10, PULSE),), at_sample=ctx.now + ctx.samples(seconds), **train)
+
+
+# -- admission and sending are one step against STOP ---------------------------------------
+
+
+class SlowSend(Wrapped):
+    """The send waits until released, as a slow link would, after the gate admitted it."""
+
+    def __init__(self, driver):
+        super().__init__(driver)
+        self.sending, self.release = threading.Event(), threading.Event()
+
+    def stimulate(self, pattern):
+        self.sending.set()
+        self.release.wait(30)
+        return self._driver.stimulate(pattern)
+
+
+def test_a_stop_during_a_send_cancels_the_pattern_being_sent():
+    driver, ran = sim()
+    slow = SlowSend(driver)
+    engine = Engine(slow, Once(0.1, lambda ctx: ctx.stimulate(ahead(ctx, 0.1))),
+                    EngineConfig(fast=True, duration_s=1.0))
+    runner = threading.Thread(target=engine.run)
+    runner.start()
+    try:
+        assert slow.sending.wait(30), "the protocol never sent its pattern"
+        stopper = threading.Thread(target=engine.stop_stimulation, args=("operator",))
+        stopper.start()
+        wait_until(lambda: not engine.gate.armed, what="the gate closing")
+        slow.release.set()  # the send completes after the gate closed ...
+        stopper.join(30)
+        assert not stopper.is_alive()
+    finally:
+        slow.release.set()
+        runner.join(60)
+        driver.close()
+    assert ran == []  # ... and STOP's abort came after it: the pattern never ran
+
+
+# -- the watchdog runs beside the loop ------------------------------------------------------
+
+
+def test_a_hook_that_hangs_is_caught_while_it_hangs():
+    """A hook sleeps 1 s (5 watchdog periods) and then stimulates on what it saw before:
+    the watchdog thread has stopped stimulation meanwhile, so nothing runs."""
+    driver, ran = sim()
+
+    def hang_then_stimulate(ctx):
+        time.sleep(1.0)
+        ctx.stimulate(ahead(ctx, 0.01))
+
+    engine = Engine(driver, Once(0.2, hang_then_stimulate),
+                    EngineConfig(fast=False, duration_s=1.5, watchdog_ms=200))
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    assert ran == []
+    assert s["watchdog_trips"] == 1 and s["stims_refused"] == 1 and s["error"] is None
+    assert s["max_lag_ms"] >= 500  # the summary says how far the loop fell behind
+    refusal = next(e for e in engine.recent_events if e.kind == "refusal")
+    assert "watchdog" in refusal.message
+
+
+class NeverReturns(Protocol):
+    """Books a pattern 50 ms ahead, then never returns from its hook (until released)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def on_block(self, ctx, block, filtered):
+        if ctx.now >= ctx.samples(0.1):
+            ctx.stimulate(ahead(ctx, 0.05))
+            while not self.release.is_set():
+                time.sleep(0.01)  # the line the error must point at
+
+
+def test_a_hook_that_never_returns_ends_the_run_pointing_at_its_line():
+    driver, ran = sim()
+    protocol = NeverReturns()
+    engine = Engine(driver, protocol, EngineConfig(fast=True, hook_timeout_s=1.0))
+    runner = threading.Thread(target=engine.run)
+    runner.start()
+    try:
+        runner.join(60)
+        assert not runner.is_alive(), "the run never ended"
+        assert engine.error_kind == "protocol"
+        line = next(i for i, text in enumerate(open(__file__), 1) if "must point at" in text)
+        assert f"test_stop.py:{line} in on_block" in engine.error
+        assert ran == []  # the pattern booked before the hang was cancelled
+    finally:
+        protocol.release.set()
+        runner.join(10)
+        driver.close()
+    wait_until(lambda: not engine._worker.is_alive(), what="the released loop ending")
+    assert ran == []
+
+
+# -- every way a run ends leaves nothing queued --------------------------------------------
+
+
+class DeviceRunsOn(Wrapped):
+    """A device that goes on after the host stops reading: on stop() it keeps its clock
+    running for 2 s, so whatever is still queued on it runs (and shows in its log)."""
+
+    def stop(self):
+        deadline = self._driver.next_sample + 2 * FS
+        while self._driver.next_sample < deadline:
+            self._driver.read(timeout=0.1)
+        self._driver.stop()
+
+
+class LostAfter(DeviceRunsOn):
+    """The link breaks once the device's clock passes ``sample``."""
+
+    def __init__(self, driver, sample):
+        super().__init__(driver)
+        self.sample = sample
+
+    def read(self, timeout=None):
+        if self._driver.next_sample > self.sample:
+            raise DriverError("link lost (injected)")
+        return self._driver.read(timeout)
+
+
+def _book_then(end):
+    def act(ctx):
+        ctx.stimulate(ahead(ctx, 0.5))
+        if end == "finish":
+            ctx.finish()
+        elif end == "protocol error":
+            raise RuntimeError("protocol bug (injected)")
+    return act
+
+
+@pytest.mark.parametrize("end", ["finish", "protocol error", "stop", "device error", "duration"])
+def test_nothing_booked_runs_after_the_run_ends(end):
+    driver, ran = sim()
+    device = LostAfter(driver, 4000) if end == "device error" else DeviceRunsOn(driver)
+    engine = Engine(device, Once(0.1, _book_then(end)),
+                    EngineConfig(fast=True, duration_s=0.2 if end == "duration" else 5.0))
+    if end == "stop":  # as Ctrl-C does: stop() from the caller's side
+        engine.sinks.append(StopAt(engine, 4000))
+    try:
+        s = engine.run()
+    finally:
+        device.close()
+    assert driver.next_sample > s["duration_s"] * FS + FS  # the device ran on for a second
+    assert ran == [], f"a pattern booked before the end ({end}) ran after it"
+    # its fate: cancelled, or unknown when the link was lost before the device could say
+    assert s["stims_dropped"] + s["stims_unreported"] == 1 and s["stims_executed"] == 0
+
+
+class StopAt(Sink):
+    def __init__(self, engine, sample):
+        self.engine, self.sample = engine, sample
+
+    def on_block(self, block, filtered, spikes):
+        if block.stop_sample >= self.sample:
+            threading.Thread(target=self.engine.stop).start()
+
+
+# -- the recording lists what the device ran ------------------------------------------------
+
+
+def test_a_train_cut_by_a_protocol_error_is_recorded_as_far_as_it_ran(tmp_path):
+    driver, ran = sim()
+
+    def train_then_fail(ctx):
+        ctx.stimulate(ahead(ctx, 0.01, train_count=20, train_rate_hz=50.0))
+
+    class Fails(Once):
+        def on_block(self, ctx, block, filtered):
+            super().on_block(ctx, block, filtered)
+            if ctx.now >= ctx.samples(0.2):
+                raise RuntimeError("protocol bug (injected)")
+
+    engine = Engine(driver, Fails(0.1, train_then_fail), EngineConfig(fast=True))
+    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, __file__))
+    engine.sinks.append(rec)
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    assert s["error"] == "protocol"
+    pulses_ran = sorted(sample for sample, *_ in ran)
+    assert 3 <= len(pulses_ran) < 20  # 0.1 s of a 0.4 s train
+    with recording.open(tmp_path / "r.nwb") as r:
+        executed = r.pulses["status"] == "executed"
+        assert sorted(r.pulses["execution_sample"][executed]) == pulses_ran
+        assert list(r.pulses["train_pulse"][executed]) == list(range(len(pulses_ran)))
+        assert "train cut after" in r.pulses["reason"][executed][0]
+
+
+# -- the summary from another thread --------------------------------------------------------
+
+
+class ManyTrains(Protocol):
+    """A short train on every 5th block, and a summary that notes which thread made it
+    while the loop was running."""
+
+    def __init__(self):
+        super().__init__()
+        self.summary_threads = set()
+        self.running = lambda: False
+
+    def on_block(self, ctx, block, filtered):
+        if ctx.now % (5 * 25) == 0:
+            try:
+                ctx.stimulate(StimPattern(((10, PULSE),), train_count=2, train_rate_hz=400.0))
+            except SafetyRefusal:
+                pass
+
+    def summary(self):
+        if self.running():
+            self.summary_threads.add(threading.current_thread().name)
+        return {}
+
+
+def test_the_summary_asked_from_another_thread_is_made_between_two_items():
+    driver, _ = sim()
+    protocol = ManyTrains()
+    engine = Engine(driver, protocol, EngineConfig(fast=True, duration_s=4.0))
+    protocol.running = lambda: engine._started and not engine._finished.is_set()
+    errors, summaries = [], []
+
+    def ask():
+        while not engine._finished.is_set():
+            try:
+                summaries.append(engine.summary())
+            except Exception as exc:  # noqa: BLE001 - any failure is the defect
+                errors.append(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        engine.run()
+    finally:
+        asker.join(30)
+        driver.close()
+    assert errors == [] and len(summaries) > 10
+    # the protocol's state was read on the loop's own thread while the loop ran
+    assert protocol.summary_threads == {"mea-acquisition"}
+
+
+# -- bad patterns are refusals, cheap ones --------------------------------------------------
+
+
+def test_a_channel_out_of_range_and_a_huge_train_are_refused_not_errors():
+    refusals = []
+
+    def bad(ctx):
+        for pattern in (StimPattern(((999, PULSE),)),
+                        StimPattern(((10, PULSE),), train_count=1_000_000, train_rate_hz=1.0)):
+            try:
+                ctx.stimulate(pattern)
+            except SafetyRefusal as refusal:
+                refusals.append(refusal.limit)
+
+    driver, ran = sim()
+    engine = Engine(driver, Once(0.05, bad), EngineConfig(fast=True, duration_s=0.2))
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    assert s["error"] is None and refusals == ["electrode", "max_train_pulses"] and ran == []
+
+
+# -- SIGTERM and SIGHUP end a run as Ctrl-C does --------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGTERM to the process group"])
+def test_a_killed_run_ends_cleanly_with_its_recording_and_summary(tmp_path, how):
+    nwb, summary = tmp_path / "r.nwb", tmp_path / "s.json"
+    proc = subprocess.Popen(
+        cli_command("run", "spontaneous", "--duration", "60", "--record", str(nwb),
+                    "--summary-json", str(summary), "--quiet"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_works, start_new_session=True)
+    sig = signal.SIGHUP if how == "SIGHUP" else signal.SIGTERM
+    journal = journal_path(nwb)
+    try:  # once a few batches of spikes are in the side journal
+        wait_until(lambda: journal.exists() and journal.stat().st_size > 2000)
+        if "group" in how:  # what systemd and a closing terminal do: the recorder too
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    with recording.open(nwb) as rec:
+        assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0
+    assert json.loads(summary.read_text())["interrupted"] is True
+    assert cli.EXIT_INTERRUPTED == 128 + signal.SIGINT
