@@ -2,8 +2,8 @@
 
 One thread streams (read, stimulate: patterns booked ahead with at_sample, trains); another
 calls abort_stimulation() at moments of its own. From the device's OWN record of what it
-ran (SimDriver.pulse_listener behind sim:// and the wire-protocol device, the fakes' logs
-for rhx://, pulsepal:// and cl://), the test checks that
+ran (SimDriver.pulse_listener behind sim://, the simulated device's log behind serial://,
+the fakes' records behind rhx://, pulsepal:// and cl://), the test checks that
 
 - nothing raised, on either thread;
 - every pattern got exactly one final fate (executed, dropped, or executed and then cut),
@@ -77,8 +77,6 @@ class Rig:
     train_slack: tuple[float, float] = (0, 0)
     #: where a pattern leaves the host: hook(driver, on_way) makes it call on_way() there
     hook: Callable[[Driver, Callable[[], None]], None] | None = None
-    #: the driver reports a train an abort cut (False: known not to yet; counted, not failed)
-    reports_cuts: bool = True
     #: device time, s, within which the driver gives every pattern its final fate
     settle_s: float = 1.0
     #: the electrode pairs patterns go to
@@ -110,42 +108,31 @@ def sim_rig(monkeypatch, tmp_path) -> Iterator[Rig]:
 
 @contextlib.contextmanager
 def serial_rig(monkeypatch, tmp_path) -> Iterator[Rig]:
-    """serial:// and the simulated device on a pty; the device's simulator keeps the record
-    and the sample at which each Abort reached the firmware (the fence)."""
-    device = SimDevice(CULTURE)
-    record: list = []
-    at_abort: list[int] = []
-    new_sim = device.new_sim
-
-    def recorded_sim(*args, **kwargs):
-        sim = new_sim(*args, **kwargs)
-        sim.pulse_listener = _listener(record)
-        abort = sim.abort_stimulation
-
-        def noted_abort():
-            at_abort.append(sim.next_sample)  # on the firmware's thread, which makes blocks
-            abort()
-
-        sim.abort_stimulation = noted_abort
-        return sim
-
-    device.new_sim = recorded_sim
+    """serial:// and the simulated device on a pty; its own log (docs/wire-protocol.md)
+    holds every pulse that ran and the sample at which each Abort reached the firmware (the
+    fence)."""
+    log: list[dict] = []
+    device = SimDevice(CULTURE, pulse_log=log.append)
     link, stop = PtyLink(), threading.Event()
     thread = threading.Thread(target=device.serve, args=(link, stop), daemon=True)
     thread.start()
     driver = open_driver(f"serial://{link.name}")
+
+    def record():
+        return [(e["sample"], e["channel"], e["amplitude"]) for e in list(log)
+                if e["kind"] == "pulse"]
+
+    def aborts():
+        return [e["sample"] for e in list(log) if e["kind"] == "abort"]
+
+    def fences(marks):
+        wait_until(lambda: len(aborts()) >= len(marks), what="every Abort reaching the device")
+        return aborts()[:len(marks)]
+
     try:
         driver.open()
         driver.start(25)
-
-        def fences(marks):
-            wait_until(lambda: len(at_abort) >= len(marks), what="every Abort reaching the "
-                       "device")
-            return at_abort[:len(marks)]
-
-        # wire protocol v1 has no word for a cut train (issue 19 gives it one)
-        yield Rig(driver, lambda k: 1.0 + 0.5 * k, lambda: list(record), mark=lambda: None,
-                  fences=fences, reports_cuts=False)
+        yield Rig(driver, lambda k: 1.0 + 0.5 * k, record, mark=lambda: None, fences=fences)
     finally:
         driver.close()
         stop.set()
@@ -458,8 +445,6 @@ class Run:
         assert len(cut) <= 1, f"{where}: cut twice: {cut}"
         expected = cut[0].pulses_run if cut else sent.pattern.train_count
         fewest, most = self.rig.train_slack if sent.pattern.train_count > 1 else (0, 0)
-        if not cut and not self.rig.reports_cuts and 0 < min(counts.values()) < expected:
-            return "cut, not reported"
         assert all(fewest <= n - expected <= most for n in counts.values()), (
             f"{where} reported {'cut after ' if cut else 'executed: '}{expected} pulses, "
             f"the device ran {counts}")
@@ -494,8 +479,6 @@ def test_aborts_at_random_moments_keep_the_contract(rig):
     assert figures["aborts"] >= 5 and ran >= 4, figures
     assert sum(n for fate, n in figures.items() if fate.startswith(("dropped", "cut"))), (
         f"no abort cancelled anything: {figures}")
-    if figures.get("cut, not reported"):
-        pytest.xfail(f"the driver does not report cut trains yet: {figures}")
 
 
 @pytest.mark.parametrize("rig", ["rhx", "pulsepal", "cl"], indirect=True)
@@ -556,6 +539,4 @@ def test_an_abort_in_the_middle_of_a_train(rig):
     sent = run.sent[train["ticket"]]
     fate = run.check_fate(train["ticket"], sent, run.ran().get(sent.index, {}))
     run.check()
-    if fate == "cut, not reported":
-        pytest.xfail("the driver does not report cut trains yet")
     assert fate == ("executed" if rig.whole_trains else "cut"), fate
