@@ -126,7 +126,26 @@ class Inbox:
 
 
 class Driver(ABC):
-    """A device family. Lifecycle: open -> start -> read/stimulate ... -> stop -> close."""
+    """A device family. Lifecycle: open -> start -> read/stimulate ... -> stop -> close.
+
+    Threads. Every method runs on one thread, the acquisition thread (the engine's loop),
+    one call at a time: open, close, start, stop, read, stimulate, earliest_stim_sample,
+    drain_events, set_fast. Two methods are the exception: :meth:`abort_stimulation` and
+    :meth:`rearm_stimulation` may be called from any thread (the GUI's STOP, a watchdog)
+    at any moment, concurrently with any of those, including an abort racing a
+    stimulate() or a read() that fires a pattern the driver held; a driver keeps its
+    state whole when they race (its own lock), and neither of them raises. The engine
+    serialises its own stimulate() and abort with a lock of its own; a driver must not
+    count on that.
+
+    What STOP guarantees (:meth:`abort_stimulation`): once it returns, no pattern whose
+    stimulate() returned before the call runs a pulse that the device could still stop.
+    What a device cannot stop (a train its hardware plays whole once triggered, a trigger
+    already on its way) is stated in the driver's documentation, in device samples. Every
+    pattern gets exactly one final fate through :meth:`read`: executed, dropped (e.g.
+    reason "aborted"), or executed and then cut (a second report with ``pulses_run``)
+    where the driver can know that a train it started was cut.
+    """
 
     scheme: ClassVar[str]
     params: ClassVar[dict[str, Param]] = {}
@@ -147,50 +166,71 @@ class Driver(ABC):
         return self._info
 
     @abstractmethod
-    def open(self) -> None: ...
+    def open(self) -> None:
+        """Connect to the device and learn what it is (:attr:`info`). Acquisition thread."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop if running, cancel what the device still holds, let go of it. Acquisition
+        thread; a second call does nothing."""
 
     @abstractmethod
     def start(self, block_samples: int | None = None) -> None:
-        """Start streaming, in blocks of ``block_samples`` where the device lets us choose."""
+        """Start streaming, in blocks of ``block_samples`` where the device lets us choose.
+        Acquisition thread."""
 
     @abstractmethod
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop streaming; read() returns None from then on. Acquisition thread."""
 
     @abstractmethod
     def read(self, timeout: float | None = None) -> Event | None:
         """The next Block, SpikeEvents, Tick or StimReport, or None after ``timeout`` seconds.
 
         A raw-streaming device sends Blocks (detection happens in the engine); a
-        spikes-only device sends SpikeEvents and a Tick after each interval.
+        spikes-only device sends SpikeEvents and a Tick after each interval. A driver that
+        holds patterns on the host (it cannot book them on the device) fires them from
+        here. Acquisition thread.
         """
 
     @abstractmethod
     def stimulate(self, pattern: StimPattern) -> int:
-        """Queue a pattern that already passed the safety gate; returns a ticket."""
+        """Queue a pattern that already passed the safety gate; returns a ticket.
+
+        Acquisition thread. The pattern's fate comes out of read() as StimReports with
+        the ticket; an abort_stimulation() racing this call either cancels the pattern
+        or comes after it (and then treats it as sent before the abort)."""
 
     def earliest_stim_sample(self) -> int | None:
         """The first sample at which a pattern sent now could run; None if the device
         cannot tell. Drivers with ``scheduled_stim`` should answer, so that the safety
-        gate books a pulse at the sample where it will really run."""
+        gate books a pulse at the sample where it will really run. Acquisition thread."""
         return None
 
     def abort_stimulation(self) -> None:  # noqa: B027 - optional, a no-op by default
-        """Cancel queued stimulation; a device that cannot is a no-op."""
+        """Cancel every pattern sent before this call that has not run: any thread, at any
+        time, concurrently with the acquisition thread's calls; never raises.
+
+        When it returns, no pattern whose stimulate() returned before the call runs a
+        pulse later, except what the device cannot stop (documented by the driver, in
+        device samples: e.g. a train its hardware already began). Patterns that will not
+        run are reported dropped with reason "aborted"; a started train the driver knows
+        was cut gets a second report with ``pulses_run``. A device that cannot cancel
+        anything: a no-op (and its documentation says so)."""
 
     def rearm_stimulation(self) -> None:  # noqa: B027 - optional, a no-op by default
         """A person re-armed stimulation: a device that disarmed itself (it lost the
-        host's heartbeat) may run patterns again. A device without such a switch: no-op."""
+        host's heartbeat) may run patterns again. A device without such a switch: no-op.
+        Any thread, at any time, like abort_stimulation(); never raises."""
 
     def drain_events(self) -> list[tuple[str, str]]:
         """Problems on the link since the last call, as (kind, message): lost or corrupt
-        frames and the like. The engine logs them as run events."""
+        frames and the like. The engine logs them as run events. Acquisition thread."""
         return []
 
     def set_fast(self, fast: bool) -> None:
-        """Run as fast as possible instead of in real time (simulators only)."""
+        """Run as fast as possible instead of in real time (simulators only). Acquisition
+        thread."""
         if fast:
             raise DriverError(f"--fast works with the simulator only, not {self.scheme}://")
 

@@ -13,7 +13,11 @@ detects spikes; with ``mode=spikes`` the spikes of the tick's analysis become
 :class:`SpikeEvents`, followed by a :class:`Tick`. A pattern becomes one
 ``stim(ChannelSet, StimDesign, burst_design=BurstDesign | None, lead_time_us)`` call per
 distinct pulse, ``lead_time_us`` taking it to its ``at_sample``; its :class:`StimReport`
-comes from the ``analysis.stims`` of the tick it ran in. Patterns the API cannot run are
+comes from the ``analysis.stims`` of the tick it ran in. A pattern for more than
+``HOLD_AHEAD_S`` ahead is held by the driver and sent once it is that close, so that the
+device never holds more than that (plus a train) should the host die. ``abort_stimulation``
+(any thread) interrupts every channel; a train the device had begun is then reported cut,
+with the pulses the device says ran. Patterns the API cannot run are
 reported dropped, never altered; the device's limits (3 uA, 3 nC a phase, 20 us phases) and
 its grounded channels (0, 7, 56, 63, where the API drops a stim without a word) go to the
 safety gate through :attr:`DeviceInfo.limits`.
@@ -21,6 +25,7 @@ safety gate through :attr:`DeviceInfo.limits`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib
 import importlib.util
@@ -51,6 +56,9 @@ MAX_BURST_HZ = 200.0
 MIN_LEAD_US = 80
 #: a pattern the device has not reported this long after its last pulse is reported dropped
 REPORT_GRACE_S = 0.25
+#: The device is given a pattern at most this long before its at_sample (held here until
+#: then): what it still runs if the host dies, besides a train it has begun.
+HOLD_AHEAD_S = 0.2
 EXTRA_HINT = ("install the cl extra in a Python >= 3.12 environment: "
               "pip install 'mea-control[cl]' (see docs/cl-api.md)")
 
@@ -62,8 +70,22 @@ class _Pending:
     at: int
     due: int  # report it dropped once the device is past this sample
     left: dict[int, int]  # channel -> pulses not yet seen
+    count: int = 1  # pulses of the train on each channel
+    interval_us: int = 0  # between the train's pulses
+    first: int | None = None  # the sample of its first pulse the device reported
     reported: bool = False
+    aborted: bool = False
     reason: str = "the device did not report running it"
+
+    def owns(self, stim: Any, fs: float) -> bool:
+        """Whether a pulse the device ran is this pattern's: the oldest pattern on the channel
+        takes it, unless an abort cut that one, whose pulses then come only as scheduled
+        (a later pattern's pulses may come before the device says it is done with it)."""
+        if not self.aborted:
+            return True
+        k = self.count - self.left[stim.channel]
+        base = self.at if self.first is None else self.first
+        return abs(stim.timestamp - base - round(k * self.interval_us * 1e-6 * fs)) <= 1
 
 
 @dataclass
@@ -124,6 +146,7 @@ class CLDriver(Driver):
         self._out: deque[Event] = deque()  # events of the last tick, to hand out in order
         self._events: deque[tuple[str, str]] = deque()
         self._pending: dict[int, _Pending] = {}
+        self._held: list[tuple[int, int, StimPattern]] = []  # (at_sample, ticket, pattern)
         self._by_channel: dict[int, deque[int]] = {}  # channel -> tickets, oldest first
         self._ticket = 0
         self._seq = 0
@@ -237,8 +260,13 @@ class CLDriver(Driver):
         self._state = "running"
 
     def stop(self) -> None:
+        """Leave the loop; what the device still has booked is interrupted first."""
         if self._state != "running":
             return
+        with self._lock:
+            self._held.clear()
+            if self._lost is None:
+                self._interrupt_all()
         self._state = "stopped"
         self._worker.requests.put(None)
         assert self._worker.thread is not None
@@ -256,6 +284,7 @@ class CLDriver(Driver):
             raise DriverError(self._lost)
         w = self._worker
         if not w.asked:
+            self._book_due()  # the loop rests on the tick just handed out
             w.requests.put(True)
             w.asked = True
         try:
@@ -311,17 +340,18 @@ class CLDriver(Driver):
     def _reports(self, stims: list[Any], stop: int) -> list[Event]:
         """StimReports from the pulses the device delivered; overdue patterns dropped."""
         out: list[Event] = []
+        fs = self.info.sample_rate
         for stim in sorted(stims, key=lambda s: (s.timestamp, s.channel)):
-            tickets = self._by_channel.get(int(stim.channel))
-            if not tickets:
+            tickets = self._by_channel.get(int(stim.channel), ())
+            ticket = next((t for t in tickets if self._pending[t].owns(stim, fs)), None)
+            if ticket is None:
                 continue  # not ours
-            ticket = tickets[0]
             p = self._pending[ticket]
             p.left[stim.channel] -= 1
             if not p.left[stim.channel]:
-                tickets.popleft()
+                tickets.remove(ticket)
             if not p.reported:
-                p.reported = True
+                p.reported, p.first = True, int(stim.timestamp)
                 out.append(StimReport(ticket, int(stim.timestamp)))
             if not any(p.left.values()):
                 del self._pending[ticket]
@@ -329,8 +359,18 @@ class CLDriver(Driver):
             if stop > p.due:
                 if not p.reported:
                     out.append(StimReport(ticket, p.at, False, p.reason))
+                elif p.aborted:
+                    out.append(self._cut(ticket, p))
                 self._forget(ticket)
         return out
+
+    def _cut(self, ticket: int, p: _Pending) -> StimReport:
+        """The second report of a train an abort cut: the pulses that ran on every channel,
+        and the sample of the first that did not."""
+        ran = p.count - max(p.left.values())
+        assert p.first is not None
+        sample = p.first + int(round(ran * p.interval_us * 1e-6 * self.info.sample_rate))
+        return StimReport(ticket, sample, True, "aborted", ran)
 
     def _forget(self, ticket: int) -> None:
         p = self._pending.pop(ticket)
@@ -372,20 +412,39 @@ class CLDriver(Driver):
             elif not problem and at < causal + self._frames(MIN_LEAD_US):
                 problem = (f"late: asked for sample {at}, the earliest the CL device can run a "
                            f"pattern sent now is sample {causal + self._frames(MIN_LEAD_US)}")
-            if not problem:
-                problem = self._send(pattern, at - causal)
             if problem:
                 self._out.append(StimReport(ticket, at, False, problem))
-                return ticket
-            fs = self.info.sample_rate
-            last = at + pattern.pulse_offsets(fs)[-1] + self._frames(
-                max(p.duration_us for _, p in pattern.pulses))
-            self._pending[ticket] = _Pending(
-                at, last + int(REPORT_GRACE_S * fs),
-                {ch: pattern.train_count for ch in pattern.channels})
-            for ch in pattern.channels:
-                self._by_channel.setdefault(ch, deque()).append(ticket)
+            elif at - causal > self._frames(HOLD_AHEAD_S * 1e6):
+                bisect.insort(self._held, (at, ticket, pattern), key=lambda h: (h[0], h[1]))
+            else:
+                self._book(ticket, pattern, at)
         return ticket
+
+    def _book_due(self) -> None:
+        """Send the held patterns that are now within HOLD_AHEAD_S of the loop's tick."""
+        with self._lock:
+            horizon = (self._causal or 0) + self._frames(HOLD_AHEAD_S * 1e6)
+            while self._held and self._held[0][0] <= horizon:
+                at, ticket, pattern = self._held.pop(0)
+                self._book(ticket, pattern, at)
+
+    def _book(self, ticket: int, pattern: StimPattern, at: int) -> None:
+        """Send ``pattern`` for ``at`` and expect its pulses (lock held)."""
+        assert self._causal is not None
+        problem = self._send(pattern, at - self._causal)
+        if problem:
+            self._out.append(StimReport(ticket, at, False, problem))
+            return
+        fs = self.info.sample_rate
+        last = at + pattern.pulse_offsets(fs)[-1] + self._frames(
+            max(p.duration_us for _, p in pattern.pulses))
+        interval = burst_interval_us(pattern.train_rate_hz) if pattern.train_count > 1 else 0
+        self._pending[ticket] = _Pending(
+            at, last + int(REPORT_GRACE_S * fs),
+            {ch: pattern.train_count for ch in pattern.channels},
+            pattern.train_count, interval)
+        for ch in pattern.channels:
+            self._by_channel.setdefault(ch, deque()).append(ticket)
 
     def _send(self, pattern: StimPattern, lead_frames: int) -> str:
         """The stim() calls of a pattern; "" once sent, else why the device would not."""
@@ -442,18 +501,35 @@ class CLDriver(Driver):
         return ""
 
     def abort_stimulation(self) -> None:
-        """``interrupt()`` every channel; patterns that then never run are reported dropped."""
+        """Drop the held patterns and ``interrupt()`` every channel, all under the lock that
+        sending takes; patterns that then never run are reported dropped ("aborted"), a
+        train the device had begun cut, with the pulses the device reports."""
         if self._state != "running":
             return
+        with self._lock:
+            for at, ticket, _ in self._held:
+                self._out.append(StimReport(ticket, at, False, "aborted"))
+            self._held.clear()
+            self._interrupt_all()
+            # every pulse that ran is reported by the tick after the device's present
+            soon = self._device_now() + self.block
+            for p in self._pending.values():
+                p.due, p.reason, p.aborted = min(p.due, soon), "aborted", True
+
+    def _interrupt_all(self) -> None:
+        """``interrupt()`` every channel (lock held); a device that refuses is logged."""
         try:
             self.neurons.interrupt(self.cl.ChannelSet(*range(CHANNELS)))
         except Exception as exc:
             self._events.append(("device_error", f"the CL device did not take interrupt(): "
                                  f"{type(exc).__name__}: {exc}"))
-        with self._lock:
-            soon = (self._causal or 0) + self.block
-            for p in self._pending.values():
-                p.due, p.reason = min(p.due, soon), "aborted"
+
+    def _device_now(self) -> int:
+        """The device's frame now (the loop's tick if the device does not answer)."""
+        try:
+            return max(self._causal or 0, int(self.neurons.timestamp()))
+        except Exception:
+            return self._causal or 0
 
 
 def pulse_problem(pulse: StimPulse) -> str:

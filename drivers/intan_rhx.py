@@ -35,6 +35,7 @@ command syntax, ``Engine/Processing/commandparser.cpp`` for answers and error st
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -63,8 +64,10 @@ SPIKE_RECORD = struct.Struct("<I5sIB")
 UV_PER_BIT = 0.195
 STIM_CONTROLLER = "ControllerStimRecord"
 KEYS = tuple(f"F{i}" for i in range(1, 9))
-#: A pattern whose pulse has not shown in the STIM band this long after its trigger did not run.
-REPORT_TIMEOUT_S = 0.5
+#: A pattern whose pulse has not shown in the STIM band this long (of the stream) after its
+#: trigger did not run. Generous: RHX triggers at its board's clock, which its TCP stream
+#: follows with a delay, and a pulse that ran must never be reported as not run.
+REPORT_TIMEOUT_S = 2.0
 #: The answer that ends every batch whose errors we want (its values are no prefix of another).
 BARRIER = "get runmode"
 _BARRIER_ANSWER = re.compile(r"Return: RunMode (Run|Record|Trigger|Stop)")
@@ -264,6 +267,11 @@ class RHXDriver(Driver):
         self._info: DeviceInfo | None = None
         self._state = "closed"
         self.stats = _Stats()
+        #: The held patterns, the abort count and every trigger's send: abort_stimulation()
+        #: (any thread) and the acquisition thread's firing take it in turn.
+        self._stim_lock = threading.Lock()
+        self._held: list[_Held] = []  # by at_sample
+        self._aborts = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -317,7 +325,8 @@ class RHXDriver(Driver):
         self._garbage = {"waveform": 0, "spike": 0}
         self._ticket = 0
         self._fired: list[_Fired] = []
-        self._held: list[_Held] = []
+        with self._stim_lock:
+            self._held = []
         self._quiet_until: dict[str, int] = {}
         self._spikes: list[tuple[int, int]] = []
         self._pending_tick: int | None = None
@@ -725,22 +734,29 @@ class RHXDriver(Driver):
     def stimulate(self, pattern: StimPattern) -> int:
         if self._state != "running":
             raise DriverError(f"{self.where} cannot stimulate: the device is {self._state}")
-        self._ticket += 1
-        ticket = self._ticket
-        if pattern.at_sample is not None and pattern.at_sample > (self._last_sample or 0):
-            self._held.append(_Held(ticket, pattern))  # RHX cannot schedule: fire when due
-        else:
-            self._fire(ticket, pattern)
+        with self._stim_lock:
+            self._ticket += 1
+            ticket, aborts = self._ticket, self._aborts
+            if pattern.at_sample is not None and pattern.at_sample > (self._last_sample or 0):
+                # RHX cannot schedule: held here, fired from read() when due
+                bisect.insort(self._held, _Held(ticket, pattern),
+                              key=lambda h: h.pattern.at_sample)
+                return ticket
+        self._fire(ticket, pattern, aborts)
         return ticket
 
     def _fire_due(self) -> None:
-        now = self._last_sample or 0
-        while self._held and self._held[0].pattern.at_sample <= now:
-            held = self._held.pop(0)
-            self._fire(held.ticket, held.pattern)
+        while True:
+            now = self._last_sample or 0
+            with self._stim_lock:
+                if not self._held or self._held[0].pattern.at_sample > now:
+                    return
+                held, aborts = self._held.pop(0), self._aborts
+            self._fire(held.ticket, held.pattern, aborts)
 
-    def _fire(self, ticket: int, pattern: StimPattern) -> None:
-        """Trigger the key that holds ``pattern``, programming one first if none does."""
+    def _fire(self, ticket: int, pattern: StimPattern, aborts: int) -> None:
+        """Trigger the key that holds ``pattern``, programming one first if none does;
+        not if an abort came since ``aborts`` was counted (the pattern was taken)."""
         try:
             wanted = self._wanted(pattern)
         except Unmappable as exc:
@@ -759,10 +775,15 @@ class RHXDriver(Driver):
         offsets = pattern.pulse_offsets(self.rate)
         pulse_samples = max(int(round(p.duration_us * self.rate / 1e6)) for _, p in
                             pattern.pulses)
-        with self._lock:
-            self._fired.append(_Fired(ticket, frozenset(wanted), self._last_sample or 0,
-                                      offsets[-1] + pulse_samples))
-        self._send(f"execute ManualStimTriggerPulse {key};")  # ';': writes may merge
+        with self._stim_lock:
+            if aborts != self._aborts:
+                self._inbox.put(StimReport(ticket, pattern.at_sample or self._last_sample or 0,
+                                           False, "aborted"))
+                return
+            with self._lock:
+                self._fired.append(_Fired(ticket, frozenset(wanted), self._last_sample or 0,
+                                          offsets[-1] + pulse_samples))
+            self._send(f"execute ManualStimTriggerPulse {key};")  # ';': writes may merge
 
     def _wanted(self, pattern: StimPattern) -> dict[str, dict[str, str]]:
         """Native channel -> the items it needs for ``pattern`` (Unmappable if it cannot)."""
@@ -881,10 +902,22 @@ class RHXDriver(Driver):
         return reports
 
     def abort_stimulation(self) -> None:
-        """Patterns held for a later sample will not run (a pulse already sent runs)."""
-        held, self._held = self._held, []
+        """Patterns held for a later sample, or taken to be fired and not yet triggered,
+        will not run (reported "aborted"); then a round trip to RHX, so that on return
+        RHX has read every trigger sent before the call. RHX cannot stop a triggered
+        pattern: it runs whole, train included (docs/intan-rhx.md)."""
+        with self._stim_lock:
+            self._aborts += 1
+            held, self._held = self._held, []
         for h in held:
-            self._inbox.put(StimReport(h.ticket, h.pattern.at_sample or 0, False, "aborted"))
+            self._inbox.put(StimReport(h.ticket, h.pattern.at_sample, False, "aborted"))
+        if self._state != "running" or self._inbox.lost:
+            return
+        try:
+            self._ask([])
+        except DriverError as exc:
+            with self._lock:
+                self._event("device_error", f"{self.where} did not confirm the abort: {exc}")
 
 
 def _applies(item: str, model: dict[str, str | None]) -> bool:

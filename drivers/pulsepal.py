@@ -22,6 +22,12 @@ triggered from ``read()``, on the thread that reads the acquisition, as soon as 
 (or Tick) reaches its ``at_sample``; its StimReport gives the clock at that moment, the
 first sample the pulse can be in. A pattern whose channels still play a train at its
 sample, or that the Pulse Pal cannot play, is reported as not run, with the reason.
+
+``abort_stimulation`` (any thread; it takes the lock that triggering takes) drops the
+patterns not yet triggered and stops every output (op 80), which cuts a train in play; the
+Pulse Pal does not say how far it got, so the cut train's second report counts the pulses
+whose onset came before the stop by the host's clock (the time between the trigger's and
+the stop's writes).
 """
 
 from __future__ import annotations
@@ -215,6 +221,17 @@ class _Pattern:
     at: int
     programs: dict[int, dict[int, int]]  # output channel -> parameters
     train_samples: int
+    pulses: int = 1  # of the train
+    period_s: float = 0.0  # from one pulse's onset to the next
+
+
+@dataclass
+class _Playing:
+    """A triggered train: its pattern, the clock (sample) and the host's time at the trigger."""
+
+    job: _Pattern
+    sample: int
+    time: float
 
 
 class PulsePalDriver(Driver):
@@ -282,6 +299,7 @@ class PulsePalDriver(Driver):
         self._known: dict[int, dict[int, int]] = {}  # what the device acknowledged
         self._busy_until: dict[int, int] = {}  # output channel -> sample its train is over
         self._waiting: list[_Pattern] = []  # sent, not yet triggered, by at_sample
+        self._playing: list[_Playing] = []  # triggered trains, until an abort or their end
         self._reports: deque[StimReport] = deque()
         self._events: deque[tuple[str, str]] = deque()
         self._clock: int | None = None
@@ -449,7 +467,13 @@ class PulsePalDriver(Driver):
                                  f"{output}): {exc}") from None
         longest = max(p[TRAIN] for p in programs.values())
         samples = math.ceil((longest * CYCLE_US * 1e-6 + BUSY_MARGIN_S) * self.info.sample_rate)
-        return _Pattern(ticket, at, programs, samples)
+        period = 0.0
+        if pattern.train_count > 1:
+            program = next(iter(programs.values()))  # one train: the same period on each
+            length = program[PHASE1_CYCLES] + program.get(INTERPHASE, 0) + program.get(
+                PHASE2_CYCLES, 0)
+            period = (length + program[INTERVAL]) * CYCLE_US * 1e-6
+        return _Pattern(ticket, at, programs, samples, pattern.train_count, period)
 
     def _check_idle(self, job: _Pattern) -> None:
         """Unplayable if a channel of ``job`` plays another train during ``job``'s: a playing
@@ -481,12 +505,18 @@ class PulsePalDriver(Driver):
         except Unplayable as exc:
             self._reports.append(StimReport(job.ticket, clock, False, str(exc)))
             return
+        now = time.monotonic()
         for out in job.programs:
             self._busy_until[out] = clock + job.train_samples
         self._reports.append(StimReport(job.ticket, clock))
+        self._playing = [p for p in self._playing
+                         if now < p.time + p.job.pulses * p.job.period_s]
+        if job.pulses > 1:
+            self._playing.append(_Playing(job, clock, now))
 
     def abort_stimulation(self) -> None:
-        """Stop the outputs (op 80); patterns not yet triggered are reported as not run."""
+        """Stop the outputs (op 80); patterns not yet triggered are reported as not run, a
+        train in play as cut (by the host's clock: see the module's docstring)."""
         with self._lock:
             for job in self._waiting:
                 self._reports.append(StimReport(job.ticket, job.at, False, "aborted"))
@@ -497,6 +527,19 @@ class PulsePalDriver(Driver):
                     self._write(bytes([OP_MENU, OP_STOP_ALL]))
                 except DriverError:
                     pass  # called while things go wrong already: the first error is reported
+                else:
+                    self._report_cuts(time.monotonic())
+            self._playing.clear()
+
+    def _report_cuts(self, stopped: float) -> None:
+        """A cut report for each train the stop at host time ``stopped`` cut (lock held)."""
+        rate = self.info.sample_rate
+        for p in self._playing:
+            elapsed = stopped - p.time
+            ran = min(p.job.pulses, math.ceil(elapsed / p.job.period_s))
+            if ran < p.job.pulses:
+                sample = p.sample + round(ran * p.job.period_s * rate)
+                self._reports.append(StimReport(p.job.ticket, sample, True, "aborted", ran))
 
     # -- the serial link -------------------------------------------------------------------
     def _program(self, programs: dict[int, dict[int, int]]) -> None:

@@ -15,7 +15,10 @@ in frames from 0 at :func:`open`; stimulation timing on a 20 us grid (``lead_tim
 busy channel waits for it; wall-clock time unless ``CL_SDK_ACCELERATED_TIME=1``.
 
 Tests make it misbehave with :func:`configure` (a device that fails to open, is slow to,
-stops sending, or is lost mid-run). To use it as ``cl``, put it in ``sys.modules["cl"]``.
+stops sending, or is lost mid-run), and read the device's own record of what ran:
+``Neurons.delivered`` (every pulse, as the culture got it) and ``Neurons.interrupts`` (the
+frame from which each ``interrupt()`` cancelled). To use it as ``cl``, put it in
+``sys.modules["cl"]``.
 """
 
 from __future__ import annotations
@@ -227,6 +230,10 @@ class Neurons:
         self._asked = 0  # accelerated time: the clock runs to what was asked for
         self._spikes: list[Spike] = []
         self._stims: list[Stim] = []
+        #: every pulse delivered, as (frame, channel, StimPulse), in order: the device's record
+        self.delivered: list[tuple[int, int, StimPulse]] = []
+        #: for each interrupt(): the frame from which it cancelled queued stims
+        self.interrupts: list[int] = []
         self._queue: list[tuple[int, int, StimDesign]] = []  # (internal ts, channel, design)
         self._free_at = np.zeros(CHANNELS, np.int64)  # internal ts (20 us) each channel is free
         self._loop_tick: int | None = None  # a loop body's causal timestamp, internal
@@ -298,6 +305,7 @@ class Neurons:
                     shape[25] = amp
                     self._spikes.append(Spike(ts, ch, amp / 75, shape))
                 self._stims += [Stim(ts, ch) for ts, ch, _ in stims]
+                self.delivered += stims
                 self._made = end
                 for kept in (self._spikes, self._stims):
                     old = bisect.bisect_left(kept, end - _BUFFER_FRAMES, key=_timestamp)
@@ -357,6 +365,7 @@ class Neurons:
             self._queue = [q for q in self._queue if q[1] not in channels or q[0] < now]
             for ch in channels:
                 self._free_at[ch] = now
+            self.interrupts.append(now // 2)
 
     # -- the closed loop
     def loop(self, ticks_per_second: float, stop_after_seconds: float | None = None,

@@ -29,8 +29,9 @@ tcpdataoutputthread.cpp`` for the data streams) and an RHS stimulation/recording
 
 Everything runs on one thread, clocked at the sample rate in real time (``fast=True``:
 as fast as the waveform client reads). Test hooks: :attr:`FakeRHX.commands` (every command
-text received), :attr:`FakeRHX.received` (the bytes), :meth:`FakeRHX.hang_up`,
-:meth:`FakeRHX.inject`.
+text received), :attr:`FakeRHX.received` (the bytes), :attr:`FakeRHX.pulses` (every pulse
+the culture received: the device's own record of what ran), :meth:`FakeRHX.clock` (the
+sample the board is at), :meth:`FakeRHX.hang_up`, :meth:`FakeRHX.inject`.
 """
 
 from __future__ import annotations
@@ -296,6 +297,8 @@ class FakeRHX:
         self.commands: list[str] = []
         #: the command port's bytes, as received
         self.received = bytearray()
+        #: every pulse the culture received, as (sample, electrode, StimPulse), in order
+        self.pulses: list[tuple[int, int, StimPulse]] = []
         self.log: list[str] = []
         self._server: socket.socket | None = _listener(host, self.command_port)
         self._client: socket.socket | None = None
@@ -390,6 +393,10 @@ class FakeRHX:
     def inject(self, port: str, data: bytes) -> None:
         """Put ``data`` on the ``waveform`` or ``spike`` stream before the next write."""
         self._injected.append((port, data))
+
+    def clock(self) -> int:
+        """The sample the board is at (0 while stopped); it never goes back during a run."""
+        return self._sample()
 
     def channel(self, native: str) -> dict[str, Any]:
         """A channel's current (not necessarily uploaded) items, by lower-case name."""
@@ -669,6 +676,8 @@ class FakeRHX:
     def _start_running(self) -> None:
         self._builder.join()
         self._sim = self._next_sim
+        assert self._sim is not None
+        self._sim.pulse_listener = self._ran
         self._prepare()
         self._t0 = time.monotonic()
         self._written_blocks = 0
@@ -680,6 +689,9 @@ class FakeRHX:
             channel.was_below = False
         self.running = True
         self.log.append("running")
+
+    def _ran(self, pulses: list[tuple[int, int, int, StimPulse]]) -> None:
+        self.pulses += [(sample, electrode, pulse) for sample, _, electrode, pulse in pulses]
 
     def _stop_running(self) -> None:
         if self._sim is not None:
@@ -696,12 +708,13 @@ class FakeRHX:
 
     def _sample(self) -> int:
         """The sample the board is acquiring now."""
-        if self._sim is None:
+        sim = self._sim  # once: clock() reads it from another thread
+        if sim is None:
             return 0
         if self.fast:
-            return self._sim.next_sample
+            return sim.next_sample
         now = int((time.monotonic() - self._t0) * self.sample_rate)
-        return max(now, self._sim.next_sample)
+        return max(now, sim.next_sample)
 
     def _trigger(self, key: str) -> None:
         if not (self.running and key in [f"f{i}" for i in range(1, 9)]):

@@ -9,7 +9,10 @@ sanworks/PulsePal, firmware v21/v22), answers the same bytes, and keeps
 - :attr:`FakePulsePal.program`: each output channel's parameters in device
   units (DAC codes, 50 us cycles, bytes), by parameter code;
 - :attr:`FakePulsePal.outputs`: every soft trigger that started a channel,
-  with the program it played and the pulse onsets that program gives.
+  with the program it played, the pulse onsets that program gives and when a
+  stop (op 79, 80, 81) cut it;
+- :meth:`FakePulsePal.pulses`: from those, every pulse that began: the device's
+  own record of what ran.
 
 Ops handled: 72 handshake, 74 program one parameter (acknowledged 1, or 0 for
 a channel, code or value out of range), 77 soft trigger, 79 fixed voltage,
@@ -30,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hardware_sim.device import HostGone, Link, PtyLink
 
@@ -77,6 +80,13 @@ class Output:
     program: dict[int, int]
     onsets: tuple[int, ...] | None
     ends: float = field(default=0.0)  # monotonic s when the train is over
+    stopped: float | None = None  # monotonic s when a stop cut it
+
+    def pulses(self) -> list[float]:
+        """The onsets (monotonic s) of the pulses that began before the train's end or stop."""
+        end = self.ends if self.stopped is None else min(self.ends, self.stopped)
+        return [t for t in (self.time + onset * CYCLE_US * 1e-6 for onset in self.onsets or ())
+                if t < end]
 
 
 class _CommFailure(Exception):
@@ -125,6 +135,12 @@ class FakePulsePal:
         raise TimeoutError(f"the fake Pulse Pal got {len(self.commands(op))} op-{op} commands, "
                            f"not {count}, within {timeout} s")
 
+    def pulses(self) -> list[tuple[float, int, dict[int, int]]]:
+        """Every pulse that began, as (monotonic s, output channel, program), by time."""
+        with self.lock:
+            return sorted((t, out.channel, out.program) for out in self.outputs
+                          for t in out.pulses())
+
     def inject(self, data: bytes, before_reply: bool = False) -> None:
         """Send these bytes to the host (a noisy line): within 0.2 s, or just before the
         next reply if ``before_reply``."""
@@ -158,9 +174,11 @@ class FakePulsePal:
             self._playing_until[channel] = ends
             self.outputs.append(Output(now, channel, program, onsets, ends))
 
-    def _stop_all(self) -> None:
+    def _stop_all(self, now: float) -> None:
         for channel in self._playing_until:
             self._playing_until[channel] = 0.0
+        self.outputs = [replace(out, stopped=now) if out.stopped is None and now < out.ends
+                        else out for out in self.outputs]
 
 
 def pulse_onsets(program: dict[int, int]) -> tuple[int, ...] | None:
@@ -303,13 +321,13 @@ class _Session:
         data = self._read(3)
         self._log(op, data)
         with self.device.lock:
-            self.device._stop_all()
+            self.device._stop_all(self.start)
         self._reply(b"\x01" if 1 <= data[0] <= N_OUTPUTS else b"\x00")
 
     def _op80(self, op: int) -> None:  # stop all outputs
         self._log(op, b"")
         with self.device.lock:
-            self.device._stop_all()
+            self.device._stop_all(self.start)
 
     def _op81(self, op: int) -> None:  # the client disconnects: outputs stop
         self._op80(op)

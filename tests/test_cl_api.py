@@ -406,6 +406,30 @@ def test_abort_interrupts_and_reports_what_will_not_run(fake_cl):
     driver.close()
 
 
+def test_a_pattern_far_ahead_waits_on_the_host_until_200_ms_before_it(stim_calls):
+    driver = running()
+    read_until(driver, lambda e: isinstance(e, Block) and e.seq == 2)
+    at = driver.earliest_stim_sample() + 25_000  # 1 s ahead
+    ticket = driver.stimulate(StimPattern.single([9], bi(1.0, 100), at_sample=at))
+    assert stim_calls == []  # nothing the device would run should the host die now
+    read_until(driver, lambda e: isinstance(e, Block) and e.stop_sample >= at - 4000)
+    assert len(stim_calls) == 1 and stim_calls[0][3] <= cl_api.HOLD_AHEAD_S * 1e6
+    assert report_of(driver, ticket) == StimReport(ticket, at)
+    driver.close()
+
+
+def test_stop_cancels_what_the_device_still_holds(fake_cl):
+    driver = running()
+    read_until(driver, lambda e: isinstance(e, Block) and e.seq == 2)
+    at = driver.earliest_stim_sample() + 2500  # booked on the device: 100 ms ahead
+    driver.stimulate(StimPattern.single([9, 10], bi(1.0, 100), at_sample=at))
+    neurons = driver.neurons
+    driver.stop()
+    assert neurons.interrupts
+    assert neurons.read(500, at - 100, analysis=True).stims == []
+    driver.close()
+
+
 # -- the real cl-sdk (Python 3.12, .venv-cl) ---------------------------------------------------
 #: Run by the real cl-sdk and by the stand-in: what the API refuses, and what the driver does.
 PARITY = r"""

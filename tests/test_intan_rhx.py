@@ -319,6 +319,21 @@ def test_a_pattern_for_a_later_sample_waits_for_it(fake, rig):
     driver.close()
 
 
+def test_held_patterns_fire_in_the_order_of_their_samples(fake, rig):
+    driver = opened(fake, rig)
+    driver.start()
+    first = read_until(driver, lambda e: isinstance(e, Block))[-1]
+    late = driver.stimulate(StimPattern.single([0], pulse(10), at_sample=first.stop_sample + 9000))
+    early = driver.stimulate(StimPattern.single([1], pulse(10), at_sample=first.stop_sample + 3000))
+    reports = {}
+    while len(reports) < 2:
+        report = read_until(driver, lambda e: isinstance(e, StimReport))[-1]
+        reports[report.ticket] = report
+    assert reports[early].executed and reports[late].executed
+    assert reports[early].sample < first.stop_sample + 9000 <= reports[late].sample
+    driver.close()
+
+
 def test_rig_presets_are_uploaded_before_the_run_and_fire_at_once(fake, tmp_path):
     rig = rig_file(tmp_path / "r.toml", extra='[stimulator]\nF3 = { electrodes = ["34", "35"], '
                    'amplitude_uA = 8, phase_us = 100 }\n')
