@@ -53,6 +53,11 @@ class SinkError(Exception):
     """A sink (recorder, display) failed; the run stops."""
 
 
+class _Abandoned(BaseException):
+    """Unwinds a loop that run() gave up as hung, once its hook returns: the run is over
+    and the driver may serve another run already."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     block_ms: float = 1.0
@@ -313,6 +318,8 @@ class Engine:
         that send is through, as it finds the gate closed.
         """
         self.gate.disarm(reason)
+        if self._abandoned and threading.current_thread() is self._worker:
+            return  # run() ended the run without this loop and cancelled everything then
         got = self._stim_lock.acquire(timeout=1.0)
         try:
             self.driver.abort_stimulation()
@@ -396,6 +403,8 @@ class Engine:
 
     # -- stimulation ---------------------------------------------------------------
     def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
+        if self._abandoned:
+            raise _Abandoned  # a hook run() gave up on: the driver is not this run's now
         trigger = self.now if trigger_sample is None else int(trigger_sample)
         try:
             # One step with respect to _halt(): a STOP either comes first (the gate refuses)
@@ -557,6 +566,8 @@ class Engine:
     def _loop(self) -> None:
         try:
             self._acquire()
+        except _Abandoned:
+            pass
         except DriverError as exc:
             self._fail("device", str(exc), exc)
         except SinkError as exc:
@@ -665,6 +676,8 @@ class Engine:
             return None
         finally:
             self._hook = None
+            if self._abandoned:
+                raise _Abandoned
 
     def _where(self, tb: Any) -> str:
         """'at FILE:LINE in HOOK' for the deepest frame in the protocol's own file."""

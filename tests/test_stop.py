@@ -135,7 +135,8 @@ def test_a_hook_that_hangs_is_caught_while_it_hangs():
 
 
 class NeverReturns(Protocol):
-    """Books a pattern 50 ms ahead, then never returns from its hook (until released)."""
+    """Books a pattern 50 ms ahead, then never returns from its hook (until released, when
+    it stimulates again and raises)."""
 
     def __init__(self):
         super().__init__()
@@ -146,12 +147,35 @@ class NeverReturns(Protocol):
             ctx.stimulate(ahead(ctx, 0.05))
             while not self.release.is_set():
                 time.sleep(0.01)  # the line the error must point at
+            try:  # released at last, it carries on
+                ctx.stimulate(ahead(ctx, 0.05))
+            except SafetyRefusal:
+                pass
+            raise RuntimeError("and fails")
+
+
+class Calls(Wrapped):
+    """Counts the calls that reach the driver."""
+
+    def __init__(self, driver):
+        super().__init__(driver)
+        self.calls = 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._driver, name)
+        if callable(attr):
+            def counted(*args, **kwargs):
+                self.calls += 1
+                return attr(*args, **kwargs)
+            return counted
+        return attr
 
 
 def test_a_hook_that_never_returns_ends_the_run_pointing_at_its_line():
     driver, ran = sim()
     protocol = NeverReturns()
-    engine = Engine(driver, protocol, EngineConfig(fast=True, hook_timeout_s=1.0))
+    device = Calls(driver)
+    engine = Engine(device, protocol, EngineConfig(fast=True, hook_timeout_s=1.0))
     runner = threading.Thread(target=engine.run)
     runner.start()
     try:
@@ -161,12 +185,15 @@ def test_a_hook_that_never_returns_ends_the_run_pointing_at_its_line():
         line = next(i for i, text in enumerate(open(__file__), 1) if "must point at" in text)
         assert f"test_stop.py:{line} in on_block" in engine.error
         assert ran == []  # the pattern booked before the hang was cancelled
+        calls = device.calls
     finally:
         protocol.release.set()
         runner.join(10)
-        driver.close()
+    # released later, the hook's loop ends without touching the driver (another run may
+    # use it by then): no read, no stimulation, no abort
     wait_until(lambda: not engine._worker.is_alive(), what="the released loop ending")
-    assert ran == []
+    driver.close()
+    assert ran == [] and device.calls == calls
 
 
 # -- every way a run ends leaves nothing queued --------------------------------------------
