@@ -671,7 +671,8 @@ class Engine:
         except (DriverError, SinkError):
             raise  # not the protocol's fault: the loop reports it as such
         except Exception as exc:
-            self._fail("protocol", traceback.format_exc() + self._where(exc.__traceback__),
+            where = self._where(exc.__traceback__)  # on the last line, which the log shows
+            self._fail("protocol", f"{traceback.format_exc().rstrip()} {where}".rstrip() + "\n",
                        exc)
             return None
         finally:

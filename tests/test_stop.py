@@ -395,3 +395,19 @@ def test_a_killed_run_ends_cleanly_with_its_recording_and_summary(tmp_path, how)
         assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0
     assert json.loads(summary.read_text())["interrupted"] is True
     assert cli.EXIT_INTERRUPTED == 128 + signal.SIGINT
+
+
+def test_a_protocol_error_points_at_its_line_in_the_log():
+    def fails(ctx):
+        raise RuntimeError("protocol bug (injected)")  # the line the log must point at
+
+    driver, _ = sim()
+    engine = Engine(driver, Once(0.05, fails), EngineConfig(fast=True, duration_s=0.2))
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    line = next(i for i, text in enumerate(open(__file__), 1) if "log must point at" in text)
+    event = next(e for e in engine.recent_events if e.kind == "protocol_error")
+    assert event.message.startswith("RuntimeError: protocol bug (injected) (at ")
+    assert event.message.endswith(f"test_stop.py:{line} in fails)")
