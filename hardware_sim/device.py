@@ -602,9 +602,20 @@ class TcpLink(Link):
                 data = b""
             if data == b"":
                 return data  # gone: a host waiting to connect is the next one, not turned away
-        if self.server in ready:
+        if self.server in ready and not self._host_left():
             self._turn_away()
         return data
+
+    def _host_left(self) -> bool:
+        """Whether the connected host has closed its end (its last frames already read):
+        then a host waiting to connect is the next one, not one to turn away."""
+        assert self.conn is not None
+        try:
+            return self.conn.recv(1, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def _turn_away(self) -> None:
         extra, _ = self.server.accept()
