@@ -76,6 +76,7 @@ class Kill:
     late: list[dict[str, Any]] = field(default_factory=list)
     death_to_last_pulse_ms: float = float("-inf")
     death_to_end_ms: float | None = None  # kill -> the device's entry that ended stimulation
+    end_kind: str = ""  # that entry's kind
     behind_ms: float | None = None  # kill -> the last raw sample in the file (SIGKILL)
     problems: list[str] = field(default_factory=list)
 
@@ -112,6 +113,7 @@ def check_device(log: list[dict[str, Any]], died: float, fs: float, host_timeout
         kill.problems.append("the device never stopped stimulating after the kill")
     else:
         kill.death_to_end_ms = (end["sample"] - died_sample) * 1000 / fs
+        kill.end_kind = end["kind"]
         limit = min(limit, end["sample"] - 1)  # nothing runs from the end's sample on
     kill.late = [p for p in ran if p["sample"] > limit]
     if ran:
