@@ -2,9 +2,10 @@
 
 Each run serves the simulated device on a pty with its own log (``mea-control sim serve
 --pty --pulse-log``), starts ``mea-control run benchmarks/booked_trains.py --device
-serial://PTY --record run.nwb`` (a 10-pulse train at 20 Hz booked 250 ms ahead every 100 ms: something is
-always booked or in flight), waits for the first pulse in the device's log, waits a
-random delay more, and kills the CLI with SIGKILL or SIGTERM (alternately). Then:
+serial://PTY --record run.nwb`` (a 10-pulse train at 20 Hz booked 250 ms ahead every
+100 ms: something is always booked or in flight), waits for the first pulse in the
+device's log, waits a random delay more, and kills the CLI with SIGKILL or SIGTERM
+(alternately). Then:
 
 (a) the recording: after SIGTERM the exit code is 143 and the file is complete, its
     executed pulses exactly those the device logged; after SIGKILL the file opens
@@ -361,7 +362,8 @@ def main() -> int:
             kills.append(kill)
             end = (f"{kill.death_to_end_ms:.0f} ms" if kill.death_to_end_ms is not None
                    else "-")
-            print(f"run {i}: {kill.signal}{' (port held)' if hold else ''} {kill.delay_s:.2f} s after the first pulse, exit "
+            held = " (port held)" if hold else ""
+            print(f"run {i}: {kill.signal}{held} {kill.delay_s:.2f} s after the first pulse, exit "
                   f"{kill.exit_code}, file {kill.state}{', recovered' if kill.recovered else ''}"
                   f", {kill.pulses} pulses, device ended {end} after the kill, last pulse "
                   f"{kill.death_to_last_pulse_ms:.0f} ms", flush=True)
