@@ -769,6 +769,7 @@ def long_form(actions: int, seed: int, real_time_share: float, run=None) -> int:
         outcome = run(data.draw(scenarios(real_time=real_time)))
         tally.update(runs=1, actions=outcome.actions, pulses=outcome.pulses,
                      stop_to_abort=getattr(outcome, "stop_to_abort", 0),
+                     unseen=getattr(outcome, "unseen_at_link_loss", 0),
                      violations=len(outcome.violations), real_time_runs=int(real_time),
                      failing_runs=int(bool(outcome.violations)))
         rules.update(v.rule for v in outcome.violations)
@@ -789,6 +790,8 @@ def long_form(actions: int, seed: int, real_time_share: float, run=None) -> int:
     if run is not run_scenario:
         print(f"pulses between a host's STOP/fault and the device's abort (allowed over the "
               f"wire): {tally['stop_to_abort']}")
+        print(f"patterns whose last pulses the host never saw (the link went first): "
+              f"{tally['unseen']}")
     print(f"violations: {tally['violations']} in {tally['failing_runs']} runs")
     for rule, n in rules.most_common():
         print(f"  {rule}: {n}")
@@ -962,10 +965,17 @@ def run_wire_scenario(scenario: Scenario, at_send_wait_s: float = AT_SEND_WAIT_S
         server.kill()
     window = bench.resolve_guards()
     violations = check(scenario, bench, engine, device)
+    unseen = 0
+    if any(f.kind == "link_loss" for f in bench.faults):
+        # the host lists what it saw run up to its last block; what the device ran in the
+        # interval it never received is not a violation but a loss, counted
+        unseen = sum(v.rule == "record:misses_run" for v in violations)
+        violations = [v for v in violations if v.rule != "record:misses_run"]
     violations += [Violation(f"{kind}_raised", -1, -1, -1, -1, text)
                    for kind, text in operator.errors]
     outcome = Outcome(scenario, violations, len(bench.log), scenario.n_actions, summary)
     outcome.stop_to_abort = window
+    outcome.unseen_at_link_loss = unseen
     return outcome
 
 
