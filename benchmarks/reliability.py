@@ -768,7 +768,7 @@ def long_form(actions: int, seed: int, real_time_share: float, run=None) -> int:
         real_time = data.draw(st.integers(0, 999)) < per_mille
         outcome = run(data.draw(scenarios(real_time=real_time)))
         tally.update(runs=1, actions=outcome.actions, pulses=outcome.pulses,
-                     stop_to_abort=getattr(outcome, "stop_to_abort", 0),
+                     **{f"window:{k}": n for k, n in getattr(outcome, "stop_to_abort", {}).items()},
                      unseen=getattr(outcome, "unseen_at_link_loss", 0),
                      violations=len(outcome.violations), real_time_runs=int(real_time),
                      failing_runs=int(bool(outcome.violations)))
@@ -788,8 +788,9 @@ def long_form(actions: int, seed: int, real_time_share: float, run=None) -> int:
     print(f"actions tried: {tally['actions']}")
     print(f"pulses checked: {tally['pulses']}")
     if run is not run_scenario:
+        window = {k.split(":", 1)[1]: n for k, n in tally.items() if k.startswith("window:")}
         print(f"pulses between a host's STOP/fault and the device's abort (allowed over the "
-              f"wire): {tally['stop_to_abort']}")
+              f"wire), by fault: {window or 0}")
         print(f"patterns whose last pulses the host never saw (the link went first): "
               f"{tally['unseen']}")
     print(f"violations: {tally['violations']} in {tally['failing_runs']} runs")
@@ -848,13 +849,13 @@ class WireBench(Bench):
         elif kind == "start":
             self.start_wall = entry["wall"] - time.time() + time.monotonic()
 
-    def resolve_guards(self) -> int:
+    def resolve_guards(self) -> Counter:
         """Place each fault's guard at the device's next end entry; the pulses that ran
-        between the host's moment and it (allowed over the wire), summed."""
-        window = 0
+        between the host's moment and it (allowed over the wire), by kind of fault."""
+        window: Counter[str] = Counter()
         for fault in self.faults:
             device_end = next((n for n, _, _ in self.ends if n >= fault.at), len(self.log))
-            window += max(0, device_end - fault.at)
+            window[fault.kind.split(":")[0]] += max(0, device_end - fault.at)
             fault.guard = device_end
         return window
 

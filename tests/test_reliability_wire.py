@@ -70,7 +70,7 @@ def test_a_pulse_after_the_devices_abort_is_found():
     bench.on_entry({"kind": "pulse", "sample": 300, "ticket": 1, "channel": 9,
                     "mode": "current", "amplitude": 5.0, "duration_us": 400.0})
     bench.end = (bench.next(), len(bench.log))
-    assert bench.resolve_guards() == 1  # the pulse between STOP returned and the abort
+    assert bench.resolve_guards() == {"stop": 1}  # the pulse between STOP and the abort
 
     from types import SimpleNamespace
 
