@@ -836,7 +836,12 @@ class WireBench(Bench):
     def __init__(self) -> None:
         super().__init__()
         self.ends: list[tuple[int, str, int]] = []  # (log length, kind, sample)
+        self.ends_seen: list[int] = []  # how many end entries were logged at each fault
         self.start_wall: float | None = None
+
+    def fault(self, kind: str, guard_now: bool = False) -> None:
+        self.ends_seen.append(len(self.ends))
+        super().fault(kind, guard_now)
 
     def on_entry(self, entry: dict[str, Any]) -> None:
         kind = entry["kind"]
@@ -853,8 +858,11 @@ class WireBench(Bench):
         """Place each fault's guard at the device's next end entry; the pulses that ran
         between the host's moment and it (allowed over the wire), by kind of fault."""
         window: Counter[str] = Counter()
-        for fault in self.faults:
-            device_end = next((n for n, _, _ in self.ends if n >= fault.at), len(self.log))
+        for fault, seen in zip(self.faults, self.ends_seen, strict=True):
+            # the first end entry logged after the fault (by order, not by log length: an
+            # earlier one may have been logged at the same length)
+            later = self.ends[seen:]
+            device_end = later[0][0] if later else len(self.log)
             window[fault.kind.split(":")[0]] += max(0, device_end - fault.at)
             fault.guard = device_end
         return window

@@ -79,3 +79,18 @@ def test_a_pulse_after_the_devices_abort_is_found():
     device = SimpleNamespace(info=SimpleNamespace(sample_rate=25_000.0), wall_t0=0.0)
     found = late_violations(bench, Scenario(), device)
     assert [(v.rule, v.sample) for v in found] == [("after_stop", 300)]
+
+
+def test_a_fault_is_guarded_by_the_devices_next_abort_not_an_earlier_one_at_the_same_length():
+    """Found by the long form: an abort logged long before a fault, with no pulse between,
+    sits at the same log length; the guard is the abort logged after the fault."""
+    bench = WireBench()
+    bench.on_entry({"kind": "abort", "sample": 100})  # an earlier STOP's
+    bench.sent[1] = (bench.next(), bench.next(), StimPattern.single([0], StimPulse.biphasic(
+        *PULSE)))
+    bench.fault("disarm: the run has ended")
+    bench.on_entry({"kind": "pulse", "sample": 200, "ticket": 1, "channel": 0,
+                    "mode": "current", "amplitude": 5.0, "duration_us": 400.0})
+    bench.on_entry({"kind": "abort", "sample": 225})
+    assert bench.resolve_guards() == {"disarm": 1}
+    assert bench.faults[0].guard == 1  # after the pulse: it ran before the device's abort
