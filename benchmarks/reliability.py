@@ -840,7 +840,10 @@ class WireBench(Bench):
         self.start_wall: float | None = None
 
     def fault(self, kind: str, guard_now: bool = False) -> None:
-        self.ends_seen.append(len(self.ends))
+        seen = len(self.ends)
+        if kind == "stop" and self.faults and self.faults[-1].kind.startswith("disarm"):
+            seen = self.ends_seen[-1]  # a STOP's own abort may be logged before it returns
+        self.ends_seen.append(seen)
         super().fault(kind, guard_now)
 
     def on_entry(self, entry: dict[str, Any]) -> None:
