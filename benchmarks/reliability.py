@@ -32,10 +32,11 @@ Run: ``.venv/bin/python benchmarks/reliability.py [--actions 10000] [--seed 0]
 first counterexample in full; ``--shrink RULE`` lets hypothesis shrink a counterexample
 of one rule (e.g. ``after_stop``) and prints it.
 
-Over a pty (``--wire``, a skeleton until ``mea-control sim serve --pulse-log`` exists):
-serves the simulated device with a pulse log, runs ``mea-control run`` against it with a
-recording, kills the CLI (SIGKILL or SIGTERM) at a random moment, then checks that the
-file opens and that no pulse ran later than ``host_timeout_ms`` after the host died.
+Over a pty (``--wire [--actions N]``): the same scenarios in real time, the Engine in
+process on ``serial://`` against the simulated device served on a pty from a thread; the
+device's own log (``pulse_log``) is the ground truth, each fault guarded by the device's
+next abort, host_timeout or stop entry (an abort over serial:// returns once written), and
+link loss shuts the served device down. Killing a recorded CLI run: benchmarks/kill.py.
 """
 
 from __future__ import annotations
