@@ -32,30 +32,26 @@ Run: ``.venv/bin/python benchmarks/reliability.py [--actions 10000] [--seed 0]
 first counterexample in full; ``--shrink RULE`` lets hypothesis shrink a counterexample
 of one rule (e.g. ``after_stop``) and prints it.
 
-Over a pty (``--wire``, a skeleton until ``mea-control sim serve --pulse-log`` exists):
-serves the simulated device with a pulse log, runs ``mea-control run`` against it with a
-recording, kills the CLI (SIGKILL or SIGTERM) at a random moment, then checks that the
-file opens and that no pulse ran later than ``host_timeout_ms`` after the host died.
+Over a pty (``--wire [--actions N]``): the same scenarios in real time, the Engine in
+process on ``serial://`` against the simulated device served on a pty from a thread; the
+device's own log (``pulse_log``) is the ground truth, each fault guarded by the device's
+next abort, host_timeout or stop entry (an abort over serial:// returns once written), and
+link loss shuts the served device down. Killing a recorded CLI run: benchmarks/kill.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import queue
-import random
-import re
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any
 
@@ -756,8 +752,10 @@ def scenarios(draw, real_time: bool = False) -> Scenario:
 CHUNK = 50
 
 
-def long_form(actions: int, seed: int, real_time_share: float) -> int:
-    """Random scenarios until ``actions`` actions were tried; prints the figures."""
+def long_form(actions: int, seed: int, real_time_share: float, run=None) -> int:
+    """Random scenarios until ``actions`` actions were tried; prints the figures. ``run``:
+    how a scenario is run (default: in process, :func:`run_scenario`)."""
+    run = run or run_scenario
     tally = Counter()
     rules: Counter[str] = Counter()
     first: list[Outcome] = []
@@ -769,8 +767,10 @@ def long_form(actions: int, seed: int, real_time_share: float) -> int:
     @given(st.data())
     def explore(data) -> None:
         real_time = data.draw(st.integers(0, 999)) < per_mille
-        outcome = run_scenario(data.draw(scenarios(real_time=real_time)))
+        outcome = run(data.draw(scenarios(real_time=real_time)))
         tally.update(runs=1, actions=outcome.actions, pulses=outcome.pulses,
+                     **{f"window:{k}": n for k, n in getattr(outcome, "stop_to_abort", {}).items()},
+                     unseen=getattr(outcome, "unseen_at_link_loss", 0),
                      violations=len(outcome.violations), real_time_runs=int(real_time),
                      failing_runs=int(bool(outcome.violations)))
         rules.update(v.rule for v in outcome.violations)
@@ -788,6 +788,12 @@ def long_form(actions: int, seed: int, real_time_share: float) -> int:
           f"{time.perf_counter() - started:.0f} s")
     print(f"actions tried: {tally['actions']}")
     print(f"pulses checked: {tally['pulses']}")
+    if run is not run_scenario:
+        window = {k.split(":", 1)[1]: n for k, n in tally.items() if k.startswith("window:")}
+        print(f"pulses between a host's STOP/fault and the device's abort (allowed over the "
+              f"wire), by fault: {window or 0}")
+        print(f"patterns whose last pulses the host never saw (the link went first): "
+              f"{tally['unseen']}")
     print(f"violations: {tally['violations']} in {tally['failing_runs']} runs")
     for rule, n in rules.most_common():
         print(f"  {rule}: {n}")
@@ -815,91 +821,180 @@ def shrink(rule: str, seed: int, real_time: bool, max_examples: int) -> None:
         print(f"shortest counterexample found for {rule}:\n{exc}")
 
 
-# ------------------------------------------------------------------ over a pty (skeleton)
-HOST_TIMEOUT_MS = 300.0
+# --------------------------------------------------------------------------- over a pty
+#: The device's log entries after which nothing booked before them runs.
+DEVICE_ENDS = ("abort", "host_timeout", "stop", "host_gone")
 
 
-def read_pulse_log(path: Path) -> list[dict[str, Any]]:
-    """The served device's JSON-lines log (a torn last line is skipped)."""
-    out = []
-    for line in path.read_text().splitlines():
+class WireBench(Bench):
+    """The bench fed by the served device's own log (its ``pulse_log``, called on the
+    device's thread as each pulse is generated). Over serial:// an abort returns once the
+    Abort frame is written, not when the device has carried it out: so each fault's guard
+    is the device's next entry that ends stimulation (abort, host_timeout, stop, host_gone)
+    logged after the fault, and the pulses between the host's moment and that entry are
+    counted apart (``stop_to_abort``: what the wire lets run after STOP returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[tuple[int, str, int]] = []  # (log length, kind, sample)
+        self.ends_seen: list[int] = []  # how many end entries were logged at each fault
+        self.start_wall: float | None = None
+
+    def fault(self, kind: str, guard_now: bool = False) -> None:
+        seen = len(self.ends)
+        if kind == "stop" and self.faults and self.faults[-1].kind.startswith("disarm"):
+            seen = self.ends_seen[-1]  # a STOP's own abort may be logged before it returns
+        self.ends_seen.append(seen)
+        super().fault(kind, guard_now)
+
+    def on_entry(self, entry: dict[str, Any]) -> None:
+        kind = entry["kind"]
+        if kind == "pulse":
+            half = entry["duration_us"] / 2  # the log holds peak and total duration
+            pulse = StimPulse.biphasic(entry["amplitude"], half, mode=entry["mode"])
+            self.log.append((entry["sample"], entry["ticket"], entry["channel"], pulse))
+        elif kind in DEVICE_ENDS:
+            self.ends.append((len(self.log), kind, entry["sample"]))
+        elif kind == "start":
+            self.start_wall = entry["wall"] - time.time() + time.monotonic()
+
+    def resolve_guards(self) -> Counter:
+        """Place each fault's guard at the device's next end entry; the pulses that ran
+        between the host's moment and it (allowed over the wire), by kind of fault."""
+        window: Counter[str] = Counter()
+        for fault, seen in zip(self.faults, self.ends_seen, strict=True):
+            # the first end entry logged after the fault (by order, not by log length: an
+            # earlier one may have been logged at the same length)
+            later = self.ends[seen:]
+            device_end = later[0][0] if later else len(self.log)
+            window[fault.kind.split(":")[0]] += max(0, device_end - fault.at)
+            fault.guard = device_end
+        return window
+
+
+class WireDevice:
+    """The serial:// driver as the engine's driver, with the bench's record, the operator's
+    actions inside a send, and link loss: from ``link_loss_block`` on, the served device
+    is shut down (its thread ends, the pty closes), as a device that dies or is unplugged."""
+
+    def __init__(self, driver: Any, bench: WireBench, server: Any,
+                 link_loss_block: int | None) -> None:
+        self.driver, self.bench, self.server = driver, bench, server
+        self.url, self.info = driver.url, driver.info
+        self.operator: Operator | None = None
+        self._sends = 0
+        self._loss_sample = None
+        if link_loss_block is not None:
+            self._loss_sample = link_loss_block * round(BLOCK_MS * self.info.sample_rate / 1000)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.driver, name)
+
+    @property
+    def wall_t0(self) -> float:
+        return self.bench.start_wall or 0.0
+
+    def read(self, timeout: float | None = None) -> Any:
+        item = self.driver.read(timeout)
+        clock = item.start_sample if isinstance(item, Block) else (
+            item.sample if isinstance(item, Tick) else None)
+        if self._loss_sample is not None and clock is not None and clock >= self._loss_sample:
+            self._loss_sample = None
+            self.bench.fault("link_loss")
+            self.server.kill()
+        return item
+
+    def stimulate(self, pattern: StimPattern) -> int:
+        self._sends += 1
+        if self.operator is not None:
+            self.operator.inside_send(self._sends)
+        before = self.bench.next()
+        ticket = self.driver.stimulate(pattern)
+        self.bench.sent[ticket] = (before, self.bench.next(), pattern)
+        return ticket
+
+    def abort_stimulation(self) -> None:
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+            self.driver.abort_stimulation()
+        finally:
+            self.bench.aborts.append((self.bench.next(), len(self.bench.log)))
 
 
-def pulses_after_host_died(entries: list[dict[str, Any]], died_wall: float,
-                           host_timeout_ms: float = HOST_TIMEOUT_MS) -> list[dict[str, Any]]:
-    """Pulses the device ran later than ``host_timeout_ms`` after the host died (its wall
-    clock, the same machine's), and after it noticed (host_gone / host_timeout), by sample."""
-    fs_gone = [e for e in entries if e["kind"] in ("host_timeout", "host_gone")
-               and e["wall"] >= died_wall]
-    limit = died_wall + host_timeout_ms / 1000
-    late = [e for e in entries if e["kind"] == "pulse" and e["wall"] > limit]
-    if fs_gone:
-        late += [e for e in entries if e["kind"] == "pulse" and e["sample"] > fs_gone[0]["sample"]
-                 and e not in late]
-    return late
+class Server:
+    """The simulated device served on a pty from a thread, logging to a WireBench."""
+
+    def __init__(self, scenario: Scenario, bench: WireBench) -> None:
+        from hardware_sim.device import PtyLink, SimDevice
+
+        self.link = PtyLink()
+        self.stop = threading.Event()
+        device = SimDevice(f"sim://?seed={scenario.seed}&truth=0&culture=poisson_burst"
+                           f"&layout={scenario.layout}", host_timeout_ms=HOST_TIMEOUT_MS,
+                           pulse_log=bench.on_entry, log=lambda message: None)
+        self.thread = threading.Thread(target=device.serve, args=(self.link, self.stop),
+                                       daemon=True, name="served-device")
+        self.thread.start()
+        self.closed = False
+
+    def kill(self) -> None:
+        """The device dies: its loop ends (nothing more runs) and the port goes."""
+        if not self.closed:
+            self.closed = True
+            self.stop.set()
+            self.thread.join(10)
+            self.link.close()
 
 
-def wire_run(index: int, rng: random.Random, workdir: Path, protocol: str) -> list[str]:
-    """One served device, one recorded CLI run killed at a random moment; the problems."""
-    log = workdir / f"pulses{index}.jsonl"
-    record = workdir / f"run{index}.nwb"
-    cli = [sys.executable, "-m", "mea_control.cli"]
-    server = subprocess.Popen(cli + ["sim", "serve", "--pty", "--pulse-log", str(log)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    problems = []
+HOST_TIMEOUT_MS = 300
+
+
+def run_wire_scenario(scenario: Scenario, at_send_wait_s: float = AT_SEND_WAIT_S) -> Outcome:
+    """Run one scenario (in real time) on serial:// against the served device; check its log."""
+    scenario = dataclasses_replace(scenario, real_time=True)
+    bench = WireBench()
+    server = Server(scenario, bench)
     try:
-        line = server.stdout.readline()
-        match = re.search(r"serving on (\S+)", line)
-        if not match:
-            return [f"the device did not serve: {line!r} {server.stderr.read()[-500:]}"]
-        run = subprocess.Popen(cli + ["run", protocol, "--device", f"serial://{match[1]}",
-                                      "--record", str(record), "--duration", "30", "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.0, 6.0))
-        how = rng.choice([signal.SIGKILL, signal.SIGTERM])
-        died = time.time()
-        run.send_signal(how)
-        run.wait(timeout=60)
-        if how == signal.SIGTERM:
-            died = time.time()  # the host's own exit is its death
-        time.sleep(2 * HOST_TIMEOUT_MS / 1000 + 0.5)
-        entries = read_pulse_log(log)
-        late = pulses_after_host_died(entries, died)
-        if late:
-            problems.append(f"{len(late)} pulses ran after the host died ({how.name}); "
-                            f"first: {late[0]}")
-        opened = subprocess.run(cli + ["info", str(record)], capture_output=True, text=True)
-        if opened.returncode != 0:
-            recovered = subprocess.run(cli + ["recover", str(record)], capture_output=True,
-                                       text=True)
-            if recovered.returncode != 0:
-                problems.append(f"{record.name} neither opens nor recovers ({how.name}): "
-                                f"{recovered.stderr.strip()[-300:]}")
-    finally:
-        server.send_signal(signal.SIGTERM)
+        driver = open_driver(f"serial://{server.link.name}")
+        driver.open()
+        device = WireDevice(driver, bench, server, scenario.link_loss_block)
+        config = EngineConfig(block_ms=BLOCK_MS, fast=False,
+                              duration_s=scenario.blocks * BLOCK_MS / 1000,
+                              watchdog_ms=scenario.watchdog_ms, limits=scenario.limits)
+        engine = Engine(device, Scripted(scenario, bench), config)
+        operator = Operator(engine, bench, scenario.acts, engine.block_samples, at_send_wait_s)
+        engine.sinks.append(operator.pacer())
+        device.operator = operator
+        _record_disarms(engine, bench)
+        operator.start()
         try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    return problems
+            summary = engine.run()
+            bench.end = (bench.next(), len(bench.log))
+        finally:
+            operator.over.set()
+            operator.join()
+            driver.close()
+        time.sleep(2 * HOST_TIMEOUT_MS / 1000)  # what the device still ran would show now
+    finally:
+        server.kill()
+    window = bench.resolve_guards()
+    violations = check(scenario, bench, engine, device)
+    unseen = 0
+    if any(f.kind == "link_loss" for f in bench.faults):
+        # the host lists what it saw run up to its last block; what the device ran in the
+        # interval it never received is not a violation but a loss, counted
+        unseen = sum(v.rule == "record:misses_run" for v in violations)
+        violations = [v for v in violations if v.rule != "record:misses_run"]
+    violations += [Violation(f"{kind}_raised", -1, -1, -1, -1, text)
+                   for kind, text in operator.errors]
+    outcome = Outcome(scenario, violations, len(bench.log), scenario.n_actions, summary)
+    outcome.stop_to_abort = window
+    outcome.unseen_at_link_loss = unseen
+    return outcome
 
 
-def wire_form(kills: int, seed: int, protocol: str) -> int:
-    rng = random.Random(seed)
-    failures = 0
-    with tempfile.TemporaryDirectory(prefix="mea-reliability-") as tmp:
-        for i in range(kills):
-            problems = wire_run(i, rng, Path(tmp), protocol)
-            failures += bool(problems)
-            for p in problems:
-                print(f"run {i}: {p}", flush=True)
-    print(f"wire: {kills} killed runs, {failures} with problems")
-    return 1 if failures else 0
+def wire_form(actions: int, seed: int) -> int:
+    """Random scenarios over the pty until ``actions`` actions were tried; the figures."""
+    return long_form(actions, seed, 1.0, run=run_wire_scenario)
 
 
 def main() -> int:
@@ -910,12 +1005,11 @@ def main() -> int:
                         help="share of the runs in real time (hangs; default 0.05)")
     parser.add_argument("--shrink", metavar="RULE", help="shrink a counterexample of RULE")
     parser.add_argument("--examples", type=int, default=300, help="--shrink: examples to try")
-    parser.add_argument("--wire", action="store_true", help="the pty form (needs --pulse-log)")
-    parser.add_argument("--kills", type=int, default=50)
-    parser.add_argument("--protocol", default="bss_isomura")
+    parser.add_argument("--wire", action="store_true",
+                        help="over a pty: serial:// against the served device (real time)")
     args = parser.parse_args()
     if args.wire:
-        return wire_form(args.kills, args.seed, args.protocol)
+        return wire_form(args.actions, args.seed)
     if args.shrink:
         shrink(args.shrink, args.seed, args.real_time >= 1.0, args.examples)
         return 0
