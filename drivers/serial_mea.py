@@ -47,6 +47,8 @@ from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_S = 1.0
+#: How long abort_stimulation() waits for the device to confirm the Abort.
+ABORT_WAIT_S = 0.5
 #: The device sends a frame at least once a second: this long without one, the link is lost.
 SILENCE_S = 3.0
 #: An older frame within this many sequence numbers of the newest is out of order (dropped);
@@ -331,12 +333,16 @@ class SerialDriver(Driver):
         return self._last_sample + margin
 
     def abort_stimulation(self) -> None:
-        """Send Abort; its Ack means the patterns sent before it and not yet run never will."""
+        """Send Abort and wait (at most ABORT_WAIT_S) for its Ack, which means the patterns
+        sent before it and not yet run never will: when this returns, the device has
+        cancelled them, unless it did not answer in time (a device_error event says so)."""
         if self._state != "running" or self._inbox.lost:
             return
         before = self._sent
+        confirmed = threading.Event()
 
         def answered(ack: wire.Ack | None) -> None:
+            confirmed.set()
             if ack is None or ack.reason:  # only a done Abort says what will not run
                 self._event("device_error", f"{self.where} did not confirm Abort: "
                             + ("no answer" if ack is None else ack.message))
@@ -348,7 +354,8 @@ class SerialDriver(Driver):
         try:
             self._send(wire.Abort(), answered)
         except DriverError:
-            pass  # called while things go wrong already: the first error is the one reported
+            return  # called while things go wrong already: the first error is the one reported
+        confirmed.wait(ABORT_WAIT_S)
 
     def rearm_stimulation(self) -> None:
         """Send Arm: a device that disarmed itself (the host fell silent) runs patterns again."""
