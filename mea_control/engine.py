@@ -560,8 +560,17 @@ class Engine:
         return summary
 
     def _ended(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s: True once the loop finished or was given up as hung."""
-        return self._finished.wait(timeout) or self._abandoned
+        """Wait up to ``timeout`` s: True once the loop finished or was given up as hung.
+
+        It polls, lock-free, rather than Event.wait(): a KeyboardInterrupt that lands
+        inside Event.wait can leave the event's lock held, and the loop's set() then
+        hangs the process (bpo-29988)."""
+        deadline = time.monotonic() + timeout
+        while not (self._finished.is_set() or self._abandoned):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _loop(self) -> None:
         try:
