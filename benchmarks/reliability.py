@@ -476,21 +476,20 @@ class Outcome:
         return "\n".join(lines)
 
 
-def run_scenario(scenario: Scenario, at_send_wait_s: float = AT_SEND_WAIT_S) -> Outcome:
-    """Run one scenario on sim:// and check the device's log."""
-    bench = Bench()
-    sim = open_driver(f"sim://?seed={scenario.seed}&truth=0&culture=poisson_burst"
-                      f"&layout={scenario.layout}")
-    sim.open()
-    sim.pulse_listener = bench.on_pulses
-    device = Device(sim, bench, scenario.link_loss_block, free_running=scenario.real_time)
+#: The short form in CI: reproducible, database-free, no shrinking (use --shrink here).
+SHORT = settings(deadline=None, derandomize=True, database=None, max_examples=25,
+                 phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
+                 suppress_health_check=list(HealthCheck))
+
+
+def _drive(scenario: Scenario, bench: Bench, device: Any,
+           at_send_wait_s: float) -> tuple[Engine, Operator, dict]:
+    """Run the scenario's protocol on ``device`` with its operator beside the loop."""
     config = EngineConfig(block_ms=BLOCK_MS, fast=not scenario.real_time,
                           duration_s=scenario.blocks * BLOCK_MS / 1000,
                           watchdog_ms=scenario.watchdog_ms, limits=scenario.limits)
-    protocol = Scripted(scenario, bench)
-    engine = Engine(device, protocol, config)
-    block_samples = engine.block_samples
-    operator = Operator(engine, bench, scenario.acts, block_samples, at_send_wait_s)
+    engine = Engine(device, Scripted(scenario, bench), config)
+    operator = Operator(engine, bench, scenario.acts, engine.block_samples, at_send_wait_s)
     engine.sinks.append(operator.pacer())
     device.operator = operator
     _record_disarms(engine, bench)
@@ -501,6 +500,18 @@ def run_scenario(scenario: Scenario, at_send_wait_s: float = AT_SEND_WAIT_S) -> 
     finally:
         operator.over.set()
         operator.join()
+    return engine, operator, summary
+
+
+def run_scenario(scenario: Scenario, at_send_wait_s: float = AT_SEND_WAIT_S) -> Outcome:
+    """Run one scenario on sim:// and check the device's log."""
+    bench = Bench()
+    sim = open_driver(f"sim://?seed={scenario.seed}&truth=0&culture=poisson_burst"
+                      f"&layout={scenario.layout}")
+    sim.open()
+    sim.pulse_listener = bench.on_pulses
+    device = Device(sim, bench, scenario.link_loss_block, free_running=scenario.real_time)
+    engine, operator, summary = _drive(scenario, bench, device, at_send_wait_s)
     device.drain()
     sim.close()
     violations = check(scenario, bench, engine, device)
@@ -957,21 +968,9 @@ def run_wire_scenario(scenario: Scenario, at_send_wait_s: float = AT_SEND_WAIT_S
         driver = open_driver(f"serial://{server.link.name}")
         driver.open()
         device = WireDevice(driver, bench, server, scenario.link_loss_block)
-        config = EngineConfig(block_ms=BLOCK_MS, fast=False,
-                              duration_s=scenario.blocks * BLOCK_MS / 1000,
-                              watchdog_ms=scenario.watchdog_ms, limits=scenario.limits)
-        engine = Engine(device, Scripted(scenario, bench), config)
-        operator = Operator(engine, bench, scenario.acts, engine.block_samples, at_send_wait_s)
-        engine.sinks.append(operator.pacer())
-        device.operator = operator
-        _record_disarms(engine, bench)
-        operator.start()
         try:
-            summary = engine.run()
-            bench.end = (bench.next(), len(bench.log))
+            engine, operator, summary = _drive(scenario, bench, device, at_send_wait_s)
         finally:
-            operator.over.set()
-            operator.join()
             driver.close()
         time.sleep(2 * HOST_TIMEOUT_MS / 1000)  # what the device still ran would show now
     finally:

@@ -585,12 +585,16 @@ class Engine:
             self._fail("device", traceback.format_exc(), exc)
         finally:
             if not self._abandoned:
-                self._wall_end = time.perf_counter()
-                self._end_stimulation()
-                self._stop_device()
-                self._keep_pulses()
+                self._end_run()
                 self._serve_summaries()
             self._finished.set()
+
+    def _end_run(self) -> None:
+        """However the run ends: on the loop's thread, or on run()'s for a hung loop."""
+        self._wall_end = time.perf_counter()
+        self._end_stimulation()
+        self._stop_device()
+        self._keep_pulses()
 
     def _keep_pulses(self) -> None:
         """However the run ended, its pulses stay in the device's pulse history."""
@@ -610,12 +614,11 @@ class Engine:
         except Exception as exc:
             self._event_quietly("device_error", f"cancelling queued stimulation failed: {exc}")
             return
-        if self._abandoned:
-            return
         clock = self.now
         deadline = time.perf_counter() + LAST_REPORTS_S
-        try:
-            while (self.pending or self._trains) and time.perf_counter() < deadline:
+        try:  # (a hung loop's driver is not read from another thread: no reports then)
+            while (self.pending or self._trains) and not self._abandoned \
+                    and time.perf_counter() < deadline:
                 self._serve_summaries()
                 item = self.driver.read(timeout=0.05)
                 if isinstance(item, StimReport):
@@ -642,16 +645,7 @@ class Engine:
 
     def _end_without_loop(self) -> None:
         """The loop is stuck in a protocol hook: end the run from here (caller's thread)."""
-        self._wall_end = time.perf_counter()
-        self.armed_at_end = False
-        self.gate.close("the run has ended")
-        try:
-            self._halt("the run has ended")
-        except Exception as exc:
-            self._log(f"[device_error] cancelling queued stimulation failed: {exc}")
-        self._stop_device()
-        self._keep_pulses()
-        self._trains_unknown(self.now)
+        self._end_run()
         while self._queued_events:
             self._record_event(self._queued_events.popleft())
 
@@ -680,7 +674,8 @@ class Engine:
         except (DriverError, SinkError):
             raise  # not the protocol's fault: the loop reports it as such
         except Exception as exc:
-            where = self._where(exc.__traceback__)  # on the last line, which the log shows
+            # on the last line, which the log shows
+            where = self._where(traceback.extract_tb(exc.__traceback__))
             self._fail("protocol", f"{traceback.format_exc().rstrip()} {where}".rstrip() + "\n",
                        exc)
             return None
@@ -689,13 +684,12 @@ class Engine:
             if self._abandoned:
                 raise _Abandoned
 
-    def _where(self, tb: Any) -> str:
-        """'at FILE:LINE in HOOK' for the deepest frame in the protocol's own file."""
+    def _where(self, frames: traceback.StackSummary) -> str:
+        """'(at FILE:LINE in HOOK)' for the deepest of ``frames`` in the protocol's own file."""
         try:
             source = inspect.getsourcefile(type(self.protocol))
         except TypeError:
             return ""
-        frames = traceback.extract_tb(tb) if tb is not None else traceback.extract_stack()
         mine = [f for f in frames if f.filename == source]
         if not mine:
             return ""
@@ -724,24 +718,11 @@ class Engine:
         if stuck <= limit:
             return
         frame = sys._current_frames().get(self._worker.ident) if self._worker else None
-        where = self._where_frame(frame)
+        where = self._where(traceback.extract_stack(frame)) if frame is not None else ""
         message = (f"protocol hook {name} has not returned for {stuck:.1f} s {where}; the "
                    "run ended without it and stimulation was stopped").replace("  ", " ")
         self._fail("protocol", message)
         self._abandoned = True
-
-    def _where_frame(self, frame: Any) -> str:
-        if frame is None:
-            return ""
-        try:
-            source = inspect.getsourcefile(type(self.protocol))
-        except TypeError:
-            return ""
-        while frame is not None:
-            if frame.f_code.co_filename == source:
-                return f"(at {source}:{frame.f_lineno} in {frame.f_code.co_name})"
-            frame = frame.f_back
-        return ""
 
     def _acquire(self) -> None:
         first, early_spikes = self._wait_first_clock()

@@ -6,12 +6,13 @@ import sys
 
 import pytest
 from conftest import ROOT
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given, settings
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.reliability import (  # noqa: E402
+    SHORT,
     Act,
     Scenario,
     Shot,
@@ -23,11 +24,6 @@ from benchmarks.reliability import (  # noqa: E402
 from drivers.base import open_driver  # noqa: E402
 from mea_control.safety import SafetyLimits  # noqa: E402
 from mea_control.types import StimPattern, StimPulse, StimReport  # noqa: E402
-
-#: Reproducible and database-free; no shrinking in CI (benchmarks/reliability.py --shrink).
-SHORT = settings(deadline=None, derandomize=True, database=None, max_examples=25,
-                 phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
-                 suppress_health_check=list(HealthCheck))
 
 PULSE = 5.0, 200.0  # uA, us: within every default limit
 

@@ -6,12 +6,13 @@ form is ``benchmarks/reliability.py --wire``."""
 import sys
 
 from conftest import ROOT
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given, settings
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.reliability import (  # noqa: E402
+    SHORT,
     Act,
     Scenario,
     Shot,
@@ -22,9 +23,8 @@ from benchmarks.reliability import (  # noqa: E402
 )
 from mea_control.types import StimPattern, StimPulse  # noqa: E402
 
-SHORT = settings(deadline=None, derandomize=True, database=None, max_examples=4,
-                 phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
-                 suppress_health_check=list(HealthCheck))
+#: The short form over the wire: each example runs seconds in real time.
+WIRE = settings(SHORT, max_examples=4)
 PULSE = 5.0, 200.0
 TRAIN = Shot((9,), *PULSE, train_count=40, train_rate_hz=20.0, ahead_ms=100.0)  # 2 s
 
@@ -39,7 +39,7 @@ LOSS_CASE = Scenario(steps=(Step(100, "stim", TRAIN),), link_loss_block=400, rea
                      blocks=1200)
 
 
-@SHORT
+@WIRE
 @example(STOP_CASE)
 @example(HANG_CASE)
 @example(LOSS_CASE)
