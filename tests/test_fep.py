@@ -1,6 +1,5 @@
 """The free-energy model against the published data and its own batch form."""
 
-import json
 import subprocess
 import warnings
 
@@ -9,7 +8,7 @@ import pytest
 from conftest import ROOT, cli_command
 
 from mea_control import fep
-from mea_control.fep import ensembles, model, online, selection
+from mea_control.fep import ensembles, model, online
 from mea_control.fep.data import FEPInputError, TrialData
 
 KEYS = ("corr_post", "mse_post", "L_first", "L_last", "phi1", "phi0", "n_g1", "n_g2",
@@ -136,39 +135,6 @@ def test_profiles_find_the_source_ensembles_without_sources(published):
             assert not (found & by_s.members[1 - k]).any()
 
 
-def test_infomax_takes_the_largest_gain_and_efe_is_a_distribution():
-    rng = np.random.default_rng(3)
-    m = online.OnlineModel(2, 64, 64, lam=50.0)
-    for _ in range(200):
-        o = rng.random(64) < 0.5
-        m.update(o, [o[:32].mean(), o[32:].mean()])
-    cand = (rng.random((16, 64)) < 0.3).astype(np.uint8)
-    d = selection.choose("infomax", m, cand)
-    assert d.index == int(np.argmax(d.scores)) and (d.scores > 0).all()
-    assert np.ptp(d.scores) > 0
-    gen = selection.choose("generative", m, cand)
-    assert gen.index == 0
-    e = selection.choose("efe", m, cand, rng, preferred=np.array([0.9, 0.1]), gamma=4.0)
-    p = np.array(e.details["probability"])
-    assert p.sum() == pytest.approx(1.0) and (p > 0).all()
-    rec = e.record()
-    json.dumps(rec)
-    assert rec["candidates"][rec["choice"]] == cand[e.index].tolist()
-    # the preferred response pulls the choice: with C = (0.9, 0.1), patterns that drive
-    # ensemble 1 more than ensemble 2 have lower risk
-    risk = np.array(e.details["risk"])
-    drive = e.x_hat[:, 0] - e.x_hat[:, 1]
-    assert np.corrcoef(risk, drive)[0, 1] < -0.5
-
-
-def test_selection_refuses_bad_candidates():
-    m = online.OnlineModel(2, 8, 8)
-    with pytest.raises(ValueError, match="candidates must be C x 8"):
-        selection.choose("infomax", m, np.zeros((4, 7)))
-    with pytest.raises(ValueError, match="unknown selection method"):
-        selection.choose("greedy", m, np.zeros((4, 8)))
-
-
 def _table(t=512, per=256, **changes):
     rng = np.random.default_rng(0)
     s = (rng.random((t, 2)) < 0.5).astype(np.uint8)
@@ -246,32 +212,6 @@ def test_files_without_the_arrays_are_refused(tmp_path):
     bad.write_text("not hdf5")
     with pytest.raises(FEPInputError, match="not a .mat, .npz or readable recording"):
         fep.load(bad)
-
-
-def test_information_gain_is_the_expected_kl_of_one_more_count():
-    """The closed form against the general Beta KL divergence, summed by hand."""
-    from scipy.special import betaln, digamma
-
-    def kl(a1, b1, a, b):
-        return (betaln(a, b) - betaln(a1, b1) + (a1 - a) * digamma(a1) + (b1 - b) * digamma(b1)
-                + (a + b - a1 - b1) * digamma(a1 + b1))
-
-    rng = np.random.default_rng(5)
-    m = online.OnlineModel(2, 6, 10, lam=4.0)
-    for _ in range(30):
-        m.update(rng.random(6) < 0.4, rng.random(2))
-    cand = (rng.random((3, 6)) < 0.5).astype(float)
-    x_hat = m.predict(cand)
-    s = m.sums
-    want = np.zeros(3)
-    for c in range(3):
-        for k in range(2):
-            for hebb, home, p in ((s.hebb1, s.home1, x_hat[c, k]),
-                                  (s.hebb0, s.home0, 1 - x_hat[c, k])):
-                a, b = hebb[k], home[k] - hebb[k]
-                on = cand[c] == 1
-                want[c] += p * (kl(a + 1, b, a, b)[on].sum() + kl(a, b + 1, a, b)[~on].sum())
-    np.testing.assert_allclose(selection.information_gain(m, cand, x_hat), want, rtol=1e-9)
 
 
 def test_online_model_refuses_nan_instead_of_learning_it():
