@@ -1,15 +1,13 @@
-"""The free-energy model (``mea_control.fep``): speed, simulated cultures, active probing.
+"""The free-energy model (``mea_control.fep``): speed, simulated cultures, the model's jobs.
 
 Run ``.venv/bin/python benchmarks/fep.py`` with
 
 - ``--speed``: ``fep.analyze`` on one real culture (25,600 trials; loading excluded) and
-  one closed-loop step (``OnlineModel.update`` + ``selection.choose`` over 16 candidate
-  patterns for 64 stimulated electrodes), on one core;
+  one closed-loop step (both models learn a trial, then ``selection.choose`` scores 32
+  candidate patterns for 64 stimulated electrodes), on one core;
 - ``--simulated [--seeds 3 --sessions 60]``: the BSS protocol on simulated cultures
   (control, mixing 0.25; mix50, 0.5; plasticity on), analysed like the real ones, beside
   the real cultures of the shared data cut to the same number of sessions;
-- ``--active [--seeds 6]``: whether infomax probes estimate the model faster than random
-  ones (see :func:`active`);
 - ``--quick``: each part tiny (a smoke run for CI; its figures mean nothing).
 
 The real data are found as the tests find them (``$MEA_CONTROL_ISOMURA_DATA``,
@@ -25,7 +23,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")  # one core; set before numpy and numba load
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -38,15 +35,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.culture import RATE, THRESHOLD_UV, bss_protocol, run_bss  # noqa: E402
-from hardware_sim.culture import NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control import fep  # noqa: E402
-from mea_control.fep import ensembles, model, online, published, selection  # noqa: E402
+from mea_control.fep import ensembles, online, published, selection  # noqa: E402
 from mea_control.fep.data import FEPInputError, TrialData  # noqa: E402
+from mea_control.fep.forward import ForwardModel  # noqa: E402
 
 DATA = published.locate()
 GOAL_ANALYZE_MS = 20.0
 GOAL_STEP_P99_US = 1000.0
+STIM, CANDIDATES = 64, 32
+#: The closed-loop steps timed: job, selection, link, outputs of the experimenter's model
+#: (control: the two ensembles' states; identify: the 16 most responsive electrodes, which
+#: the protocol models, and all 64 for reference).
+STEPS = (("control", "efe", "logistic", 2), ("identify", "targeted", "poisson", 16),
+         ("identify", "infomax", "poisson", 16), ("identify", "targeted", "poisson", 64))
 CONDITIONS = {"control": 0.25, "mix50": 0.5}
 REAL = {"control": "mix0", "mix50": "mix50"}  # the real condition beside each simulated one
 
@@ -69,32 +72,42 @@ def speed(data_dir: Path, runs: int, steps: int) -> None:
     print(f"  {'min ms':>8s} {'median ms':>10s} {'max ms':>8s}  goal")
     print(f"  {min(ms):8.1f} {np.median(ms):10.1f} {max(ms):8.1f}  <= {GOAL_ANALYZE_MS:.0f} ms "
           f"(median) {verdict}")
-    print(f"\nclosed-loop step: OnlineModel.update + selection.choose over 16 candidates, "
-          f"64 stimulated electrodes, 2 ensembles, lambda {model.LAMBDA:g}, {steps} steps")
-    print(f"  {'method':8s} {'CPU p50 us':>10s} {'CPU p99 us':>10s} {'wall p50 us':>11s} "
-          f"{'wall p99 us':>11s} {'wall max us':>11s}  goal")
-    for method in ("infomax", "efe"):
-        cpu, wall = step_times(method, steps)
+    print(f"\nclosed-loop step: the culture's model (OnlineModel.update) + the experimenter's "
+          f"model (ForwardModel.update) + selection.choose over {CANDIDATES} candidates, "
+          f"{STIM} stimulated electrodes, {steps} steps")
+    print(f"  {'job':8s} {'method':8s} {'outputs':>7s} {'CPU p50 us':>10s} {'CPU p99 us':>10s} "
+          f"{'wall p50 us':>11s} {'wall p99 us':>11s}  goal")
+    for job, method, link, outputs in STEPS:
+        cpu, wall = step_times(method, link, outputs, steps)
         p99 = np.percentile(cpu, 99)
         verdict = "ok" if p99 <= GOAL_STEP_P99_US else "MISS"
-        print(f"  {method:8s} {np.median(cpu):10.0f} {p99:10.0f} {np.median(wall):11.0f} "
-              f"{np.percentile(wall, 99):11.0f} {wall.max():11.0f}  p99 <= "
+        print(f"  {job:8s} {method:8s} {outputs:7d} {np.median(cpu):10.0f} {p99:10.0f} "
+              f"{np.median(wall):11.0f} {np.percentile(wall, 99):11.0f}  p99 <= "
               f"{GOAL_STEP_P99_US:.0f} us (CPU) {verdict}")
 
 
-def step_times(method: str, steps: int, warm: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """CPU and wall time (us) of update + choose per step, random responses and candidates."""
+def step_times(method: str, link: str, outputs: int, steps: int,
+               warm: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """CPU and wall time (us) of one closed-loop step: both models learn a trial, then the
+    experimenter's model scores the candidates (the targets: as many BSS-like patterns)."""
     rng = np.random.default_rng(0)
-    m = online.OnlineModel(2, 64, 256)
-    candidates = (rng.random((warm + steps, 16, 64)) < 0.5).astype(np.uint8)
+    culture = online.OnlineModel(2, STIM, 256)
+    experimenter = ForwardModel(STIM, outputs, link=link)
+    candidates = (rng.random((warm + steps, CANDIDATES, STIM)) < 0.5).astype(np.uint8)
+    targets = (rng.random((CANDIDATES, STIM)) < 0.5).astype(np.uint8)
     x = rng.random((warm + steps, 2))
+    y = (rng.poisson(2.0, (warm + steps, outputs)) if link == "poisson"
+         else rng.integers(0, 2, (warm + steps, outputs)))
+    preferred = np.tile([0.99, 0.01], outputs // 2 + 1)[:outputs]
     cpu = np.empty(warm + steps)
     wall = np.empty(warm + steps)
     pattern = candidates[0, 0]
     for i in range(warm + steps):
         c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
-        m.update(pattern, x[i])
-        pattern = selection.choose(method, m, candidates[i], rng).pattern
+        culture.update(pattern, x[i])
+        experimenter.update(pattern, y[i])
+        pattern = selection.choose(method, experimenter, candidates[i], rng, targets=targets,
+                                   preferred=preferred, gamma=4.0).pattern
         cpu[i] = time.thread_time_ns() - c0
         wall[i] = time.perf_counter_ns() - w0
     return cpu[warm:] / 1e3, wall[warm:] / 1e3
@@ -225,204 +238,23 @@ def bss_patterns(rng: np.random.Generator, shape: tuple[int, ...], mixing: float
     return np.take_along_axis(s, follow, -1)
 
 
-def active(seeds: int, calibration: tuple[int, int], probes: int, tests: int, repeats: int,
-           lams: tuple[float, ...], candidates: int = 16, mixing: float = 0.25,
-           every: int = 10, fractions: tuple[float, ...] = (0.5, 0.9)) -> None:
-    """Does infomax pay? Probe trials to estimate the model, infomax vs random choice.
-
-    Each seed: a culture without plasticity (homeostasis on), so what it answers does
-    not drift with the probes, is first driven with the BSS protocol (``calibration``:
-    sessions x trials). That finds the ensembles (published criteria) and fixes the
-    normaliser x = clip(1/2 + (m - mean) / (2 SD), 0, 1), with m an ensemble's mean
-    response and mean, SD over the calibration, and the thresholds (phi). The culture
-    is then copied, state and random generators included, for the truth and each arm.
-
-    Truth: ``tests`` patterns drawn as the protocol draws them, each delivered
-    ``repeats`` times in shuffled order; the truth is each pattern's mean x (K x tests).
-
-    Arms: an ``OnlineModel`` (prior ``lam``, the calibration's thresholds) learns from
-    ``probes`` trials; each trial offers the same ``candidates`` patterns (drawn as the
-    protocol draws them) to both arms, and ``infomax`` (``selection.choose``) or a
-    uniformly random choice picks one. The random arm's choices do not depend on the
-    model, so one random run feeds a model for every lambda. Error: RMS over ensembles
-    and test patterns of the model's predicted x minus the truth, after every ``every``
-    probes. Level f: the start error (the prior's) minus f times the improvement the
-    random arm reaches with all its probes; trials-to-level is the first count from
-    which the error stays at or under the level until the last probe.
-
-    Lambda: the published 3000 and a weak 10. 3000 does not swamp a few hundred probes
-    here: a prediction sums the small weight changes of 32 electrodes. With 10 the
-    weights are the data's, and the model's over-confidence shows.
-
-    Per seed the table also gives the homeostatic E->E gain when the culture is copied
-    and after the truth trials (how far it drifts over that many trials), and the
-    standard error of the truth (sets a floor under the error).
-    """
-    print(f"active probing: {seeds} seeds; culture without plasticity (homeostasis on); "
-          f"calibration {calibration[0]} x {calibration[1]} BSS trials (mixing {mixing}); "
-          f"truth: {tests} test patterns x {repeats} repeats; {probes} probes per arm, "
-          f"{candidates} candidates a trial; OnlineModel lambda "
-          + ", ".join(f"{lam:g}" for lam in lams))
-    levels = " ".join(f"{'to ' + format(f, '.0%') + ' r/i':>11s}" for f in fractions)
-    print(f"  {'seed':>4s} {'n_g1/n_g2':>9s} {'E->E gain':>9s} {'truth SE':>8s} "
-          f"{'lambda':>6s} {'start':>6s} {'random end':>10s} {'infomax end':>11s} {levels}")
-    done = []
-    for seed in range(seeds):
-        try:
-            out = _active_seed(seed, calibration, probes, tests, repeats, lams, candidates,
-                               mixing, every)
-        except FEPInputError as exc:
-            print(f"  {seed:4d} skipped: {exc}")
-            continue
-        done.append(out)
-        n1, n2 = out["sizes"]
-        for lam in lams:
-            rand, info = out[lam]["random"], out[lam]["infomax"]
-            out[lam]["trials"] = {f: _trials_to(rand, info, f, every) for f in fractions}
-            cells = " ".join(f"{_censored(a, probes):>5s}/{_censored(b, probes):<5s}"
-                             for a, b in out[lam]["trials"].values())
-            print(f"  {seed:4d} {f'{n1}/{n2}':>9s} {out['gain'][0]:4.2f}>{out['gain'][1]:4.2f} "
-                  f"{out['se']:8.3f} {lam:6g} {rand[0]:6.3f} {rand[-1]:10.3f} "
-                  f"{info[-1]:11.3f} {cells}", flush=True)
-    if not done:
-        return
-    marks = sorted({n - n % every for n in (0, 25, 50, 100, 200, 400, 800, probes)
-                    if n <= probes})
-    print("\nerror (RMS, x units) after n probes, mean +- SD over seeds")
-    print(f"  {'lambda':>6s} {'arm':>7s} " + " ".join(f"{n:>13d}" for n in marks))
-    for lam in lams:
-        for arm in ("random", "infomax"):
-            e = np.array([o[lam][arm][[n // every for n in marks]] for o in done])
-            print(f"  {lam:6g} {arm:>7s} " + " ".join(
-                f"{a:6.3f} +-{b:5.3f}" for a, b in zip(e.mean(0), e.std(0), strict=True)))
-    print(f"\ntrials to level, random / infomax (> 1: infomax pays), over seeds; where infomax "
-          f"never stays under the level within {probes} probes the ratio is at most "
-          f"random's trials / {probes} (marked <)")
-    for lam in lams:
-        for f in fractions:
-            pairs = [o[lam]["trials"][f] for o in done if o[lam]["trials"][f][0] is not None]
-            ratio = [(a / (b if b > 0 else probes), b < 0) for a, b in pairs]
-            cells = ", ".join(f"{'<' if c else ''}{r:.2f}" for r, c in ratio) or "-"
-            bound = "<" if ratio and all(c for _, c in ratio) else ""
-            med = f"median {bound}{np.median([r for r, _ in ratio]):.2f}" if ratio else "no seed"
-            print(f"  lambda {lam:g}, level {f:.0%} of random's improvement: {med} ({cells}); "
-                  f"random's error does not fall in {len(done) - len(pairs)} seed(s)")
-        sizes = {arm: np.mean([o[lam][arm + "_pulsed"] for o in done]) for arm in
-                 ("random", "infomax")}
-        empty = {arm: np.mean([o[lam][arm + "_empty"] for o in done]) for arm in
-                 ("random", "infomax")}
-        print(f"  lambda {lam:g}, probes chosen: {sizes['random']:.1f} / {sizes['infomax']:.1f} "
-              f"electrodes pulsed (random / infomax), {empty['random']:.0%} / "
-              f"{empty['infomax']:.0%} without a pulse")
-        split = {arm: np.array([o[lam][arm + "_split"] for o in done]) for arm in
-                 ("random", "infomax")}
-        cells = " / ".join(
-            ", ".join("-" if np.isnan(v).all() else f"{np.nanmean(v):.3f}" for v in split[arm].T)
-            for arm in ("random", "infomax"))
-        print(f"  lambda {lam:g}, error after {probes} probes on the test patterns with a pulse, "
-              f"without (random / infomax): {cells}")
-
-
-def _censored(n: int | None, probes: int) -> str:
-    return "-" if n is None else (f">{probes}" if n < 0 else str(n))
-
-
-def _trials_to(rand: np.ndarray, info: np.ndarray, fraction: float,
-               every: int) -> tuple[int | None, int | None]:
-    """Probes from which each arm's error stays <= the level (see ``active``): None for
-    both when random's error does not fall, -1 for an arm that never stays under it."""
-    if rand[-1] >= rand[0]:
-        return None, None
-    level = rand[0] - fraction * (rand[0] - rand[-1])
-
-    def first(err: np.ndarray) -> int:
-        above = np.flatnonzero(err > level)
-        if not len(above):
-            return 0
-        return -1 if above[-1] == len(err) - 1 else int(above[-1] + 1) * every
-
-    return first(rand), first(info)
-
-
-def _active_seed(seed: int, calibration: tuple[int, int], probes: int, tests: int,
-                 repeats: int, lams: tuple[float, ...], candidates: int, mixing: float,
-                 every: int) -> dict:
-    sessions, per = calibration
-    run = run_bss(mixing, seed, sessions, per, NetworkParams(plasticity=False))
-    groups = ensembles.by_sources(run["r"].astype(float), run["s"], sessions)
-    raw = groups.responses(run["r"])
-    mean, sd = raw.mean(1, keepdims=True), raw.std(1, ddof=1, keepdims=True)
-
-    def norm(r: np.ndarray) -> np.ndarray:  # trials x electrodes -> trials x K
-        return np.clip(0.5 + (groups.responses(np.atleast_2d(r)) - mean) / sd / 2, 0, 1).T
-
-    th = model.Thresholds.fit(norm(run["r"]).T)
-    k = len(th.phi1)
-    probe = Probe(run, seed, mixing)
-    gain = [probe.culture.homeostatic_state()[0]]
-    rng = np.random.default_rng([seed, 1])
-    test = bss_patterns(rng, (tests,), mixing)
-    order = rng.permutation(np.repeat(np.arange(tests), repeats))
-    p = copy.deepcopy(probe)
-    xs = np.concatenate([norm(p.respond(test[i])) for i in order])
-    gain.append(p.culture.homeostatic_state()[0])
-    truth = np.stack([xs[order == i].mean(0) for i in range(tests)])  # tests x K
-    se = np.sqrt(np.mean([xs[order == i].var(0, ddof=1) for i in range(tests)]) / repeats)
-    out: dict = {"sizes": groups.sizes, "gain": gain, "se": float(se)}
-    offers = bss_patterns(np.random.default_rng([seed, 2]), (probes, candidates), mixing)
-    runs = [("random", lams)] + [("infomax", (lam,)) for lam in lams]
-    for arm, arm_lams in runs:
-        p = copy.deepcopy(probe)
-        models = [online.OnlineModel(k, 32, per, lam=lam, thresholds=th) for lam in arm_lams]
-        pick = np.random.default_rng([seed, 3])
-        err = [[_rms(m.predict(test), truth)] for m in models]
-        pulsed = []
-        for n in range(probes):
-            if arm == "random":
-                o = offers[n, pick.integers(candidates)]
-            else:
-                o = selection.choose("infomax", models[0], offers[n]).pattern
-            pulsed.append(int(o.sum()))
-            x = norm(p.respond(o))[0]
-            for i, m in enumerate(models):
-                m.update(o, x)
-                if (n + 1) % every == 0:
-                    err[i].append(_rms(m.predict(test), truth))
-        empty = test.sum(1) == 0
-        for lam, e, m in zip(arm_lams, err, models, strict=True):
-            x_hat = m.predict(test)
-            split = [_rms(x_hat[w], truth[w]) if w.any() else np.nan for w in (~empty, empty)]
-            out.setdefault(lam, {}).update({arm: np.array(e), arm + "_pulsed": np.mean(pulsed),
-                                            arm + "_empty": np.mean(np.equal(pulsed, 0)),
-                                            arm + "_split": split})
-    return out
-
-
-def _rms(x_hat: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((x_hat - truth) ** 2)))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--simulated", action="store_true")
-    parser.add_argument("--active", action="store_true")
-    parser.add_argument("--probes", type=int, default=400, help="active: probe trials per arm")
-    parser.add_argument("--lam", type=float, nargs="+", default=[model.LAMBDA, 10.0],
-                        help="active: the model's lambda(s)")
     parser.add_argument("--quick", action="store_true", help="each part tiny (CI smoke run)")
-    parser.add_argument("--seeds", type=int, help="cultures per condition (default 3; active 6)")
+    parser.add_argument("--seeds", type=int, help="cultures per condition (default 3)")
     parser.add_argument("--sessions", type=int, default=60, help="simulated sessions")
     parser.add_argument("--trials", type=int, default=256, help="trials per simulated session")
     parser.add_argument("--initial", type=int, default=10, help="initial sessions of analyze")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--data", type=Path, default=DATA, help="the isomura2023 folder")
     args = parser.parse_args(argv)
-    parts = [args.speed, args.simulated, args.active]
+    parts = [args.speed, args.simulated]
     if not any(parts):
         if not args.quick:
-            parser.error("choose --speed, --simulated, --active or --quick (all, tiny)")
-        parts = [True, True, True]
+            parser.error("choose --speed, --simulated or --quick (all, tiny)")
+        parts = [True, True]
     q = args.quick
     if (parts[0] or parts[1]) and args.data is None:
         parser.error(f"the published data are missing: {published.HOW_TO_GET}, or give --data DIR")
@@ -432,11 +264,6 @@ def main(argv: list[str] | None = None) -> None:
         print()
         simulated(args.seeds or (1 if q else 3), 3 if q else args.sessions,
                   64 if q else args.trials, 1 if q else args.initial, args.workers, args.data)
-    if parts[2]:
-        print()
-        active(args.seeds or (1 if q else 6), (2, 64) if q else (4, 256),
-               40 if q else args.probes, 8 if q else 32, 4 if q else 24, tuple(args.lam))
-
 
 if __name__ == "__main__":
     main()

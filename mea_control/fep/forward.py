@@ -86,32 +86,28 @@ class ForwardModel:
         return x
 
     # -- the posterior's view of a set of patterns -------------------------------------
-    def _projections(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sigma x (outputs x features x C), x' mu and x' Sigma x (outputs x C)."""
+    def outlook(self, patterns: np.ndarray, state: np.ndarray | None = None) -> Outlook:
+        """What the posterior says about each pattern (one pass over the covariances)."""
+        x = self.features(patterns, state)
         e, d, _ = self.cov.shape
         sx = (self.cov.reshape(e * d, d) @ x.T).reshape(e, d, len(x))
-        m = self.mean @ x.T
-        s = np.einsum("edc,cd->ec", sx, x)
-        return sx, m, np.maximum(s, 0.0)
-
-    def _moments(self, m: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                             np.ndarray]:
-        """Posterior predictive mean, its variance, and d mean / d eta, which is also the
-        expected Fisher information per unit of x' Sigma x, from x' mu and x' Sigma x."""
+        eta = self.mean @ x.T
+        s = np.maximum(np.einsum("edc,cd->ec", sx, x), 0.0)
         if self.link == "poisson":
-            mean = np.exp(np.minimum(m + s / 2, ETA_MAX))
-            return mean, mean ** 2 * np.expm1(np.minimum(s, ETA_MAX)), mean
-        p = expit(m / np.sqrt(1 + np.pi * s / 8))  # the probit approximation
-        slope = p * (1 - p)
-        return p, slope ** 2 * s, slope
+            mean = np.exp(np.minimum(eta + s / 2, ETA_MAX))
+            var, slope = mean ** 2 * np.expm1(np.minimum(s, ETA_MAX)), mean
+        else:
+            mean = expit(eta / np.sqrt(1 + np.pi * s / 8))  # the probit approximation
+            slope = mean * (1 - mean)
+            var = slope ** 2 * s
+        return Outlook(x, sx, eta, s, mean, var, slope)
 
     def predict(self, patterns: np.ndarray, state: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted mean response (counts, or the probability of the on state) and its
         posterior sd, each C x outputs."""
-        _, m, s = self._projections(self.features(patterns, state))
-        mean, var, _ = self._moments(m, s)
-        return mean.T, np.sqrt(var).T
+        look = self.outlook(patterns, state)
+        return look.mean.T, np.sqrt(look.var).T
 
     def electrode_sd(self) -> np.ndarray:
         """Posterior sd of each stimulated electrode's weight, rms over outputs (n_stim)."""
@@ -132,9 +128,8 @@ class ForwardModel:
         if self.drift_sd:
             idx = np.arange(self.n_features)
             self.cov[:, idx, idx] += self.drift_sd ** 2
-        x = self.features(pattern, state)
-        sx, m, s = self._projections(x)
-        sx, m, s = sx[:, :, 0], m[:, 0], np.maximum(s[:, 0], 1e-12)
+        look = self.outlook(pattern, state)
+        sx, m, s = look.sx[:, :, 0], look.eta[:, 0], np.maximum(look.var_eta[:, 0], 1e-12)
         rho = self._mode(y, m, s)
         curv = self._slope(rho)
         self.mean += sx * ((rho - m) / s)[:, None]
@@ -142,7 +137,7 @@ class ForwardModel:
         self.trials += 1
 
     def _slope(self, eta: np.ndarray) -> np.ndarray:
-        """d mean / d eta at eta: the Fisher information of one trial per unit x' Sigma x."""
+        """d mean / d eta at eta (no parameter uncertainty)."""
         if self.link == "poisson":
             return np.exp(np.minimum(eta, ETA_MAX))
         p = expit(eta)
@@ -166,34 +161,53 @@ class ForwardModel:
             lo = np.where(grad > 0, rho, lo)
             hi = np.where(grad > 0, hi, rho)
             step = rho + grad / (self._slope(rho) + 1 / s)
-            rho = np.where((step >= lo) & (step <= hi), step, (lo + hi) / 2)
+            step = np.where((step >= lo) & (step <= hi), step, (lo + hi) / 2)
+            if np.abs(step - rho).max() < 1e-10:
+                return step
+            rho = step
         return rho
 
     # -- what a trial with each candidate would teach ---------------------------------
-    def information_gain(self, candidates: np.ndarray, state: np.ndarray | None = None,
-                         per_output: bool = False) -> np.ndarray:
+    def information_gain(self, candidates: np.ndarray | Outlook,
+                         state: np.ndarray | None = None) -> np.ndarray:
         """Expected information (nats) about the parameters from one trial of each
-        candidate: 1/2 ln(1 + J x' Sigma x), summed over outputs (C), or per output
-        (outputs x C)."""
-        _, m, s = self._projections(self.features(candidates, state))
-        gain = 0.5 * np.log1p(self._moments(m, s)[2] * s)
-        return gain if per_output else gain.sum(0)
+        candidate, summed over outputs (C); see :meth:`Outlook.information`."""
+        look = candidates if isinstance(candidates, Outlook) else self.outlook(candidates, state)
+        return look.information().sum(0)
 
-    def variance_reduction(self, candidates: np.ndarray, targets: np.ndarray,
+    def variance_reduction(self, candidates: np.ndarray | Outlook, targets: np.ndarray,
                            weights: np.ndarray | None = None,
                            state: np.ndarray | None = None) -> np.ndarray:
         """Expected reduction of the predictive variance of the mean response to the target
         patterns, weighted by ``weights`` (how often each occurs) and summed over outputs,
-        from one trial of each candidate (C)."""
-        xc = self.features(candidates, state)
+        from one trial of each candidate (C). The variance of a target's mean is taken by
+        the delta method at the posterior mean: slope(x_t' mu)^2 x_t' Sigma x_t."""
+        look = candidates if isinstance(candidates, Outlook) else self.outlook(candidates, state)
         xt = self.features(targets, state)
         w = np.full(len(xt), 1 / len(xt)) if weights is None else np.asarray(weights, float)
         if w.shape != (len(xt),):
             raise ValueError(f"need one weight per target pattern ({len(xt)}), not {w.shape}")
-        sx, m, s = self._projections(xc)
-        fisher = self._moments(m, s)[2]
-        e, d, c = sx.shape
-        cross = (xt @ sx.transpose(1, 0, 2).reshape(d, e * c)).reshape(len(xt), e, c)
-        slope_t = self._moments(*self._projections(xt)[1:])[2]  # outputs x targets
-        per = np.einsum("t,te,tec->ec", w, slope_t.T ** 2, cross ** 2)
-        return (per * fisher / (1 + fisher * s)).sum(0)
+        e, d, c = look.sx.shape
+        cross = (xt @ look.sx.transpose(1, 0, 2).reshape(d, e * c)).reshape(len(xt), e, c)
+        slope_t = self._slope(xt @ self.mean.T)  # targets x outputs
+        per = np.einsum("te,tec->ec", w[:, None] * slope_t ** 2, cross ** 2)
+        j = look.slope
+        return (per * j / (1 + j * look.var_eta)).sum(0)
+
+
+@dataclass
+class Outlook:
+    """The posterior's view of C patterns, per output (outputs x C unless noted)."""
+
+    x: np.ndarray  # C x features
+    sx: np.ndarray  # outputs x features x C: Sigma x
+    eta: np.ndarray  # x' mu
+    var_eta: np.ndarray  # x' Sigma x
+    mean: np.ndarray  # predicted mean response
+    var: np.ndarray  # its posterior variance
+    slope: np.ndarray  # d mean / d eta: the Fisher information of a trial per unit x' Sigma x
+
+    def information(self) -> np.ndarray:
+        """Expected information (nats) about each output's parameters from one trial of
+        each pattern: 1/2 ln(1 + J x' Sigma x) (Lewi et al. 2009)."""
+        return 0.5 * np.log1p(self.slope * self.var_eta)

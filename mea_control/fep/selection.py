@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mea_control.fep.forward import ForwardModel
+from mea_control.fep.forward import ForwardModel, Outlook
 
 METHODS = ("generative", "random", "passive", "infomax", "targeted", "efe")
 
@@ -64,7 +64,8 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p) + (1 - p) * np.log1p(-p))
 
 
-def expected_free_energy(model: ForwardModel, candidates: np.ndarray, preferred: np.ndarray,
+def expected_free_energy(model: ForwardModel, candidates: np.ndarray | Outlook,
+                         preferred: np.ndarray,
                          state: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """G and its parts (risk, ambiguity, information gain) per candidate (C each)."""
     if model.link != "logistic":
@@ -72,11 +73,10 @@ def expected_free_energy(model: ForwardModel, candidates: np.ndarray, preferred:
     c = np.clip(np.asarray(preferred, float), 1e-6, 1 - 1e-6)
     if c.shape != (model.n_outputs,):
         raise ValueError(f"need {model.n_outputs} preferred probabilities, not {c.shape}")
-    p, _ = model.predict(candidates, state)  # C x outputs
-    p = np.clip(p, 1e-12, 1 - 1e-12)
+    look = candidates if isinstance(candidates, Outlook) else model.outlook(candidates, state)
+    p = np.clip(look.mean.T, 1e-12, 1 - 1e-12)  # C x outputs
     risk = (p * np.log(p / c) + (1 - p) * np.log((1 - p) / (1 - c))).sum(1)
-    gain = model.information_gain(candidates, state, per_output=True).T  # C x outputs
-    gain = np.minimum(gain, _entropy(p))  # a Bernoulli outcome holds at most H(p)
+    gain = np.minimum(look.information().T, _entropy(p))  # a Bernoulli holds at most H(p)
     ambiguity = (_entropy(p) - gain).sum(1)
     return {"G": risk + ambiguity, "risk": risk, "ambiguity": ambiguity,
             "information_gain": gain.sum(1)}
@@ -95,20 +95,20 @@ def choose(method: str, model: ForwardModel, candidates: np.ndarray,
         raise ValueError(f"candidates must be C x {model.n_stim} patterns, "
                          f"not {candidates.shape}")
     rng = rng or np.random.default_rng()
-    prediction, sd = model.predict(candidates, state)
+    look = model.outlook(candidates, state)
     details: dict[str, Any] = {}
     if method == "efe":
         if preferred is None:
             raise ValueError("efe needs the preferred response of each output")
-        parts = expected_free_energy(model, candidates, preferred, state)
+        parts = expected_free_energy(model, look, preferred)
         scores = -parts["G"]
         details = {k: v for k, v in parts.items() if k != "G"}
     elif method == "targeted":
         if targets is None:
             targets, target_weights = candidates, weights
-        scores = model.variance_reduction(candidates, targets, target_weights, state)
+        scores = model.variance_reduction(look, targets, target_weights, state)
     else:
-        scores = model.information_gain(candidates, state)
+        scores = model.information_gain(look)
     if method == "generative":
         index = 0
     elif method == "random":
@@ -126,4 +126,5 @@ def choose(method: str, model: ForwardModel, candidates: np.ndarray,
         details.update(probability=prob, gamma=gamma)
     else:
         index = int(np.argmax(scores))
-    return Decision(method, index, candidates, scores, prediction, sd, details)
+    return Decision(method, index, candidates, scores, look.mean.T, np.sqrt(look.var).T,
+                    details)
