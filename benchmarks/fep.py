@@ -223,15 +223,9 @@ class Probe:
 def bss_patterns(rng: np.random.Generator, shape: tuple[int, ...], mixing: float) -> np.ndarray:
     """Patterns drawn as the BSS protocol draws them (its two sources, 16 + 16 electrodes)."""
     s = (rng.random((*shape, 2)) < 0.5).astype(np.uint8)
-    return through_mixing(rng, s, mixing)
+    return training.through_mixing(rng, s, mixing)
 
 
-def through_mixing(rng: np.random.Generator, s: np.ndarray, mixing: float) -> np.ndarray:
-    """The patterns of sources s (... x 2) as the BSS protocol mixes them: each of the
-    16 + 16 electrodes follows its group's source, or the other with p = ``mixing``."""
-    group = np.repeat([0, 1], 16)
-    follow = np.where(rng.random((*s.shape[:-1], 32)) < mixing, 1 - group, group)
-    return np.take_along_axis(s, follow, -1)
 
 
 def active(seeds: int, calibration: tuple[int, int], probes: int, tests: int, repeats: int,
@@ -506,9 +500,8 @@ def _train_seed(job: tuple[int, int, int, int, int, float]) -> dict:
         return {"seed": seed, "error": str(exc)}
     probe = Probe(run, seed, mixing)
     rng = np.random.default_rng([seed, 4])
-    labels = rng.permutation(np.repeat([0, 1], n_tests // 2))
-    tests = through_mixing(rng, np.stack([1 - labels, labels], 1).astype(np.uint8), mixing)
-    aims = through_mixing(rng, np.stack([1 - labels, labels], 1).astype(np.uint8), mixing)
+    tests, labels = training.one_source_patterns(rng, n_tests, mixing)
+    aims, aim_labels = training.one_source_patterns(rng, n_tests, mixing)
 
     def measure(p: Probe) -> tuple[float, float]:
         q = copy.deepcopy(p)
@@ -532,12 +525,11 @@ def _train_seed(job: tuple[int, int, int, int, int, float]) -> dict:
             elif arm == "random":
                 o = (pick.random(32) < 0.5).astype(np.uint8)
             else:
-                offered = (pick.random((candidates, 2)) < 0.5).astype(np.uint8)
+                offered, sources = training.bss_candidates(pick, candidates, mixing)
                 c0 = time.thread_time_ns()
-                d = training.choose(m, through_mixing(pick, offered, mixing), aims, labels,
-                                    offered)
+                d = training.choose(m, offered, aims, aim_labels, sources)
                 cpu.append((time.thread_time_ns() - c0) / 1e3)
-                o, s = d.pattern, offered[d.index]
+                o, s = d.pattern, sources[d.index]
             pulsed.append(int(o.sum()))
             if s is not None:
                 one.append(int(s.sum()) == 1)
@@ -548,7 +540,7 @@ def _train_seed(job: tuple[int, int, int, int, int, float]) -> dict:
         out[arm] = {"sep": sep, "rel": rel, "pulsed": float(np.mean(pulsed)),
                     "one_source": float(np.mean(one)) if one else None,
                     "choice_p99_us": float(np.percentile(cpu, 99)) if cpu else None,
-                    "model_separation": float(training.separation(m.weights, aims, labels))}
+                    "model_separation": float(training.separation(m.weights, aims, aim_labels))}
     criterion = _trailing(out["published"]["sep"])[-1]
     for arm in TRAIN_ARMS:
         reached = np.flatnonzero(_trailing(out[arm]["sep"])[1:] >= criterion - 1e-12)

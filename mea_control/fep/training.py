@@ -27,6 +27,33 @@ from mea_control.fep.online import OnlineModel
 from mea_control.fep.selection import Decision
 
 METHOD = "train"
+#: Stimulated electrodes per source group in the BSS design (16 + 16).
+N_PER_GROUP = 16
+
+
+def through_mixing(rng: np.random.Generator, s: np.ndarray, mixing: float) -> np.ndarray:
+    """The patterns of sources s (... x 2) as the BSS protocol mixes them: each of the
+    16 + 16 stimulated electrodes follows its group's source, or the other source with
+    p = ``mixing``."""
+    group = np.repeat([0, 1], N_PER_GROUP)
+    follow = np.where(rng.random((*s.shape[:-1], 2 * N_PER_GROUP)) < mixing, 1 - group, group)
+    return np.take_along_axis(np.asarray(s, np.uint8), follow, -1)
+
+
+def bss_candidates(rng: np.random.Generator, n: int,
+                   mixing: float) -> tuple[np.ndarray, np.ndarray]:
+    """n candidate patterns (n x 32) drawn as the BSS process draws them, and their
+    sources (n x 2): each source on with p = 1/2."""
+    s = (rng.random((n, 2)) < 0.5).astype(np.uint8)
+    return through_mixing(rng, s, mixing), s
+
+
+def one_source_patterns(rng: np.random.Generator, n: int,
+                        mixing: float) -> tuple[np.ndarray, np.ndarray]:
+    """A target set: n // 2 BSS patterns with only source 1 on, n // 2 with only source 2
+    (shuffled), and their labels (0: source 1, 1: source 2)."""
+    labels = rng.permutation(np.repeat([0, 1], n // 2))
+    return through_mixing(rng, np.stack([1 - labels, labels], 1), mixing), labels
 
 
 def _check_tests(tests: np.ndarray, labels: np.ndarray, n_stim: int) -> tuple[np.ndarray,
