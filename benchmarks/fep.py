@@ -10,7 +10,7 @@ Run ``.venv/bin/python benchmarks/fep.py`` with
   the real cultures of the shared data cut to the same number of sessions;
 - ``--active [--seeds 6]``: whether infomax probes estimate the model faster than random
   ones (see :func:`active`);
-- ``--train [--seeds 5 --sessions 20 --workers 2]``: whether training trials chosen with
+- ``--train [--seeds 5 --sessions 16 --workers 2]``: whether training trials chosen with
   the culture's model raise the ensembles' separation of the two sources sooner than
   the published BSS sequence, and random patterns (see :func:`train_job`);
 - ``--quick``: each part tiny (a smoke run for CI; its figures mean nothing).
@@ -432,12 +432,16 @@ def train_job(seeds: int, sessions: int, trials: int, workers: int = 1, tests: i
     delivered to a copy of the arm's culture after every session (so measuring does
     not train the arm). Separation: ensemble 1's mean response per electrode to the
     source-1 tests minus to the source-2 tests, minus the same for ensemble 2 (spikes;
-    the published selectivity of ensemble 1 minus that of ensemble 2). The steered
-    arm's model aims at another draw of such patterns, never delivered.
+    the published selectivity of ensemble 1 minus that of ensemble 2). Share: the
+    separation over the ensembles' mean response to the tests, i.e. how much of a
+    response the source decides (homeostasis lowers the responses under training, and
+    the separation in spikes with them, so the share is the measure of learning, as in
+    ``benchmarks/culture.py --learning``). The steered arm's model aims at another draw
+    of such patterns, never delivered.
 
-    Criterion: the published arm's separation at its end (mean of its last 3
-    measurements). Trials to criterion: the first session count at which an arm's
-    trailing mean of 3 measurements reaches it (None: not within ``sessions``).
+    Criterion: the published arm's share at its end (mean of its last 3 measurements).
+    Trials to criterion: the first session count at which an arm's trailing mean of 3
+    measurements reaches it (None: not within ``sessions``).
     """
     jobs = [(seed, sessions, trials, tests, candidates, mixing) for seed in range(seeds)]
     print(f"training: {seeds} seeds; culture with plasticity; calibration 1 x {trials} BSS "
@@ -445,8 +449,8 @@ def train_job(seeds: int, sessions: int, trials: int, workers: int = 1, tests: i
           f"trials each; steered: best of {candidates} BSS patterns a trial; yardstick: "
           f"{tests} one-source BSS test patterns on a copy after every session; "
           f"{workers} worker(s)")
-    print(f"  {'seed':>4s} {'n_g1/n_g2':>9s} {'arm':>9s} {'sep start':>9s} {'sep end':>7s} "
-          f"{'sep/r end':>9s} {'to criterion':>12s} {'pulsed':>6s} {'one source':>10s} "
+    print(f"  {'seed':>4s} {'n_g1/n_g2':>9s} {'arm':>9s} {'sep start/end':>13s} "
+          f"{'share start/end':>15s} {'to criterion':>12s} {'pulsed':>6s} {'one source':>10s} "
           f"{'choice p99 us':>13s} {'time':>5s}")
     done = []
     with Pool(workers) as pool:
@@ -460,8 +464,9 @@ def train_job(seeds: int, sessions: int, trials: int, workers: int = 1, tests: i
                 reached = "-" if a["to"] is None else str(a["to"])
                 one = "-" if a["one_source"] is None else f"{a['one_source']:.0%}"
                 p99 = f"{a['choice_p99_us']:.0f}" if a["choice_p99_us"] else "-"
-                print(f"  {out['seed']:4d} {out['sizes']:>9s} {arm:>9s} {a['sep'][0]:9.2f} "
-                      f"{a['sep'][-1]:7.2f} {a['rel'][-1]:9.3f} {reached:>12s} "
+                print(f"  {out['seed']:4d} {out['sizes']:>9s} {arm:>9s} {a['sep'][0]:6.2f}/"
+                      f"{a['sep'][-1]:<6.2f} {a['rel'][0]:7.3f}/{a['rel'][-1]:<7.3f} "
+                      f"{reached:>12s} "
                       f"{a['pulsed']:6.1f} {one:>10s} {p99:>13s} {out['seconds']:4.0f}s",
                       flush=True)
     if done:
@@ -472,13 +477,15 @@ def train_job(seeds: int, sessions: int, trials: int, workers: int = 1, tests: i
 def _train_summary(done: list[dict], sessions: int, trials: int) -> None:
     total = sessions * trials
     marks = sorted({0, sessions // 4, sessions // 2, sessions})
-    print("\nseparation (spikes) after n training trials, mean +- SD over seeds")
-    print(f"  {'arm':>9s} " + " ".join(f"{m * trials:>13d}" for m in marks))
-    for arm in TRAIN_ARMS:
-        sep = np.array([o[arm]["sep"][marks] for o in done])
-        print(f"  {arm:>9s} " + " ".join(f"{a:6.2f} +-{b:5.2f}" for a, b in
-                                           zip(sep.mean(0), sep.std(0), strict=True)))
-    print(f"\ntrials to the published sequence's end separation (it needs {total} or "
+    for key, what, fmt in (("sep", "separation (spikes)", "6.2f"),
+                           ("rel", "share (separation / mean response)", "6.3f")):
+        print(f"\n{what} after n training trials, mean +- SD over seeds")
+        print(f"  {'arm':>9s} " + " ".join(f"{m * trials:>14d}" for m in marks))
+        for arm in TRAIN_ARMS:
+            v = np.array([o[arm][key][marks] for o in done])
+            print(f"  {arm:>9s} " + " ".join(f"{a:{fmt}} +-{b:{fmt}}" for a, b in
+                                               zip(v.mean(0), v.std(0), strict=True)))
+    print(f"\ntrials to the published sequence's end share (it needs {total} or "
           f"fewer), per seed; ratio published / arm (> 1: the arm trains sooner; '>' marks "
           f"an arm that does not reach it within {total} trials, counted as {total})")
     for arm in ("steered", "random"):
@@ -541,9 +548,9 @@ def _train_seed(job: tuple[int, int, int, int, int, float]) -> dict:
                     "one_source": float(np.mean(one)) if one else None,
                     "choice_p99_us": float(np.percentile(cpu, 99)) if cpu else None,
                     "model_separation": float(training.separation(m.weights, aims, aim_labels))}
-    criterion = _trailing(out["published"]["sep"])[-1]
+    criterion = _trailing(out["published"]["rel"])[-1]
     for arm in TRAIN_ARMS:
-        reached = np.flatnonzero(_trailing(out[arm]["sep"])[1:] >= criterion - 1e-12)
+        reached = np.flatnonzero(_trailing(out[arm]["rel"])[1:] >= criterion - 1e-12)
         out[arm]["to"] = int(reached[0] + 1) * trials if len(reached) else None
     out["criterion"] = float(criterion)
     out["seconds"] = time.perf_counter() - t0
@@ -575,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="each part tiny (CI smoke run)")
     parser.add_argument("--seeds", type=int, help="cultures per condition (default 3; active 6)")
     parser.add_argument("--sessions", type=int,
-                        help="simulated sessions (default 60; train 20)")
+                        help="simulated sessions (default 60; train 16)")
     parser.add_argument("--trials", type=int, default=256, help="trials per simulated session")
     parser.add_argument("--initial", type=int, default=10, help="initial sessions of analyze")
     parser.add_argument("--workers", type=int, default=1)
@@ -602,7 +609,7 @@ def main(argv: list[str] | None = None) -> None:
                40 if q else args.probes, 8 if q else 32, 4 if q else 24, tuple(args.lam))
     if parts[3]:
         print()
-        train_job(args.seeds or (1 if q else 5), 2 if q else args.sessions or 20,
+        train_job(args.seeds or (1 if q else 5), 2 if q else args.sessions or 16,
                   32 if q else args.trials, args.workers, tests=8 if q else 64)
 
 

@@ -105,7 +105,7 @@ def test_short_training_benchmark_measures_every_arm_on_the_simulated_culture(ca
     """benchmarks/fep.py --train in short: 1 seed, 2 sessions x 32 trials per arm."""
     done = train_job(1, 2, 32, workers=1, tests=8)
     out = capsys.readouterr().out
-    assert "trials to the published sequence's end separation" in out
+    assert "trials to the published sequence's end share" in out
     (seed,) = done
     for arm in TRAIN_ARMS:
         assert len(seed[arm]["sep"]) == 3 and np.isfinite(seed[arm]["sep"]).all()
