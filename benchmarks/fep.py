@@ -8,6 +8,9 @@ Run ``.venv/bin/python benchmarks/fep.py`` with
 - ``--simulated [--seeds 3 --sessions 60]``: the BSS protocol on simulated cultures
   (control, mixing 0.25; mix50, 0.5; plasticity on), analysed like the real ones, beside
   the real cultures of the shared data cut to the same number of sessions;
+- ``--train [--seeds 5 --sessions 16 --workers 2]``: whether training trials chosen with
+  the culture's model raise the ensembles' separation of the two sources sooner than
+  the published BSS sequence, and random patterns (see :func:`train_job`);
 - ``--quick``: each part tiny (a smoke run for CI; its figures mean nothing).
 
 The real data are found as the tests find them (``$MEA_CONTROL_ISOMURA_DATA``,
@@ -23,6 +26,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")  # one core; set before numpy and numba load
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.culture import RATE, THRESHOLD_UV, bss_protocol, run_bss  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control import fep  # noqa: E402
-from mea_control.fep import ensembles, online, published, selection  # noqa: E402
+from mea_control.fep import ensembles, model, online, published, selection, training  # noqa: E402
 from mea_control.fep.data import FEPInputError, TrialData  # noqa: E402
 from mea_control.fep.forward import ForwardModel  # noqa: E402
 
@@ -230,31 +234,197 @@ class Probe:
         return np.bincount(ev.channel[win], minlength=self.culture.layout.n_electrodes)
 
 
-def bss_patterns(rng: np.random.Generator, shape: tuple[int, ...], mixing: float) -> np.ndarray:
-    """Patterns drawn as the BSS protocol draws them (its two sources, 16 + 16 electrodes)."""
-    s = (rng.random((*shape, 2)) < 0.5).astype(np.uint8)
-    group = np.repeat([0, 1], 16)
-    follow = np.where(rng.random((*shape, 32)) < mixing, 1 - group, group)
-    return np.take_along_axis(s, follow, -1)
+def _calibrate(run: dict, sessions: int):
+    """From a BSS run: the ensembles (published criteria), the normaliser (responses,
+    trials x electrodes -> x, trials x K) and the thresholds it gives."""
+    groups = ensembles.by_sources(run["r"].astype(float), run["s"], sessions)
+    raw = groups.responses(run["r"])
+    mean, sd = raw.mean(1, keepdims=True), raw.std(1, ddof=1, keepdims=True)
+
+    def norm(r: np.ndarray) -> np.ndarray:
+        return np.clip(0.5 + (groups.responses(np.atleast_2d(r)) - mean) / sd / 2, 0, 1).T
+
+    return groups, norm, model.Thresholds.fit(norm(run["r"]).T)
+
+
+# ---------------------------------------------------------------------------------------
+# training: steering learning with the culture's model
+# ---------------------------------------------------------------------------------------
+TRAIN_ARMS = ("published", "steered", "random")
+
+
+def train_job(seeds: int, sessions: int, trials: int, workers: int = 1, tests: int = 64,
+              candidates: int = 32, mixing: float = 0.25) -> list[dict]:
+    """Does the culture's model train the culture sooner than the published sequence?
+
+    Each seed: a simulated culture with plasticity is driven with one session of the
+    BSS protocol (``trials`` trials, mixing 0.25); that session finds the ensembles
+    (published criteria), fixes the normaliser and the thresholds, and teaches the
+    culture's model (``OnlineModel``, lambda 3000). The culture is then copied, state
+    and random generators included, for three arms of ``sessions`` x ``trials``
+    training trials: ``published`` (the protocol's own 256-trial sequence, repeated),
+    ``steered`` (``training.choose`` among ``candidates`` patterns drawn from the BSS
+    process each trial, with the model learning every trial's observed response) and
+    ``random`` (each electrode on with p = 1/2).
+
+    Yardstick, the same in every arm: ``tests`` patterns drawn from the BSS process
+    with one source on (half source 1, half source 2, shuffled), fixed per seed and
+    delivered to a copy of the arm's culture after every session (so measuring does
+    not train the arm). Separation: ensemble 1's mean response per electrode to the
+    source-1 tests minus to the source-2 tests, minus the same for ensemble 2 (spikes;
+    the published selectivity of ensemble 1 minus that of ensemble 2). Share: the
+    separation over the ensembles' mean response to the tests, i.e. how much of a
+    response the source decides (homeostasis lowers the responses under training, and
+    the separation in spikes with them, so the share is the measure of learning, as in
+    ``benchmarks/culture.py --learning``). The steered arm's model aims at another draw
+    of such patterns, never delivered.
+
+    Criterion: the published arm's share at its end (mean of its last 3 measurements).
+    Trials to criterion: the first session count at which an arm's trailing mean of 3
+    measurements reaches it (None: not within ``sessions``).
+    """
+    jobs = [(seed, sessions, trials, tests, candidates, mixing) for seed in range(seeds)]
+    print(f"training: {seeds} seeds; culture with plasticity; calibration 1 x {trials} BSS "
+          f"trials (mixing {mixing}); arms {', '.join(TRAIN_ARMS)}: {sessions} x {trials} "
+          f"trials each; steered: best of {candidates} BSS patterns a trial; yardstick: "
+          f"{tests} one-source BSS test patterns on a copy after every session; "
+          f"{workers} worker(s)")
+    print(f"  {'seed':>4s} {'n_g1/n_g2':>9s} {'arm':>9s} {'sep start/end':>13s} "
+          f"{'share start/end':>15s} {'to criterion':>12s} {'pulsed':>6s} {'one source':>10s} "
+          f"{'choice p99 us':>13s} {'time':>5s}")
+    done = []
+    with Pool(workers) as pool:
+        for out in pool.imap_unordered(_train_seed, jobs):
+            if "error" in out:
+                print(f"  {out['seed']:4d} skipped: {out['error']}", flush=True)
+                continue
+            done.append(out)
+            for arm in TRAIN_ARMS:
+                a = out[arm]
+                reached = "-" if a["to"] is None else str(a["to"])
+                one = "-" if a["one_source"] is None else f"{a['one_source']:.0%}"
+                p99 = f"{a['choice_p99_us']:.0f}" if a["choice_p99_us"] else "-"
+                print(f"  {out['seed']:4d} {out['sizes']:>9s} {arm:>9s} {a['sep'][0]:6.2f}/"
+                      f"{a['sep'][-1]:<6.2f} {a['rel'][0]:7.3f}/{a['rel'][-1]:<7.3f} "
+                      f"{reached:>12s} "
+                      f"{a['pulsed']:6.1f} {one:>10s} {p99:>13s} {out['seconds']:4.0f}s",
+                      flush=True)
+    if done:
+        _train_summary(sorted(done, key=lambda o: o["seed"]), sessions, trials)
+    return done
+
+
+def _train_summary(done: list[dict], sessions: int, trials: int) -> None:
+    total = sessions * trials
+    marks = sorted({0, sessions // 4, sessions // 2, sessions})
+    for key, what, fmt in (("sep", "separation (spikes)", "6.2f"),
+                           ("rel", "share (separation / mean response)", "6.3f")):
+        print(f"\n{what} after n training trials, mean +- SD over seeds")
+        print(f"  {'arm':>9s} " + " ".join(f"{m * trials:>14d}" for m in marks))
+        for arm in TRAIN_ARMS:
+            v = np.array([o[arm][key][marks] for o in done])
+            print(f"  {arm:>9s} " + " ".join(f"{a:{fmt}} +-{b:{fmt}}" for a, b in
+                                               zip(v.mean(0), v.std(0), strict=True)))
+    print(f"\ntrials to the published sequence's end share (it needs {total} or "
+          f"fewer), per seed; ratio published / arm (> 1: the arm trains sooner; '>' marks "
+          f"an arm that does not reach it within {total} trials, counted as {total})")
+    for arm in ("steered", "random"):
+        cells, ratios = [], []
+        for o in done:
+            pub, got = o["published"]["to"], o[arm]["to"]
+            ratios.append(pub / (got or total))
+            cells.append(f"{pub}/{got if got is not None else '>' + str(total)}")
+        print(f"  {arm}: median ratio {np.median(ratios):.2f} ({', '.join(cells)})")
+
+
+def _train_seed(job: tuple[int, int, int, int, int, float]) -> dict:
+    seed, sessions, trials, n_tests, candidates, mixing = job
+    t0 = time.perf_counter()
+    run = run_bss(mixing, seed, 1, trials)
+    try:
+        groups, norm, th = _calibrate(run, 1)
+    except FEPInputError as exc:
+        return {"seed": seed, "error": str(exc)}
+    probe = Probe(run, seed, mixing)
+    rng = np.random.default_rng([seed, 4])
+    tests, labels = training.one_source_patterns(rng, n_tests, mixing)
+    aims, aim_labels = training.one_source_patterns(rng, n_tests, mixing)
+
+    def measure(p: Probe) -> tuple[float, float]:
+        q = copy.deepcopy(p)
+        e = groups.responses(np.stack([q.respond(o) for o in tests]).astype(float))
+        diff = e[0] - e[1]
+        sep = diff[labels == 0].mean() - diff[labels == 1].mean()
+        return float(sep), float(sep / e.mean())
+
+    out: dict = {"seed": seed, "sizes": "{}/{}".format(*groups.sizes)}
+    for arm in TRAIN_ARMS:
+        p = copy.deepcopy(probe)
+        m = online.OnlineModel(2, 32, trials, thresholds=th)
+        for o, x in zip(run["o"], norm(run["r"]), strict=True):
+            m.update(o, x)
+        pick = np.random.default_rng([seed, 2])
+        curve, pulsed, one, cpu = [measure(p)], [], [], []
+        for n in range(sessions * trials):
+            s = None
+            if arm == "published":
+                o, s = run["o"][n % trials], run["s"][n % trials]
+            elif arm == "random":
+                o = (pick.random(32) < 0.5).astype(np.uint8)
+            else:
+                offered, sources = training.bss_candidates(pick, candidates, mixing)
+                c0 = time.thread_time_ns()
+                d = training.choose(m, offered, aims, aim_labels, sources)
+                cpu.append((time.thread_time_ns() - c0) / 1e3)
+                o, s = d.pattern, sources[d.index]
+            pulsed.append(int(o.sum()))
+            if s is not None:
+                one.append(int(s.sum()) == 1)
+            m.update(o, norm(p.respond(o))[0])
+            if (n + 1) % trials == 0:
+                curve.append(measure(p))
+        sep, rel = np.array(curve).T
+        out[arm] = {"sep": sep, "rel": rel, "pulsed": float(np.mean(pulsed)),
+                    "one_source": float(np.mean(one)) if one else None,
+                    "choice_p99_us": float(np.percentile(cpu, 99)) if cpu else None,
+                    "model_separation": float(training.separation(m.weights, aims, aim_labels))}
+    criterion = _trailing(out["published"]["rel"])[-1]
+    for arm in TRAIN_ARMS:
+        reached = np.flatnonzero(_trailing(out[arm]["rel"])[1:] >= criterion - 1e-12)
+        out[arm]["to"] = int(reached[0] + 1) * trials if len(reached) else None
+    out["criterion"] = float(criterion)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _trailing(curve: np.ndarray, width: int = 3) -> np.ndarray:
+    """Mean of each point and up to ``width - 1`` before it."""
+    c = np.concatenate([[0.0], np.cumsum(curve)])
+    i = np.arange(1, len(curve) + 1)
+    lo = np.maximum(0, i - width)
+    return (c[i] - c[lo]) / (i - lo)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--simulated", action="store_true")
+    parser.add_argument("--train", action="store_true",
+                        help="steering learning: trials to the published end separation")
     parser.add_argument("--quick", action="store_true", help="each part tiny (CI smoke run)")
-    parser.add_argument("--seeds", type=int, help="cultures per condition (default 3)")
-    parser.add_argument("--sessions", type=int, default=60, help="simulated sessions")
+    parser.add_argument("--seeds", type=int, help="cultures per condition (default 3; train 5)")
+    parser.add_argument("--sessions", type=int,
+                        help="simulated sessions (default 60; train 16)")
     parser.add_argument("--trials", type=int, default=256, help="trials per simulated session")
     parser.add_argument("--initial", type=int, default=10, help="initial sessions of analyze")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--data", type=Path, default=DATA, help="the isomura2023 folder")
     args = parser.parse_args(argv)
-    parts = [args.speed, args.simulated]
+    parts = [args.speed, args.simulated, args.train]
     if not any(parts):
         if not args.quick:
-            parser.error("choose --speed, --simulated or --quick (all, tiny)")
-        parts = [True, True]
+            parser.error("choose --speed, --simulated, --train or --quick (all, tiny)")
+        parts = [True, True, True]
     q = args.quick
     if (parts[0] or parts[1]) and args.data is None:
         parser.error(f"the published data are missing: {published.HOW_TO_GET}, or give --data DIR")
@@ -262,8 +432,13 @@ def main(argv: list[str] | None = None) -> None:
         speed(args.data, 3 if q else 50, 300 if q else 5000)
     if parts[1]:
         print()
-        simulated(args.seeds or (1 if q else 3), 3 if q else args.sessions,
+        simulated(args.seeds or (1 if q else 3), 3 if q else args.sessions or 60,
                   64 if q else args.trials, 1 if q else args.initial, args.workers, args.data)
+    if parts[2]:
+        print()
+        train_job(args.seeds or (1 if q else 5), 2 if q else args.sessions or 16,
+                  32 if q else args.trials, args.workers, tests=8 if q else 64)
+
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,9 @@ import sys
 from conftest import ROOT
 
 HEADERS = ("fep.analyze, real culture", "closed-loop step", "CPU p50 us", "simulated: ",
-           "n_g1/n_g2 corr_post mse_post", "real cultures", "per condition, mean")
+           "n_g1/n_g2 corr_post mse_post", "real cultures", "per condition, mean",
+           "training: ", "share (separation / mean response) after n",
+           "trials to the published sequence's end share")
 
 
 def test_quick_run_prints_every_table(isomura_data):

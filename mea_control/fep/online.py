@@ -67,6 +67,11 @@ class OnlineModel:
         m = self._x_total / self.trials if self.trials else np.full(self.n_ensembles, 0.5)
         return Thresholds.fit(m[:, None])
 
+    @property
+    def current_thresholds(self) -> Thresholds:
+        """The thresholds the weights use now (given, settled, or the running ones)."""
+        return self._phi()
+
     def _refresh(self) -> None:
         self.weights: Weights = self.sums.weights(self._phi())
 

@@ -42,8 +42,8 @@ class Decision:
     candidates: np.ndarray  # C x stim electrodes
     scores: np.ndarray  # C: the method's score (higher is better; -G for efe)
     prediction: np.ndarray  # C x outputs: predicted mean response
-    sd: np.ndarray  # C x outputs: its posterior sd (what is still unknown)
     details: dict[str, Any]
+    sd: np.ndarray | None = None  # C x outputs: its posterior sd (what is still unknown)
 
     @property
     def pattern(self) -> np.ndarray:
@@ -54,7 +54,7 @@ class Decision:
         return {"choice": int(self.index), "candidates": self.candidates.astype(int).tolist(),
                 "scores": np.round(self.scores, 9).tolist(), "method": self.method,
                 "prediction": np.round(self.prediction, 6).tolist(),
-                "sd": np.round(self.sd, 6).tolist(),
+                **({} if self.sd is None else {"sd": np.round(self.sd, 6).tolist()}),
                 **{k: np.round(v, 9).tolist() if isinstance(v, np.ndarray) else v
                    for k, v in self.details.items()}}
 
@@ -126,5 +126,5 @@ def choose(method: str, model: ForwardModel, candidates: np.ndarray,
         details.update(probability=prob, gamma=gamma)
     else:
         index = int(np.argmax(scores))
-    return Decision(method, index, candidates, scores, look.mean.T, np.sqrt(look.var).T,
-                    details)
+    return Decision(method, index, candidates, scores, look.mean.T, details,
+                    np.sqrt(look.var).T)
