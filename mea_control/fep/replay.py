@@ -233,6 +233,10 @@ def _identify(data: TrialData, method: str, order: str, trials: int, seed: int,
                             "condition like mix0 serves control only")
     _check_size(pool, trials, "the pool")
     need_base = criterion is None and not (method == "random" and trials >= CRITERION_TRIALS)
+    if criterion is None and pool.size < CRITERION_TRIALS:
+        raise FEPInputError(f"the pool holds {pool.size} responses, fewer than the "
+                            f"{CRITERION_TRIALS} random trials that set the criterion; give "
+                            "--criterion")
     if need_base:  # random choice's error after CRITERION_TRIALS trials, same seed
         base = _identify_run(build_pool(data, r, order, np.random.default_rng(seed)),
                              "random", order, CRITERION_TRIALS, seed,
