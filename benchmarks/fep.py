@@ -11,6 +11,11 @@ Run ``.venv/bin/python benchmarks/fep.py`` with
 - ``--train [--seeds 5 --sessions 16 --workers 2]``: whether training trials chosen with
   the culture's model raise the ensembles' separation of the two sources sooner than
   the published BSS sequence, and random patterns (see :func:`train_job`);
+- ``--replay [--seeds 5 --workers 2]``: the pool-based replay of the real cultures
+  (:mod:`mea_control.fep.replay`), identify on mix50 and control on mix50 and mix0, each
+  shuffled and chronological, the chosen method against random (and passive for
+  identify, the oracle for control), median and range over seeds 0..N-1 (see
+  :func:`replay_jobs`);
 - ``--quick``: each part tiny (a smoke run for CI; its figures mean nothing).
 
 The real data are found as the tests find them (``$MEA_CONTROL_ISOMURA_DATA``,
@@ -41,7 +46,15 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.culture import RATE, THRESHOLD_UV, bss_protocol, run_bss  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control import fep  # noqa: E402
-from mea_control.fep import ensembles, model, online, published, selection, training  # noqa: E402
+from mea_control.fep import (  # noqa: E402
+    ensembles,
+    model,
+    online,
+    published,
+    replay,
+    selection,
+    training,
+)
 from mea_control.fep.data import FEPInputError, TrialData  # noqa: E402
 from mea_control.fep.forward import ForwardModel  # noqa: E402
 
@@ -405,12 +418,119 @@ def _trailing(curve: np.ndarray, width: int = 3) -> np.ndarray:
     return (c[i] - c[lo]) / (i - lo)
 
 
+# ---------------------------------------------------------------------------------------
+# the jobs replayed on the real cultures
+# ---------------------------------------------------------------------------------------
+REPLAY_JOBS = (("identify", "mix50"), ("control", "mix50"), ("control", "mix0"))
+IDENTIFY_METHODS = ("targeted", "infomax", "passive")
+GOAL_IDENTIFY_VS_RANDOM, GOAL_IDENTIFY_VS_PASSIVE, GOAL_CONTROL_OF_ORACLE = 2.0, 1.5, 0.8
+_CULTURES: dict[str, list[TrialData]] = {}
+
+
+def _replay_case(case: tuple[Path, str, str, int, str, int, int]) -> tuple[tuple, dict]:
+    """One culture, job, order and seed: {method: trials to criterion} (identify; None
+    when not reached) or the control rates."""
+    data_dir, job, condition, culture, order, seed, trials = case
+    if condition not in _CULTURES:
+        _CULTURES[condition] = fep.load(data_dir / f"response_data_{condition}.mat")
+    data = _CULTURES[condition][culture]
+    if job == "control":
+        out = replay.replay(data, "control", "efe", order, trials, seed)
+        return case[1:6], {k: out[k] for k in ("success_rate_last100",
+                                               "random_success_rate_last100",
+                                               "oracle_success_rate")}
+    base = replay.replay(data, "identify", "random", order, replay.CRITERION_TRIALS, seed)
+    got = {"random": base["trials_to_criterion"], "criterion": base["criterion"]}
+    for method in IDENTIFY_METHODS:
+        got[method] = replay.replay(data, "identify", method, order, trials, seed,
+                                    base["criterion"])["trials_to_criterion"]
+    return case[1:6], got
+
+
+def _spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    v = np.asarray(values, float)
+    return f"{fmt.format(np.median(v))} [{fmt.format(v.min())}-{fmt.format(v.max())}]"
+
+
+def replay_jobs(seeds: int, workers: int, data_dir: Path, quick: bool = False) -> None:
+    """The identify and control jobs replayed on the real cultures (module docstring): per
+    culture, order and job, the median and range over seeds. Identify: trials to reach the
+    criterion (random's frequency-weighted error after 400 trials, same seed), a method
+    that does not reach it in ``trials`` counts as ``trials`` (so its gain is an upper
+    bound, marked >). Control: the success rate over the last 100 of 300 trials."""
+    orders = ("shuffled",) if quick else replay.ORDERS
+    identify_trials = 60 if quick else replay.CRITERION_TRIALS
+    cases = [(data_dir, job, cond, c, order, seed,
+              identify_trials if job == "identify" else replay.DEFAULT_TRIALS[job])
+             for job, cond in REPLAY_JOBS for order in orders for c in range(1 if quick else 4)
+             for seed in range(seeds)]
+    print(f"replay of the real cultures ({data_dir}), seeds 0-{seeds - 1}, {len(cases)} cases; "
+          "settings tuned on mix50 culture 0 with seeds 100-104 (not these)")
+    t0 = time.perf_counter()
+    with Pool(workers) as pool:
+        results = dict(pool.map(_replay_case, cases))
+    for job, cond in REPLAY_JOBS:
+        for order in orders:
+            rows = {c: [results[job, cond, c, order, s] for s in range(seeds)]
+                    for c in range(1 if quick else 4)}
+            (_identify_table if job == "identify" else _control_table)(cond, order, rows,
+                                                                         identify_trials)
+    print(f"\n({time.perf_counter() - t0:.0f} s, {workers} worker(s))")
+
+
+def _identify_table(cond: str, order: str, rows: dict[int, list[dict]], trials: int) -> None:
+    print(f"\nidentify, {cond}, {order}: trials to the criterion (median [range] over seeds); "
+          "gain = random / method and passive / method, per seed, median")
+    print(f"  {'culture':8s} {'random':>12s} {'passive':>12s} {'infomax':>12s} {'targeted':>12s}"
+          f" {'targeted vs random':>19s} {'vs passive':>11s} {'infomax vs random':>18s}")
+    gains: dict[str, list[float]] = {"random": [], "passive": [], "infomax": []}
+    for c, seeds in rows.items():
+        n = {m: [trials if s[m] is None else s[m] for s in seeds]
+             for m in ("random", *IDENTIFY_METHODS)}
+        censored = {m: any(s[m] is None for s in seeds) for m in n}
+        g = {"random": np.median(np.divide(n["random"], n["targeted"])),
+             "passive": np.median(np.divide(n["passive"], n["targeted"])),
+             "infomax": np.median(np.divide(n["random"], n["infomax"]))}
+        for k, v in g.items():
+            gains[k].append(float(v))
+        cells = [_spread(n[m]) + ("+" if censored[m] else " ")
+                 for m in ("random", "passive", "infomax", "targeted")]
+        print(f"  {c:<8d} {cells[0]:>12s} {cells[1]:>12s} {cells[2]:>12s} {cells[3]:>12s} "
+              f"{g['random']:18.2f}x {g['passive']:10.2f}x {g['infomax']:17.2f}x")
+    vr, vp = np.median(gains["random"]), np.median(gains["passive"])
+    print(f"  median over cultures: targeted {vr:.2f}x fewer trials than random (goal "
+          f">= {GOAL_IDENTIFY_VS_RANDOM:g}x: {'ok' if vr >= GOAL_IDENTIFY_VS_RANDOM else 'MISS'}),"
+          f" {vp:.2f}x than passive (goal >= {GOAL_IDENTIFY_VS_PASSIVE:g}x: "
+          f"{'ok' if vp >= GOAL_IDENTIFY_VS_PASSIVE else 'MISS'}); infomax "
+          f"{np.median(gains['infomax']):.2f}x than random"
+          "   (+: some seed never reached it; counted as the last trial)")
+
+
+def _control_table(cond: str, order: str, rows: dict[int, list[dict]], _trials: int) -> None:
+    print(f"\ncontrol, {cond}, {order}: success over the last 100 of 300 trials "
+          "(median [range] over seeds)")
+    print(f"  {'culture':8s} {'efe':>16s} {'random':>16s} {'oracle':>16s} {'efe / oracle':>13s}")
+    fractions = []
+    for c, seeds in rows.items():
+        efe = [s["success_rate_last100"] for s in seeds]
+        rnd = [s["random_success_rate_last100"] for s in seeds]
+        ora = [s["oracle_success_rate"] for s in seeds]
+        frac = float(np.median(np.divide(efe, np.maximum(ora, 1e-9))))
+        fractions.append(frac)
+        print(f"  {c:<8d} {_spread(efe, '{:.2f}'):>16s} {_spread(rnd, '{:.2f}'):>16s} "
+              f"{_spread(ora, '{:.2f}'):>16s} {frac:12.2f}")
+    f = np.median(fractions)
+    print(f"  median over cultures: efe reaches {f:.2f} of the oracle (goal >= "
+          f"{GOAL_CONTROL_OF_ORACLE:g}: {'ok' if f >= GOAL_CONTROL_OF_ORACLE else 'MISS'})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--simulated", action="store_true")
     parser.add_argument("--train", action="store_true",
                         help="steering learning: trials to the published end separation")
+    parser.add_argument("--replay", action="store_true", help="the jobs on the real cultures")
     parser.add_argument("--quick", action="store_true", help="each part tiny (CI smoke run)")
     parser.add_argument("--seeds", type=int, help="cultures per condition (default 3; train 5)")
     parser.add_argument("--sessions", type=int,
@@ -420,13 +540,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--data", type=Path, default=DATA, help="the isomura2023 folder")
     args = parser.parse_args(argv)
-    parts = [args.speed, args.simulated, args.train]
+    parts = [args.speed, args.simulated, args.train, args.replay]
     if not any(parts):
         if not args.quick:
-            parser.error("choose --speed, --simulated, --train or --quick (all, tiny)")
-        parts = [True, True, True]
+            parser.error("choose --speed, --simulated, --train, --replay or --quick (all, "
+                         "tiny)")
+        parts = [True, True, True, True]
     q = args.quick
-    if (parts[0] or parts[1]) and args.data is None:
+    if (parts[0] or parts[1] or parts[3]) and args.data is None:
         parser.error(f"the published data are missing: {published.HOW_TO_GET}, or give --data DIR")
     if parts[0]:
         speed(args.data, 3 if q else 50, 300 if q else 5000)
@@ -438,6 +559,9 @@ def main(argv: list[str] | None = None) -> None:
         print()
         train_job(args.seeds or (1 if q else 5), 2 if q else args.sessions or 16,
                   32 if q else args.trials, args.workers, tests=8 if q else 64)
+    if parts[3]:
+        print()
+        replay_jobs(args.seeds or (1 if q else 5), args.workers, args.data, q)
 
 
 if __name__ == "__main__":

@@ -564,6 +564,57 @@ def _analyze_cultures(args: argparse.Namespace, progress: Progress) -> list[tupl
     return results
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a job on one recorded culture: the model chooses, the recording answers."""
+    from mea_control.fep import FEPInputError, load, replay
+
+    _check_writable(args.json, "the replay")
+    if args.selection not in replay.SELECTIONS[args.job]:
+        raise UserError(f"--selection {args.selection} does not fit --job {args.job}: "
+                        f"{args.job} takes {', '.join(replay.SELECTIONS[args.job])}")
+    if args.criterion is not None and args.job != "identify":
+        raise UserError("--criterion is for --job identify; control reports success rates")
+    path = Path(args.file)
+    progress = Progress()
+    try:
+        cultures = load(path, args.trials_per_session)
+        if args.culture >= len(cultures):
+            raise UserError(f"--culture {args.culture}: {path} has {len(cultures)} culture(s), "
+                            f"numbered 0 to {len(cultures) - 1}")
+        out = replay.replay(cultures[args.culture], args.job, args.selection, args.order,
+                            args.trials, args.seed, args.criterion, progress)
+    except FEPInputError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        progress.close()
+    out = {"file": args.file, "culture": args.culture, **out}
+    print(_format_replay(out))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, allow_nan=False,
+                                              default=_json_value) + "\n")
+    return 0
+
+
+def _format_replay(out: dict[str, Any]) -> str:
+    head = (f"replay          {out['job']} with {out['selection']}, culture {out['culture']} "
+            f"({out['culture_name']}), {out['order']}, {out['trials']} trials, seed {out['seed']}")
+    if out["job"] == "identify":
+        ttc = out["trials_to_criterion"]
+        return "\n".join([
+            head,
+            f"outputs         {out['outputs']} responsive electrodes, {out['patterns']} "
+            "distinct patterns",
+            f"error           {out['error'][0]:.3f} -> {out['final_error']:.3f} (frequency-"
+            f"weighted RMS, spikes); equal-weight {out['final_error_equal']:.3f}",
+            f"criterion       {out['criterion']:.3f} ({out['criterion_from']}): reached at "
+            + (f"trial {ttc}" if ttc is not None else "no trial (null)")])
+    return "\n".join([
+        head,
+        f"success         {out['success_rate_last100']:.2f} of the last 100 trials in the "
+        f"preferred state; random {out['random_success_rate_last100']:.2f}, oracle "
+        f"{out['oracle_success_rate']:.2f} (best fixed pattern, on its truth responses)"])
+
+
 def _format_analysis(i: int, a: Any) -> str:
     from mea_control.fep.analysis import POST_SESSIONS
 
@@ -890,6 +941,30 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", metavar="OUT", help="write the results as JSON")
     analyze.add_argument("--plots", metavar="DIR", help="write PNG figures to this folder")
     analyze.set_defaults(func=cmd_analyze)
+
+    rp = sub.add_parser(
+        "replay", help="replay a job on a recorded culture: the model chooses patterns, the "
+                       "recorded responses answer")
+    rp.add_argument("file", help="a .mat like the published data, an .npz or a recording")
+    rp.add_argument("--culture", type=_count, default=0, metavar="I",
+                    help="which culture of the file (from 0; default 0)")
+    rp.add_argument("--job", choices=("identify", "control"), required=True)
+    rp.add_argument("--selection", required=True,
+                    choices=("infomax", "targeted", "efe", "random", "passive"),
+                    help="identify: infomax, targeted, random, passive; control: efe, random")
+    rp.add_argument("--order", choices=("shuffled", "chronological"), default="shuffled",
+                    help="shuffled (default): odd sessions' responses in random order, the "
+                         "truth from even sessions 12 on; chronological: sessions 1-10 in "
+                         "order, the truth from 11 on")
+    rp.add_argument("--trials", type=_positive_int, metavar="N",
+                    help="trials to replay (default: identify 400, control 300)")
+    rp.add_argument("--seed", type=_count, default=0, metavar="S")
+    rp.add_argument("--criterion", type=_positive(), metavar="E",
+                    help="identify: the error to reach (default: random's after 400 trials)")
+    rp.add_argument("--trials-per-session", type=_positive_int, default=256, metavar="N",
+                    help="for files without session labels (default 256)")
+    rp.add_argument("--json", metavar="OUT", help="write the settings and measures as JSON")
+    rp.set_defaults(func=cmd_replay)
 
     gui = sub.add_parser("gui", help="the Qt window: watch the culture, run and record protocols")
     gui.add_argument("--device", metavar="URL",

@@ -10,7 +10,8 @@ from conftest import ROOT
 HEADERS = ("fep.analyze, real culture", "closed-loop step", "CPU p50 us", "simulated: ",
            "n_g1/n_g2 corr_post mse_post", "real cultures", "per condition, mean",
            "training: ", "share (separation / mean response) after n",
-           "trials to the published sequence's end share")
+           "trials to the published sequence's end share", "replay of the real cultures",
+           "identify, mix50, shuffled: trials to the criterion", "control, mix0, shuffled")
 
 
 def test_quick_run_prints_every_table(isomura_data):
