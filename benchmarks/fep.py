@@ -31,6 +31,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from multiprocessing import Pool  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -38,11 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.culture import RATE, THRESHOLD_UV, bss_protocol, run_bss  # noqa: E402
-from hardware_sim.culture import NetworkParams  # noqa: E402
+from hardware_sim.culture import NetworkCulture, NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control import fep  # noqa: E402
 from mea_control.fep import ensembles, model, online, published, selection  # noqa: E402
 from mea_control.fep.data import FEPInputError, TrialData  # noqa: E402
+from mea_control.layouts import load_layout  # noqa: E402
+from mea_control.protocol import load_protocol  # noqa: E402
 
 DATA = published.locate()
 GOAL_ANALYZE_MS = 20.0
@@ -402,11 +405,250 @@ def _rms(x_hat: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(np.mean((x_hat - truth) ** 2)))
 
 
+# ---------------------------------------------------------------------------------------
+# jobs: the experimenter's model in the protocol, on the simulated culture
+# ---------------------------------------------------------------------------------------
+#: The simulated runs of --jobs: trials a session, calibration sessions, trials after them.
+JOB_TRIALS = {"identify": 400, "control": 300}
+JOB_PER, JOB_CALIBRATION = 50, 4
+#: identify: test trials of the culture after calibration (truth); control: oracle trials.
+TRUTH_TRIALS, ORACLE_REPEATS, ORACLE_SPARSE, ORACLE_CHECK = 1500, 8, 48, 100
+
+
+class Rig:
+    """A simulated culture answering one pattern a trial, as ``run_bss`` drives it; a deep
+    copy answers held-out trials from the same state."""
+
+    def __init__(self, seed: int, plasticity: bool) -> None:
+        self.layout = load_layout("grid8x8_200um")
+        seq_culture, seq_electrodes = np.random.SeedSequence(seed).spawn(2)
+        params = NetworkParams(plasticity=plasticity)
+        self.culture = NetworkCulture(self.layout, RATE, seed=seq_culture, params=params,
+                                      keep_log=False)
+        self.electrodes = ElectrodeArray(self.layout, self.culture.unit_positions_um, RATE,
+                                         seed=seq_electrodes)
+        self.culture.advance(0, int(RATE))  # one second to settle
+
+    def respond(self, protocol, o: np.ndarray) -> np.ndarray:
+        """Deliver pattern o (0/1 over the protocol's channels); spikes per electrode."""
+        p = protocol.p
+        t0, isi = self.culture.next_sample, int(RATE * p.isi_s)
+        stims = [(t0, ch, protocol.pulse) for ch, on in zip(protocol.channels, o, strict=True)
+                 if on]
+        spikes, units = self.culture.advance(t0, isi, stims)
+        ev = self.electrodes.events(spikes, units, THRESHOLD_UV)
+        win = ((ev.sample >= t0 + int(RATE * p.window_start_ms / 1000))
+               & (ev.sample < t0 + int(RATE * p.window_stop_ms / 1000)))
+        return np.bincount(ev.channel[win], minlength=self.layout.n_electrodes)
+
+
+def drive_job(job: str, selection_: str, seed: int, plasticity: bool = False,
+              trials: int | None = None, at_start=None, after_trial=None):
+    """Run ``protocols/fep_closed_loop.py`` in process on a simulated culture, every trial
+    after calibration a probe: the protocol's own design and on_trial, as the engine calls
+    them, in fast mode. ``at_start(rig, protocol)`` runs when the models start,
+    ``after_trial(protocol, k)`` after each later trial. Returns the protocol."""
+    n = trials or JOB_TRIALS[job]
+    sessions = JOB_CALIBRATION + -(-n // JOB_PER)
+    cls, _ = load_protocol("fep_closed_loop")
+    protocol = cls(job=job, selection=selection_, trials_per_session=JOB_PER,
+                   calibration_sessions=JOB_CALIBRATION, sessions=sessions, probe_fraction=1.0)
+    rig = Rig(seed, plasticity)
+    ctx = SimpleNamespace(layout=rig.layout, rng=np.random.default_rng(seed),
+                          can_stimulate=lambda ch: bool(rig.layout.can_stimulate[ch]),
+                          use_trials=lambda t: t, decision=lambda *a, **k: None,
+                          log=lambda message: None)
+    protocol.setup(ctx)
+    calibration = JOB_CALIBRATION * JOB_PER
+    for k in range(calibration + n):
+        spec = protocol.design(ctx, k)
+        on = {ch for ch, _ in spec.pattern.pulses} if spec.pattern else set()
+        o = np.array([ch in on for ch in protocol.channels], np.uint8)
+        r = rig.respond(protocol, o)
+        protocol.on_trial(ctx, SimpleNamespace(o=o, s=np.asarray(spec.s), r=r, index=k))
+        if k == calibration - 1 and at_start:
+            at_start(rig, protocol)
+        elif k >= calibration and after_trial:
+            after_trial(protocol, k - calibration)
+    return protocol
+
+
+def _identify_truth(rig: Rig, protocol, trials: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out trials on a copy of the culture, in random order, each target pattern in
+    proportion to its frequency (at least 3 trials): per target the mean response of the
+    job's electrodes and its squared standard error (targets x electrodes each)."""
+    rig = copy.deepcopy(rig)
+    job = protocol.job
+    targets, weights = job.targets()
+    n = np.maximum(3, np.round(trials * weights).astype(int))
+    picks = rng.permutation(np.repeat(np.arange(len(targets)), n))
+    r = np.array([rig.respond(protocol, targets[i])[job.electrodes] for i in picks], float)
+    mean = np.array([r[picks == t].mean(0) for t in range(len(targets))])
+    var = np.array([r[picks == t].var(0, ddof=1) for t in range(len(targets))])
+    return mean, var / n[:, None]
+
+
+IDENTIFY_METHODS = ("random", "targeted", "infomax", "passive")
+
+
+def _identify_seed(args: tuple[int, bool]) -> tuple[int, dict[str, np.ndarray]]:
+    """Per method, the error of the predictions of the targets after each trial: the
+    weighted rms over targets and responsive electrodes of predicted - true mean count, the
+    truth's own sampling variance subtracted (an unbiased estimate of the squared error).
+    Every method starts from the same calibration (same seed); the truth is measured once,
+    on a copy of the culture after it."""
+    seed, plasticity = args
+    truth = {}
+
+    def at_start(rig, protocol):
+        if not truth:
+            truth["mean"], truth["se2"] = _identify_truth(
+                rig, protocol, TRUTH_TRIALS, np.random.default_rng(seed + 10_000))
+
+    out = {}
+    for method in IDENTIFY_METHODS:
+        errors = []
+
+        def after_trial(protocol, k, errors=errors):
+            targets, weights = protocol.job.targets()
+            pred, _ = protocol.job.model.predict(targets)
+            mse = weights @ ((pred - truth["mean"]) ** 2 - truth["se2"]).mean(1)
+            errors.append(np.sqrt(max(mse, 0.0)))
+
+        drive_job("identify", method, seed, plasticity, at_start=at_start,
+                  after_trial=after_trial)
+        out[method] = np.array(errors)
+    return seed, out
+
+
+def _control_seed(args: tuple[str, int, bool]) -> tuple[str, int, np.ndarray | float]:
+    """Success per trial after calibration; for "oracle" the success rate over
+    ORACLE_CHECK fresh trials of the best fixed pattern in hindsight for the second half's
+    preferred state (best among the BSS patterns, each group alone and random sparse
+    ones, ORACLE_REPEATS trials each, on a copy of the culture after calibration)."""
+    method, seed, plasticity = args
+    out = {}
+
+    def at_start(rig, protocol):
+        if method == "oracle":
+            out["rate"] = _oracle(rig, protocol, np.random.default_rng(seed + 20_000))
+
+    success = []
+
+    def after_trial(protocol, k):
+        success.append(protocol.model_state()["measure"][-1])
+
+    drive_job("control", "random" if method == "oracle" else method, seed, plasticity,
+              trials=1 if method == "oracle" else None, at_start=at_start,
+              after_trial=after_trial)
+    return method, seed, out["rate"] if method == "oracle" else np.array(success, float)
+
+
+def _oracle(rig: Rig, protocol, rng) -> float:
+    job = protocol.job
+    last = job.switch + 1  # a trial of the second half: its preferred state
+    own = np.unique(protocol.sequence[1], axis=0)
+    groups = np.repeat(np.eye(2, dtype=np.uint8), 16, axis=1)
+    sparse = np.zeros((ORACLE_SPARSE, 32), np.uint8)
+    for row in sparse:
+        row[rng.choice(32, rng.integers(1, 17), replace=False)] = 1
+    pool = np.concatenate([own, groups, sparse])
+
+    def rate(copy_rig, pattern, n):
+        hits = [job.measure(last, job.outputs(copy_rig.respond(protocol, pattern), last),
+                            None)["success"] for _ in range(n)]
+        return float(np.mean(hits))
+
+    trial_rig = copy.deepcopy(rig)
+    order = rng.permutation(np.repeat(np.arange(len(pool)), ORACLE_REPEATS))
+    hits = np.zeros(len(pool))
+    for i in order:
+        hits[i] += rate(trial_rig, pool[i], 1)
+    best = pool[int(np.argmax(hits))]
+    return rate(copy.deepcopy(rig), best, ORACLE_CHECK)
+
+
+def _first_below(err: np.ndarray, criterion: float) -> int | None:
+    hit = np.flatnonzero(err <= criterion)
+    return int(hit[0]) + 1 if len(hit) else None
+
+
+def jobs(seeds: int, workers: int, plasticity: bool = False,
+         parts: tuple[str, ...] = ("identify", "control")) -> dict:
+    """The experimenter's model in the loop on the simulated culture (module docstring):
+    identify, trials to reach the error random probing reaches at its end (400 trials);
+    control, success over the last 100 of 300 trials against random and the oracle."""
+    print(f"Jobs on the simulated culture (in process: protocols/fep_closed_loop.py driven "
+          f"trial by trial as benchmarks/culture.py's run_bss does, fast mode), {seeds} "
+          f"seeds, mixing 0.25, plasticity {'on' if plasticity else 'off'}; calibration "
+          f"{JOB_CALIBRATION} sessions of {JOB_PER} trials, then every trial a probe")
+    results = {}
+    if "identify" in parts:
+        results["identify"] = _jobs_identify(seeds, workers, plasticity)
+    if "control" in parts:
+        results["control"] = _jobs_control(seeds, workers, plasticity)
+    return results
+
+
+def _jobs_identify(seeds, workers, plasticity):
+    methods = IDENTIFY_METHODS
+    with Pool(workers) as pool:
+        done = pool.map(_identify_seed, [(s, plasticity) for s in range(1, seeds + 1)])
+    err = {(m, s): e for s, per in done for m, e in per.items()}
+    n = JOB_TRIALS["identify"]
+    print(f"\nidentify: weighted rms error of the predicted mean counts of the BSS patterns "
+          f"(weights: their frequency; truth: {TRUTH_TRIALS} held-out trials), criterion = "
+          f"random's error after {n} trials; trials to reach it (>{n}: not reached)")
+    print(f"{'seed':>4}  {'criterion':>9}  " + "  ".join(f"{m:>9}" for m in methods)
+          + "  " + "  ".join(f"{'random/' + m[:4]:>12}" for m in methods[1:]))
+    rows = []
+    for s in range(1, seeds + 1):
+        crit = err["random", s][-1]
+        t = {m: _first_below(err[m, s], crit) or n + 1 for m in methods}
+        rows.append({"seed": s, "criterion": float(crit), **{m: t[m] for m in methods},
+                     **{f"error_{m}_end": float(err[m, s][-1]) for m in methods}})
+        print(f"{s:>4}  {crit:>9.3f}  " + "  ".join(f"{_censored(t[m], n):>9}"
+                                                     for m in methods)
+              + "  " + "  ".join(f"{t['random'] / t[m]:>12.2f}" for m in methods[1:]))
+    med = {m: float(np.median([row["random"] / row[m] for row in rows])) for m in methods[1:]}
+    print("median speed-up over random: " + ", ".join(f"{m} {v:.2f}x" for m, v in med.items())
+          + f"; over passive: targeted "
+          f"{np.median([row['passive'] / row['targeted'] for row in rows]):.2f}x")
+    return {"rows": rows, "median_speedup": med}
+
+
+def _jobs_control(seeds, workers, plasticity):
+    methods = ("efe", "random", "oracle")
+    runs = [(m, s, plasticity) for s in range(1, seeds + 1) for m in methods]
+    with Pool(workers) as pool:
+        done = pool.map(_control_seed, runs)
+    got = {(m, s): v for m, s, v in done}
+    print(f"\ncontrol: share of trials in the preferred state over the last 100 of "
+          f"{JOB_TRIALS['control']} (ensemble 1 on and 2 off, swapped after "
+          f"{JOB_TRIALS['control'] // 2}); oracle: "
+          f"the best fixed pattern in hindsight")
+    print(f"{'seed':>4}  {'efe':>6}  {'random':>6}  {'oracle':>6}  {'efe/oracle':>10}")
+    rows = []
+    for s in range(1, seeds + 1):
+        efe, rand = (float(got[m, s][-100:].mean()) for m in ("efe", "random"))
+        oracle = got["oracle", s]
+        rows.append({"seed": s, "efe": efe, "random": rand, "oracle": oracle})
+        print(f"{s:>4}  {efe:>6.2f}  {rand:>6.2f}  {oracle:>6.2f}  "
+              f"{efe / oracle if oracle else float('nan'):>10.2f}")
+    med = {m: float(np.median([row[m] for row in rows])) for m in methods}
+    print("median: " + ", ".join(f"{m} {v:.2f}" for m, v in med.items()))
+    return {"rows": rows, "median": med}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--simulated", action="store_true")
     parser.add_argument("--active", action="store_true")
+    parser.add_argument("--jobs", action="store_true",
+                        help="identify and control on the simulated culture, 5 seeds")
+    parser.add_argument("--plasticity", action="store_true",
+                        help="jobs: the simulated culture keeps learning (default: off)")
     parser.add_argument("--probes", type=int, default=400, help="active: probe trials per arm")
     parser.add_argument("--lam", type=float, nargs="+", default=[model.LAMBDA, 10.0],
                         help="active: the model's lambda(s)")
@@ -419,6 +661,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="the isomura2023 folder")
     args = parser.parse_args(argv)
     parts = [args.speed, args.simulated, args.active]
+    if args.jobs:
+        jobs(args.seeds or 5, args.workers, args.plasticity)
+        if not any(parts):
+            return
     if not any(parts):
         if not args.quick:
             parser.error("choose --speed, --simulated, --active or --quick (all, tiny)")
