@@ -105,6 +105,11 @@ def _round(values, digits=4):
     return np.round(np.asarray(values, float), digits).tolist()
 
 
+def _stack(rows, width):
+    """Rows of ``width`` values as an array (0 x width when there are none)."""
+    return np.array(rows, float).reshape(len(rows), width)
+
+
 def _calibration_error(p, what):
     """The one line a failed calibration stops with."""
     return ProtocolError(
@@ -464,9 +469,9 @@ class FEPClosedLoop(BSSIsomura):
                                  else self._electrode_sd.copy()),
                 "update_trials": [t for t, *_ in rows],
                 "update_probe": [p for _, p, *_ in rows],
-                "observed": np.array([row[2] for row in rows]).reshape(-1, n_out),
-                "predicted": np.array([row[3] for row in rows]).reshape(-1, n_out),
-                "predicted_sd": np.array([row[4] for row in rows]).reshape(-1, n_out),
+                "observed": _stack([row[2] for row in rows], n_out),
+                "predicted": _stack([row[3] for row in rows], n_out),
+                "predicted_sd": _stack([row[4] for row in rows], n_out),
                 "measure_name": key,
                 "measure": values,
                 "success_rate": (float(np.mean(probed[-SUCCESS_WINDOW:])) if probed
