@@ -694,6 +694,7 @@ class ModelView(QtWidgets.QWidget):
                                                     style=QtCore.Qt.PenStyle.DashLine))
         self.job_plot = glw.addPlot(row=0, col=3, title="Job")
         self.job_plot.setLabel("bottom", "trial")
+        self.job_plot.getAxis("left").enableAutoSIPrefix(False)
         self.job_curve = self.job_plot.plot(pen=pg.mkPen(_foreground(), width=2))
         self._sd_layout: tuple | None = None
         for column, stretch in enumerate((3, 0, 3, 3)):
