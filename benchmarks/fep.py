@@ -10,6 +10,11 @@ Run ``.venv/bin/python benchmarks/fep.py`` with
   the real cultures of the shared data cut to the same number of sessions;
 - ``--active [--seeds 6]``: whether infomax probes estimate the model faster than random
   ones (see :func:`active`);
+- ``--jobs [--seeds 5 --workers 2 --plasticity]``: the experimenter's model in
+  ``protocols/fep_closed_loop.py`` on the simulated culture, driven in process trial by
+  trial (see :func:`jobs`): identify (targeted, infomax, passive against random: trials to
+  reach random's error after 400) and control (efe against random and the best fixed
+  pattern, success over the last 100 of 300 trials);
 - ``--quick``: each part tiny (a smoke run for CI; its figures mean nothing).
 
 The real data are found as the tests find them (``$MEA_CONTROL_ISOMURA_DATA``,
