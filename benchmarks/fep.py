@@ -16,6 +16,12 @@ Run ``.venv/bin/python benchmarks/fep.py`` with
   shuffled and chronological, the chosen method against random (and passive for
   identify, the oracle for control), median and range over seeds 0..N-1 (see
   :func:`replay_jobs`);
+- ``--sim-jobs [--seeds 5 --workers 2 --plasticity]``: the experimenter's model in
+  ``protocols/fep_closed_loop.py`` on the simulated culture, driven in process trial by
+  trial (see :func:`jobs`): identify (targeted, infomax, passive against random: trials to
+  reach random's error after 400) and control (efe against random and the best fixed
+  pattern, success over the last 100 of 300 trials);
+- ``--jobs``: the three jobs' tables at once (``--sim-jobs``, ``--replay``, ``--train``);
 - ``--quick``: each part tiny (a smoke run for CI; its figures mean nothing).
 
 The real data are found as the tests find them (``$MEA_CONTROL_ISOMURA_DATA``,
@@ -37,6 +43,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from multiprocessing import Pool  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -44,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.culture import RATE, THRESHOLD_UV, bss_protocol, run_bss  # noqa: E402
+from hardware_sim.culture import NetworkCulture, NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control import fep  # noqa: E402
 from mea_control.fep import (  # noqa: E402
@@ -57,6 +65,8 @@ from mea_control.fep import (  # noqa: E402
 )
 from mea_control.fep.data import FEPInputError, TrialData  # noqa: E402
 from mea_control.fep.forward import ForwardModel  # noqa: E402
+from mea_control.layouts import load_layout  # noqa: E402
+from mea_control.protocol import load_protocol  # noqa: E402
 
 DATA = published.locate()
 GOAL_ANALYZE_MS = 20.0
@@ -223,30 +233,6 @@ def simulated(seeds: int, sessions: int, trials: int, initial: int, workers: int
 # ---------------------------------------------------------------------------------------
 # active probing
 # ---------------------------------------------------------------------------------------
-class Probe:
-    """A simulated culture answering one pattern a second, as ``run_bss`` drives it."""
-
-    def __init__(self, run: dict, seed: int, mixing: float) -> None:
-        self.culture, self.channels = run["culture"], run["channels"]
-        layout = self.culture.layout
-        seq = np.random.SeedSequence(seed).spawn(2)[1]  # run_bss's electrode seed
-        self.electrodes = ElectrodeArray(layout, self.culture.unit_positions_um, RATE, seed=seq)
-        protocol, _ = bss_protocol(layout, mixing, seed, 1, 256)
-        self.pulse, p = protocol.pulse, protocol.p
-        self.isi = int(RATE * p.isi_s)
-        self.window = (int(RATE * p.window_start_ms / 1000), int(RATE * p.window_stop_ms / 1000))
-
-    def respond(self, o: np.ndarray) -> np.ndarray:
-        """Deliver pattern o (0/1 over the stimulation channels); spikes per electrode."""
-        t0 = self.culture.next_sample
-        stims = [(t0, ch, self.pulse) for ch, on in zip(self.channels, o, strict=True) if on]
-        spikes, units = self.culture.advance(t0, self.isi, stims)
-        ev = self.electrodes.events(spikes, units, THRESHOLD_UV)
-        lo, hi = self.window
-        win = (ev.sample >= t0 + lo) & (ev.sample < t0 + hi)
-        return np.bincount(ev.channel[win], minlength=self.culture.layout.n_electrodes)
-
-
 def _calibrate(run: dict, sessions: int):
     """From a BSS run: the ensembles (published criteria), the normaliser (responses,
     trials x electrodes -> x, trials x K) and the thresholds it gives."""
@@ -358,14 +344,15 @@ def _train_seed(job: tuple[int, int, int, int, int, float]) -> dict:
         groups, norm, th = _calibrate(run, 1)
     except FEPInputError as exc:
         return {"seed": seed, "error": str(exc)}
-    probe = Probe(run, seed, mixing)
+    probe = Rig(run["culture"], seed)
+    bss, _ = bss_protocol(probe.layout, mixing, seed, 1, trials)
     rng = np.random.default_rng([seed, 4])
     tests, labels = training.one_source_patterns(rng, n_tests, mixing)
     aims, aim_labels = training.one_source_patterns(rng, n_tests, mixing)
 
-    def measure(p: Probe) -> tuple[float, float]:
+    def measure(p: Rig) -> tuple[float, float]:
         q = copy.deepcopy(p)
-        e = groups.responses(np.stack([q.respond(o) for o in tests]).astype(float))
+        e = groups.responses(np.stack([q.respond(bss, o) for o in tests]).astype(float))
         diff = e[0] - e[1]
         sep = diff[labels == 0].mean() - diff[labels == 1].mean()
         return float(sep), float(sep / e.mean())
@@ -393,7 +380,7 @@ def _train_seed(job: tuple[int, int, int, int, int, float]) -> dict:
             pulsed.append(int(o.sum()))
             if s is not None:
                 one.append(int(s.sum()) == 1)
-            m.update(o, norm(p.respond(o))[0])
+            m.update(o, norm(p.respond(bss, o))[0])
             if (n + 1) % trials == 0:
                 curve.append(measure(p))
         sep, rel = np.array(curve).T
@@ -524,6 +511,249 @@ def _control_table(cond: str, order: str, rows: dict[int, list[dict]], _trials: 
           f"{GOAL_CONTROL_OF_ORACLE:g}: {'ok' if f >= GOAL_CONTROL_OF_ORACLE else 'MISS'})")
 
 
+# ---------------------------------------------------------------------------------------
+# jobs: the experimenter's model in the protocol, on the simulated culture
+# ---------------------------------------------------------------------------------------
+#: The simulated runs of --jobs: trials a session, calibration sessions, trials after them.
+JOB_TRIALS = {"identify": 400, "control": 300}
+JOB_PER, JOB_CALIBRATION = 50, 4
+#: identify: test trials of the culture after calibration (truth); control: oracle trials.
+TRUTH_TRIALS, ORACLE_REPEATS, ORACLE_SPARSE, ORACLE_CHECK = 1500, 8, 48, 100
+
+
+class Rig:
+    """A simulated culture answering one pattern a trial, as ``run_bss`` drives it; a deep
+    copy answers held-out trials from the same state."""
+
+    def __init__(self, culture: NetworkCulture, seed: int) -> None:
+        self.culture, self.layout = culture, culture.layout
+        seq = np.random.SeedSequence(seed).spawn(2)[1]  # run_bss's electrode seed
+        self.electrodes = ElectrodeArray(self.layout, culture.unit_positions_um, RATE, seed=seq)
+
+    @classmethod
+    def new(cls, seed: int, plasticity: bool) -> Rig:
+        """A fresh culture, as ``run_bss`` makes it, after one second to settle."""
+        seq_culture = np.random.SeedSequence(seed).spawn(2)[0]
+        culture = NetworkCulture(load_layout("grid8x8_200um"), RATE, seed=seq_culture,
+                                 params=NetworkParams(plasticity=plasticity), keep_log=False)
+        culture.advance(0, int(RATE))
+        return cls(culture, seed)
+
+    def respond(self, protocol, o: np.ndarray) -> np.ndarray:
+        """Deliver pattern o (0/1 over the protocol's channels); spikes per electrode."""
+        p = protocol.p
+        t0, isi = self.culture.next_sample, int(RATE * p.isi_s)
+        stims = [(t0, ch, protocol.pulse) for ch, on in zip(protocol.channels, o, strict=True)
+                 if on]
+        spikes, units = self.culture.advance(t0, isi, stims)
+        ev = self.electrodes.events(spikes, units, THRESHOLD_UV)
+        win = ((ev.sample >= t0 + int(RATE * p.window_start_ms / 1000))
+               & (ev.sample < t0 + int(RATE * p.window_stop_ms / 1000)))
+        return np.bincount(ev.channel[win], minlength=self.layout.n_electrodes)
+
+
+def drive_job(job: str, selection_: str, seed: int, plasticity: bool = False,
+              trials: int | None = None, at_start=None, after_trial=None):
+    """Run ``protocols/fep_closed_loop.py`` in process on a simulated culture, every trial
+    after calibration a probe: the protocol's own design and on_trial, as the engine calls
+    them, in fast mode. ``at_start(rig, protocol)`` runs when the models start,
+    ``after_trial(protocol, k)`` after each later trial. Returns the protocol."""
+    n = trials or JOB_TRIALS[job]
+    sessions = JOB_CALIBRATION + -(-n // JOB_PER)
+    cls, _ = load_protocol("fep_closed_loop")
+    protocol = cls(job=job, selection=selection_, trials_per_session=JOB_PER,
+                   calibration_sessions=JOB_CALIBRATION, sessions=sessions, probe_fraction=1.0)
+    rig = Rig.new(seed, plasticity)
+    ctx = SimpleNamespace(layout=rig.layout, rng=np.random.default_rng(seed),
+                          can_stimulate=lambda ch: bool(rig.layout.can_stimulate[ch]),
+                          use_trials=lambda t: t, decision=lambda *a, **k: None,
+                          log=lambda message: None)
+    protocol.setup(ctx)
+    calibration = JOB_CALIBRATION * JOB_PER
+    for k in range(calibration + n):
+        spec = protocol.design(ctx, k)
+        on = {ch for ch, _ in spec.pattern.pulses} if spec.pattern else set()
+        o = np.array([ch in on for ch in protocol.channels], np.uint8)
+        r = rig.respond(protocol, o)
+        protocol.on_trial(ctx, SimpleNamespace(o=o, s=np.asarray(spec.s), r=r, index=k))
+        if k == calibration - 1 and at_start:
+            at_start(rig, protocol)
+        elif k >= calibration and after_trial:
+            after_trial(protocol, k - calibration)
+    return protocol
+
+
+def _identify_truth(rig: Rig, protocol, trials: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out trials on a copy of the culture, in random order, each target pattern in
+    proportion to its frequency (at least 3 trials): per target the mean response of the
+    job's electrodes and its squared standard error (targets x electrodes each)."""
+    rig = copy.deepcopy(rig)
+    job = protocol.job
+    targets, weights = job.targets()
+    n = np.maximum(3, np.round(trials * weights).astype(int))
+    picks = rng.permutation(np.repeat(np.arange(len(targets)), n))
+    r = np.array([rig.respond(protocol, targets[i])[job.electrodes] for i in picks], float)
+    mean = np.array([r[picks == t].mean(0) for t in range(len(targets))])
+    var = np.array([r[picks == t].var(0, ddof=1) for t in range(len(targets))])
+    return mean, var / n[:, None]
+
+
+IDENTIFY_METHODS = ("random", "targeted", "infomax", "passive")
+
+
+def _identify_seed(args: tuple[int, bool]) -> tuple[int, dict[str, np.ndarray]]:
+    """Per method, the error of the predictions of the targets after each trial: the
+    weighted rms over targets and responsive electrodes of predicted - true mean count, the
+    truth's own sampling variance subtracted (an unbiased estimate of the squared error).
+    Every method starts from the same calibration (same seed); the truth is measured once,
+    on a copy of the culture after it."""
+    seed, plasticity = args
+    truth = {}
+
+    def at_start(rig, protocol):
+        if not truth:
+            truth["mean"], truth["se2"] = _identify_truth(
+                rig, protocol, TRUTH_TRIALS, np.random.default_rng(seed + 10_000))
+
+    out = {}
+    for method in IDENTIFY_METHODS:
+        errors = []
+
+        def after_trial(protocol, k, errors=errors):
+            targets, weights = protocol.job.targets()
+            pred, _ = protocol.job.model.predict(targets)
+            mse = weights @ ((pred - truth["mean"]) ** 2 - truth["se2"]).mean(1)
+            errors.append(np.sqrt(max(mse, 0.0)))
+
+        drive_job("identify", method, seed, plasticity, at_start=at_start,
+                  after_trial=after_trial)
+        out[method] = np.array(errors)
+    return seed, out
+
+
+def _control_seed(args: tuple[str, int, bool]) -> tuple[str, int, np.ndarray | float]:
+    """Success per trial after calibration; for "oracle" the success rate over
+    ORACLE_CHECK fresh trials of the best fixed pattern in hindsight for the second half's
+    preferred state (best among the BSS patterns, each group alone and random sparse
+    ones, ORACLE_REPEATS trials each, on a copy of the culture after calibration)."""
+    method, seed, plasticity = args
+    out = {}
+
+    def at_start(rig, protocol):
+        if method == "oracle":
+            out["rate"] = _oracle(rig, protocol, np.random.default_rng(seed + 20_000))
+
+    success = []
+
+    def after_trial(protocol, k):
+        success.append(protocol.model_state()["measure"][-1])
+
+    drive_job("control", "random" if method == "oracle" else method, seed, plasticity,
+              trials=1 if method == "oracle" else None, at_start=at_start,
+              after_trial=after_trial)
+    return method, seed, out["rate"] if method == "oracle" else np.array(success, float)
+
+
+def _oracle(rig: Rig, protocol, rng) -> float:
+    job = protocol.job
+    last = job.switch + 1  # a trial of the second half: its preferred state
+    own = np.unique(protocol.sequence[1], axis=0)
+    groups = np.repeat(np.eye(2, dtype=np.uint8), 16, axis=1)
+    sparse = np.zeros((ORACLE_SPARSE, 32), np.uint8)
+    for row in sparse:
+        row[rng.choice(32, rng.integers(1, 17), replace=False)] = 1
+    pool = np.concatenate([own, groups, sparse])
+
+    def rate(copy_rig, pattern, n):
+        hits = [job.measure(last, job.outputs(copy_rig.respond(protocol, pattern), last),
+                            None)["success"] for _ in range(n)]
+        return float(np.mean(hits))
+
+    trial_rig = copy.deepcopy(rig)
+    order = rng.permutation(np.repeat(np.arange(len(pool)), ORACLE_REPEATS))
+    hits = np.zeros(len(pool))
+    for i in order:
+        hits[i] += rate(trial_rig, pool[i], 1)
+    best = pool[int(np.argmax(hits))]
+    return rate(copy.deepcopy(rig), best, ORACLE_CHECK)
+
+
+def _censored(n: int, trials: int) -> str:
+    return f">{trials}" if n > trials else str(n)
+
+
+def _first_below(err: np.ndarray, criterion: float) -> int | None:
+    hit = np.flatnonzero(err <= criterion)
+    return int(hit[0]) + 1 if len(hit) else None
+
+
+def jobs(seeds: int, workers: int, plasticity: bool = False,
+         parts: tuple[str, ...] = ("identify", "control")) -> dict:
+    """The experimenter's model in the loop on the simulated culture (module docstring):
+    identify, trials to reach the error random probing reaches at its end (400 trials);
+    control, success over the last 100 of 300 trials against random and the oracle."""
+    print(f"Jobs on the simulated culture (in process: protocols/fep_closed_loop.py driven "
+          f"trial by trial as benchmarks/culture.py's run_bss does, fast mode), {seeds} "
+          f"seeds, mixing 0.25, plasticity {'on' if plasticity else 'off'}; calibration "
+          f"{JOB_CALIBRATION} sessions of {JOB_PER} trials, then every trial a probe")
+    results = {}
+    if "identify" in parts:
+        results["identify"] = _jobs_identify(seeds, workers, plasticity)
+    if "control" in parts:
+        results["control"] = _jobs_control(seeds, workers, plasticity)
+    return results
+
+
+def _jobs_identify(seeds, workers, plasticity):
+    methods = IDENTIFY_METHODS
+    with Pool(workers) as pool:
+        done = pool.map(_identify_seed, [(s, plasticity) for s in range(1, seeds + 1)])
+    err = {(m, s): e for s, per in done for m, e in per.items()}
+    n = JOB_TRIALS["identify"]
+    print(f"\nidentify: weighted rms error of the predicted mean counts of the BSS patterns "
+          f"(weights: their frequency; truth: {TRUTH_TRIALS} held-out trials), criterion = "
+          f"random's error after {n} trials; trials to reach it (>{n}: not reached)")
+    print(f"{'seed':>4}  {'criterion':>9}  " + "  ".join(f"{m:>9}" for m in methods)
+          + "  " + "  ".join(f"{'random/' + m[:4]:>12}" for m in methods[1:]))
+    rows = []
+    for s in range(1, seeds + 1):
+        crit = err["random", s][-1]
+        t = {m: _first_below(err[m, s], crit) or n + 1 for m in methods}
+        rows.append({"seed": s, "criterion": float(crit), **{m: t[m] for m in methods},
+                     **{f"error_{m}_end": float(err[m, s][-1]) for m in methods}})
+        print(f"{s:>4}  {crit:>9.3f}  " + "  ".join(f"{_censored(t[m], n):>9}"
+                                                     for m in methods)
+              + "  " + "  ".join(f"{t['random'] / t[m]:>12.2f}" for m in methods[1:]))
+    med = {m: float(np.median([row["random"] / row[m] for row in rows])) for m in methods[1:]}
+    print("median speed-up over random: " + ", ".join(f"{m} {v:.2f}x" for m, v in med.items())
+          + f"; over passive: targeted "
+          f"{np.median([row['passive'] / row['targeted'] for row in rows]):.2f}x")
+    return {"rows": rows, "median_speedup": med}
+
+
+def _jobs_control(seeds, workers, plasticity):
+    methods = ("efe", "random", "oracle")
+    runs = [(m, s, plasticity) for s in range(1, seeds + 1) for m in methods]
+    with Pool(workers) as pool:
+        done = pool.map(_control_seed, runs)
+    got = {(m, s): v for m, s, v in done}
+    print(f"\ncontrol: share of trials in the preferred state over the last 100 of "
+          f"{JOB_TRIALS['control']} (ensemble 1 on and 2 off, swapped after "
+          f"{JOB_TRIALS['control'] // 2}); oracle: "
+          f"the best fixed pattern in hindsight")
+    print(f"{'seed':>4}  {'efe':>6}  {'random':>6}  {'oracle':>6}  {'efe/oracle':>10}")
+    rows = []
+    for s in range(1, seeds + 1):
+        efe, rand = (float(got[m, s][-100:].mean()) for m in ("efe", "random"))
+        oracle = got["oracle", s]
+        rows.append({"seed": s, "efe": efe, "random": rand, "oracle": oracle})
+        print(f"{s:>4}  {efe:>6.2f}  {rand:>6.2f}  {oracle:>6.2f}  "
+              f"{efe / oracle if oracle else float('nan'):>10.2f}")
+    med = {m: float(np.median([row[m] for row in rows])) for m in methods}
+    print("median: " + ", ".join(f"{m} {v:.2f}" for m, v in med.items()))
+    return {"rows": rows, "median": med}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true")
@@ -531,6 +761,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", action="store_true",
                         help="steering learning: trials to the published end separation")
     parser.add_argument("--replay", action="store_true", help="the jobs on the real cultures")
+    parser.add_argument("--sim-jobs", action="store_true",
+                        help="identify and control on the simulated culture")
+    parser.add_argument("--jobs", action="store_true",
+                        help="every job's table: --sim-jobs, --replay and --train")
+    parser.add_argument("--plasticity", action="store_true",
+                        help="sim-jobs: the simulated culture keeps learning (default: off)")
     parser.add_argument("--quick", action="store_true", help="each part tiny (CI smoke run)")
     parser.add_argument("--seeds", type=int, help="cultures per condition (default 3; train 5)")
     parser.add_argument("--sessions", type=int,
@@ -540,12 +776,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--data", type=Path, default=DATA, help="the isomura2023 folder")
     args = parser.parse_args(argv)
-    parts = [args.speed, args.simulated, args.train, args.replay]
+    if args.jobs:
+        args.sim_jobs = args.replay = args.train = True
+    parts = [args.speed, args.simulated, args.train, args.replay, args.sim_jobs]
     if not any(parts):
         if not args.quick:
-            parser.error("choose --speed, --simulated, --train, --replay or --quick (all, "
-                         "tiny)")
-        parts = [True, True, True, True]
+            parser.error("choose --speed, --simulated, --train, --replay, --sim-jobs, --jobs "
+                         "or --quick (all, tiny)")
+        parts = [True, True, True, True, False]
     q = args.quick
     if (parts[0] or parts[1] or parts[3]) and args.data is None:
         parser.error(f"the published data are missing: {published.HOW_TO_GET}, or give --data DIR")
@@ -562,6 +800,9 @@ def main(argv: list[str] | None = None) -> None:
     if parts[3]:
         print()
         replay_jobs(args.seeds or (1 if q else 5), args.workers, args.data, q)
+    if parts[4]:
+        print()
+        jobs(args.seeds or 5, args.workers, args.plasticity)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ EXIT_INTERRUPTED = 130
 #: signal's number, as the shell reports a killed program, after ending as Ctrl-C does.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
-DEMO_DEVICE = "sim://?seed=1"
+DEMO_DEVICE = "sim://?seed=1&raw=false"
 
 
 class UserError(Exception):
@@ -425,28 +425,78 @@ def _quiet_filter(log):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The experimenter's model in the loop on the simulator: the same culture probed twice,
+    by the model's targeted choice and at random, after the same calibration."""
+    calibration = max(1, args.sessions // 2)
     print(
-        "Demo: blind-source-separation training (Isomura et al.) on a simulated culture,\n"
-        f"closed loop in fast mode: {args.sessions} session(s) of {args.trials} trials, "
-        f"device {DEMO_DEVICE}.\n",
+        "Demo: blind-source-separation training (Isomura et al.) on a simulated culture, "
+        f"closed loop\nin fast mode, device {DEMO_DEVICE}: {args.sessions} sessions of "
+        f"{args.trials} trials. The first {calibration} calibrate (responsive electrodes,\n"
+        "ensembles); after them the experimenter's model chooses every pattern to identify "
+        "the\nresponses to the sequence's patterns. Run 1: targeted choice; run 2: random "
+        "choice, same culture.\n",
         file=sys.stderr,
     )
-    run_args = build_parser().parse_args(
-        [
-            "run", "bss_isomura", "--device", DEMO_DEVICE, "--fast",
-            "--param", f"trials_per_session={args.trials}",
-            "--sessions", str(args.sessions),
-            "--summary-json", args.summary_json,
-            "--trials", args.trials_file,
-            "--record", args.record, "--overwrite",
+    results = {}
+    for selection, record in (("targeted", args.record), ("random", None)):
+        print(f"-- run with selection={selection}", file=sys.stderr)
+        summary = Path(args.summary_json)
+        if selection == "random":
+            summary = summary.with_name(f"{summary.stem}-random{summary.suffix}")
+        run = [
+            "run", "fep_closed_loop", "--device", DEMO_DEVICE, "--fast", "--quiet",
+            "--sessions", str(args.sessions), "--param", f"trials_per_session={args.trials}",
+            "--param", f"calibration_sessions={calibration}", "--param", "job=identify",
+            "--param", f"selection={selection}", "--param", "probe_fraction=1",
+            "--summary-json", str(summary),
         ]
-    )
-    code = cmd_run(run_args)
-    if code == 0:
-        print(f"\nSummary written to {args.summary_json}, trial table to {args.trials_file}, "
-              f"recording to {args.record}:\n")
-        cmd_info(argparse.Namespace(file=args.record))
-    return code
+        if record:
+            run += ["--trials", args.trials_file, "--record", record, "--overwrite"]
+        code = cmd_run(build_parser().parse_args(run))
+        if code != 0:
+            return code
+        results[selection] = json.loads(summary.read_text())["protocol_summary"]
+    _demo_report(args, results)
+    return 0
+
+
+def _demo_report(args: argparse.Namespace, results: dict) -> None:
+    """The recorded run's calibration and last choices, and both runs side by side."""
+    import numpy as np
+
+    from mea_control.recording import open as open_recording
+
+    with open_recording(args.record) as rec:
+        decisions = rec.decisions
+    start = next(d["details"] for d in decisions if d["details"].get("kind") == "calibration")
+    print(f"\nCalibration ({start['trials']} trials): {len(start['electrodes'])} responsive "
+          "electrodes modelled"
+          + (f"; ensembles of {len(start['members_g1'])} and {len(start['members_g2'])} "
+             "electrodes for the culture's model" if "members_g1" in start else
+             f"; {start.get('culture_model', '')}"))
+    updates = {d["details"]["trial"]: d["details"] for d in decisions
+               if d["details"].get("kind") == "update"}
+    probes = [d for d in decisions if d["choice"] is not None and d["details"].get("probe")]
+    print("\nThe model's last choices (targeted; mean spikes over the modelled electrodes):")
+    print(f"{'trial':>6}  {'electrodes on':>13}  {'predicted':>14}  {'observed':>8}  "
+          f"{'most unknown electrode sd':>25}")
+    for d in probes[-5:]:
+        i, k = d["details"]["trial"], d["choice"]
+        pred = float(np.mean(d["details"]["prediction"][k]))
+        sd = float(np.sqrt(np.mean(np.square(d["details"]["sd"][k]))))
+        observed = float(np.mean(updates[i]["observed"])) if i in updates else float("nan")
+        print(f"{i:>6}  {int(np.sum(d['candidates'][k])):>13}  {pred:>7.2f} +- {sd:<4.2f}  "
+              f"{observed:>8.2f}  {max(d['details']['electrode_sd']):>25.3f}")
+    t, r = results["targeted"], results["random"]
+    print("\nWhat is still unknown about the predictions that matter (the predictive sd of "
+          "the\nresponses to the sequence's patterns, weighted by how often each occurs), "
+          f"after {t['probes']} choices:\n  targeted {t['target_sd']:.3f} spikes, random "
+          f"{r['target_sd']:.3f} spikes"
+          f" ({r['target_sd'] / t['target_sd']:.2f}x)" if t.get("target_sd") else "")
+    print("Against the culture's true responses, 5 seeds: `python benchmarks/fep.py --jobs`.")
+    print(f"\nSummaries: {args.summary_json} and its -random twin; trial table "
+          f"{args.trials_file}; recording {args.record} (`mea-control info {args.record}`; "
+          "`mea-control gui` shows the model tab live).")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -892,8 +942,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--species", help="species of the culture (default Rattus norvegicus)")
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="a short closed-loop BSS run on the simulator")
-    demo.add_argument("--sessions", type=_positive_int, default=1)
+    demo = sub.add_parser("demo", help="the experimenter's model in the loop on the simulator: "
+                          "its choices against random ones")
+    demo.add_argument("--sessions", type=_positive_int, default=4,
+                      help="sessions per run; the first half calibrate")
     demo.add_argument("--trials", type=_positive_int, default=64, help="trials per session")
     demo.add_argument("--summary-json", default="demo-summary.json")
     demo.add_argument("--trials-file", default="demo-trials.npz")

@@ -1,49 +1,81 @@
-"""Closed-loop BSS training: the free-energy model learns online and chooses probe trials.
+"""Closed-loop BSS training with two models in the loop: the culture's and the experimenter's.
 
 The blind-source-separation training of ``bss_isomura`` (same parameters,
-electrodes and sequence) with the model of :mod:`mea_control.fep` in the loop.
+electrodes and sequence) with two models of :mod:`mea_control.fep`:
+
+- the culture's model (:class:`~mea_control.fep.online.OnlineModel`, the
+  published reading of the culture as a free-energy minimiser) learns online
+  from every trial, as an offline analysis of the recording would;
+- the experimenter's model (:class:`~mea_control.fep.forward.ForwardModel`, a
+  Bayesian GLM of the response to a pattern) learns from every trial too, and
+  chooses the probe trials for the run's ``job``:
+
+  - ``identify``: a Poisson GLM of the spike count of each responsive electrode
+    (mean response > 1 spike over the calibration trials and > 0.1 in each
+    calibration session). Targets: the distinct patterns of the session's BSS
+    sequence, weighted by how often each occurs. ``selection``: ``targeted``
+    (the largest expected reduction of the targets' weighted predictive
+    variance), ``infomax`` (the most information about the weights),
+    ``random`` (uniform among the candidates) or ``passive`` (a pattern of the
+    sequence drawn with the experiment's own frequencies). Each trial records
+    ``target_sd``, the targets' weighted predictive sd (what is still unknown
+    about the predictions that matter).
+  - ``control``: a logistic GLM of the on/off state of each of the two
+    ensembles (on: the ensemble's mean response above its median over the
+    calibration trials). The preferred state is ``preferred`` (on-probabilities
+    of ensembles 1 and 2) for the first half of the trials after calibration
+    and the reverse (swapped) for the second half. ``selection``: ``efe``
+    (expected free energy: risk + ambiguity) or ``random``. Each trial records
+    ``success``: every ensemble with a preference (not 0.5) in its preferred
+    state.
+
+  ``selection = generative`` (any job) makes no probes; ``auto`` (the default)
+  is the job's first method. A job is a small class in ``JOBS``: it builds its
+  model from the calibration trials, turns a trial's responses into the
+  model's outputs, offers candidates and scores a trial.
 
 Calibration. The first ``calibration_sessions`` sessions are plain training.
 At their end the source-preferring ensembles are found from those trials (the
 published criteria), the baseline is their mean ensemble response, and the
-calibration trials are replayed through the causal normaliser and the online
-model: the normaliser's session-1 statistics come from pure training, and the
-model's sessions are the run's, as in an offline analysis of the recording.
-Without two ensembles the run stops with an error saying what to change.
+calibration trials are replayed through the causal normaliser and both models.
+When calibration finds too little, the run stops with one line saying what it
+found and what to change (more ``calibration_sessions`` or
+``trials_per_session``, a stronger pulse). For ``identify`` only responsive
+electrodes are needed: without two ensembles the culture's model is left out
+(logged) and the run goes on.
 
-Closed loop. After every trial, x = normaliser(mean response of each ensemble,
-s) and the model learns from (o, x). Each later trial is a probe with
-probability ``probe_fraction``: the model scores ``n_candidates`` patterns by
+Closed loop. Each trial after calibration is a probe with probability
+``probe_fraction``: the job's model scores ``n_candidates`` patterns by
 ``selection`` and the chosen one is delivered in place of that trial's
 training pattern (the sequence position is skipped, not shifted). Candidates:
 distinct patterns of the current session's BSS sequence (up to half of them),
-the rest random sparse patterns with 1 to 16 of the 32 electrodes on.
-``selection = generative`` makes no probes.
+the rest random sparse patterns with 1 to 16 of the 32 electrodes on; for
+``passive``, every distinct pattern of the sequence, weighted by its count.
 
 Probe trials have no hidden sources. They are labelled s = (0, 0) in the trial
 table, their pulses are labelled "probe" and their decision records say
 "probe": true, with the trial index. The normaliser gets them without sources:
 they never enter its source-condition means and are referenced to session 1's
-mean response (they do enter its session trend and z-score, and the model,
-whose weights they are meant to inform). s = (0, 0) keeps them out of the
-ensembles' selectivity contrast ((1, 0) against (0, 1)); an offline
-normalisation would reference them to the unstimulated condition, so leave
-them out there.
+mean response. s = (0, 0) keeps them out of the ensembles' selectivity
+contrast; an offline normalisation would reference them to the unstimulated
+condition, so leave them out there.
 
-Every choice is recorded with ``ctx.decision`` (method, candidates, scores,
-predicted x_hat, trial, probe; training trials as "generative" with their one
-pattern), and every model update as a record with choice None and kind
-"update" (trial, x, x_hat, free energy; at a session's end also the session's
-free energy and W1, W0); the model's start as kind "calibration" (ensemble
-members, baseline, the calibration sessions' free energies, W1, W0).
+Records (``ctx.decision``). Every choice: method, candidates, scores, the
+experimenter's model's ``prediction`` and its posterior ``sd`` (candidates x
+outputs), ``electrode_sd`` (the posterior sd of each stimulated electrode's
+weight: what is still unknown, per electrode), the culture's model's
+predicted ``x_hat``, trial, probe, job (training trials as "generative" with
+their one pattern). Every update: kind "update", trial, probe, the culture's
+model's x, x_hat and free energy (at a session's end also the session's free
+energy and W1, W0), and the experimenter's ``observed`` and ``predicted``
+outputs (before learning the trial) with their ``sd`` and the job's measure.
+The start: kind "calibration" (ensemble members, baseline, the calibration
+sessions' free energies, W1, W0, the job and its outputs).
 
-lambda, the prior strength of the weights in pseudo-trials, defaults to 256
-(one published session) instead of the published 3000. With 3000 the first
-sessions barely move the weights: predictions hardly differ between patterns,
-infomax scores differ by a few in ten thousand and efe chooses almost
-uniformly. With a session's worth the model follows the data after a few
-sessions. To compare with an offline analysis, run it with the same lambda
-(``mea-control analyze --lambda 256``).
+lambda, the prior strength of the culture model's weights in pseudo-trials,
+defaults to 256 (one published session) instead of the published 3000, so that
+the model follows the data after a few sessions. To compare with an offline
+analysis, run it with the same lambda (``mea-control analyze --lambda 256``).
 """
 
 import threading
@@ -53,9 +85,10 @@ import numpy as np
 
 from mea_control.fep import ensembles as ens
 from mea_control.fep.data import FEPInputError, TrialData
+from mea_control.fep.forward import ForwardModel
 from mea_control.fep.model import LAMBDA
 from mea_control.fep.online import OnlineModel, OnlineNormaliser
-from mea_control.fep.selection import METHODS, choose
+from mea_control.fep.selection import choose
 from mea_control.protocol import Parameter, ProtocolError, TrialSpec
 from mea_control.types import StimPattern
 from protocols.bss_isomura import N_PER_GROUP, BSSIsomura
@@ -64,42 +97,158 @@ from protocols.bss_isomura import N_PER_GROUP, BSSIsomura
 HISTORY = 512
 #: Decisions that model_state() returns.
 LAST_DECISIONS = 8
+#: Trials over which model_state() gives the job's success rate.
+SUCCESS_WINDOW = 100
 
 
 def _round(values, digits=4):
     return np.round(np.asarray(values, float), digits).tolist()
 
 
+def _stack(rows, width):
+    """Rows of ``width`` values as an array (0 x width when there are none)."""
+    return np.array(rows, float).reshape(len(rows), width)
+
+
+def _calibration_error(p, what):
+    """The one line a failed calibration stops with."""
+    return ProtocolError(
+        f"after {p.calibration_sessions} calibration session(s) of {p.trials_per_session} "
+        f"trials: {what}. Try more calibration_sessions or trials_per_session, or a "
+        f"stronger pulse (amplitude={p.amplitude:g})")
+
+
+class Identify:
+    """Learn the response map: the spike count of each responsive electrode per pattern."""
+
+    name = "identify"
+    selections = ("targeted", "infomax", "random", "passive")
+
+    def __init__(self, protocol, o, s, r, found):
+        p = protocol.p
+        self.protocol = protocol
+        self.electrodes = np.flatnonzero(ens.responsive(r, p.calibration_sessions))
+        if not len(self.electrodes):
+            raise _calibration_error(
+                p, f"no responsive electrode (mean response > {ens.MIN_MEAN_RESPONSE:g} "
+                f"spike, every session's > {ens.MIN_SESSION_MEAN:g})")
+        self.model = ForwardModel(2 * N_PER_GROUP, len(self.electrodes), "poisson",
+                                  drift_sd=p.drift_sd)
+
+    def outputs(self, r, trial):
+        return np.asarray(r, float)[self.electrodes]
+
+    def targets(self):
+        """The distinct patterns of the session's sequence and how often each occurs."""
+        patterns, counts = np.unique(self.protocol.sequence[1], axis=0, return_counts=True)
+        return patterns, counts / counts.sum()
+
+    def choose(self, method, candidates, rng, trial):
+        targets, weights = self.targets()
+        if method == "passive":
+            return choose(method, self.model, targets, rng, weights=weights)
+        return choose(method, self.model, candidates, rng, targets=targets,
+                      target_weights=weights)
+
+    def measure(self, trial, observed, predicted):
+        """The targets' weighted predictive sd after learning this trial (mean over
+        electrodes), and the trial's rms prediction error."""
+        targets, weights = self.targets()
+        _, sd = self.model.predict(targets)
+        return {"target_sd": round(float(weights @ sd.mean(1)), 5),
+                "error": round(float(np.sqrt(np.mean((observed - predicted) ** 2))), 5)}
+
+    def record(self):
+        return {"outputs": "responsive electrodes", "electrodes": self.electrodes.tolist()}
+
+
+class Control:
+    """Drive the two ensembles to a preferred on/off state (ensemble 1 on and 2 off, then
+    the reverse)."""
+
+    name = "control"
+    selections = ("efe", "random")
+
+    def __init__(self, protocol, o, s, r, found):
+        if found is None:
+            raise _calibration_error(protocol.p, protocol.no_ensembles)
+        p = protocol.p
+        self.protocol = protocol
+        self.found = found
+        self.threshold = np.median(found.responses(r), axis=1)  # per ensemble
+        self.model = ForwardModel(2 * N_PER_GROUP, 2, "logistic", drift_sd=p.drift_sd)
+        calibration = p.calibration_sessions * p.trials_per_session
+        self.switch = calibration + (p.sessions * p.trials_per_session - calibration) // 2
+        self.first = protocol.preferred
+
+    def preferred(self, trial):
+        """On-probabilities wanted of ensembles 1 and 2 at this trial."""
+        return self.first if trial < self.switch else self.first[::-1]
+
+    def outputs(self, r, trial):
+        x = self.found.responses(np.asarray(r, float)[None])[:, 0]
+        return (x > self.threshold).astype(float)
+
+    def choose(self, method, candidates, rng, trial):
+        gamma = self.protocol.p.gamma or None
+        return choose(method, self.model, candidates, rng, preferred=self.preferred(trial),
+                      gamma=gamma)
+
+    def measure(self, trial, observed, predicted):
+        """success: every ensemble with a preference is in its preferred state."""
+        c = self.preferred(trial)
+        cares = c != 0.5
+        return {"success": bool(np.all(observed[cares] == (c[cares] > 0.5))),
+                "preferred": c.tolist()}
+
+    def record(self):
+        return {"outputs": "ensemble states", "threshold": _round(self.threshold),
+                "switch_trial": int(self.switch)}
+
+
+#: The jobs a run can give the experimenter's model (the train job is added here).
+JOBS = {job.name: job for job in (Identify, Control)}
+
+
 class FEPClosedLoop(BSSIsomura):
-    """BSS training with the free-energy model learning online and choosing probe trials."""
+    """BSS training with the culture's model learning online and the experimenter's model
+    choosing probe trials for a job."""
 
     name = "fep_closed_loop"
     parameters = {
         **BSSIsomura.parameters,
-        "selection": Parameter(str, "infomax", choices=METHODS,
-                               help="how probes are chosen; generative: no probes"),
+        "job": Parameter(str, "identify", choices=tuple(JOBS),
+                         help="what the experimenter's model chooses probes for"),
+        "selection": Parameter(str, "auto", help="how probes are chosen: auto (the job's "
+                               "first), generative (no probes), or one of the job's: "
+                               + "; ".join(f"{j.name}: {', '.join(j.selections)}"
+                                           for j in JOBS.values())),
         "probe_fraction": Parameter(float, 0.1, range=(0.0, 1.0),
                                     help="share of trials after calibration that are probes"),
         "n_candidates": Parameter(int, 16, range=(2, 1024),
                                   help="candidate patterns scored for each probe"),
         "calibration_sessions": Parameter(int, 1, range=(1, 10_000),
-                                          help="sessions of plain training before the model "
-                                          "starts (ensembles, baseline)"),
-        "gamma": Parameter(float, 20.0, range=(0.0, 1e6),
-                           help="efe: precision of the softmax over -G (G differs by about "
-                           "0.1 nat between candidates at lambda 256)"),
-        "preferred": Parameter(str, "0.5,0.5",
-                               help="efe: preferred response probabilities C of ensembles 1, 2"),
+                                          help="sessions of plain training before the models "
+                                          "start (ensembles, responsive electrodes)"),
+        "gamma": Parameter(float, 0.0, range=(0.0, 1e6),
+                           help="efe: precision of the softmax over -G; 0: the least G"),
+        "preferred": Parameter(str, "0.95,0.05",
+                               help="control: on-probabilities of ensembles 1, 2 wanted in the "
+                               "first half of the trials after calibration (swapped after)"),
+        "drift_sd": Parameter(float, 0.0, range=(0.0, 10.0),
+                              help="experimenter's model: random-walk sd of each weight a trial"),
         "lambda": Parameter(float, 256.0, unit="trials", range=(1.0, 1e7),
-                            help=f"prior strength of the effective weights (published: "
-                            f"{LAMBDA:g})"),
+                            help=f"culture's model: prior strength of the effective weights "
+                            f"(published: {LAMBDA:g})"),
     }
 
     def __init__(self, **values):
         super().__init__(**values)
-        self.model = None
+        self.model = None  # the culture's
+        self.job = None  # the experimenter's model and its job
         self.normaliser = None
         self.ensembles = None
+        self.no_ensembles = None  # why the culture's model is left out
         self.probes = 0
         self._pending_probes = set()  # probe trials designed and not yet learned from
         self._calibration = []  # (o, s, r) of the calibration trials
@@ -107,7 +256,10 @@ class FEPClosedLoop(BSSIsomura):
         self._free_energy = deque(maxlen=HISTORY)
         self._x = deque(maxlen=HISTORY)
         self._x_hat = deque(maxlen=HISTORY)
+        self._observed = deque(maxlen=HISTORY)  # (trial, probe, observed, predicted, sd)
+        self._measures = deque(maxlen=HISTORY)  # (trial, probe, the job's measure)
         self._decisions = deque(maxlen=LAST_DECISIONS)
+        self._electrode_sd = None
         self._weights = None
         self._session_fe = []
         self._trials = 0
@@ -118,31 +270,36 @@ class FEPClosedLoop(BSSIsomura):
         if p.calibration_sessions >= p.sessions:
             raise ProtocolError(
                 f"calibration_sessions={p.calibration_sessions} leaves no session for the "
-                f"model: it must be fewer than sessions={p.sessions}")
+                f"models: it must be fewer than sessions={p.sessions}")
+        job = JOBS[p.job]
+        self.selection = job.selections[0] if p.selection == "auto" else p.selection
+        if self.selection not in (*job.selections, "generative"):
+            raise ProtocolError(
+                f"selection={p.selection!r} does not suit job={p.job}: use one of "
+                f"{', '.join(job.selections)}, generative (no probes) or auto")
         try:
             c = [float(v) for v in p.preferred.split(",")]
         except ValueError:
             c = []
         if len(c) != 2 or not all(0.0 <= v <= 1.0 for v in c):
             raise ProtocolError(f"preferred={p.preferred!r}: give two probabilities from 0 to "
-                                "1, for ensembles 1 and 2, e.g. 0.5,0.5")
+                                "1, for ensembles 1 and 2, e.g. 0.95,0.05")
         self.preferred = np.array(c)
 
     # -- trials ------------------------------------------------------------------------
     def design(self, ctx, index):
         spec = super().design(ctx, index)  # keeps the BSS sequence's bookkeeping
-        if self.model is None:
+        if self.job is None:
             return spec
         o = self.sequence[1][index % self.p.trials_per_session]
-        probe = (self.p.selection != "generative"
+        probe = (self.selection != "generative"
                  and ctx.rng.random() < self.p.probe_fraction)
         if not probe:
-            self._decide(ctx, choose("generative", self.model, o[None]), index, False)
+            self._decide(ctx, choose("generative", self.job.model, o[None]), index, False)
             return spec
         self.probes += 1
         self._pending_probes.add(index)
-        decision = choose(self.p.selection, self.model, self._candidates(ctx.rng), ctx.rng,
-                          self.preferred, self.p.gamma)
+        decision = self.job.choose(self.selection, self._candidates(ctx.rng), ctx.rng, index)
         self._decide(ctx, decision, index, True)
         on = [ch for ch, bit in zip(self.channels, decision.pattern, strict=True) if bit]
         pattern = StimPattern.single(on, self.pulse, label="probe") if on else None
@@ -162,52 +319,81 @@ class FEPClosedLoop(BSSIsomura):
     def _decide(self, ctx, decision, index, probe):
         record = decision.record()
         details = {k: v for k, v in record.items() if k not in ("choice", "candidates", "scores")}
+        electrode_sd = self.job.model.electrode_sd()
+        x_hat = self.model.predict(decision.candidates) if self.model is not None else None
         ctx.decision(record["choice"], record["candidates"], record["scores"],
-                     trial=int(index), probe=probe, **details)
+                     trial=int(index), probe=probe, job=self.p.job,
+                     electrode_sd=_round(electrode_sd, 6),
+                     x_hat=None if x_hat is None else _round(x_hat, 6), **details)
         with self._lock:
-            self._decisions.append({"trial": int(index), "probe": probe, "method": decision.method,
-                                    "choice": record["choice"], "scores": record["scores"]})
+            self._electrode_sd = electrode_sd
+            self._decisions.append({
+                "trial": int(index), "probe": probe, "method": decision.method,
+                "choice": record["choice"], "scores": record["scores"],
+                "prediction": record["prediction"][record["choice"]],
+                "sd": record["sd"][record["choice"]]})
 
     def on_trial(self, ctx, trial):
         with self._lock:
             self._trials += 1
-        if self.model is not None:
+        if self.job is not None:
             self._learn(ctx, trial.o, trial.s, trial.r, trial.index)
             return
         self._calibration.append((trial.o, trial.s, trial.r))
         if len(self._calibration) == self.p.calibration_sessions * self.p.trials_per_session:
-            self._start_model(ctx)
+            self._start_models(ctx)
 
-    # -- the model -----------------------------------------------------------------------
-    def _start_model(self, ctx):
+    # -- the models ----------------------------------------------------------------------
+    def _start_models(self, ctx):
         o, s, r = (np.array(a) for a in zip(*self._calibration, strict=True))
         self._calibration = []
         per = self.p.trials_per_session
         try:
             found = ens.find(TrialData(o, s, r, per))
         except FEPInputError as exc:
-            raise ProtocolError(
-                f"after {self.p.calibration_sessions} calibration session(s): {exc}. Try more "
-                "calibration_sessions or trials_per_session, or a stronger pulse") from None
-        baseline = float(found.responses(r).mean())
-        self.ensembles = found
-        self.normaliser = OnlineNormaliser(2, per, baseline)
-        model = OnlineModel(2, 2 * N_PER_GROUP, per, lam=self.values["lambda"])
-        self.model = model
+            found, self.no_ensembles = None, str(exc)
+        self.job = JOBS[self.p.job](self, o, s, r, found)  # ProtocolError: what to change
+        if found is not None:
+            self.ensembles = found
+            self.normaliser = OnlineNormaliser(2, per, float(found.responses(r).mean()))
+            self.model = OnlineModel(2, 2 * N_PER_GROUP, per, lam=self.values["lambda"])
         for i in range(len(r)):
             self._learn(None, o[i], s[i], r[i], i)
-        ctx.decision(None, kind="calibration", trials=len(r), baseline=round(baseline, 4),
+        self._record_start(ctx, len(r))
+
+    def _record_start(self, ctx, trials):
+        job = {"job": self.p.job, **self.job.record()}
+        if self.model is None:
+            ctx.decision(None, kind="calibration", trials=trials,
+                         culture_model=f"left out: {self.no_ensembles}", **job)
+            ctx.log(f"the culture's model is left out ({self.no_ensembles}); the "
+                    f"experimenter's model runs the {self.p.job} job")
+            return
+        found, model = self.ensembles, self.model
+        ctx.decision(None, kind="calibration", trials=trials,
+                     baseline=round(self.normaliser.baseline, 4),
                      members_g1=np.flatnonzero(found.members[0]).tolist(),
                      members_g2=np.flatnonzero(found.members[1]).tolist(),
                      session_free_energy=_round(model.session_free_energy),
-                     W1=_round(model.weights.W1), W0=_round(model.weights.W0))
-        ctx.log(f"model started: ensembles of {found.sizes[0]} and {found.sizes[1]} "
-                f"electrodes, baseline {baseline:.3g} spikes")
+                     W1=_round(model.weights.W1), W0=_round(model.weights.W0), **job)
+        ctx.log(f"models started: ensembles of {found.sizes[0]} and {found.sizes[1]} "
+                f"electrodes, baseline {self.normaliser.baseline:.3g} spikes; "
+                f"{self.p.job} with {self.job.model.n_outputs} outputs")
 
     def _learn(self, ctx, o, s, r, index):
-        """Normalise one trial's ensemble responses and update the model; record it if ctx."""
+        """Update both models with one trial; record it if ctx (not during the replay of
+        the calibration trials)."""
         probe = index in self._pending_probes
         self._pending_probes.discard(index)
+        extra = self._learn_culture(o, s, r, probe)
+        extra.update(self._learn_forward(o, r, index, probe, ctx is not None))
+        if ctx is not None:
+            ctx.decision(None, kind="update", trial=int(index), probe=probe, **extra)
+
+    def _learn_culture(self, o, s, r, probe):
+        """The culture's model learns the trial; its part of the update record."""
+        if self.model is None:
+            return {}
         x_raw = self.ensembles.responses(np.asarray(r)[None])[:, 0]
         x = self.normaliser(x_raw, None if probe else s)
         update = self.model.update(o, x)
@@ -219,30 +405,56 @@ class FEPClosedLoop(BSSIsomura):
             self._weights = (w.W1.copy(), w.W0.copy())
             if update.session_done is not None:
                 self._session_fe.append(update.session_done)
-        if ctx is None:
-            return
-        extra = {}
+        out = {"x": _round(update.x), "x_hat": _round(update.x_hat),
+               "free_energy": round(update.free_energy, 4)}
         if update.session_done is not None:
-            extra = {"session_free_energy": round(update.session_done, 4),
-                     "W1": _round(w.W1), "W0": _round(w.W0)}
-        ctx.decision(None, kind="update", trial=int(index), probe=probe, x=_round(update.x),
-                     x_hat=_round(update.x_hat), free_energy=round(update.free_energy, 4),
-                     **extra)
+            out.update(session_free_energy=round(update.session_done, 4),
+                       W1=_round(w.W1), W0=_round(w.W0))
+        return out
+
+    def _learn_forward(self, o, r, index, probe, measured):
+        """The experimenter's model learns the trial: predicted (before) vs observed, and
+        after calibration the job's measure."""
+        observed = self.job.outputs(r, index)
+        predicted, sd = (a[0] for a in self.job.model.predict(np.asarray(o)[None]))
+        self.job.model.update(o, observed)
+        out = {"observed": _round(observed), "predicted": _round(predicted),
+               "sd": _round(sd)}
+        if measured:
+            out.update(self.job.measure(index, observed, predicted))
+        with self._lock:
+            self._electrode_sd = self.job.model.electrode_sd()
+            if measured:
+                self._observed.append((int(index), probe, observed, predicted, sd))
+                self._measures.append((int(index), probe, out))
+        return out
 
     # -- for the GUI and the summary -------------------------------------------------------
     def model_state(self):
-        """A snapshot of the model for displays; cheap, and safe to call from any thread.
+        """A snapshot of both models for displays; cheap, and safe to call from any thread.
 
-        running, trials finished (of calibration_trials before the model starts), the
-        stimulated electrodes (the columns of W1 and W0),
-        probes, the latest per-trial free energies, observed x and predicted x_hat
-        (trials x 2), W1 and W0 (2 x 32, or None), the session free energies and
-        the last decisions with their scores. Arrays are copies.
+        running, job, selection, trials finished (of calibration_trials before the models
+        start), the stimulated electrodes (the columns of W1, W0 and electrode_sd), probes;
+        the culture's model: the latest per-trial free energies, observed x and predicted
+        x_hat (trials x 2), W1 and W0 (2 x 32, or None), the session free energies; the
+        experimenter's model: electrode_sd (32, or None: what is still unknown), and for
+        each trial after calibration its trial index, probe flag, observed and predicted
+        outputs and sd (trials x outputs), the job's measure per trial (``measure``:
+        success for control, target_sd for identify) and ``success_rate`` (control: over
+        the last SUCCESS_WINDOW probes, else None); the last decisions with their scores.
+        Arrays are copies.
         """
         with self._lock:
+            rows = list(self._observed)
+            measures = list(self._measures)
+            key = "success" if self.p.job == "control" else "target_sd"
+            values = [m[key] for _, _, m in measures]
+            probed = [m["success"] for _, probe, m in measures if probe and key == "success"]
+            n_out = self.job.model.n_outputs if self.job is not None else 0
             return {
-                "running": self._weights is not None,
-                "selection": self.p.selection,
+                "running": self.job is not None,
+                "job": self.p.job,
+                "selection": self.selection,
                 "channels": [int(c) for c in getattr(self, "channels", [])],
                 "trials": self._trials,
                 "calibration_trials": self.p.calibration_sessions * self.p.trials_per_session,
@@ -253,13 +465,31 @@ class FEPClosedLoop(BSSIsomura):
                 "W1": None if self._weights is None else self._weights[0].copy(),
                 "W0": None if self._weights is None else self._weights[1].copy(),
                 "session_free_energy": list(self._session_fe),
+                "electrode_sd": (None if self._electrode_sd is None
+                                 else self._electrode_sd.copy()),
+                "update_trials": [t for t, *_ in rows],
+                "update_probe": [p for _, p, *_ in rows],
+                "observed": _stack([row[2] for row in rows], n_out),
+                "predicted": _stack([row[3] for row in rows], n_out),
+                "predicted_sd": _stack([row[4] for row in rows], n_out),
+                "measure_name": key,
+                "measure": values,
+                "success_rate": (float(np.mean(probed[-SUCCESS_WINDOW:])) if probed
+                                 else None),
                 "decisions": list(self._decisions),
             }
 
     def summary(self):
         out = super().summary()
-        out["probes"] = self.probes
+        out.update(job=self.p.job, selection=self.selection, probes=self.probes)
         if self.model is not None:
             out["session_free_energy"] = _round(self.model.session_free_energy)
             out["ensemble_sizes"] = [int(n) for n in self.ensembles.members.sum(1)]
+        if self.job is not None:
+            state = self.model_state()
+            out["outputs"] = self.job.model.n_outputs
+            if state["success_rate"] is not None:
+                out["success_rate_last100"] = round(state["success_rate"], 4)
+            if state["measure_name"] == "target_sd" and state["measure"]:
+                out["target_sd"] = state["measure"][-1]
         return out

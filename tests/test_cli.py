@@ -1,6 +1,7 @@
 """The CLI as a user runs it: a subprocess, exit codes, one-line errors, the summary."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -122,11 +123,15 @@ def test_protocols_lists_shipped_protocols_and_parameters():
 
 
 def test_demo_runs_and_writes_its_results(tmp_path):
-    proc = subprocess.run(cli_command("demo", "--trials", "8"), capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(cli_command("demo", "--trials", "16"), capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "demo-summary.json").exists() and (tmp_path / "demo-trials.npz").exists()
-    assert "trials          8" in proc.stdout
+    for name in ("demo-summary.json", "demo-summary-random.json", "demo-trials.npz", "demo.nwb"):
+        assert (tmp_path / name).exists()
+    # calibration, the model's choices, and the comparison with random ones
+    assert "Calibration (32 trials): " in proc.stdout
+    assert "The model's last choices (targeted" in proc.stdout
+    assert re.search(r"targeted \d\.\d+ spikes, random \d\.\d+ spikes", proc.stdout)
 
 
 def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):

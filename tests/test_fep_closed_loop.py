@@ -1,5 +1,6 @@
 """The closed-loop free-energy protocol on the simulator: probes, records, errors, live state."""
 
+import json
 import math
 import subprocess
 
@@ -24,12 +25,13 @@ def run_cli(*args):
                           cwd=ROOT)
 
 
-@pytest.mark.parametrize("selection", ["infomax", "efe"])
-def test_probes_are_chosen_delivered_and_recorded(tmp_path, selection):
+@pytest.mark.parametrize(("job", "selection"), [("identify", "targeted"), ("control", "efe")])
+def test_probes_are_chosen_delivered_and_recorded(tmp_path, job, selection):
     nwb = tmp_path / "run.nwb"
     proc = run_cli("run", "fep_closed_loop", "--device", DEVICE, "--fast", "--quiet",
                    "--sessions", "3", *SHORT, "--param", "probe_fraction=0.3",
-                   "--param", f"selection={selection}", "--record", str(nwb), "--no-raw")
+                   "--param", f"job={job}", "--param", f"selection={selection}",
+                   "--record", str(nwb), "--no-raw")
     assert proc.returncode == 0, proc.stderr
     with recording.open(nwb) as rec:
         decisions, table = rec.decisions, rec.trials
@@ -37,15 +39,24 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, selection):
     choices = [d for d in decisions if d["choice"] is not None]
     updates = [d["details"] for d in decisions if d["details"].get("kind") == "update"]
     probes = [d for d in choices if d["details"]["probe"]]
-    # The model starts after the calibration session and decides every later trial.
+    calibration = [d["details"] for d in decisions if d["details"].get("kind") == "calibration"]
+    assert len(calibration) == 1 and calibration[0]["job"] == job
+    n_out = len(calibration[0]["electrodes"]) if job == "identify" else 2
+    # The models start after the calibration session and decide every later trial.
     trials = sorted(d["details"]["trial"] for d in choices)
     assert trials[0] >= PER and trials == list(range(trials[0], 3 * PER))
     assert abs(len(probes) / len(choices) - 0.3) < 0.15
+    for d in choices:  # every decision with the experimenter's model's uncertainty
+        details, n = d["details"], len(d["candidates"])
+        assert details["job"] == job
+        assert np.shape(details["prediction"]) == np.shape(details["sd"]) == (n, n_out)
+        assert np.all(np.asarray(details["sd"]) > 0)
+        assert len(details["electrode_sd"]) == 32 and min(details["electrode_sd"]) > 0
+        assert np.shape(details["x_hat"]) == (n, 2)  # the culture's model's prediction
     for d in probes:
         details = d["details"]
         assert details["method"] == selection
         assert len(d["candidates"]) == len(d["scores"]) == 16
-        assert len(details["x_hat"]) == 16 and all(len(x) == 2 for x in details["x_hat"])
         assert all(math.isfinite(v) for v in d["scores"])
         # what was chosen is what the trial delivered; probes carry no sources
         i = details["trial"]
@@ -55,15 +66,26 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, selection):
     assert all(d["details"]["method"] == "generative" and d["choice"] == 0 for d in training)
     for d in training:
         np.testing.assert_array_equal(d["candidates"][0], table.o[d["details"]["trial"]])
-    # one update a trial from the model's start on, with finite free energies
+    # one update a trial from the models' start on: predicted (before learning) vs observed
     assert [u["trial"] for u in updates] == list(range(PER, 3 * PER))
     assert all(math.isfinite(u["free_energy"]) for u in updates)
+    for u in updates:
+        assert len(u["observed"]) == len(u["predicted"]) == len(u["sd"]) == n_out
+        if job == "control":
+            assert set(u["observed"]) <= {0, 1} and isinstance(u["success"], bool)
+            assert u["preferred"] == ([0.95, 0.05] if u["trial"] < 2 * PER else [0.05, 0.95])
+        else:
+            assert u["target_sd"] > 0 and u["error"] >= 0
+            # what the update observed is the trial's recorded response
+            np.testing.assert_array_equal(
+                u["observed"], table.r[u["trial"]][calibration[0]["electrodes"]])
+    if job == "identify":  # what is still unknown shrinks as the model learns
+        assert updates[-1]["target_sd"] < updates[0]["target_sd"]
     assert {u["trial"] for u in updates if u["probe"]} == {d["details"]["trial"] for d in probes}
     ends = [u for u in updates if "session_free_energy" in u]
     assert [u["trial"] for u in ends] == [2 * PER - 1, 3 * PER - 1]
     assert all(np.shape(u["W1"]) == np.shape(u["W0"]) == (2, 32) for u in ends)
-    calibration = [d["details"] for d in decisions if d["details"].get("kind") == "calibration"]
-    assert len(calibration) == 1 and calibration[0]["members_g1"]
+    assert calibration[0]["members_g1"]
     assert calibration[0]["members_g2"] and calibration[0]["baseline"] > 0
 
 
@@ -71,7 +93,12 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, selection):
     ("values", "message"),
     [
         ({"probe_fraction": 1.5}, "probe_fraction=1.5 is out of range"),
-        ({"selection": "random"}, "selection='random' is not one of"),
+        ({"job": "train"}, "job='train' is not one of"),
+        ({"selection": "efe"}, "selection='efe' does not suit job=identify: use one of "
+         "targeted, infomax, random, passive, generative"),
+        ({"job": "control", "selection": "targeted"}, "selection='targeted' does not suit "
+         "job=control: use one of efe, random"),
+        ({"selection": "bogus"}, "selection='bogus' does not suit job=identify"),
         ({"preferred": "0.5"}, "preferred='0.5': give two probabilities"),
         ({"preferred": "0.5,x"}, "give two probabilities from 0 to 1"),
         ({"preferred": "0.5,1.5"}, "give two probabilities from 0 to 1"),
@@ -87,13 +114,27 @@ def test_bad_parameters_are_refused(values, message):
         cls(**values)
 
 
-def test_without_ensembles_the_run_stops_with_one_line():
+def test_control_without_ensembles_stops_with_one_line_saying_what_to_change():
     proc = run_cli("run", "fep_closed_loop", "--device", DEVICE, "--fast", "--sessions", "2",
-                   *SHORT, "--param", "amplitude=0.5")
+                   *SHORT, "--param", "amplitude=0.5", "--param", "job=control")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("mea-control: error: after 1 calibration session(s): no ")
-    assert "calibration_sessions" in last
+    assert last.startswith(f"mea-control: error: after 1 calibration session(s) of {PER} "
+                           "trials: no source-preferring ensemble")
+    assert "calibration_sessions" in last and "stronger pulse (amplitude=0.5)" in last
+
+
+def test_identify_without_ensembles_goes_on_without_the_cultures_model(tmp_path):
+    summary = tmp_path / "s.json"
+    proc = run_cli("run", "fep_closed_loop", "--device", DEVICE, "--fast", "--sessions", "2",
+                   *SHORT, "--param", "amplitude=0.5", "--param", "probe_fraction=1",
+                   "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    assert "the culture's model is left out (no source-preferring ensemble" in proc.stderr
+    out = json.loads(summary.read_text())["protocol_summary"]
+    # the engine designs a trial ahead: the first after calibration may be a training one
+    assert PER - 2 <= out["probes"] <= PER
+    assert out["outputs"] > 0 and "ensemble_sizes" not in out
 
 
 class Snapshots(Sink):
@@ -136,6 +177,15 @@ def test_model_state_before_and_after_calibration():
     assert len(last["session_free_energy"]) == 2
     assert last["probes"] == summary["protocol_summary"]["probes"] > 0
     assert 0 < len(last["decisions"]) <= 8 and "scores" in last["decisions"][-1]
+    # the experimenter's model: what is still unknown, predicted vs observed per trial
+    assert last["job"] == "identify" and last["selection"] == "targeted"
+    assert last["electrode_sd"].shape == (32,) and (last["electrode_sd"] > 0).all()
+    n_out = last["observed"].shape[1]
+    assert last["observed"].shape == last["predicted"].shape == (PER, n_out)
+    assert last["update_trials"] == list(range(PER, 2 * PER))
+    assert last["measure_name"] == "target_sd" and len(last["measure"]) == PER
+    assert last["success_rate"] is None
+    assert "sd" in last["decisions"][-1] and "prediction" in last["decisions"][-1]
     assert len(from_main) > 1 and from_main[-1]["trials"] == 2 * PER
     assert summary["protocol_summary"]["session_free_energy"] == pytest.approx(
         last["session_free_energy"], abs=1e-4)

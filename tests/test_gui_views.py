@@ -66,10 +66,25 @@ def _model_state(rng, trials=320, n_candidates=16):
         decisions.append({"trial": trials - 8 + i, "probe": probe,
                           "method": "infomax" if probe else "generative",
                           "choice": int(np.argmax(scores)), "scores": scores})
-    return {"running": True, "selection": "infomax", "trials": trials,
+    after = np.arange(100, trials)
+    observed = rng.poisson(3.0, (len(after), 12)).astype(float)
+    predicted = np.clip(observed + rng.normal(0, 1.0, observed.shape), 0, None)
+    return {"running": True, "job": "control", "selection": "efe", "trials": trials,
             "calibration_trials": 100, "probes": 37, "free_energy": fe.tolist(),
             "x": x, "x_hat": x_hat, "W1": w1, "W0": rng.normal(0, 0.3, (2, 32)),
-            "session_free_energy": [31.2, 28.4, 26.9], "decisions": decisions}
+            "session_free_energy": [31.2, 28.4, 26.9], "decisions": decisions,
+            "channels": np.flatnonzero(layout_channels(rng))[:32].tolist(),
+            "electrode_sd": np.linspace(0.05, 0.3, 32)[rng.permutation(32)],
+            "update_trials": after.tolist(), "update_probe": (after % 3 == 1).tolist(),
+            "observed": observed, "predicted": predicted, "predicted_sd": np.ones_like(observed),
+            "measure_name": "success",
+            "measure": (rng.random(len(after)) < np.linspace(0.2, 0.8, len(after))).tolist(),
+            "success_rate": 0.71}
+
+
+def layout_channels(rng):
+    """Which of 60 electrodes stimulated (the first 32 of a shuffled set)."""
+    return np.isin(np.arange(60), rng.permutation(59)[:32])
 
 
 def make_snapshot(layout, n_trace=8, window_s=30.0, seed=1, model=True):
@@ -119,7 +134,7 @@ def test_views_draw_a_realistic_frame(qtbot, output_dir, layout):
         "raster": (RasterView(layout), 1000, 520),
         "array": (ArrayView(layout), 620, 560),
         "psth": (PsthView(), 560, 360),
-        "model": (ModelView(layout), 1000, 760),
+        "model": (ModelView(layout), 1100, 980),
     }
     tag = "" if layout.name == "grid8x8_200um" else f"_{layout.name}"
     for name, (view, w, h) in views.items():
@@ -135,6 +150,11 @@ def test_views_draw_a_realistic_frame(qtbot, output_dir, layout):
     top = snap.rates_hz.max()
     assert top <= array.max_rate <= 2 * top  # the colour bar's top follows the rates
     assert len(array.stimulated.data) == len(snap.stimulated)
+    model = views["model"][0]
+    assert len(model.cells.data) == 32  # one cell for each stimulated electrode
+    assert len(model.pred_points.data) == 40  # the last n_trials trials
+    assert "success 71%" in model.status.text()
+    assert len(model.job_curve.xData) == len(snap.model["measure"]) - 19  # 20-trial means
     trace = views["traces"][0]
     assert len(trace.curve.xData) == 2 * 8 * len(snap.trace_t)
     assert len(trace.spikes.xData) > 0

@@ -515,10 +515,13 @@ def _step_up(x: float) -> float:
 
 
 class ModelView(QtWidgets.QWidget):
-    """The protocol's model: free energy, predicted vs observed responses, weights, decisions.
+    """The protocol's two models: the culture's (free energy, predicted vs observed ensemble
+    responses, weights) and the experimenter's (what is still unknown per stimulated
+    electrode on the array, predicted vs observed response of each trial, the job's
+    measure), and the last decisions.
 
     Draws ``snapshot.model`` (the dict of ``FEPClosedLoop.model_state()``); without one it
-    shows a placeholder. ``n_trials`` sets how many recent trials the response plot shows.
+    shows a placeholder. ``n_trials`` sets how many recent trials the response plots show.
     """
 
     def __init__(self, layout: Layout | None = None, n_trials: int = 40,
@@ -580,7 +583,8 @@ class ModelView(QtWidgets.QWidget):
         col = QtWidgets.QVBoxLayout(page)
         col.setContentsMargins(0, 0, 0, 0)
         col.addWidget(self.status)
-        col.addWidget(self.glw, 1)
+        col.addWidget(self.glw, 3)
+        col.addWidget(self._experimenter_plots(), 2)
         col.addWidget(QtWidgets.QLabel("Last decisions (newest first)"))
         col.addWidget(self.table)
         self.stack = QtWidgets.QStackedLayout(self)
@@ -618,6 +622,9 @@ class ModelView(QtWidgets.QWidget):
         if len(x):
             self.resp[0].setXRange(tx[0] - 0.5, tx[-1] + 0.5, padding=0)
         self._weights(m)
+        self._unknown(m)
+        self._predictions(m)
+        self._measure(m)
         self._decisions(decisions)
 
     def _status(self, m: dict) -> None:
@@ -626,8 +633,12 @@ class ModelView(QtWidgets.QWidget):
             text = (f"Calibrating: {m.get('trials', 0)} of {m.get('calibration_trials', '?')} "
                     "trials; the model starts after calibration.")
         else:
-            text = (f"Selection: {m.get('selection', '?')}; trials {m.get('trials', '?')}, "
-                    f"probes {m.get('probes', 0)}; sessions done {len(sfe)}"
+            rate = m.get("success_rate")
+            text = (f"Job: {m.get('job', '?')}, selection: {m.get('selection', '?')}; "
+                    f"trials {m.get('trials', '?')}, probes {m.get('probes', 0)}"
+                    + (f"; success {rate:.0%} of the last {min(m.get('probes', 0), 100)} "
+                       "probes" if rate is not None else "")
+                    + f"; sessions done {len(sfe)}"
                     + (f", last session free energy {sfe[-1]:.4g}" if sfe else ""))
         self.status.setText(text)
 
@@ -651,6 +662,104 @@ class ModelView(QtWidgets.QWidget):
         self.weights.getAxis("bottom").setTicks(
             [[(j + 0.5, names[j]) for j in range(0, w.shape[1], 4)],
              [(j + 0.5, names[j]) for j in range(w.shape[1]) if j % 4]])
+
+    # -- the experimenter's model ---------------------------------------------------------
+    def _experimenter_plots(self) -> pg.GraphicsLayoutWidget:
+        """What is still unknown on the array, predicted vs observed, the job's measure."""
+        glw = pg.GraphicsLayoutWidget()
+        self.unknown = glw.addPlot(row=0, col=0, title="Still unknown (sd per electrode)")
+        self.unknown.setAspectLocked(True)
+        for axis in ("left", "bottom"):
+            self.unknown.hideAxis(axis)
+        self.unknown.setMouseEnabled(False, False)
+        self.unknown.hideButtons()
+        if self.electrode_layout is not None:  # every electrode, faintly, under the map
+            pos = self.electrode_layout.positions_um
+            self.unknown.addItem(pg.ScatterPlotItem(
+                pos=pos, symbol="s", pxMode=False, size=0.9 * _pitch(pos), pen=None,
+                brush=pg.mkBrush(110, 110, 110, 70)))
+        self.cells = pg.ScatterPlotItem(symbol="s", pxMode=False, pen=None)
+        self.unknown.addItem(self.cells)
+        self.sd_cmap = pg.colormap.get("magma")
+        self.sd_bar = pg.ColorBarItem(values=(0, 0.3), colorMap=self.sd_cmap, label="sd",
+                                      interactive=False, width=12)
+        glw.addItem(self.sd_bar, row=0, col=1)
+        self.pred = glw.addPlot(row=0, col=2, title="Predicted vs observed "
+                                "(<span style='color:#ffa500'>●</span> probes)")
+        self.pred.setLabel("bottom", "predicted")
+        self.pred.setLabel("left", "observed")
+        self.pred_points = pg.ScatterPlotItem(size=6, pen=None)
+        self.pred.addItem(self.pred_points)
+        self.diagonal = self.pred.plot(pen=pg.mkPen(_foreground(120), width=1,
+                                                    style=QtCore.Qt.PenStyle.DashLine))
+        self.job_plot = glw.addPlot(row=0, col=3, title="Job")
+        self.job_plot.setLabel("bottom", "trial")
+        self.job_plot.getAxis("left").enableAutoSIPrefix(False)
+        self.job_curve = self.job_plot.plot(pen=pg.mkPen(_foreground(), width=2))
+        self._sd_layout: tuple | None = None
+        for column, stretch in enumerate((3, 0, 3, 3)):
+            glw.ci.layout.setColumnStretchFactor(column, stretch)
+        return glw
+
+    def _unknown(self, m: dict) -> None:
+        """electrode_sd at the stimulated electrodes' positions (by index without a layout)."""
+        sd, channels = m.get("electrode_sd"), m.get("channels") or []
+        if sd is None or len(sd) != len(channels):
+            self.cells.clear()
+            return
+        sd = np.asarray(sd, float)
+        if self.electrode_layout is not None:
+            pos = self.electrode_layout.positions_um[np.asarray(channels, int)]
+            pitch = _pitch(self.electrode_layout.positions_um)
+        else:
+            pos = np.column_stack([np.arange(len(sd)) % 8, -(np.arange(len(sd)) // 8)]) * 1.0
+            pitch = 1.0
+        top = _step_up(float(sd.max(initial=0.0)))
+        colours = self.sd_cmap.map(np.clip(sd / top, 0, 1), mode="qcolor")
+        self.cells.setData(pos=pos, size=0.9 * pitch, brush=colours)
+        self.sd_bar.setLevels((0, top))
+        key = (len(pos), float(pitch))
+        if key != self._sd_layout:
+            self._sd_layout = key
+            every = (self.electrode_layout.positions_um if self.electrode_layout is not None
+                     else pos)
+            lo, hi = every.min(0) - pitch, every.max(0) + pitch
+            self.unknown.setRange(xRange=(lo[0], hi[0]), yRange=(lo[1], hi[1]), padding=0)
+
+    def _predictions(self, m: dict) -> None:
+        observed = np.asarray(m.get("observed", []), float)
+        predicted = np.asarray(m.get("predicted", []), float)
+        if observed.ndim != 2 or observed.shape != predicted.shape or not len(observed):
+            self.pred_points.clear()
+            self.diagonal.setData([], [])
+            return
+        obs = observed[-self.n_trials:].mean(1)
+        pred = predicted[-self.n_trials:].mean(1)
+        probe = np.asarray(m.get("update_probe", [False] * len(observed)), bool)
+        probe = probe[-len(obs):]
+        brushes = [pg.mkBrush(STIM_COLOUR) if p else pg.mkBrush(_foreground(160))
+                   for p in probe]
+        self.pred_points.setData(pred, obs, brush=brushes)
+        top = _step_up(float(max(obs.max(), pred.max(), 0.0)))
+        self.diagonal.setData([0, top], [0, top])
+        self.pred.setRange(xRange=(0, top), yRange=(0, top), padding=0.05)
+
+    def _measure(self, m: dict) -> None:
+        values = np.asarray(m.get("measure", []), float)
+        trials = np.asarray(m.get("update_trials", []), float)[-len(values):]
+        if m.get("measure_name") == "success":
+            self.job_plot.setTitle("Control: success (20 trials)")
+            self.job_plot.setLabel("left", "success")
+            kernel = np.ones(min(20, len(values)) or 1)
+            values = (np.convolve(values, kernel, "valid") / len(kernel) if len(values)
+                      else values)
+            trials = trials[len(trials) - len(values):]
+            self.job_plot.setYRange(0, 1, padding=0.05)
+        else:
+            self.job_plot.setTitle("Identify: sd of the targets")
+            self.job_plot.setLabel("left", "sd (spikes)")
+            self.job_plot.enableAutoRange()
+        self.job_curve.setData(trials, values)
 
     def _decisions(self, decisions: list[dict]) -> None:
         rows = list(reversed(decisions))
