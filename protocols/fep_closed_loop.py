@@ -28,11 +28,22 @@ electrodes and sequence) with two models of :mod:`mea_control.fep`:
     (expected free energy: risk + ambiguity) or ``random``. Each trial records
     ``success``: every ensemble with a preference (not 0.5) in its preferred
     state.
+  - ``train``: steering learning. The chosen trials are training trials, not
+    probes: ``n_candidates`` BSS trials are drawn from the BSS process (sources
+    through the mixing) and ``steer`` takes the one after which the culture's
+    model predicts the largest separation of the two sources on 32 one-source
+    target patterns (:mod:`mea_control.fep.training`), ``random`` any of them.
+    The trial keeps its hidden sources. The experimenter's model learns the
+    ensembles' states as for control, for the record. Each trial records
+    ``separation``, the separation the culture's model predicts. (On the
+    simulated culture steering does worse than the published sequence: see the
+    README.)
 
   ``selection = generative`` (any job) makes no probes; ``auto`` (the default)
   is the job's first method. A job is a small class in ``JOBS``: it builds its
-  model from the calibration trials, turns a trial's responses into the
-  model's outputs, offers candidates and scores a trial.
+  model from the calibration trials (and ``ctx.rng``, for what it draws at the
+  start), turns a trial's responses into the model's outputs, offers candidates
+  and scores a trial.
 
 Calibration. The first ``calibration_sessions`` sessions are plain training.
 At their end the source-preferring ensembles are found from those trials (the
@@ -84,6 +95,7 @@ from collections import deque
 import numpy as np
 
 from mea_control.fep import ensembles as ens
+from mea_control.fep import training
 from mea_control.fep.data import FEPInputError, TrialData
 from mea_control.fep.forward import ForwardModel
 from mea_control.fep.model import LAMBDA
@@ -124,7 +136,7 @@ class Identify:
     name = "identify"
     selections = ("targeted", "infomax", "random", "passive")
 
-    def __init__(self, protocol, o, s, r, found):
+    def __init__(self, protocol, o, s, r, found, rng):
         p = protocol.p
         self.protocol = protocol
         self.electrodes = np.flatnonzero(ens.responsive(r, p.calibration_sessions))
@@ -169,7 +181,7 @@ class Control:
     name = "control"
     selections = ("efe", "random")
 
-    def __init__(self, protocol, o, s, r, found):
+    def __init__(self, protocol, o, s, r, found, rng):
         if found is None:
             raise _calibration_error(protocol.p, protocol.no_ensembles)
         p = protocol.p
@@ -206,8 +218,45 @@ class Control:
                 "switch_trial": int(self.switch)}
 
 
-#: The jobs a run can give the experimenter's model (the train job is added here).
-JOBS = {job.name: job for job in (Identify, Control)}
+class Train(Control):
+    """Steer learning: training trials (with their hidden sources) chosen with the culture's
+    model so that it predicts a larger separation of the two sources (fep.training). The
+    experimenter's model of the ensembles' states learns alongside, for the record."""
+
+    name = "train"
+    selections = ("steer", "random")
+
+    def __init__(self, protocol, o, s, r, found, rng):
+        super().__init__(protocol, o, s, r, found, rng)
+        self.aims, self.labels = training.one_source_patterns(rng, TRAIN_AIMS,
+                                                              protocol.p.mixing)
+
+    def choose(self, method, candidates, rng, trial):
+        """A BSS trial drawn among ``n_candidates`` from the BSS process: the one the
+        culture's model predicts to raise the separation most (steer), or any (random).
+        ``candidates`` (the probes') are not used; the decision carries the sources."""
+        p = self.protocol.p
+        offered, sources = training.bss_candidates(rng, p.n_candidates, p.mixing)
+        d = training.choose(self.protocol.model, offered, self.aims, self.labels, sources)
+        d.method = method
+        if method == "random":
+            d.index = int(rng.integers(len(offered)))
+        d.prediction, d.sd = self.model.predict(offered)
+        return d
+
+    def measure(self, trial, observed, predicted):
+        """The separation of the sources that the culture's model predicts now."""
+        sep = training.separation(self.protocol.model.weights, self.aims, self.labels)
+        return {"separation": round(float(sep), 5)}
+
+    def record(self):
+        return {"outputs": "ensemble states", "threshold": _round(self.threshold)}
+
+
+#: Target patterns of the train job (half with source 1 alone, half with source 2 alone).
+TRAIN_AIMS = 32
+#: The jobs a run can give the experimenter's model.
+JOBS = {job.name: job for job in (Identify, Control, Train)}
 
 
 class FEPClosedLoop(BSSIsomura):
@@ -224,7 +273,8 @@ class FEPClosedLoop(BSSIsomura):
                                + "; ".join(f"{j.name}: {', '.join(j.selections)}"
                                            for j in JOBS.values())),
         "probe_fraction": Parameter(float, 0.1, range=(0.0, 1.0),
-                                    help="share of trials after calibration that are probes"),
+                                    help="share of trials after calibration that the job "
+                                    "chooses (probes; train: training trials)"),
         "n_candidates": Parameter(int, 16, range=(2, 1024),
                                   help="candidate patterns scored for each probe"),
         "calibration_sessions": Parameter(int, 1, range=(1, 10_000),
@@ -292,16 +342,19 @@ class FEPClosedLoop(BSSIsomura):
         if self.job is None:
             return spec
         o = self.sequence[1][index % self.p.trials_per_session]
-        probe = (self.selection != "generative"
-                 and ctx.rng.random() < self.p.probe_fraction)
-        if not probe:
+        if self.selection == "generative" or ctx.rng.random() >= self.p.probe_fraction:
             self._decide(ctx, choose("generative", self.job.model, o[None]), index, False)
             return spec
+        decision = self.job.choose(self.selection, self._candidates(ctx.rng), ctx.rng, index)
+        on = [ch for ch, bit in zip(self.channels, decision.pattern, strict=True) if bit]
+        sources = decision.details.get("sources")
+        if sources is not None:  # train: a chosen training trial, with its hidden sources
+            self._decide(ctx, decision, index, False)
+            pattern = StimPattern.single(on, self.pulse, label="bss") if on else None
+            return TrialSpec(pattern, tuple(int(v) for v in sources[decision.index]))
         self.probes += 1
         self._pending_probes.add(index)
-        decision = self.job.choose(self.selection, self._candidates(ctx.rng), ctx.rng, index)
         self._decide(ctx, decision, index, True)
-        on = [ch for ch, bit in zip(self.channels, decision.pattern, strict=True) if bit]
         pattern = StimPattern.single(on, self.pulse, label="probe") if on else None
         return TrialSpec(pattern, (0, 0))
 
@@ -352,7 +405,8 @@ class FEPClosedLoop(BSSIsomura):
             found = ens.find(TrialData(o, s, r, per))
         except FEPInputError as exc:
             found, self.no_ensembles = None, str(exc)
-        self.job = JOBS[self.p.job](self, o, s, r, found)  # ProtocolError: what to change
+        # ProtocolError: what to change
+        self.job = JOBS[self.p.job](self, o, s, r, found, ctx.rng)
         if found is not None:
             self.ensembles = found
             self.normaliser = OnlineNormaliser(2, per, float(found.responses(r).mean()))
@@ -447,7 +501,8 @@ class FEPClosedLoop(BSSIsomura):
         with self._lock:
             rows = list(self._observed)
             measures = list(self._measures)
-            key = "success" if self.p.job == "control" else "target_sd"
+            key = {"control": "success", "identify": "target_sd"}.get(self.p.job,
+                                                                      "separation")
             values = [m[key] for _, _, m in measures]
             probed = [m["success"] for _, probe, m in measures if probe and key == "success"]
             n_out = self.job.model.n_outputs if self.job is not None else 0

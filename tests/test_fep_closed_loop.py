@@ -25,8 +25,11 @@ def run_cli(*args):
                           cwd=ROOT)
 
 
-@pytest.mark.parametrize(("job", "selection"), [("identify", "targeted"), ("control", "efe")])
+@pytest.mark.parametrize(("job", "selection"), [("identify", "targeted"), ("control", "efe"),
+                                               ("train", "steer")])
 def test_probes_are_chosen_delivered_and_recorded(tmp_path, job, selection):
+    """Every decision is recorded with the experimenter's model's uncertainty; identify and
+    control choose probes (no sources), train chooses training trials (with sources)."""
     nwb = tmp_path / "run.nwb"
     proc = run_cli("run", "fep_closed_loop", "--device", DEVICE, "--fast", "--quiet",
                    "--sessions", "3", *SHORT, "--param", "probe_fraction=0.3",
@@ -38,7 +41,8 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, job, selection):
     assert len(table) == 3 * PER
     choices = [d for d in decisions if d["choice"] is not None]
     updates = [d["details"] for d in decisions if d["details"].get("kind") == "update"]
-    probes = [d for d in choices if d["details"]["probe"]]
+    probes = [d for d in choices if d["details"]["method"] == selection]
+    assert all(d["details"]["probe"] == (job != "train") for d in probes)
     calibration = [d["details"] for d in decisions if d["details"].get("kind") == "calibration"]
     assert len(calibration) == 1 and calibration[0]["job"] == job
     n_out = len(calibration[0]["electrodes"]) if job == "identify" else 2
@@ -55,14 +59,17 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, job, selection):
         assert np.shape(details["x_hat"]) == (n, 2)  # the culture's model's prediction
     for d in probes:
         details = d["details"]
-        assert details["method"] == selection
         assert len(d["candidates"]) == len(d["scores"]) == 16
         assert all(math.isfinite(v) for v in d["scores"])
-        # what was chosen is what the trial delivered; probes carry no sources
-        i = details["trial"]
-        np.testing.assert_array_equal(d["candidates"][d["choice"]], table.o[i])
-        assert table.s[i].tolist() == [0, 0]
-    training = [d for d in choices if not d["details"]["probe"]]
+        s = table.s[details["trial"]].tolist()
+        if job == "train":  # the trial keeps the chosen candidate's hidden sources
+            assert s == details["sources"][d["choice"]]
+            assert math.isfinite(details["separation"])
+        else:  # probes carry no sources
+            assert s == [0, 0]
+        # what was chosen is what the trial delivered
+        np.testing.assert_array_equal(d["candidates"][d["choice"]], table.o[details["trial"]])
+    training = [d for d in choices if d["details"]["method"] != selection]
     assert all(d["details"]["method"] == "generative" and d["choice"] == 0 for d in training)
     for d in training:
         np.testing.assert_array_equal(d["candidates"][0], table.o[d["details"]["trial"]])
@@ -74,6 +81,8 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, job, selection):
         if job == "control":
             assert set(u["observed"]) <= {0, 1} and isinstance(u["success"], bool)
             assert u["preferred"] == ([0.95, 0.05] if u["trial"] < 2 * PER else [0.05, 0.95])
+        elif job == "train":
+            assert set(u["observed"]) <= {0, 1} and -2 <= u["separation"] <= 2
         else:
             assert u["target_sd"] > 0 and u["error"] >= 0
             # what the update observed is the trial's recorded response
@@ -81,7 +90,8 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, job, selection):
                 u["observed"], table.r[u["trial"]][calibration[0]["electrodes"]])
     if job == "identify":  # what is still unknown shrinks as the model learns
         assert updates[-1]["target_sd"] < updates[0]["target_sd"]
-    assert {u["trial"] for u in updates if u["probe"]} == {d["details"]["trial"] for d in probes}
+    chosen = {d["details"]["trial"] for d in probes}
+    assert {u["trial"] for u in updates if u["probe"]} == (set() if job == "train" else chosen)
     ends = [u for u in updates if "session_free_energy" in u]
     assert [u["trial"] for u in ends] == [2 * PER - 1, 3 * PER - 1]
     assert all(np.shape(u["W1"]) == np.shape(u["W0"]) == (2, 32) for u in ends)
@@ -93,7 +103,9 @@ def test_probes_are_chosen_delivered_and_recorded(tmp_path, job, selection):
     ("values", "message"),
     [
         ({"probe_fraction": 1.5}, "probe_fraction=1.5 is out of range"),
-        ({"job": "train"}, "job='train' is not one of"),
+        ({"job": "bogus"}, "job='bogus' is not one of"),
+        ({"job": "train", "selection": "efe"}, "selection='efe' does not suit job=train: use "
+         "one of steer, random"),
         ({"selection": "efe"}, "selection='efe' does not suit job=identify: use one of "
          "targeted, infomax, random, passive, generative"),
         ({"job": "control", "selection": "targeted"}, "selection='targeted' does not suit "

@@ -755,6 +755,10 @@ class ModelView(QtWidgets.QWidget):
                       else values)
             trials = trials[len(trials) - len(values):]
             self.job_plot.setYRange(0, 1, padding=0.05)
+        elif m.get("measure_name") == "separation":
+            self.job_plot.setTitle("Train: predicted separation of the sources")
+            self.job_plot.setLabel("left", "separation")
+            self.job_plot.enableAutoRange()
         else:
             self.job_plot.setTitle("Identify: sd of the targets")
             self.job_plot.setLabel("left", "sd (spikes)")
