@@ -285,8 +285,10 @@ class FEPClosedLoop(BSSIsomura):
         "preferred": Parameter(str, "0.95,0.05",
                                help="control: on-probabilities of ensembles 1, 2 wanted in the "
                                "first half of the trials after calibration (swapped after)"),
-        "drift_sd": Parameter(float, 0.0, range=(0.0, 10.0),
-                              help="experimenter's model: random-walk sd of each weight a trial"),
+        "drift_sd": Parameter(float, 0.01, range=(0.0, 10.0),
+                              help="experimenter's model: random-walk sd of each weight a "
+                              "trial (0.01: one-trial-ahead predictions follow the culture's "
+                              "drift; 0: none)"),
         "lambda": Parameter(float, 256.0, unit="trials", range=(1.0, 1e7),
                             help=f"culture's model: prior strength of the effective weights "
                             f"(published: {LAMBDA:g})"),
