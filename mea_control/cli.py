@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -428,15 +429,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The experimenter's model in the loop on the simulator: the same culture probed twice,
     by the model's targeted choice and at random, after the same calibration."""
     calibration = max(1, args.sessions // 2)
-    print(
-        "Demo: blind-source-separation training (Isomura et al.) on a simulated culture, "
-        f"closed loop\nin fast mode, device {DEMO_DEVICE}: {args.sessions} sessions of "
-        f"{args.trials} trials. The first {calibration} calibrate (responsive electrodes,\n"
-        "ensembles); after them the experimenter's model chooses every pattern to identify "
-        "the\nresponses to the sequence's patterns. Run 1: targeted choice; run 2: random "
-        "choice, same culture.\n",
-        file=sys.stderr,
-    )
+    intro = (f"Demo: blind-source-separation training (Isomura et al.) on a simulated "
+             f"culture, closed loop in fast mode, device {DEMO_DEVICE}: {args.sessions} "
+             f"sessions of {args.trials} trials. The first {calibration} calibrate "
+             "(responsive electrodes, ensembles); after them the experimenter's model chooses "
+             "every pattern to identify the responses to the sequence's patterns. Run 1: "
+             "targeted choice; run 2: random choice, same culture.")
+    print(textwrap.fill(intro, 88) + "\n", file=sys.stderr)
     results = {}
     for selection, record in (("targeted", args.record), ("random", None)):
         print(f"-- run with selection={selection}", file=sys.stderr)
@@ -448,6 +447,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--sessions", str(args.sessions), "--param", f"trials_per_session={args.trials}",
             "--param", f"calibration_sessions={calibration}", "--param", "job=identify",
             "--param", f"selection={selection}", "--param", "probe_fraction=1",
+            "--param", "drift_sd=0.01",  # follow the culture's drift from trial to trial
             "--summary-json", str(summary),
         ]
         if record:
@@ -493,7 +493,7 @@ def _demo_report(args: argparse.Namespace, results: dict) -> None:
           f"after {t['probes']} choices:\n  targeted {t['target_sd']:.3f} spikes, random "
           f"{r['target_sd']:.3f} spikes"
           f" ({r['target_sd'] / t['target_sd']:.2f}x)" if t.get("target_sd") else "")
-    print("Against the culture's true responses, 5 seeds: `python benchmarks/fep.py --jobs`.")
+    print("Against the culture's true responses, 5 seeds: `python benchmarks/fep.py --sim-jobs`.")
     print(f"\nSummaries: {args.summary_json} and its -random twin; trial table "
           f"{args.trials_file}; recording {args.record} (`mea-control info {args.record}`; "
           "`mea-control gui` shows the model tab live).")

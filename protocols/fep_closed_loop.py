@@ -12,12 +12,14 @@ electrodes and sequence) with two models of :mod:`mea_control.fep`:
 
   - ``identify``: a Poisson GLM of the spike count of each responsive electrode
     (mean response > 1 spike over the calibration trials and > 0.1 in each
-    calibration session). Targets: the distinct patterns of the session's BSS
-    sequence, weighted by how often each occurs. ``selection``: ``targeted``
-    (the largest expected reduction of the targets' weighted predictive
-    variance), ``infomax`` (the most information about the weights),
-    ``random`` (uniform among the candidates) or ``passive`` (a pattern of the
-    sequence drawn with the experiment's own frequencies). Each trial records
+    calibration session; the ``max_electrodes`` most responsive of them, 32 by
+    default, which keeps a choice under 1 ms of CPU). Targets: the distinct
+    patterns of the session's BSS sequence, weighted by how often each occurs.
+    ``selection``: ``targeted`` (the largest expected reduction of the
+    targets' weighted predictive variance), ``infomax`` (the most information
+    about the weights), ``random`` (uniform among the candidates) or
+    ``passive`` (a pattern of the sequence drawn with the experiment's own
+    frequencies). Each trial records
     ``target_sd``, the targets' weighted predictive sd (what is still unknown
     about the predictions that matter).
   - ``control``: a logistic GLM of the on/off state of each of the two
@@ -139,21 +141,28 @@ class Identify:
     def __init__(self, protocol, o, s, r, found, rng):
         p = protocol.p
         self.protocol = protocol
-        self.electrodes = np.flatnonzero(ens.responsive(r, p.calibration_sessions))
-        if not len(self.electrodes):
+        responsive = np.flatnonzero(ens.responsive(r, p.calibration_sessions))
+        if not len(responsive):
             raise _calibration_error(
                 p, f"no responsive electrode (mean response > {ens.MIN_MEAN_RESPONSE:g} "
                 f"spike, every session's > {ens.MIN_SESSION_MEAN:g})")
+        most = np.argsort(-np.asarray(r, float)[:, responsive].mean(0), kind="stable")
+        self.electrodes = np.sort(responsive[most[:p.max_electrodes]])
         self.model = ForwardModel(2 * N_PER_GROUP, len(self.electrodes), "poisson",
                                   drift_sd=p.drift_sd)
+        self._targets = (None, None)  # (the sequence they are of, (patterns, weights))
 
     def outputs(self, r, trial):
         return np.asarray(r, float)[self.electrodes]
 
     def targets(self):
-        """The distinct patterns of the session's sequence and how often each occurs."""
-        patterns, counts = np.unique(self.protocol.sequence[1], axis=0, return_counts=True)
-        return patterns, counts / counts.sum()
+        """The distinct patterns of the session's sequence and how often each occurs (worked
+        out again only when the protocol draws a new sequence)."""
+        sequence = self.protocol.sequence
+        if self._targets[0] is not sequence:
+            patterns, counts = np.unique(sequence[1], axis=0, return_counts=True)
+            self._targets = (sequence, (patterns, counts / counts.sum()))
+        return self._targets[1]
 
     def choose(self, method, candidates, rng, trial):
         targets, weights = self.targets()
@@ -285,10 +294,14 @@ class FEPClosedLoop(BSSIsomura):
         "preferred": Parameter(str, "0.95,0.05",
                                help="control: on-probabilities of ensembles 1, 2 wanted in the "
                                "first half of the trials after calibration (swapped after)"),
-        "drift_sd": Parameter(float, 0.01, range=(0.0, 10.0),
+        "max_electrodes": Parameter(int, 32, range=(1, 4096),
+                                    help="identify: model at most this many responsive "
+                                    "electrodes, the most responsive (keeps a choice under "
+                                    "1 ms)"),
+        "drift_sd": Parameter(float, 0.0, range=(0.0, 10.0),
                               help="experimenter's model: random-walk sd of each weight a "
-                              "trial (0.01: one-trial-ahead predictions follow the culture's "
-                              "drift; 0: none)"),
+                              "trial (0: none; 0.01: predictions follow the culture's drift "
+                              "from trial to trial)"),
         "lambda": Parameter(float, 256.0, unit="trials", range=(1.0, 1e7),
                             help=f"culture's model: prior strength of the effective weights "
                             f"(published: {LAMBDA:g})"),
