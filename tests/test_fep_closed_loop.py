@@ -3,6 +3,7 @@
 import json
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -201,3 +202,16 @@ def test_model_state_before_and_after_calibration():
     assert len(from_main) > 1 and from_main[-1]["trials"] == 2 * PER
     assert summary["protocol_summary"]["session_free_energy"] == pytest.approx(
         last["session_free_energy"], abs=1e-4)
+
+
+def test_identify_models_the_most_responsive_electrodes_up_to_max_electrodes():
+    cls, _ = load_protocol("fep_closed_loop")
+    protocol = cls(max_electrodes=3, calibration_sessions=2, trials_per_session=10)
+    module = sys.modules[cls.__module__]
+    rng = np.random.default_rng(0)
+    rates = np.zeros(64)
+    rates[[5, 9, 20, 40, 41]] = [2.0, 8.0, 4.0, 6.0, 1.5]  # five responsive, 1.5 to 8 spikes
+    r = rng.poisson(rates, (20, 64))
+    job = module.JOBS["identify"](protocol, np.zeros((20, 32)), np.zeros((20, 2)), r, None, rng)
+    assert job.electrodes.tolist() == [9, 20, 40]
+    assert job.model.n_outputs == 3
