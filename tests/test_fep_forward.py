@@ -7,7 +7,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from mea_control.fep import selection
+from mea_control.fep import selection, training
 from mea_control.fep.forward import ForwardModel
 
 
@@ -110,6 +110,30 @@ def test_targeted_probing_beats_random_on_a_synthetic_culture():
         reached = np.flatnonzero(curves["targeted"] <= curves["random"][-1])
         ratios.append(120 / (reached[0] + 1))
     assert min(ratios) > 1.0 and np.median(ratios) > 1.5, ratios
+
+
+def test_infomax_learns_the_weights_sooner_than_random_on_a_bss_like_culture():
+    """Candidates drawn as the BSS process draws them (two sources through 25 % mixing),
+    so electrodes of a group mostly go together: infomax picks the patterns that tell
+    them apart and reaches random's error in the weights after 150 trials in 1.5x fewer
+    trials or better in the median over seeds."""
+    ratios = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        b, w = rng.normal(0.5, 0.5, 6), rng.normal(0.0, 0.3, (6, 32))
+        patterns = training.bss_candidates(rng, 60, 0.25)[0].astype(float)
+        curves = {}
+        for method in ("random", "infomax"):
+            m = ForwardModel(32, 6)
+            err = []
+            for _ in range(150):
+                d = selection.choose(method, m, patterns, rng)
+                m.update(d.pattern, rng.poisson(np.exp(b + w @ d.pattern)))
+                err.append(np.sqrt(((m.mean[:, 1:33] - w) ** 2).mean()))
+            curves[method] = np.array(err)
+        reached = np.flatnonzero(curves["infomax"] <= curves["random"][-1])
+        ratios.append(150 / (reached[0] + 1) if len(reached) else 0.0)
+    assert np.median(ratios) > 1.5, ratios
 
 
 def test_efe_steers_toward_the_preferred_state():
