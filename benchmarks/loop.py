@@ -235,7 +235,7 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
     ``device``: the device URL (``serial://`` to a served simulator, see
     :func:`served_device`).
     """
-    from drivers.base import open_driver
+    from mea_control.driver import open_driver
     from mea_control.engine import Engine, EngineConfig
 
     n_reactions = 200 if quick else 1000

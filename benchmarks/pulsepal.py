@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.base import open_driver  # noqa: E402
 from drivers.pulsepal import OP_TRIGGER  # noqa: E402
 from hardware_sim.device import PtyLink  # noqa: E402
 from hardware_sim.pulsepal import FakePulsePal  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse, StimReport  # noqa: E402
 
 ACQUIRE = "sim://?culture=poisson_burst&truth=0"

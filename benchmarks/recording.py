@@ -26,12 +26,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.base import DeviceInfo  # noqa: E402
 from mea_control import __version__  # noqa: E402
 from mea_control.layouts import load_layout  # noqa: E402
 from mea_control.recording import tables  # noqa: E402
 from mea_control.recording.writer import Recorder  # noqa: E402
-from mea_control.types import Block, Layout, SpikeEvents  # noqa: E402
+from mea_control.types import Block, DeviceInfo, Layout, SpikeEvents  # noqa: E402
 
 UV_PER_BIT = 0.195
 NOISE_UV = 15.0

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loop  # noqa: E402
 
-from drivers.base import open_driver  # noqa: E402
 from hardware_sim.intan_rhx import FakeRHX, default_wiring  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.engine import Engine, EngineConfig  # noqa: E402
 from mea_control.layouts import load_layout  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse  # noqa: E402

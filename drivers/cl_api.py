@@ -41,9 +41,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
+from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
+from mea_control.types import (
+    Block,
+    Capabilities,
+    DeviceInfo,
+    SpikeEvents,
+    StimPattern,
+    StimPulse,
+    StimReport,
+    Tick,
+)
 
 CHANNELS = 64
 UV_PER_UNIT = 0.195  # the CL1's int16 frames, uV per unit
@@ -113,6 +122,47 @@ class CLDriver(Driver):
         "layout": Param(str, DEFAULT_LAYOUT, "electrode layout of the 64 channels"),
         "timeout": Param(float, 5.0, "seconds to wait for the device to open"),
     }
+
+    none_found: ClassVar[str] = (
+        "no Cortical Labs device opens (the cl package needs Python >= 3.12; see "
+        "docs/cl-api.md)"
+    )
+
+    @classmethod
+    def discover(cls, timeout: float = 0.5) -> list[tuple[str, str]]:
+        """``cl://`` if the ``cl`` package is installed, with whether a device opened in time.
+
+        A separate Python process opens the device (take_control=False) and closes it again. One
+        that has not answered within ``timeout`` is left to finish on its own: killing it could
+        leave behind what ``cl.open()`` started (cl-sdk's simulator runs in processes of its own).
+        Nothing is listed when ``cl`` is not installed.
+        """
+        try:
+            if importlib.util.find_spec("cl") is None:
+                return []
+        except (ImportError, ValueError):
+            return []
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+        except OSError as exc:
+            return [("cl://", f"the cl package is installed; cannot check for a device: {exc}")]
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.stdout.close()
+            return [("cl://", f"the cl package is installed, but no CL device opened within "
+                     f"{timeout:g} s (the cl-sdk simulator needs about 3 s: try --timeout 5)")]
+        try:
+            found = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return [("cl://", "the cl package is installed, but checking for a device failed")]
+        if "error" in found:
+            return [("cl://", f"the cl package is installed, but the CL device did not open: "
+                     f"{found['error']}")]
+        kind = "cl-sdk simulator" if found["simulator"] else "device"
+        return [("cl://", f"Cortical Labs CL1 {found['system']} ({kind}): {found['channels']} "
+                 f"channels at {found['fps'] / 1000:g} kHz")]
 
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         super().__init__(url, options, location)
@@ -598,39 +648,3 @@ try:
 except OSError:
     pass  # nobody waits any more
 """
-
-
-def discover(timeout: float = 0.5) -> list[tuple[str, str]]:
-    """``cl://`` if the ``cl`` package is installed, with whether a device opened in time.
-
-    A separate Python process opens the device (take_control=False) and closes it again. One
-    that has not answered within ``timeout`` is left to finish on its own: killing it could
-    leave behind what ``cl.open()`` started (cl-sdk's simulator runs in processes of its own).
-    Nothing is listed when ``cl`` is not installed.
-    """
-    try:
-        if importlib.util.find_spec("cl") is None:
-            return []
-    except (ImportError, ValueError):
-        return []
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-    except OSError as exc:
-        return [("cl://", f"the cl package is installed; cannot check for a device: {exc}")]
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.stdout.close()
-        return [("cl://", f"the cl package is installed, but no CL device opened within "
-                 f"{timeout:g} s (the cl-sdk simulator needs about 3 s: try --timeout 5)")]
-    try:
-        found = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return [("cl://", "the cl package is installed, but checking for a device failed")]
-    if "error" in found:
-        return [("cl://", f"the cl package is installed, but the CL device did not open: "
-                 f"{found['error']}")]
-    kind = "cl-sdk simulator" if found["simulator"] else "device"
-    return [("cl://", f"Cortical Labs CL1 {found['system']} ({kind}): {found['channels']} "
-             f"channels at {found['fps'] / 1000:g} kHz")]

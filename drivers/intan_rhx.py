@@ -50,10 +50,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Inbox, Param
+from drivers.inbox import Inbox
+from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
 from mea_control.safety import RigFileError, load_rig
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
+from mea_control.types import (
+    Block,
+    Capabilities,
+    DeviceInfo,
+    Layout,
+    SpikeEvents,
+    StimPattern,
+    StimPulse,
+    StimReport,
+    Tick,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +261,29 @@ class RHXDriver(Driver):
                         "rhx: RHX's detector, from its spike port"),
         "refractory_us": Param(float, 1000.0, "RHS refractory period after a pulse or train"),
     }
+
+    none_found: ClassVar[str] = (
+        "no Intan RHX TCP command server listens on this computer's port 5000 (in RHX: "
+        "Network > Remote TCP Control > Connect)"
+    )
+
+    @classmethod
+    def discover(cls, timeout: float = 0.5) -> list[tuple[str, str]]:
+        """RHX command servers listening on this computer, found without connecting.
+
+        Connecting would use up the server: RHX takes one client per Connect click. So this
+        looks for a listening TCP port 5000 in the kernel's socket table (Linux only).
+        """
+        found = []
+        try:
+            for port in _listening_ports():
+                if port == 5000:
+                    found.append(("rhx://127.0.0.1:5000?waveform=5001&spikes=5002",
+                                  "a server listens on port 5000, RHX's command port (not "
+                                  "probed: RHX takes one client per Connect; run with --rig)"))
+        except OSError:
+            return []
+        return found
 
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         super().__init__(url, options, location)
@@ -958,24 +992,6 @@ class _Answers(dict):
 
 
 # -- discovery ------------------------------------------------------------------------------------
-def discover(timeout: float = 0.5) -> list[tuple[str, str]]:
-    """RHX command servers listening on this computer, found without connecting.
-
-    Connecting would use up the server: RHX takes one client per Connect click. So this
-    looks for a listening TCP port 5000 in the kernel's socket table (Linux only).
-    """
-    found = []
-    try:
-        for port in _listening_ports():
-            if port == 5000:
-                found.append(("rhx://127.0.0.1:5000?waveform=5001&spikes=5002",
-                              "a server listens on port 5000, RHX's command port (not "
-                              "probed: RHX takes one client per Connect; run with --rig)"))
-    except OSError:
-        return []
-    return found
-
-
 def _listening_ports(tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6"),
                      opener: Callable[[str], Any] = open) -> set[int]:
     ports = set()

@@ -45,9 +45,17 @@ from typing import Any, ClassVar
 import numpy as np
 import serial
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param, open_driver
+from mea_control.driver import Driver, DriverError, Event, Param, open_driver
 from mea_control.safety import RigFileError, load_rig
-from mea_control.types import Block, StimPattern, StimPulse, StimReport, Tick
+from mea_control.types import (
+    Block,
+    Capabilities,
+    DeviceInfo,
+    StimPattern,
+    StimPulse,
+    StimReport,
+    Tick,
+)
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +252,32 @@ class PulsePalDriver(Driver):
         "rig": Param(str, "", "rig file with [stimulator]: wiring and the isolator's uA_per_V"),
         "timeout": Param(float, 2.0, "seconds to wait for the Pulse Pal's handshake"),
     }
+
+    none_found: ClassVar[str] = "no serial port answers the Pulse Pal handshake"
+
+    @classmethod
+    def discover(cls, timeout: float = 0.5) -> list[tuple[str, str]]:
+        """(URL, description) of each Pulse Pal answering the handshake on a serial port."""
+        try:
+            from serial.tools import list_ports
+
+            names = sorted(p.device for p in list_ports.comports())
+        except Exception:
+            return []
+        found: dict[str, str] = {}
+
+        def ask(name: str) -> None:
+            answer = probe(name, timeout * 0.8)
+            if answer:
+                found[name] = answer
+
+        threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in names]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [(f"pulsepal://{name}", found[name]) for name in names if name in found]
 
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         super().__init__(url, options, location)
@@ -693,27 +727,3 @@ def probe(name: str, timeout: float) -> str | None:
         port.close()
     return (f"Sanworks Pulse Pal, firmware v{firmware}: stimulation; pair it with an acquisition"
             " device, e.g. ?acquire=sim:// and --rig FILE with [stimulator]")
-
-
-def discover(timeout: float = 0.5) -> list[tuple[str, str]]:
-    """(URL, description) of each Pulse Pal answering the handshake on a serial port."""
-    try:
-        from serial.tools import list_ports
-
-        names = sorted(p.device for p in list_ports.comports())
-    except Exception:
-        return []
-    found: dict[str, str] = {}
-
-    def ask(name: str) -> None:
-        answer = probe(name, timeout * 0.8)
-        if answer:
-            found[name] = answer
-
-    threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in names]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    return [(f"pulsepal://{name}", found[name]) for name in names if name in found]

@@ -34,11 +34,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
 from hardware_sim.culture import CULTURES, Culture, NetworkParams, StimEvent
 from hardware_sim.electrodes import ElectrodeArray
+from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
+from mea_control.types import (
+    Block,
+    Capabilities,
+    DeviceInfo,
+    Layout,
+    SpikeEvents,
+    StimPattern,
+    StimPulse,
+    StimReport,
+    Tick,
+)
 
 UV_PER_BIT = 0.195
 #: the simulated device's own stimulation limits, by SafetyLimits field name

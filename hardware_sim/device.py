@@ -43,10 +43,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from drivers import wire
-from drivers.base import DriverError, parse_url
 from drivers.sim import SimDriver, check_threshold
 from drivers.wire import BUSY, DISARMED, DONE, ELECTRODE, LATE, LIMIT, MALFORMED
 from mea_control import __version__
+from mea_control.driver import DriverError, parse_url
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 #: Firmware string of the Hello; the words after the name are flags (see the protocol doc).

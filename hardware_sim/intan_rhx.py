@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import parse_url
 from drivers.sim import SimDriver
+from mea_control.driver import parse_url
 from mea_control.types import Block, StimPattern, StimPulse
 
 #: RHX's version string, marked so that recordings made with the fake say so

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from drivers.base import REGISTRY, DriverError, open_driver
 from mea_control import __version__
+from mea_control.driver import DriverError, discover_devices, installed_drivers, open_driver
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol, ProtocolError, load_protocol, shipped_protocols
 from mea_control.pulse_history import PulseHistory, names_history_file
@@ -804,7 +804,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     print("sim://  the simulator, in-process (`mea-control sim serve` puts it behind a port)")
     # other makers' devices first: a port one of them claims is not sent our Ping, whose
     # bytes could mean something to that device (a Pulse Pal trigger, say)
-    found = _discovered(args.timeout)
+    found = discover_devices(args.timeout)
     claimed = {urlsplit(url).netloc + urlsplit(url).path for url, _ in found if url}
     ports = [(f"serial://{p.device}", p.description) for p in sorted(list_ports.comports())
              if p.device not in claimed]
@@ -821,28 +821,6 @@ def cmd_devices(args: argparse.Namespace) -> int:
     for url, answer in found:
         print(f"{url}  {answer}" if url else answer, flush=True)
     return 0
-
-
-#: Drivers of other makers' devices, each with a ``discover(timeout)`` of its own, and
-#: what to say when it finds none.
-DISCOVERING = {
-    "drivers.intan_rhx": "rhx://  none: no Intan RHX TCP command server listens on this "
-                         "computer's port 5000 (in RHX: Network > Remote TCP Control > Connect)",
-    "drivers.pulsepal": "pulsepal://  none: no serial port answers the Pulse Pal handshake",
-    "drivers.cl_api": "cl://  none: no Cortical Labs device opens (the cl package needs "
-                      "Python >= 3.12; see docs/cl-api.md)",
-}
-
-
-def _discovered(timeout: float) -> list[tuple[str, str]]:
-    """(URL, what answered there) from each vendor driver's own search, or a line saying
-    it found none (URL empty)."""
-    import importlib
-
-    found = []
-    for module, none in DISCOVERING.items():
-        found += importlib.import_module(module).discover(timeout) or [("", none)]
-    return found
 
 
 def _describe_device(info: Any) -> str:
@@ -902,7 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("protocol", help="a protocol file, or the name of a shipped protocol")
     run.add_argument("--device", default="sim://",
                      help="device URL (default sim://); schemes: "
-                     + ", ".join(f"{s}://" for s in sorted(REGISTRY)))
+                     + ", ".join(f"{s}://" for s in sorted(installed_drivers())))
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="set a protocol parameter (repeatable)")
     stop = run.add_mutually_exclusive_group()

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo, Driver, DriverError, Event
 from mea_control import __version__
+from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.trials import Trial, Trials
-from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
+from mea_control.types import Block, DeviceInfo, SpikeEvents, StimPattern, StimReport, Tick
 
 #: How many recent events, pattern records and refusals the engine keeps in memory.
 KEEP_RECENT = 10_000

@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo
 from mea_control.engine import RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
-from mea_control.types import Block, SpikeEvents
+from mea_control.types import Block, DeviceInfo, SpikeEvents
 
 #: LSL content type of the raw stream.
 RAW_TYPE = "MEA"

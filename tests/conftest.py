@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -79,6 +80,30 @@ def isomura_expected_path(folder: Path) -> Path:
 def isomura_expected(isomura_data) -> dict:
     """{condition: {"baseline": ..., "cultures": [figures of each culture]}}."""
     return json.loads(isomura_expected_path(isomura_data).read_text())
+
+
+@pytest.fixture
+def plugin_driver(tmp_path, monkeypatch):
+    """Installs a driver as another package ships one: ``install(scheme, source, cls)``
+    writes the module ``<scheme>_driver`` and its distribution's metadata, with an entry
+    point in the ``mea_control.drivers`` group, into a folder on sys.path."""
+    site = tmp_path / "site-packages"
+    modules = []
+
+    def install(scheme: str, source: str, cls: str) -> None:
+        module = f"{scheme}_driver"
+        info = site / f"{module}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(
+            f"[mea_control.drivers]\n{scheme} = {module}:{cls}\n")
+        modules.append(module)
+        monkeypatch.syspath_prepend(str(site))
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
 
 
 def cli_command(*args: str) -> list[str]:

@@ -17,9 +17,9 @@ import pytest
 from conftest import ROOT, cli_command, read_until
 
 from drivers import cl_api
-from drivers.base import DriverError, open_driver
 from hardware_sim import cl_fake
 from mea_control import cli, recording
+from mea_control.driver import DriverError, open_driver
 from mea_control.layouts import load_layout
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
@@ -120,7 +120,7 @@ def test_without_cl_the_run_says_to_install_the_extra_in_python_312(monkeypatch,
 
 def test_discover_lists_nothing_without_cl(monkeypatch):
     monkeypatch.setattr(cl_api.importlib.util, "find_spec", lambda name: None)
-    assert cl_api.discover(0.5) == []
+    assert cl_api.CLDriver.discover(0.5) == []
 
 
 # -- a whole protocol --------------------------------------------------------------------------
@@ -227,11 +227,11 @@ def test_discover_says_whether_a_device_opens(tmp_path, monkeypatch):
     env = fake_cl_env(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path / "cl_shim"))
     monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])
-    assert cl_api.discover(60.0) == [  # a fresh checkout compiles the fake culture first
+    assert cl_api.CLDriver.discover(60.0) == [  # a fresh checkout compiles the fake culture first
         ("cl://", "Cortical Labs CL1 cl1-fake-000 (cl-sdk simulator): 64 channels at 25 kHz")]
     fake_cl_env(tmp_path, open_delay_s=HANGS_S)  # the probe is left to end on its own
     t0 = time.monotonic()
-    (url, text), = cl_api.discover(0.5)
+    (url, text), = cl_api.CLDriver.discover(0.5)
     assert url == "cl://" and "no CL device opened within 0.5 s" in text
     assert time.monotonic() - t0 < HANGS_S / 2  # it did not wait for the device
 
@@ -435,7 +435,7 @@ def test_stop_cancels_what_the_device_still_holds(fake_cl):
 PARITY = r"""
 import json, sys
 import cl
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.types import Block, StimPattern, StimPulse, StimReport
 
 def refused(make):

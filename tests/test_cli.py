@@ -4,7 +4,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -153,18 +152,15 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
     assert s["interrupted"] is True and s["blocks"] > 0
 
 
-def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys):
-    from drivers import base
-    from drivers.sim import SimDriver
+def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys, plugin_driver):
+    plugin_driver("mute", """
+        from drivers.sim import SimDriver
 
-    class Mute(SimDriver):
-        def read(self, timeout=None):
-            return None
 
-    module = type(sys)("mute_driver")
-    module.Mute = Mute
-    monkeypatch.setitem(sys.modules, "mute_driver", module)
-    monkeypatch.setitem(base.REGISTRY, "mute", "mute_driver:Mute")
+        class Mute(SimDriver):
+            def read(self, timeout=None):
+                return None
+    """, "Mute")
     monkeypatch.setattr(cli.EngineConfig, "__init__", _short_timeout(cli.EngineConfig.__init__))
     code = cli.main(["run", "spontaneous", "--device", "mute://", "--duration", "1"])
     err = capsys.readouterr().err

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.protocol import Protocol
 from mea_control.safety import SafetyLimits, SafetyRefusal
@@ -291,7 +291,7 @@ class Failing:
         return getattr(self._driver, name)
 
     def read(self, timeout=None):
-        from drivers.base import DriverError
+        from mea_control.driver import DriverError
 
         item = self._driver.read(timeout)
         if getattr(item, "start_sample", 0) >= self.after:
@@ -351,7 +351,7 @@ def test_a_failing_sink_stops_the_run():
 def test_device_error_while_stimulating_is_a_device_error():
     class Refuses(Spy):
         def stimulate(self, pattern):
-            from drivers.base import DriverError
+            from mea_control.driver import DriverError
 
             raise DriverError("stimulator not answering")
 

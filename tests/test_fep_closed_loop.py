@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_command
 
-from drivers.base import open_driver
 from mea_control import recording
+from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.protocol import ProtocolError, load_protocol
 

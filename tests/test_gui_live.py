@@ -7,8 +7,8 @@ Every wait is on the buffers' or the session's condition, with a timeout.
 import numpy as np
 import pytest
 
-from drivers.base import DriverError, open_driver
 from mea_control import recording
+from mea_control.driver import DriverError, open_driver
 from mea_control.gui.feed import FLUSH_S, LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.gui.session import Monitor, RigSession

@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT, cli_command, read_until, wait_until
 
 from drivers import intan_rhx
-from drivers.base import DriverError, open_driver
 from drivers.sim import SimDriver
 from hardware_sim.intan_rhx import FakeRHX, default_wiring
+from mea_control.driver import DriverError, open_driver
 from mea_control.engine import Engine, EngineConfig
 from mea_control.layouts import load_layout
 from mea_control.protocol import load_protocol
@@ -427,7 +427,7 @@ def test_discovery_finds_listeners_without_connecting(monkeypatch):
         port = server.getsockname()[1]
         assert port in intan_rhx._listening_ports()
     monkeypatch.setattr(intan_rhx, "_listening_ports", lambda: {22, 5000})
-    (url, text), = intan_rhx.discover(0.5)
+    (url, text), = intan_rhx.RHXDriver.discover(0.5)
     assert url == "rhx://127.0.0.1:5000?waveform=5001&spikes=5002" and "not probed" in text
 
 

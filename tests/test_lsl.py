@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import wait_until
 
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig, RunEvent, Sink, StimRecord
 from mea_control.lsl import LslOutlet, LslUnavailable
 from mea_control.protocol import load_protocol

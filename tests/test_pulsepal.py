@@ -18,10 +18,10 @@ from conftest import ROOT, cli_command, read_until, wait_until
 from test_device import serving
 
 from drivers import pulsepal
-from drivers.base import DriverError, open_driver
 from hardware_sim.device import PtyLink
 from hardware_sim.pulsepal import FakePulsePal
 from mea_control import recording
+from mea_control.driver import DriverError, open_driver
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.types import Block, StimPattern, StimPulse, StimReport
 
@@ -130,7 +130,7 @@ def test_discover_finds_the_pulse_pal_among_other_ports(monkeypatch):
             ports = [type("Port", (), {"device": name}) for name in
                      (silent.name, link.name, mea.name)]
             monkeypatch.setattr(list_ports, "comports", lambda: ports)
-            found = pulsepal.discover(0.5)
+            found = pulsepal.PulsePalDriver.discover(0.5)
         assert [url for url, _ in found] == [f"pulsepal://{link.name}"]
         assert "Pulse Pal, firmware v21" in found[0][1]
     finally:

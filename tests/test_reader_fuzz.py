@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.base import open_driver
 from mea_control import cli, recording
+from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
 from mea_control.recording import tables

@@ -4,7 +4,7 @@ import re
 
 from conftest import ROOT
 
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
 

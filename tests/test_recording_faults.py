@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 
-from drivers.base import open_driver
 from mea_control import cli, recording
+from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.protocol import load_protocol
 from mea_control.recording import disk, writer

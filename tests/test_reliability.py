@@ -21,7 +21,7 @@ from benchmarks.reliability import (  # noqa: E402
     run_scenario,
     scenarios,
 )
-from drivers.base import open_driver  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.safety import SafetyLimits  # noqa: E402
 from mea_control.types import StimPattern, StimPulse, StimReport  # noqa: E402
 

@@ -15,9 +15,9 @@ from conftest import ROOT, cli_command, read_until
 from test_device import serving
 
 from drivers import wire
-from drivers.base import DriverError, open_driver
 from hardware_sim.device import TcpLink
 from mea_control import cli, recording
+from mea_control.driver import DriverError, open_driver
 from mea_control.trials import TrialTable
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 

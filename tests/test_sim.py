@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drivers.base import DriverError, open_driver
 from drivers.sim import SimDriver
 from hardware_sim.culture import PoissonBurstCulture
+from mea_control.driver import DriverError, open_driver
 from mea_control.dsp import SpikeDetector
 from mea_control.layouts import load_layout
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick

@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 
-from drivers.base import DriverError, open_driver
 from mea_control import cli, recording
+from mea_control.driver import DriverError, open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.protocol import Protocol
 from mea_control.recording.journal import journal_path

@@ -18,7 +18,7 @@ from test_device import host_on, serving
 from test_serial import PULSE, blocks_to, connected, device_url
 
 from drivers import wire
-from drivers.base import DriverError, open_driver
+from mea_control.driver import DriverError, open_driver
 from mea_control.types import StimPattern, StimReport
 
 RATE = 25_000
@@ -98,7 +98,7 @@ def test_a_hung_loop_disarms_the_device_and_cuts_its_train():
 
 HOST = """
 import sys
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.types import Block, StimPattern, StimPulse
 driver = open_driver(sys.argv[1])
 driver.open()

@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo
 from mea_control.engine import Engine, RunEvent, Sink, StimRecord
 from mea_control.protocol import Protocol
-from mea_control.types import Block, SpikeEvents
+from mea_control.types import Block, DeviceInfo, SpikeEvents
 
 #: Bytes of one ring buffer (samples get what the other rings leave).
 RING_BYTES = 24 * 1024 * 1024

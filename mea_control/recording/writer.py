@@ -28,14 +28,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from drivers.base import DeviceInfo
 from mea_control import __version__
 from mea_control.engine import RunEvent, Sink, StimRecord
 from mea_control.recording import disk, nwbfile, tables
 from mea_control.recording.errors import RecordingError, is_locked
 from mea_control.recording.journal import Journal, journal_path
 from mea_control.trials import Trial
-from mea_control.types import Block, SpikeEvents
+from mea_control.types import Block, DeviceInfo, SpikeEvents
 
 #: Free space a recording of unknown length needs before it starts, in seconds of raw data.
 MIN_FREE_S = 60.0
