@@ -191,7 +191,8 @@ def installed_drivers() -> dict[str, EntryPoint]:
 
 
 def _accepted(schemes: dict[str, EntryPoint]) -> str:
-    return ", ".join(f"{s}://" for s in sorted(schemes)) or "none (no driver is installed)"
+    return ", ".join(f"{s}://" for s in sorted(schemes)) or (
+        "none, no driver is installed: install mea-control (in a checkout: make .venv/.installed)")
 
 
 def _load(entry: EntryPoint) -> type[Driver]:

@@ -63,6 +63,13 @@ def test_the_installed_entry_points_are_those_of_pyproject():
     assert {name: e.value for name, e in installed_drivers().items()} == declared
 
 
+def test_without_an_installed_driver_the_error_says_to_install(monkeypatch):
+    monkeypatch.setattr("mea_control.driver.entry_points", lambda group: [])
+    with pytest.raises(DriverError, match=r"accepted: none, no driver is installed: install "
+                                          r"mea-control \(in a checkout: make .venv/.installed\)"):
+        open_driver("sim://")
+
+
 GHOST = """
     from mea_control.driver import Driver
 
