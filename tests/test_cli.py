@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, cli_command, ctrl_c_works
 
 from mea_control import cli
+from mea_control.engine import EngineConfig
 from mea_control.trials import TrialTable
 
 
@@ -165,7 +166,7 @@ def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys):
     module.Mute = Mute
     monkeypatch.setitem(sys.modules, "mute_driver", module)
     monkeypatch.setitem(base.REGISTRY, "mute", "mute_driver:Mute")
-    monkeypatch.setattr(cli.EngineConfig, "__init__", _short_timeout(cli.EngineConfig.__init__))
+    monkeypatch.setattr(EngineConfig, "__init__", _short_timeout(EngineConfig.__init__))
     code = cli.main(["run", "spontaneous", "--device", "mute://", "--duration", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "sent nothing for 0.5 s" in err and "Traceback" not in err
