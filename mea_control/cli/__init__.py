@@ -17,11 +17,13 @@ from drivers.base import DriverError
 from mea_control import __version__
 from mea_control.cli import analysis, devices, files, gui, protocols, run
 from mea_control.cli.console import (
+    EXIT_CLOSED_PIPE,
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
     Terminated,
     UserError,
     say,
+    silence_closed_output,
 )
 from mea_control.protocol import ProtocolError
 from mea_control.recording.errors import RecordingError
@@ -49,8 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        try:
+            code = _parse_and_run(argv)
+        except SystemExit:  # --help, --version or a usage error: printed, maybe not flushed
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
+        return code
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        silence_closed_output()
+        return EXIT_CLOSED_PIPE
+
+
+def _parse_and_run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UserError, ProtocolError, DriverError, RigFileError, RecordingError) as exc:

@@ -17,6 +17,10 @@ EXIT_WATCHDOG = 3
 #: The run finished but its recording lost raw samples or could not be finished.
 EXIT_RECORDING = 4
 EXIT_INTERRUPTED = 130
+#: A command whose output went to a pipe that closed (`mea-control protocols | head -1`)
+#: exits as a Unix tool killed by SIGPIPE does, 128 + 13, but quietly and after its own
+#: clean-up (a run still stops, tears down and finishes its recording first).
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
 #: A run ended by `kill` (SIGTERM) or a closed terminal (SIGHUP) exits with 128 + the
 #: signal's number, as the shell reports a killed program, after ending as Ctrl-C does.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -71,6 +75,21 @@ def say(stream: Any, text: str, end: str = "\n") -> None:
         stream.flush()
     except (OSError, ValueError):
         pass
+
+
+def silence_closed_output() -> None:
+    """After a write to a closed pipe: send what stdout or stderr still holds nowhere, so
+    that Python's flush at exit neither fails nor prints a second traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
 
 
 class Progress:
