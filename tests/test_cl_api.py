@@ -20,6 +20,7 @@ from drivers import cl_api
 from hardware_sim import cl_fake
 from mea_control import cli, recording
 from mea_control.driver import DriverError, open_driver
+from mea_control.engine import EngineConfig
 from mea_control.layouts import load_layout
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
@@ -153,8 +154,8 @@ def test_device_lost_mid_run_stops_and_closes_the_recording(fake_cl, capsys, tmp
 
 def test_device_that_goes_silent_ends_the_run(fake_cl, monkeypatch, capsys):
     fake_cl.configure(stall_after_s=0.5)
-    init = cli.EngineConfig.__init__  # the engine gives up after 0.5 s instead of 5
-    monkeypatch.setattr(cli.EngineConfig, "__init__",
+    init = EngineConfig.__init__  # the engine gives up after 0.5 s instead of 5
+    monkeypatch.setattr(EngineConfig, "__init__",
                         lambda self, *a, **kw: init(self, *a, **{**kw, "device_timeout_s": 0.5}))
     code = cli.main(["run", "spontaneous", "--device", "cl://", "--fast", "--duration", "5"])
     err = capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The CLI as a user runs it: a subprocess, exit codes, one-line errors, the summary."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 from conftest import ROOT, cli_command, ctrl_c_works
 
 from mea_control import cli
+from mea_control.engine import EngineConfig
 from mea_control.trials import TrialTable
 
 
@@ -121,6 +123,37 @@ def test_protocols_lists_shipped_protocols_and_parameters():
     assert "mixing" in proc.stdout and "[0.0 .. 0.5]" in proc.stdout
 
 
+def run_cli_into_closed_pipe(*args, unbuffered=False):
+    """The CLI writing to a pipe whose reader has gone, as in `mea-control protocols | head -1`
+    once head has its line; stdout block-buffered as in a shell, unless ``unbuffered``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(cli_command(*args), stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=300, cwd=ROOT, env=env)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args, unbuffered", [
+    (("protocols",), False), (("protocols",), True), (("--help",), False),
+    (("info", "--help"), False)])
+def test_a_closed_output_pipe_ends_the_command_quietly_with_141(args, unbuffered):
+    proc = run_cli_into_closed_pipe(*args, unbuffered=unbuffered)
+    assert (proc.returncode, proc.stderr) == (128 + signal.SIGPIPE, "")  # as `git log | head`
+
+
+def test_a_run_whose_output_pipe_closed_still_ends_cleanly(tmp_path):
+    summary = tmp_path / "s.json"
+    proc = run_cli_into_closed_pipe("run", "spontaneous", "--fast", "--duration", "0.5",
+                                    "--summary-json", str(summary))
+    assert proc.returncode == 128 + signal.SIGPIPE and "Traceback" not in proc.stderr
+    assert "[stop]" in proc.stderr and json.loads(summary.read_text())["duration_s"] == 0.5
+
+
 def test_demo_runs_and_writes_its_results(tmp_path):
     proc = subprocess.run(cli_command("demo", "--trials", "16"), capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
@@ -161,7 +194,7 @@ def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys, pl
             def read(self, timeout=None):
                 return None
     """, "Mute")
-    monkeypatch.setattr(cli.EngineConfig, "__init__", _short_timeout(cli.EngineConfig.__init__))
+    monkeypatch.setattr(EngineConfig, "__init__", _short_timeout(EngineConfig.__init__))
     code = cli.main(["run", "spontaneous", "--device", "mute://", "--duration", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "sent nothing for 0.5 s" in err and "Traceback" not in err

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mea_control import cli, recording
+from mea_control.cli.console import EXIT_USER_ERROR
 from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
@@ -129,7 +130,7 @@ def cli_main(*args: str) -> tuple[int, str]:
 
 
 def assert_clear_cli(code: int, err: str) -> None:
-    assert code in (0, cli.EXIT_USER_ERROR), (code, err)
+    assert code in (0, EXIT_USER_ERROR), (code, err)
     if code:
         assert err.startswith("mea-control: error: ") and err.count("\n") == 1, err
 
@@ -349,7 +350,7 @@ def test_a_damaged_table_is_a_clear_error(made, tmp_path, change):
             f.write(b"\xff" * 16)
     assert not readable_or_clear_error(nwb)
     code, err = cli_main("info", str(nwb))
-    assert code == cli.EXIT_USER_ERROR and f"{nwb}: damaged recording" in err
+    assert code == EXIT_USER_ERROR and f"{nwb}: damaged recording" in err
 
 
 def test_damaged_root_attributes_are_a_clear_error(made, tmp_path):
@@ -384,5 +385,5 @@ def test_recover_of_a_file_with_damaged_text_keeps_the_journal(made, tmp_path):
     shutil.copyfile(made.journal, journal_path(nwb))
     read_everything(nwb)  # mea-control's reader does not need that text
     code, err = cli_main("recover", str(nwb))
-    assert code == cli.EXIT_USER_ERROR and "its tables could not be written" in err
+    assert code == EXIT_USER_ERROR and "its tables could not be written" in err
     assert "UnicodeDecodeError" in err and journal_path(nwb).exists()

@@ -16,6 +16,8 @@ import pytest
 from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 
 from mea_control import cli, recording
+from mea_control.cli.console import EXIT_INTERRUPTED
+from mea_control.cli.run import _report_recording
 from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.protocol import load_protocol
@@ -218,7 +220,7 @@ def test_cli_warns_when_the_recording_lost_data(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(disk._RawAppender, "_write", full)
     _, s = _run_bss(tmp_path)
-    assert cli._report_recording(s["recording"], quiet=False)  # -> exit code 4
+    assert _report_recording(s["recording"], quiet=False)  # -> exit code 4
     out = capsys.readouterr()
     total = round(s["duration_s"] * 25000)
     assert f"0 raw samples, {total} lost" in out.out
@@ -415,7 +417,7 @@ def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
         proc.wait(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == cli.EXIT_INTERRUPTED, proc.stderr.read()
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr.read()
     with recording.open(nwb) as rec:
         assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0
 

@@ -12,7 +12,8 @@ import time
 import pytest
 from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 
-from mea_control import cli, recording
+from mea_control import recording
+from mea_control.cli.console import EXIT_INTERRUPTED
 from mea_control.driver import DriverError, open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.protocol import Protocol
@@ -394,7 +395,7 @@ def test_a_killed_run_ends_cleanly_with_its_recording_and_summary(tmp_path, how)
     with recording.open(nwb) as rec:
         assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0
     assert json.loads(summary.read_text())["interrupted"] is True
-    assert cli.EXIT_INTERRUPTED == 128 + signal.SIGINT
+    assert EXIT_INTERRUPTED == 128 + signal.SIGINT
 
 
 def test_a_protocol_error_points_at_its_line_in_the_log():
