@@ -64,7 +64,8 @@ from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from drivers.base import DriverError, open_driver  # noqa: E402
-from drivers.sim import DEVICE_LIMITS, SimDriver  # noqa: E402
+from drivers.sim import SimDriver  # noqa: E402
+from hardware_sim.mea import DEVICE_LIMITS  # noqa: E402
 from mea_control.engine import Engine, EngineConfig, Sink  # noqa: E402
 from mea_control.protocol import Protocol  # noqa: E402
 from mea_control.safety import SafetyLimits, SafetyRefusal  # noqa: E402
