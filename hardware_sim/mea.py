@@ -37,7 +37,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
-from hardware_sim.culture import CULTURES, Culture, NetworkParams, StimEvent
+from hardware_sim.cultures import CULTURES, Culture
+from hardware_sim.cultures.base import StimEvent
+from hardware_sim.cultures.network import NetworkParams
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
 from mea_control.types import (

@@ -7,7 +7,7 @@ import pytest
 
 from drivers.base import DriverError, open_driver
 from drivers.sim import SimDriver
-from hardware_sim.culture import PoissonBurstCulture
+from hardware_sim.cultures.poisson_burst import PoissonBurstCulture
 from hardware_sim.mea import SimError
 from mea_control.dsp import SpikeDetector
 from mea_control.layouts import load_layout
