@@ -63,7 +63,8 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from drivers.sim import DEVICE_LIMITS, SimDriver  # noqa: E402
+from drivers.sim import SimDriver  # noqa: E402
+from hardware_sim.mea import DEVICE_LIMITS  # noqa: E402
 from mea_control.driver import DriverError, open_driver  # noqa: E402
 from mea_control.engine import Engine, EngineConfig, Sink  # noqa: E402
 from mea_control.protocol import Protocol  # noqa: E402

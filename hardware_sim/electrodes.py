@@ -21,7 +21,7 @@ import numba
 import numpy as np
 from scipy import signal
 
-from hardware_sim.culture import NOMINAL_IMPEDANCE_KOHM, StimEvent, pulse_phases_uA
+from hardware_sim.cultures.base import NOMINAL_IMPEDANCE_KOHM, StimEvent, pulse_phases_uA
 from mea_control.types import Layout, SpikeEvents, StimPulse
 
 #: amplitude range (negative peak, uV) of a unit right at an electrode (log-uniform)

@@ -48,8 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.sim import SimDriver
-from mea_control.driver import parse_url
+from hardware_sim.mea import SimulatedMEA, options_from_url
 from mea_control.types import Block, StimPattern, StimPulse
 
 #: RHX's version string, marked so that recordings made with the fake say so
@@ -271,11 +270,8 @@ class FakeRHX:
         self.fast = fast
         #: listen again by itself when the command client leaves (RHX waits for a click)
         self.relisten = relisten
-        cls, _, options = parse_url(sim)
-        if cls is not SimDriver:
-            raise ValueError(f"the fake RHX's culture is a sim:// URL, not {sim!r}")
-        self.sim_options = dict(options, rate=self.sample_rate)
-        self.layout = SimDriver(sim, self.sim_options).described.layout
+        self.sim_options = dict(options_from_url(sim), rate=self.sample_rate)
+        self.layout = SimulatedMEA(self.sim_options).layout
         layout = self.layout
         wiring = default_wiring(layout.n_electrodes) if wiring is None else wiring
         self.channels = {native.upper(): _Channel(native.upper(), electrode)
@@ -310,8 +306,8 @@ class FakeRHX:
         self._thread = threading.Thread(target=self._run, name="fake-rhx", daemon=True)
         self.running = False
         self._deferred_batch = False  # `set runmode run` came earlier in this batch
-        self._sim: SimDriver | None = None
-        self._next_sim: SimDriver | None = None
+        self._sim: SimulatedMEA | None = None
+        self._next_sim: SimulatedMEA | None = None
         self._builder = threading.Thread()
         self._t0 = 0.0
         self._written_blocks = 0
@@ -334,8 +330,8 @@ class FakeRHX:
         sim.close()
         self._prepare()
 
-    def _new_sim(self) -> SimDriver:
-        sim = SimDriver("sim://", dict(self.sim_options))
+    def _new_sim(self) -> SimulatedMEA:
+        sim = SimulatedMEA(dict(self.sim_options))
         sim.open()
         sim.set_fast(True)  # this clock paces it
         sim.start(FRAMES_PER_BLOCK)
@@ -798,7 +794,7 @@ class FakeRHX:
             self._pending_write.clear()
             self._pending_spikes.clear()
 
-    def _culture_block(self, sim: SimDriver) -> Block:
+    def _culture_block(self, sim: SimulatedMEA) -> Block:
         """The culture's next 128 samples (the simulator streams blocks of that size)."""
         while True:
             item = sim.read()

@@ -8,8 +8,6 @@ drivers only the wire codec. Imports inside functions count too.
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 FACES = ("cli", "cli.py", "gui")  # the CLI (a module or a package) and the GUI
 
@@ -72,9 +70,6 @@ def test_drivers_do_not_import_the_engine():
     assert violations(package("drivers"), ("mea_control.engine",)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="hardware_sim/device.py and hardware_sim/intan_rhx.py "
-                   "import drivers/sim.py; the simulator's core moving into hardware_sim "
-                   "(branch arch-sim) removes that: un-mark at that merge")
 def test_the_simulator_imports_only_the_wire_codec_from_drivers():
     assert violations(package("hardware_sim"), ("drivers",), allowed=("drivers.wire",)) == []
 

@@ -185,6 +185,15 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
     assert s["interrupted"] is True and s["blocks"] > 0
 
 
+def test_sim_serve_with_a_bad_option_is_a_one_line_error(capsys):
+    """The simulated device checks its own options (hardware_sim.mea.SimError): the CLI
+    says which, in one line, and serves nothing."""
+    code = cli.main(["sim", "serve", "--sim", "noise_uV=-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err == "mea-control: error: sim:// noise_uV=-1.0 is out of range; use 0 to 1000\n"
+
+
 def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys, plugin_driver):
     plugin_driver("mute", """
         from drivers.sim import SimDriver

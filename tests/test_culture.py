@@ -10,7 +10,8 @@ from conftest import ROOT, cli_command
 
 from benchmarks.culture import response_figures, spontaneous, summarise
 from benchmarks.sim import population_bursts
-from hardware_sim.culture import CULTURES, NetworkCulture, NetworkParams
+from hardware_sim.cultures import CULTURES
+from hardware_sim.cultures.network import NetworkCulture, NetworkParams
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import load_layout
 from mea_control.protocol import load_protocol

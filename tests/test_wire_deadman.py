@@ -227,8 +227,9 @@ def test_the_hello_gives_the_devices_host_timeout_and_the_driver_beats_in_time()
 
 def test_a_host_timeout_out_of_range_is_refused():
     from hardware_sim.device import SimDevice
+    from hardware_sim.mea import SimError
 
-    with pytest.raises(DriverError, match="host_timeout_ms=0: use 1 to 60000 ms"):
+    with pytest.raises(SimError, match="host_timeout_ms=0: use 1 to 60000 ms"):
         SimDevice(host_timeout_ms=0)
 
 

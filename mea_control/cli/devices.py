@@ -18,6 +18,7 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
     import threading
 
     from hardware_sim.device import LinkFaults, PtyLink, SimDevice, TcpLink
+    from hardware_sim.mea import SimError
 
     params = "&".join(p for p in (f"seed={args.seed}", args.sim.lstrip("?")) if p)
     try:
@@ -34,9 +35,13 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
         def pulse_log(entry: dict) -> None:  # one JSON line an entry, flushed: survives a kill
             log_file.write(json.dumps(entry) + "\n")
             log_file.flush()
-    device = SimDevice(f"sim://?{params}", spikes_only=args.spikes_only,
-                       log=lambda m: print(m, file=sys.stderr, flush=True),
-                       host_timeout_ms=args.host_timeout_ms, pulse_log=pulse_log, faults=faults)
+    try:
+        device = SimDevice(f"sim://?{params}", spikes_only=args.spikes_only,
+                           log=lambda m: print(m, file=sys.stderr, flush=True),
+                           host_timeout_ms=args.host_timeout_ms, pulse_log=pulse_log,
+                           faults=faults)
+    except SimError as exc:
+        raise UserError(str(exc)) from None
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         try:
