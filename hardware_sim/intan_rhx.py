@@ -53,7 +53,7 @@ from mea_control.types import Block, StimPattern, StimPulse
 
 #: RHX's version string, marked so that recordings made with the fake say so
 VERSION = "3.3.0 (mea-control fake)"
-# written from RHX's protocol, not imported from drivers/intan_rhx.py: the tests check the
+# written from RHX's protocol, not imported from drivers/intan_rhx/: the tests check the
 # driver against the document, not against itself
 WAVEFORM_MAGIC = 0x2EF07A08
 SPIKE_MAGIC = 0x3AE2710F

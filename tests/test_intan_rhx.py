@@ -220,7 +220,7 @@ def test_each_parameter_reaches_rhx_byte_for_byte(fake, rig):
         assert uploaded["stimenabled"] and uploaded["source"] == f"KeyPressF{number}"
         for name, value in items:
             got = uploaded[name.lower()]
-            assert (got if isinstance(got, str) else intan_rhx._text(got)) == value
+            assert (got if isinstance(got, str) else intan_rhx.settings._text(got)) == value
     for number, (label, stim_pulse, train, _) in enumerate(MAPPINGS, start=1):
         pattern = StimPattern(((LAYOUT.channel(label), stim_pulse),), *train)
         again, report = _fire(driver, fake, pattern)  # held by a key: the fast path
@@ -425,8 +425,8 @@ def test_the_fake_answers_as_rhx_does(fake):
 def test_discovery_finds_listeners_without_connecting(monkeypatch):
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        assert port in intan_rhx._listening_ports()
-    monkeypatch.setattr(intan_rhx, "_listening_ports", lambda: {22, 5000})
+        assert port in intan_rhx.discovery._listening_ports()
+    monkeypatch.setattr(intan_rhx.discovery, "_listening_ports", lambda: {22, 5000})
     (url, text), = intan_rhx.RHXDriver.discover(0.5)
     assert url == "rhx://127.0.0.1:5000?waveform=5001&spikes=5002" and "not probed" in text
 
