@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -109,6 +110,14 @@ def plugin_driver(tmp_path, monkeypatch):
 def cli_command(*args: str) -> list[str]:
     """The mea-control CLI as a subprocess command line."""
     return [sys.executable, "-m", "mea_control.cli", *args]
+
+
+def imported_modules(*argv: str) -> set[str]:
+    """The modules a fresh ``python -X importtime ARGV`` imports (stdin empty, any exit code)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:")}
 
 
 def ctrl_c_works() -> None:

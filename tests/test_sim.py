@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import imported_modules
 
 from drivers.sim import SimDriver
 from hardware_sim.cultures.poisson_burst import PoissonBurstCulture
@@ -141,6 +142,14 @@ def test_lowest_rate_runs_the_default_detector():
 def test_unknown_layout_is_a_driver_error_with_the_other_option_checks():
     with pytest.raises(DriverError, match="nope"):
         open_driver("sim://?layout=nope")
+
+
+def test_devices_does_not_import_scipy_signal():
+    """`mea-control devices` asks sim:// without building a simulator, and scipy.signal
+    (most of a second to import) is for a simulator's noise."""
+    modules = imported_modules("-m", "mea_control.cli", "devices")
+    assert "hardware_sim.electrodes" in modules
+    assert [m for m in modules if m.startswith("scipy.signal")] == []
 
 
 def test_lifecycle():

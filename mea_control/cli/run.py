@@ -8,7 +8,7 @@ import sys
 import textwrap
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mea_control.cli.console import (
@@ -23,10 +23,12 @@ from mea_control.cli.console import (
 )
 from mea_control.cli.options import count, positive, positive_int
 from mea_control.driver import DriverError, installed_drivers, open_driver
-from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory, names_history_file
 from mea_control.safety import Rig, RigFileError, SafetyLimits, load_rig
+
+if TYPE_CHECKING:
+    from mea_control.engine import Engine
 
 #: The simulated device of `mea-control demo` (and the GUI's on first use).
 DEMO_DEVICE = "sim://?seed=1&raw=false"
@@ -91,6 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
+    from mea_control.engine import Engine, EngineConfig  # here: `info` and the rest start light
+
     cls, path = load_protocol(args.protocol)
     values: dict[str, Any] = _parse_params(args.param)
     if args.sessions is not None:
