@@ -44,7 +44,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,7 +53,7 @@ import numpy as np
 from drivers.inbox import Inbox
 from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.safety import RigFileError, load_rig
+from mea_control.rig import Rig, RigFileError, rig_option
 from mea_control.types import (
     Block,
     Capabilities,
@@ -163,9 +163,8 @@ def _text(value: float) -> str:
 
 
 # -- the rig file ---------------------------------------------------------------------------------
-def channel_map(tables: dict[str, Any], layout: Layout, where: str) -> dict[str, int]:
+def channel_map(table: Mapping[str, Any] | None, layout: Layout, where: str) -> dict[str, int]:
     """``[channels]``: native name -> layout channel index, checked."""
-    table = tables.get("channels")
     if not table:
         raise DriverError(
             f"rhx:// needs the rig file's [channels] table, which says which electrode each RHX "
@@ -198,10 +197,10 @@ class Preset:
     pattern: StimPattern
 
 
-def presets(tables: dict[str, Any], layout: Layout) -> list[Preset]:
+def presets(table: Mapping[str, Any] | None, layout: Layout) -> list[Preset]:
     """``[stimulator]``: F1-F8 = { electrodes = [...], amplitude_uA, phase_us, ... }."""
     out = []
-    for key, spec in (tables.get("stimulator") or {}).items():
+    for key, spec in (table or {}).items():
         if key.upper() not in KEYS or not isinstance(spec, dict):
             raise DriverError(f"rig file [stimulator]: {key!r}: keys are F1 to F8, each a table "
                               "such as F1 = { electrodes = [\"34\"], amplitude_uA = 10, "
@@ -315,9 +314,9 @@ class RHXDriver(Driver):
             self.layout = load_layout(self.options["layout"])
         except LayoutError as exc:
             raise DriverError(f"rhx:// layout: {exc}") from None
-        tables = self._rig_tables()
-        self.natives = channel_map(tables, self.layout, self._rig_hint())
-        self.presets = presets(tables, self.layout)
+        rig = self._rig()
+        self.natives = channel_map(rig and rig.channels, self.layout, self._rig_hint(rig))
+        self.presets = presets(rig and rig.stimulator, self.layout)
         self._reset()
         self._command = self._connect(self.port, "command")
         self._command_reader = threading.Thread(target=self._receive_commands,
@@ -331,16 +330,15 @@ class RHXDriver(Driver):
             self.close()
             raise
 
-    def _rig_tables(self) -> dict[str, Any]:
-        if not self.options["rig"]:
-            return {}
+    def _rig(self) -> Rig | None:
         try:
-            return load_rig(self.options["rig"]).tables
+            return rig_option(self.options["rig"])
         except RigFileError as exc:
             raise DriverError(str(exc)) from None
 
-    def _rig_hint(self) -> str:
-        return "" if not self.options["rig"] else f" (rig file {self.options['rig']} has none)"
+    @staticmethod
+    def _rig_hint(rig: Rig | None) -> str:
+        return "" if rig is None else f" ({rig.where} has none)"
 
     def _reset(self) -> None:
         self._inbox = Inbox()
