@@ -46,7 +46,7 @@ import numpy as np
 import serial
 
 from mea_control.driver import Driver, DriverError, Event, Param, open_driver
-from mea_control.safety import RigFileError, load_rig
+from mea_control.rig import Rig, RigFileError, rig_option
 from mea_control.types import (
     Block,
     Capabilities,
@@ -177,14 +177,10 @@ class Stimulator:
 _STIMULATOR_KEYS = ("uA_per_V", "wiring", "acquire")
 
 
-def load_stimulator(path: str) -> Stimulator:
-    """Read ``[stimulator]`` from a rig file; DriverError naming the key to fix."""
-    try:
-        rig = load_rig(path)
-    except RigFileError as exc:
-        raise DriverError(str(exc)) from None
-    where = f"rig file {path}"
-    table = rig.tables.get("stimulator")
+def stimulator_of(rig: Rig) -> Stimulator:
+    """The rig's ``[stimulator]``, checked; DriverError naming the key to fix."""
+    where = rig.where
+    table = rig.stimulator
     if table is None:
         raise DriverError(f"{where} has no [stimulator] table: pulsepal:// needs the isolator's "
                           "uA_per_V and [stimulator.wiring] (see docs/pulsepal.md)")
@@ -291,7 +287,11 @@ class PulsePalDriver(Driver):
                               "(see docs/pulsepal.md)")
         if not 0 < options["timeout"] <= 30:
             raise DriverError("pulsepal:// timeout must be above 0 and at most 30 seconds")
-        self.stimulator = load_stimulator(options["rig"])
+        try:
+            self.rig = rig_option(options["rig"])
+        except RigFileError as exc:
+            raise DriverError(str(exc)) from None
+        self.stimulator = stimulator_of(self.rig)
         acquire = options["acquire"] or self.stimulator.acquire
         if not acquire:
             raise DriverError("pulsepal:// needs the acquisition device: add ?acquire=URL "
@@ -299,7 +299,7 @@ class PulsePalDriver(Driver):
         if acquire.split("://", 1)[0] == self.scheme:
             raise DriverError("pulsepal:// acquire= must name an acquisition device, not "
                               "another pulsepal://")
-        self.inner = open_driver(acquire, rig=options["rig"])
+        self.inner = open_driver(acquire, rig=self.rig)  # the rig as read, not read again
         self.port_name = location
         self._info: DeviceInfo | None = None
         self._port: Any = None
@@ -345,7 +345,7 @@ class PulsePalDriver(Driver):
         by_label = {label: ch for ch, label in enumerate(layout.labels)}
         self.channel_of: dict[int, int] = {}  # electrode channel index -> Pulse Pal output
         for output, label in self.stimulator.wiring.items():
-            where = f"rig file {self.options['rig']}: [stimulator.wiring] {output} = {label!r}"
+            where = f"{self.rig.where}: [stimulator.wiring] {output} = {label!r}"
             if label not in by_label:
                 raise DriverError(f"{where}: layout {layout.name} has no electrode {label!r} "
                                   f"(its labels run {layout.labels[0]}..{layout.labels[-1]})")

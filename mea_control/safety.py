@@ -1,10 +1,11 @@
 """The safety gate every stimulation pattern passes before it reaches a driver.
 
-Limits are data (:class:`SafetyLimits`): defaults here, a rig file may change them
-(:func:`load_rig`), and the device's own limits always win where they are stricter
-(:func:`effective_limits`). :class:`SafetyGate` checks each pattern against the limits
-and the electrode layout and raises :class:`SafetyRefusal` naming the limit, the
-electrode, the value and the allowed value; nothing of a refused pattern is recorded.
+Limits are data (:class:`SafetyLimits`): defaults here, a rig file's ``[limits]`` may
+change them (:func:`limits_from_table`, for :mod:`mea_control.rig`), and the device's own
+limits always win where they are stricter (:func:`effective_limits`). :class:`SafetyGate`
+checks each pattern against the limits and the electrode layout and raises
+:class:`SafetyRefusal` naming the limit, the electrode, the value and the allowed value;
+nothing of a refused pattern is recorded.
 See docs/safety.md.
 """
 
@@ -13,12 +14,10 @@ from __future__ import annotations
 import difflib
 import math
 import threading
-import tomllib
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from mea_control.types import Layout, StimPattern, StimPulse
@@ -210,114 +209,53 @@ def effective_limits(
         raise ValueError(f"the device's limits conflict with the rig's: {exc}") from None
 
 
-# ---------------------------------------------------------------------------- rig file
+# ---------------------------------------------------------------------------- a rig's limits
 
 
-class RigFileError(ValueError):
-    """A rig file that cannot be used; the message names the file, the key and the fix."""
-
-
-@dataclass(frozen=True)
-class Rig:
-    """A rig file: its name, its limits and its other tables (kept raw for later use)."""
-
-    name: str
-    limits: SafetyLimits
-    path: Path | None = None
-    tables: dict[str, Any] = field(default_factory=dict)
-    #: Where the rig file loosens a default limit (worth a line in the log).
-    notes: tuple[str, ...] = ()
-
-
-#: [channels] and [stimulator] are read by the drivers of real rigs (see their docs).
-_RIG_TABLES = ("rig", "limits", "recording", "channels", "stimulator")
-
-
-def load_rig(path: str | Path) -> Rig:
-    """Read a rig TOML file: ``[rig] name`` and ``[limits]`` overriding the defaults."""
-    path = Path(path)
-    where = str(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise RigFileError(f"rig file {where}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise RigFileError(
-            f"rig file {where}: is a directory, not a rig file; give the path of a .toml file"
-        ) from None
-    except OSError as exc:
-        raise RigFileError(f"rig file {where}: cannot read it ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise RigFileError(
-            f"rig file {where}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-            f"{exc.start}); save it as UTF-8 TOML"
-        ) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RigFileError(f"rig file {where}: not valid TOML ({exc}); fix the syntax") from None
-
-    for key, value in doc.items():
-        if not isinstance(value, dict):
-            if key in _RIG_TABLES:
-                raise RigFileError(
-                    f"rig file {where}: {key!r} must be a table: write [{key}] on its own "
-                    f"line, then its keys below it, one per line"
-                )
-            hint = " under [limits]" if key in LIMIT_NAMES else " under [rig]"
-            raise RigFileError(f"rig file {where}: key {key!r} is outside any table; put it{hint}")
-        if key not in _RIG_TABLES:
-            close = difflib.get_close_matches(key, _RIG_TABLES, n=1, cutoff=0.6)
-            if close:
-                raise RigFileError(
-                    f"rig file {where}: unknown table [{key}]; did you mean [{close[0]}]?"
-                )
-
-    rig_table = doc.get("rig", {})
-    name = rig_table.get("name", path.stem)
-    if not isinstance(name, str):
-        raise RigFileError(f'rig file {where}: [rig] name must be a string, e.g. name = "rig 2"')
-
-    raw = doc.get("limits", {})
+def limits_from_table(table: Mapping[str, Any]) -> tuple[SafetyLimits, list[str]]:
+    """The limits a rig file's ``[limits]`` table sets (the defaults for the rest), and a note
+    per limit it loosens ("loosens max_current_uA to 20 uA (default 10 uA)"). ValueError
+    ("[limits] ...") naming the key and the fix."""
     values: dict[str, Any] = {}
-    for key, value in raw.items():
+    for key, value in table.items():
         if key not in LIMIT_NAMES:
             close = difflib.get_close_matches(key, LIMIT_NAMES, n=1)
             hint = f"did you mean {close[0]}?" if close else f"accepted: {', '.join(LIMIT_NAMES)}"
-            raise RigFileError(f"rig file {where}: unknown key [limits] {key}; {hint}")
-        values[key] = _rig_value(where, key, value)
+            raise ValueError(f"unknown key [limits] {key}; {hint}")
+        values[key] = _table_value(key, value)
     try:
         limits = SafetyLimits.from_dict(values)
     except ValueError as exc:
-        raise RigFileError(f"rig file {where}: [limits] {exc}") from None
+        raise ValueError(f"[limits] {exc}") from None
+    return limits, _loosened(limits, values)
 
+
+def _loosened(limits: SafetyLimits, keys: Iterable[str]) -> list[str]:
+    """A note for each of ``keys`` whose limit is looser than its default."""
     defaults = SafetyLimits()
     notes = []
-    for key in values:
+    for key in keys:
         if key == "forbidden":
             continue
         ours, default = getattr(limits, key), getattr(defaults, key)
         looser = ours < default if key in _LARGER_IS_STRICTER else ours > default
         if looser:
-            notes.append(
-                f"rig {name!r} loosens {key} to {_fmt(key, ours)} (default {_fmt(key, default)})"
-            )
-    tables = {k: v for k, v in doc.items() if k != "limits"}
-    return Rig(name=name, limits=limits, path=path, tables=tables, notes=tuple(notes))
+            notes.append(f"loosens {key} to {_fmt(key, ours)} (default {_fmt(key, default)})")
+    return notes
 
 
-def _rig_value(where: str, key: str, value: Any) -> Any:
+def _table_value(key: str, value: Any) -> Any:
     """Check one [limits] value's type and sign; return it as SafetyLimits wants it."""
     if key == "forbidden":
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-            raise RigFileError(
-                f"rig file {where}: [limits] forbidden must be a list of electrode labels "
+            raise ValueError(
+                "[limits] forbidden must be a list of electrode labels "
                 f'in quotes, e.g. forbidden = ["15", "27"], not {value!r}'
             )
         return tuple(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RigFileError(
-            f"rig file {where}: [limits] {key} must be a number"
+        raise ValueError(
+            f"[limits] {key} must be a number"
             + (f" in {LIMIT_UNITS[key]}" if LIMIT_UNITS[key] else "")
             + f", e.g. {key} = {getattr(SafetyLimits(), key):g}, not {value!r}"
         )
@@ -325,8 +263,8 @@ def _rig_value(where: str, key: str, value: Any) -> Any:
         return _checked_number(key, value)
     except ValueError:
         finite = "" if math.isfinite(value) else ", a finite number"
-        raise RigFileError(
-            f"rig file {where}: [limits] {key} = {value:g} is not allowed; give a value "
+        raise ValueError(
+            f"[limits] {key} = {value:g} is not allowed; give a value "
             f"{_allowed_range(key)}{finite} (default {getattr(SafetyLimits(), key):g})"
         ) from None
 

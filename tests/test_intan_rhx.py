@@ -1,6 +1,7 @@
 """rhx:// against the fake RHX: handshake, streaming, stimulation, refusals, faults, the CLI."""
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from mea_control.protocol import load_protocol
 from mea_control.recording import Recorder, reader
 from mea_control.recording.nwbfile import RecordingMeta
 from mea_control.recording.writer import engine_provenance
-from mea_control.safety import load_rig
+from mea_control.rig import load_rig
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 LAYOUT = load_layout("grid8x8_200um")
@@ -104,6 +105,14 @@ def test_without_a_channels_table_the_driver_says_what_to_write(fake, tmp_path):
     with pytest.raises(DriverError, match=r"needs the rig file's \[channels\] table.*--rig"):
         open_driver(fake.url, rig=str(bare)).open()
     assert fake.commands == []  # nothing was sent
+
+
+def test_the_driver_takes_the_rig_the_cli_read_as_it_is(fake, rig):
+    parsed = load_rig(rig)
+    os.remove(rig)  # the driver does not read the file again
+    driver = opened(fake, parsed)
+    assert sorted(driver.natives) == sorted(WIRING)
+    driver.close()
 
 
 def test_a_channel_rhx_does_not_have_is_named(fake, tmp_path):

@@ -20,7 +20,8 @@ from test_device import serving
 from drivers import pulsepal
 from hardware_sim.device import PtyLink
 from hardware_sim.pulsepal import FakePulsePal
-from mea_control import recording
+from mea_control import cli, recording
+from mea_control import rig as rig_module
 from mea_control.driver import DriverError, open_driver
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
 from mea_control.types import Block, StimPattern, StimPulse, StimReport
@@ -173,6 +174,19 @@ def test_rig_file_mistakes_are_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(DriverError, match=message):
         open_driver(f"pulsepal:///dev/ttyACM0?acquire=sim://&rig={path}")
+
+
+def test_a_cli_run_reads_the_rig_file_once(tmp_path, rig, monkeypatch):
+    """The CLI reads --rig; the Pulse Pal driver and its acquisition driver take that Rig."""
+    reads = []
+    read_toml = rig_module._read_toml
+    monkeypatch.setattr(rig_module, "_read_toml", lambda path: reads.append(path) or
+                        read_toml(path))
+    with fake_pulsepal() as (_, link):
+        device = f"pulsepal://{link.name}?acquire={quote('sim://?seed=1', safe='')}"
+        code = cli.main(["run", "spontaneous", "--device", device, "--rig", str(rig),
+                         "--duration", "0.1", "--quiet"])
+    assert code == 0 and reads == [rig]
 
 
 def test_wiring_to_an_electrode_the_layout_lacks_is_refused_at_open(tmp_path):

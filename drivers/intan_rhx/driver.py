@@ -18,7 +18,7 @@ from drivers.intan_rhx.settings import KEYS, channel_map, presets
 from drivers.intan_rhx.stimulation import Stimulation, _Fired, _Held, _Stats
 from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.safety import RigFileError, load_rig
+from mea_control.rig import Rig, RigFileError, rig_option
 from mea_control.types import Capabilities, DeviceInfo
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ class RHXDriver(Stimulation, Link, Driver):
             self.layout = load_layout(self.options["layout"])
         except LayoutError as exc:
             raise DriverError(f"rhx:// layout: {exc}") from None
-        tables = self._rig_tables()
-        self.natives = channel_map(tables, self.layout, self._rig_hint())
-        self.presets = presets(tables, self.layout)
+        rig = self._rig()
+        self.natives = channel_map(rig and rig.channels, self.layout, self._rig_hint(rig))
+        self.presets = presets(rig and rig.stimulator, self.layout)
         self._reset()
         self._command = self._connect(self.port, "command")
         self._command_reader = threading.Thread(target=self._receive_commands,
@@ -98,16 +98,15 @@ class RHXDriver(Stimulation, Link, Driver):
             self.close()
             raise
 
-    def _rig_tables(self) -> dict[str, Any]:
-        if not self.options["rig"]:
-            return {}
+    def _rig(self) -> Rig | None:
         try:
-            return load_rig(self.options["rig"]).tables
+            return rig_option(self.options["rig"])
         except RigFileError as exc:
             raise DriverError(str(exc)) from None
 
-    def _rig_hint(self) -> str:
-        return "" if not self.options["rig"] else f" (rig file {self.options['rig']} has none)"
+    @staticmethod
+    def _rig_hint(rig: Rig | None) -> str:
+        return "" if rig is None else f" ({rig.where} has none)"
 
     def _reset(self) -> None:
         self._inbox = Inbox()

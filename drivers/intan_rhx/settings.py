@@ -8,6 +8,7 @@ RHX sets on a channel, refusing (Unmappable) what RHS hardware cannot play exact
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +94,8 @@ def _text(value: float) -> str:
 
 
 # -- the rig file ---------------------------------------------------------------------------------
-def channel_map(tables: dict[str, Any], layout: Layout, where: str) -> dict[str, int]:
+def channel_map(table: Mapping[str, Any] | None, layout: Layout, where: str) -> dict[str, int]:
     """``[channels]``: native name -> layout channel index, checked."""
-    table = tables.get("channels")
     if not table:
         raise DriverError(
             f"rhx:// needs the rig file's [channels] table, which says which electrode each RHX "
@@ -128,10 +128,10 @@ class Preset:
     pattern: StimPattern
 
 
-def presets(tables: dict[str, Any], layout: Layout) -> list[Preset]:
+def presets(table: Mapping[str, Any] | None, layout: Layout) -> list[Preset]:
     """``[stimulator]``: F1-F8 = { electrodes = [...], amplitude_uA, phase_us, ... }."""
     out = []
-    for key, spec in (tables.get("stimulator") or {}).items():
+    for key, spec in (table or {}).items():
         if key.upper() not in KEYS or not isinstance(spec, dict):
             raise DriverError(f"rig file [stimulator]: {key!r}: keys are F1 to F8, each a table "
                               "such as F1 = { electrodes = [\"34\"], amplitude_uA = 10, "

@@ -27,7 +27,7 @@ from mea_control.cli.console import (
 from mea_control.driver import DriverError
 from mea_control.protocol import ProtocolError
 from mea_control.recording.errors import RecordingError
-from mea_control.safety import RigFileError
+from mea_control.rig import RigFileError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,7 +25,8 @@ from mea_control.cli.options import count, positive, positive_int
 from mea_control.driver import DriverError, installed_drivers, open_driver
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory, names_history_file
-from mea_control.safety import Rig, RigFileError, SafetyLimits, load_rig
+from mea_control.rig import RecordingDefaults, Rig, load_rig
+from mea_control.safety import SafetyLimits
 
 if TYPE_CHECKING:
     from mea_control.engine import Engine
@@ -133,7 +134,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
             say(sys.stderr, message)
 
     history = PulseHistory.for_device(args.device, rig, log=log)
-    driver = open_driver(args.device, rig=str(args.rig) if args.rig else "")
+    driver = open_driver(args.device, rig=rig or "")  # read once, here: the driver takes it as is
     try:
         driver.open()
     except DriverError:
@@ -236,25 +237,14 @@ def _recording_meta(args: argparse.Namespace, rig: Rig | None) -> Any:
     """NWB session and culture fields: options first, then the rig file's [recording] table."""
     from mea_control.recording import RecordingMeta
 
-    table = dict(rig.tables.get("recording", {})) if rig is not None else {}
-    known = ("experimenter", "lab", "institution", "species")
-    for key, value in table.items():
-        if key not in known:
-            raise RigFileError(f"rig file {args.rig}: unknown key [recording] {key}; "
-                               f"accepted: {', '.join(known)}")
-        if not (isinstance(value, str) or (key == "experimenter" and isinstance(value, list)
-                                           and all(isinstance(v, str) for v in value))):
-            raise RigFileError(f"rig file {args.rig}: [recording] {key} must be text")
-    experimenter = args.experimenter or table.get("experimenter") or []
-    if isinstance(experimenter, str):
-        experimenter = [experimenter]
+    defaults = rig.recording_defaults() if rig is not None else RecordingDefaults()
     return RecordingMeta(
         session_description=args.description or "",
-        experimenter=tuple(experimenter),
-        lab=args.lab or table.get("lab"),
-        institution=args.institution or table.get("institution"),
+        experimenter=tuple(args.experimenter or defaults.experimenter),
+        lab=args.lab or defaults.lab,
+        institution=args.institution or defaults.institution,
         culture_id=args.culture,
-        species=args.species or table.get("species") or RecordingMeta.species,
+        species=args.species or defaults.species or RecordingMeta.species,
         div=args.div,
     )
 
