@@ -26,9 +26,10 @@ import numpy as np
 from mea_control import __version__
 from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
+from mea_control.limits import SafetyLimits, effective_limits
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
-from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
+from mea_control.safety import SafetyGate, SafetyRefusal
 from mea_control.trials import Trial, Trials
 from mea_control.types import Block, DeviceInfo, SpikeEvents, StimPattern, StimReport, Tick
 

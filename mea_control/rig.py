@@ -2,7 +2,7 @@
 
 The CLI reads ``--rig FILE`` with :func:`load_rig` and passes the :class:`Rig` to whoever
 needs a table of it: the safety gate its ``[limits]`` (checked by
-:func:`mea_control.safety.limits_from_table`), the pulse history ``[rig] pulse_history``,
+:func:`mea_control.limits.limits_from_table`), the pulse history ``[rig] pulse_history``,
 the recording ``[recording]`` (:meth:`Rig.recording_defaults`), and the driver, as its
 ``rig`` option, ``[channels]`` and ``[stimulator]`` (each driver of a real rig reads its
 own kind of those; see its docs). A driver opened without the CLI may name a rig file in
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mea_control.safety import LIMIT_NAMES, SafetyLimits, limits_from_table
+from mea_control.limits import LIMIT_NAMES, SafetyLimits, limits_from_table
 
 #: The tables a rig file may have.
 TABLES = ("rig", "limits", "recording", "channels", "stimulator")

@@ -22,7 +22,8 @@ from mea_control import cli, recording
 from mea_control.driver import DriverError, open_driver
 from mea_control.engine import EngineConfig
 from mea_control.layouts import load_layout
-from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
+from mea_control.limits import SafetyLimits, effective_limits
+from mea_control.safety import SafetyGate, SafetyRefusal
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 CL_PYTHON = ROOT / ".venv-cl" / "bin" / "python"

@@ -23,7 +23,8 @@ from hardware_sim.pulsepal import FakePulsePal
 from mea_control import cli, recording
 from mea_control import rig as rig_module
 from mea_control.driver import DriverError, open_driver
-from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
+from mea_control.limits import SafetyLimits, effective_limits
+from mea_control.safety import SafetyGate, SafetyRefusal
 from mea_control.types import Block, StimPattern, StimPulse, StimReport
 
 RIG = """\

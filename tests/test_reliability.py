@@ -22,7 +22,7 @@ from benchmarks.reliability import (  # noqa: E402
     scenarios,
 )
 from mea_control.driver import open_driver  # noqa: E402
-from mea_control.safety import SafetyLimits  # noqa: E402
+from mea_control.limits import SafetyLimits  # noqa: E402
 from mea_control.types import StimPattern, StimPulse, StimReport  # noqa: E402
 
 PULSE = 5.0, 200.0  # uA, us: within every default limit

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mea_control.limits import SafetyLimits, effective_limits
 from mea_control.rig import RecordingDefaults, RigFileError, load_rig, rig_option
-from mea_control.safety import SafetyLimits, effective_limits
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -23,10 +23,10 @@ from mea_control.cli.console import (
 )
 from mea_control.cli.options import count, positive, positive_int
 from mea_control.driver import DriverError, installed_drivers, open_driver
+from mea_control.limits import SafetyLimits
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory, names_history_file
 from mea_control.rig import RecordingDefaults, Rig, load_rig
-from mea_control.safety import SafetyLimits
 
 if TYPE_CHECKING:
     from mea_control.engine import Engine

@@ -37,7 +37,7 @@ from typing import Any
 
 from mea_control.gui.feed import RING_BYTES, Rings
 from mea_control.gui.live import LiveBuffers
-from mea_control.safety import SafetyLimits
+from mea_control.limits import SafetyLimits
 from mea_control.types import DeviceInfo
 
 #: Seconds a command may take in the rig process before the GUI gives up on it

@@ -31,11 +31,11 @@ from mea_control.driver import Driver, DriverError, open_driver
 from mea_control.engine import Engine, EngineConfig, Sink
 from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
+from mea_control.limits import SafetyLimits
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.switch import RecordingSwitch
-from mea_control.safety import SafetyLimits
 from mea_control.types import DeviceInfo
 
 #: Lines kept in the log panel's deque.
