@@ -37,10 +37,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
-from hardware_sim.cultures import CULTURES, Culture
+from hardware_sim.cultures import CULTURES, Culture, culture_class
 from hardware_sim.cultures.base import StimEvent
-from hardware_sim.cultures.network import NetworkParams
-from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
 from mea_control.types import (
     Block,
@@ -142,12 +140,17 @@ class SimulatedMEA:
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Build the culture and the electrodes (their numba kernels are imported here, not
+        with this module: naming the simulator's options costs nothing)."""
         if self._state != "closed":
             return
+        from hardware_sim.cultures.network import NetworkParams
+        from hardware_sim.electrodes import ElectrodeArray
+
         opts = self.options
         layout, rate = self.layout, self.sample_rate
         seq_culture, seq_electrodes, seq_drop = np.random.SeedSequence(opts["seed"]).spawn(3)
-        culture_cls = CULTURES[opts["culture"]]
+        culture_cls = culture_class(opts["culture"])
         extra = {}
         if opts["inhibition"] != 1.0:
             extra["params"] = NetworkParams(inhibition=opts["inhibition"])

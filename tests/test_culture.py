@@ -10,7 +10,7 @@ from conftest import ROOT, cli_command
 
 from benchmarks.culture import response_figures, spontaneous, summarise
 from benchmarks.sim import population_bursts
-from hardware_sim.cultures import CULTURES
+from hardware_sim.cultures import culture_class
 from hardware_sim.cultures.network import NetworkCulture, NetworkParams
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import load_layout
@@ -28,7 +28,7 @@ def culture(seed: int = 1, bursts: bool = True, **changes) -> NetworkCulture:
 
 
 def test_registered_and_ground_truth_exposed():
-    assert CULTURES["network"] is NetworkCulture
+    assert culture_class("network") is NetworkCulture
     c = NetworkCulture(LAYOUT, RATE, seed=np.random.SeedSequence(3), bursts=True, keep_log=True)
     assert c.n_units == 1000 and c.unit_positions_um.shape == (1000, 2)
     assert c.excitatory.sum() == 800

@@ -9,12 +9,19 @@
 
 from __future__ import annotations
 
-from hardware_sim.cultures.base import Culture
-from hardware_sim.cultures.network import NetworkCulture
-from hardware_sim.cultures.poisson_burst import PoissonBurstCulture
+from importlib import import_module
 
-#: Culture implementations by name, for the sim driver's ``culture=`` parameter.
-CULTURES: dict[str, type[Culture]] = {
-    "poisson_burst": PoissonBurstCulture,
-    "network": NetworkCulture,
+from hardware_sim.cultures.base import Culture
+
+#: Culture models by name, for the sim driver's ``culture=`` parameter: the module here and
+#: its class. Naming them imports nothing; :func:`culture_class` imports one (numba too).
+CULTURES: dict[str, tuple[str, str]] = {
+    "poisson_burst": ("poisson_burst", "PoissonBurstCulture"),
+    "network": ("network", "NetworkCulture"),
 }
+
+
+def culture_class(name: str) -> type[Culture]:
+    """The culture model called ``name`` (a key of :data:`CULTURES`), imported now."""
+    module, cls = CULTURES[name]
+    return getattr(import_module(f"hardware_sim.cultures.{module}"), cls)

@@ -44,7 +44,7 @@ class Culture(ABC):
     """A population of units on the array, advanced interval by interval in sample time.
 
     Subclasses set ``unit_positions_um`` (n_units, 2) and implement :meth:`_advance`;
-    those in :data:`hardware_sim.cultures.CULTURES` are built as ``cls(layout, sample_rate,
+    those named in :data:`hardware_sim.cultures.CULTURES` are built as ``cls(layout, sample_rate,
     seed=SeedSequence, bursts=bool, keep_log=bool)`` by the simulated MEA. Their state
     advances on a tick of about 1 ms (``tick_samples``). ``keep_log`` keeps the ground
     truth (every spike, the burst onsets), which grows with time; the simulated MEA asks
