@@ -95,6 +95,9 @@ def test_open_sets_rhx_up_as_documented(fake, rig):
     assert fake.commands == expected
     assert fake.globals["tcpnumberdatablocksperwrite"][1] == 1
     driver.close()
+    # close() does not wait for an answer that is late (a busy machine): the fake may
+    # still be reading the last commands
+    wait_until(lambda: len(fake.commands) >= len(expected) + 3, 20.0, "the closing commands")
     assert fake.commands[len(expected):] == ["execute DisconnectTCPWaveformDataOutput",
                                              "execute DisconnectTCPSpikeDataOutput", "get runmode"]
 
