@@ -66,9 +66,10 @@ from hypothesis import strategies as st  # noqa: E402
 from drivers.sim import SimDriver  # noqa: E402
 from hardware_sim.mea import DEVICE_LIMITS  # noqa: E402
 from mea_control.driver import DriverError, open_driver  # noqa: E402
-from mea_control.engine import Engine, EngineConfig, Sink  # noqa: E402
+from mea_control.engine import Engine, EngineConfig  # noqa: E402
 from mea_control.protocol import Protocol  # noqa: E402
 from mea_control.safety import SafetyLimits, SafetyRefusal  # noqa: E402
+from mea_control.sinks import Sink  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse, Tick  # noqa: E402
 
 BLOCK_MS = 1.0

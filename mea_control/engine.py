@@ -29,8 +29,9 @@ from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
-from mea_control.trials import Trial, Trials
-from mea_control.types import Block, DeviceInfo, SpikeEvents, StimPattern, StimReport, Tick
+from mea_control.sinks import RunEvent, Sink, SinkError, StimRecord
+from mea_control.trials import Trials
+from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 
 #: How many recent events, pattern records and refusals the engine keeps in memory.
 KEEP_RECENT = 10_000
@@ -47,10 +48,6 @@ def expand_counts(counts: Counter[int]) -> np.ndarray:
     """The values of a value -> count tally, each repeated count times, sorted."""
     values = sorted(counts)
     return np.repeat(np.array(values, np.int64), [counts[v] for v in values])
-
-
-class SinkError(Exception):
-    """A sink (recorder, display) failed; the run stops."""
 
 
 class _Abandoned(BaseException):
@@ -74,45 +71,6 @@ class EngineConfig:
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     #: A device silent for this long ends the run with an error.
     device_timeout_s: float = 5.0
-
-
-@dataclass
-class StimRecord:
-    """One pattern's life: trigger, decision and execution samples, and its fate."""
-
-    ticket: int | None
-    pattern: StimPattern
-    trigger_sample: int
-    decision_sample: int
-    execution_sample: int | None = None
-    status: str = "sent"  # sent (no report by the end of the run), executed, dropped, refused
-    reason: str = ""
-    #: A train the device cut short: how many of its pulses ran (None: all of them).
-    pulses_run: int | None = None
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    sample: int
-    kind: str  # start, stop, gap, watchdog, rearm, refusal, protocol_error, device_error
-    message: str
-
-
-class Sink:
-    """Receives everything the loop sees; recorders and the GUI plug in here.
-
-    Methods run on the acquisition thread and must return quickly (queue the
-    work, never write to disk or draw here).
-    """
-
-    def on_start(self, info: DeviceInfo, protocol: Protocol) -> None: ...
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None: ...
-    def on_spikes(self, spikes: SpikeEvents) -> None: ...
-    def on_stim(self, record: StimRecord) -> None: ...
-    def on_trial(self, trial: Trial) -> None: ...
-    def on_decision(self, sample: int, decision: dict[str, Any]) -> None: ...
-    def on_event(self, event: RunEvent) -> None: ...
-    def on_stop(self, summary: dict[str, Any]) -> None: ...
 
 
 class Context:

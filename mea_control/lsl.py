@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mea_control.engine import RunEvent, Sink, StimRecord
+from mea_control.sinks import RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
 from mea_control.types import Block, DeviceInfo, SpikeEvents
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from mea_control.driver import open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol
 from mea_control.safety import SafetyLimits, SafetyRefusal
+from mea_control.sinks import Sink
 from mea_control.trials import Trials, TrialSpec
 from mea_control.types import StimPattern, StimPulse
 

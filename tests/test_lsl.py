@@ -10,9 +10,10 @@ import pytest
 from conftest import wait_until
 
 from mea_control.driver import open_driver
-from mea_control.engine import Engine, EngineConfig, RunEvent, Sink, StimRecord
+from mea_control.engine import Engine, EngineConfig
 from mea_control.lsl import LslOutlet, LslUnavailable
 from mea_control.protocol import load_protocol
+from mea_control.sinks import RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse
 

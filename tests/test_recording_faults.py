@@ -19,11 +19,12 @@ from mea_control import cli, recording
 from mea_control.cli.console import EXIT_INTERRUPTED
 from mea_control.cli.run import _report_recording
 from mea_control.driver import open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
 from mea_control.recording import disk, writer
 from mea_control.recording.journal import journal_path
 from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.sinks import Sink
 
 SERIES = "acquisition/ElectricalSeries"
 

@@ -15,11 +15,12 @@ from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 from mea_control import recording
 from mea_control.cli.console import EXIT_INTERRUPTED
 from mea_control.driver import DriverError, open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol
 from mea_control.recording.journal import journal_path
 from mea_control.recording.writer import Recorder, engine_provenance
 from mea_control.safety import SafetyRefusal
+from mea_control.sinks import Sink
 from mea_control.types import StimPattern, StimPulse
 
 PULSE = StimPulse.biphasic(5.0, 200.0)

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from mea_control.engine import Engine, RunEvent, Sink, StimRecord
+from mea_control.engine import Engine
 from mea_control.protocol import Protocol
+from mea_control.sinks import RunEvent, Sink, StimRecord
 from mea_control.types import Block, DeviceInfo, SpikeEvents
 
 #: Bytes of one ring buffer (samples get what the other rings leave).

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mea_control.driver import Driver, DriverError, open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
@@ -36,6 +36,7 @@ from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.switch import RecordingSwitch
 from mea_control.safety import SafetyLimits
+from mea_control.sinks import Sink
 from mea_control.types import DeviceInfo
 
 #: Lines kept in the log panel's deque.

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from mea_control.engine import Engine, Sink
+from mea_control.engine import Engine
+from mea_control.sinks import Sink
 
 
 class RecordingSwitch(Sink):

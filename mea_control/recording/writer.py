@@ -29,10 +29,10 @@ import h5py
 import numpy as np
 
 from mea_control import __version__
-from mea_control.engine import RunEvent, Sink, StimRecord
 from mea_control.recording import disk, nwbfile, tables
 from mea_control.recording.errors import RecordingError, is_locked
 from mea_control.recording.journal import Journal, journal_path
+from mea_control.sinks import RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
 from mea_control.types import Block, DeviceInfo, SpikeEvents
 
