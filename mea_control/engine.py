@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
-from mea_control.sinks import RunEvent, Sink, SinkError, StimRecord
+from mea_control.sinks import RUN_ENDED, RunDescription, RunEvent, Sink, SinkError, StimRecord
 from mea_control.trials import Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 
@@ -264,7 +264,7 @@ class Engine:
         goes to the log and the recording. When it returns, no pattern the loop sent
         will run (beyond what the driver documents it cannot stop). Raises DriverError
         if the abort failed (the gate is closed anyway)."""
-        self._queue_event("disarm", reason)
+        self._queue_event("disarm", reason, armed=False, disarm_reason=reason)
         self._halt(reason)
 
     def _halt(self, reason: str) -> None:
@@ -285,10 +285,11 @@ class Engine:
             if got:
                 self._stim_lock.release()
 
-    def _queue_event(self, kind: str, message: str) -> None:
+    def _queue_event(self, kind: str, message: str, armed: bool | None = None,
+                     disarm_reason: str = "") -> None:
         """An event from another thread: logged now, recorded by the loop."""
         self._log(f"[{kind}] {message}")
-        self._queued_events.append(RunEvent(self.now, kind, message))
+        self._queued_events.append(RunEvent(self.now, kind, message, armed, disarm_reason))
 
     def pause(self) -> None:
         """Hold the protocol until resume(): its hooks are not called and no trial starts;
@@ -305,7 +306,7 @@ class Engine:
             self._lag_anchor = None
         self.driver.rearm_stimulation()
         self.gate.rearm()
-        self._queue_event("rearm", "stimulation re-armed")
+        self._queue_event("rearm", "stimulation re-armed", armed=True)
 
     def set_trials(self, trials: Trials) -> None:
         if self.trials is not None:
@@ -315,10 +316,12 @@ class Engine:
                       block_samples=self.block_samples)
         self.trials = trials
 
-    def event(self, kind: str, message: str) -> None:
-        """Log an event and give it to the sinks (acquisition thread)."""
+    def event(self, kind: str, message: str, armed: bool | None = None,
+              disarm_reason: str = "") -> None:
+        """Log an event and give it to the sinks (acquisition thread); ``armed`` and
+        ``disarm_reason`` tell the sinks how the event left the safety gate."""
         self._log(f"[{kind}] {message}" if kind != "log" else message)
-        self._record_event(RunEvent(self.now, kind, message))
+        self._record_event(RunEvent(self.now, kind, message, armed, disarm_reason))
 
     def _record_event(self, ev: RunEvent) -> None:
         self.recent_events.append(ev)
@@ -566,9 +569,9 @@ class Engine:
         """Every way a run ends: close the gate, cancel what the device holds, and take
         the device's last reports (what ran, what was cancelled, where trains were cut)."""
         self.armed_at_end = self.gate.armed
-        self.gate.close("the run has ended")
+        self.gate.close(RUN_ENDED)
         try:
-            self._halt("the run has ended")
+            self._halt(RUN_ENDED)
         except Exception as exc:
             self._event_quietly("device_error", f"cancelling queued stimulation failed: {exc}")
             return
@@ -594,10 +597,11 @@ class Engine:
         except Exception as exc:  # stopping a broken device must not hide the first error
             self._event_quietly("device_error", f"stopping the device failed: {exc}")
 
-    def _event_quietly(self, kind: str, message: str) -> None:
+    def _event_quietly(self, kind: str, message: str, armed: bool | None = None,
+                       disarm_reason: str = "") -> None:
         """An event whose own failure (a broken sink) must not hide the first error."""
         try:
-            self.event(kind, message)
+            self.event(kind, message, armed, disarm_reason)
         except SinkError:
             pass
 
@@ -611,15 +615,16 @@ class Engine:
         """Stop stimulation and the run; the first error is the one reported (any thread)."""
         if self.error is None:
             self.error, self.error_kind, self.exception = message, kind, exc
+        reason = f"{kind} error"
         try:
-            self._halt(f"{kind} error")
+            self._halt(reason)
         except Exception:
             pass
         text = message.strip().splitlines()[-1] if message.strip() else kind
         if threading.current_thread() is self._worker:
-            self._event_quietly(f"{kind}_error", text)
+            self._event_quietly(f"{kind}_error", text, armed=False, disarm_reason=reason)
         else:
-            self._queue_event(f"{kind}_error", text)
+            self._queue_event(f"{kind}_error", text, armed=False, disarm_reason=reason)
         self._stop.set()
 
     def _call(self, hook: Callable[..., Any], *args: Any) -> Any:
@@ -691,7 +696,7 @@ class Engine:
         else:  # a Tick ends the first interval, of the block size asked for
             self.t0 = max(0, first.sample - self.block_samples)
         self.now = self.t0
-        self._notify("on_start", self.info, self.protocol)
+        self._notify("on_start", self.describe())
         self.ctx = Context(self)
         self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
@@ -723,8 +728,11 @@ class Engine:
         re-arms both."""
         for kind, message in self.driver.drain_events():
             if kind == "device_disarmed":
-                self.gate.disarm("the device disarmed itself")
-            self.event(kind, message)
+                reason = "the device disarmed itself"
+                self.gate.disarm(reason)
+                self.event(kind, message, armed=False, disarm_reason=reason)
+            else:
+                self.event(kind, message)
 
     def _events_from_elsewhere(self) -> None:
         while self._queued_events:
@@ -820,6 +828,7 @@ class Engine:
     def _on_clock(self, sample: int) -> None:
         """The device delivered everything before ``sample``: trials and the watchdog move on."""
         self.now = sample
+        self._notify("on_clock", sample)
         self._trains_done(sample)
         if not self.config.fast:
             self._watchdog()
@@ -882,13 +891,26 @@ class Engine:
             if behind_ms <= self.config.watchdog_ms or not self.gate.armed:
                 return
             self.watchdog_trips += 1
-            self.gate.disarm(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
+            reason = f"watchdog: the loop fell {behind_ms:.0f} ms behind"
+            self.gate.disarm(reason)
         self._queue_event(
             "watchdog",
             f"loop fell {behind_ms:.0f} ms behind the device "
             f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
+            armed=False, disarm_reason=reason,
         )
-        self._halt(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
+        self._halt(reason)
+
+    def describe(self) -> RunDescription:
+        """The run as its sinks and recordings are told of it (any thread; the start
+        sample is known once the run has started)."""
+        return RunDescription(
+            protocol=self.protocol.name, parameters=self.protocol.values,
+            device_url=self.driver.url, info=self.info, limits=self.gate.limits.as_dict(),
+            limit_notes=tuple(self.limit_notes), block_samples=self.block_samples,
+            fast=self.config.fast, seed=self.config.seed, watchdog_ms=self.config.watchdog_ms,
+            detector=asdict(self.config.detector), software_version=__version__,
+            start_sample=self.t0, armed=self.gate.armed, disarm_reason=self.gate.disarm_reason)
 
     # -- results -------------------------------------------------------------------
     def latency_samples(self) -> np.ndarray:

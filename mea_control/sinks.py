@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from mea_control.types import Block, DeviceInfo, SpikeEvents, StimPattern
 
 
+#: Why stimulation is disarmed once a run is over: every way a run ends closes its gate.
+RUN_ENDED = "the run has ended"
+
+
 class SinkError(Exception):
     """A sink (recorder, display) failed; the run stops."""
 
@@ -38,10 +42,43 @@ class StimRecord:
 
 
 @dataclass(frozen=True)
+class RunDescription:
+    """What a run is, as its sinks are told at its start (and a recording's provenance):
+    plain values, no reference into the engine."""
+
+    protocol: str
+    parameters: dict[str, Any]
+    device_url: str
+    info: DeviceInfo
+    #: The safety limits in force (the stricter of the rig's and the device's), as a dict.
+    limits: dict[str, Any]
+    #: Where the device's limits tightened the rig's, one line each.
+    limit_notes: tuple[str, ...]
+    block_samples: int
+    fast: bool
+    seed: int
+    watchdog_ms: float
+    #: The spike detector's settings, as a dict.
+    detector: dict[str, Any]
+    software_version: str
+    #: The device sample where the run's time starts (0 until the run has started).
+    start_sample: int = 0
+    #: Whether the safety gate lets pulses through as the run starts, and if not, why;
+    #: events that change it say so (RunEvent.armed).
+    armed: bool = True
+    disarm_reason: str = ""
+
+
+@dataclass(frozen=True)
 class RunEvent:
     sample: int
     kind: str  # start, stop, gap, watchdog, rearm, refusal, protocol_error, device_error
     message: str
+    #: The safety gate's state after this event, for an event that armed or disarmed it
+    #: (None: the event left the gate as it was); sinks follow the gate by these alone.
+    armed: bool | None = None
+    #: Why the gate refuses pulses, for an event that disarmed it.
+    disarm_reason: str = ""
 
 
 class Sink:
@@ -51,11 +88,17 @@ class Sink:
     work, never write to disk or draw here).
     """
 
-    def on_start(self, info: DeviceInfo, protocol: Any) -> None: ...
+    def on_start(self, run: RunDescription) -> None: ...
+    def on_clock(self, sample: int) -> None:
+        """The device delivered everything before ``sample`` (after each block, and each
+        tick of a device that sends spikes only)."""
+
     def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None: ...
     def on_spikes(self, spikes: SpikeEvents) -> None: ...
     def on_stim(self, record: StimRecord) -> None: ...
     def on_trial(self, trial: Trial) -> None: ...
     def on_decision(self, sample: int, decision: dict[str, Any]) -> None: ...
     def on_event(self, event: RunEvent) -> None: ...
-    def on_stop(self, summary: dict[str, Any]) -> None: ...
+    def on_stop(self, summary: dict[str, Any]) -> None:
+        """The run is over (its gate closed, disarmed with RUN_ENDED); ``summary`` holds
+        its figures."""

@@ -191,6 +191,9 @@ def test_watchdog_stops_stimulation_until_rearmed():
     assert s["watchdog_trips"] == 1 and driver.aborts >= 1
     assert proto.refusal.limit == "disarmed" and driver.sent == []
     assert any(e.kind == "watchdog" for e in engine.recent_events)
+    # the sinks hear of it with the gate's reason (they follow the gate by events alone)
+    trip = next(e for e in engine.recent_events if e.kind == "watchdog")
+    assert trip.armed is False and trip.disarm_reason.startswith("watchdog: the loop fell")
     engine.rearm()
     assert engine.gate.armed
 
@@ -206,7 +209,7 @@ class Recorder(Sink):
     def __init__(self):
         self.calls = {"start": 0, "block": 0, "stim": 0, "trial": 0, "stop": 0}
 
-    def on_start(self, info, protocol):
+    def on_start(self, run):
         self.calls["start"] += 1
 
     def on_block(self, block, filtered, spikes):
@@ -536,3 +539,52 @@ def test_an_operator_stop_is_an_event_and_refuses_later_pulses():
     assert not s["stimulation_armed"]
     assert all(r.trigger_sample > disarm[0].sample for r in engine.recent_stims
                if r.status == "refused")
+
+
+class GateWatcher(Sink):
+    """Follows the gate by what sinks are handed: the run description, then events."""
+
+    def __init__(self, actions=None):
+        self.run = None
+        self.states = []
+        self.actions = actions or {}
+
+    def on_start(self, run):
+        self.run = run
+        self.states.append((run.armed, run.disarm_reason))
+
+    def on_trial(self, trial):
+        self.actions.get(trial.index, lambda: None)()
+
+    def on_event(self, event):
+        if event.armed is not None:
+            self.states.append((event.armed, event.disarm_reason))
+
+
+def test_sinks_are_told_the_run_and_every_change_of_the_gate():
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    watcher = GateWatcher()
+    engine = Engine(driver, EveryTenthSecond(), EngineConfig(fast=True, seed=3),
+                    sinks=[watcher])
+    engine.gate.disarm("held over from the last run")  # as the GUI session does
+    watcher.actions = {1: engine.rearm, 4: lambda: engine.stop_stimulation("operator stop"),
+                       6: engine.rearm}
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    run = watcher.run
+    assert (run.protocol, run.device_url, run.seed, run.start_sample) == (
+        engine.protocol.name, driver.url, 3, engine.t0)
+    assert run.info is engine.info and run.block_samples == engine.block_samples
+    assert run.limits == engine.gate.limits.as_dict()
+    assert watcher.states == [(False, "held over from the last run"), (True, ""),
+                              (False, "operator stop"), (True, "")]
+
+
+def test_a_protocol_error_disarms_the_gate_for_the_sinks_too():
+    watcher = GateWatcher()
+    _, _, s = run(Explodes(), duration_s=5.0, sinks=[watcher])
+    assert s["error"] == "protocol"
+    assert watcher.states[-1] == (False, "protocol error")

@@ -11,8 +11,9 @@ from mea_control import recording
 from mea_control.driver import DriverError, open_driver
 from mea_control.gui.feed import FLUSH_S, LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
-from mea_control.gui.session import Monitor, RigSession
+from mea_control.gui.session import RigSession
 from mea_control.protocol import ProtocolError
+from mea_control.sinks import RunDescription
 from mea_control.types import Block, SpikeEvents
 
 FS = 25_000
@@ -53,7 +54,10 @@ def test_envelopes_keep_every_extreme_and_show_gaps():
     info = open_driver("sim://").described
     feed, buffers = LiveFeed(Rings(info.n_channels)), LiveBuffers()
     buffers.bind(feed.rings, info, feed.take_notes)
-    feed.on_start(info, Monitor())
+    feed.on_start(RunDescription(
+        protocol="monitor", parameters={}, device_url="sim://", info=info, limits={},
+        limit_notes=(), block_samples=25, fast=True, seed=0, watchdog_ms=200.0, detector={},
+        software_version="test"))
     data = np.random.default_rng(0).integers(-3000, 3000, (FS, 64)).astype(np.int16)
     uV = data.astype(np.float32) * np.float32(info.uV_per_bit)
     sent = np.zeros(FS, bool)
@@ -63,6 +67,7 @@ def test_envelopes_keep_every_extreme_and_show_gaps():
         if not 0.5 * FS <= start < 0.6 * FS:  # 100 ms lost
             feed.on_block(Block(start, data[start:stop], info.uV_per_bit, i), uV[start:stop],
                              SpikeEvents.empty())
+            feed.on_clock(stop)
             sent[start:stop] = True
         start = stop
         if start == FS:

@@ -159,11 +159,12 @@ CLOSED_LOOP = ("mea_control.engine", "mea_control.dsp", "numba")
 
 @pytest.mark.parametrize("argv", [
     ["-c", "import mea_control.recording"],
+    ["-c", "import mea_control.recording.writer"],  # the recorder: a sink, not the loop
     ["-m", "mea_control.cli", "info", "{nwb}"],
     ["-m", "mea_control.cli", "recover", "{nwb}"],  # refuses a complete file, after the imports
     ["-m", "mea_control.cli", "export", "{nwb}", "--compress", "-o", "{tmp}/copy.nwb"],
     ["-m", "mea_control.recording", "{tmp}/process.nwb", "{tmp}/process.journal", "0", "100"],
-], ids=["import", "info", "recover", "export", "recording-process"])
+], ids=["import", "writer", "info", "recover", "export", "recording-process"])
 def test_file_tools_do_not_import_the_closed_loop(recorded, tmp_path, argv):
     """Reading a file, the file commands and the recording process start without the
     engine, the DSP and numba (`mea-control info` was paying a second for them)."""

@@ -23,7 +23,7 @@ from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
 from mea_control.recording import disk, writer
 from mea_control.recording.journal import journal_path
-from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.recording.writer import Recorder, run_provenance
 from mea_control.sinks import Sink
 
 SERIES = "acquisition/ElectricalSeries"
@@ -135,7 +135,7 @@ def _run_bss(tmp_path, record=True, sinks_before=(), **recorder_options):
     engine = Engine(driver, cls(sessions=1, trials_per_session=6),
                     EngineConfig(fast=True, block_ms=1.0))
     if record:
-        rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, path),
+        rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), path),
                        **recorder_options)
         engine.sinks += [*sinks_before, rec]
     summary = engine.run()
@@ -247,7 +247,7 @@ def test_a_hung_recording_process_does_not_stall_the_loop(tmp_path):
     driver.open()
     engine = Engine(driver, cls(sessions=1, trials_per_session=6),
                     EngineConfig(fast=True, block_ms=1.0))
-    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, path),
+    rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), path),
                    max_backlog_s=0.5)
     engine.sinks += [_Freeze(rec, 25_000, 100_000), rec]
     s = engine.run()

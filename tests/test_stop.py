@@ -18,7 +18,7 @@ from mea_control.driver import DriverError, open_driver
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol
 from mea_control.recording.journal import journal_path
-from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.recording.writer import Recorder, run_provenance
 from mea_control.safety import SafetyRefusal
 from mea_control.sinks import Sink
 from mea_control.types import StimPattern, StimPulse
@@ -278,7 +278,7 @@ def test_a_train_cut_by_a_protocol_error_is_recorded_as_far_as_it_ran(tmp_path):
                 raise RuntimeError("protocol bug (injected)")
 
     engine = Engine(driver, Fails(0.1, train_then_fail), EngineConfig(fast=True))
-    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, __file__))
+    rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), __file__))
     engine.sinks.append(rec)
     try:
         s = engine.run()

@@ -252,13 +252,13 @@ def _recording_meta(args: argparse.Namespace, rig: Rig | None) -> Any:
 def _open_recorder(args: argparse.Namespace, engine: Engine, protocol_file: Path, meta: Any,
                    log: Any) -> Any:
     from mea_control.recording import Recorder
-    from mea_control.recording.writer import engine_provenance
+    from mea_control.recording.writer import run_provenance
 
     if engine.info.simulated:
         meta = meta.for_simulator()
     elif meta.div is None:
         log("[recording] no --div: the file's culture has no age (DIV); nwbinspector flags that")
-    provenance = engine_provenance(engine, protocol_file, command_line=sys.argv,
+    provenance = run_provenance(engine.describe(), protocol_file, command_line=sys.argv,
                                    rig=str(args.rig) if args.rig else None)
     return Recorder(args.record, engine.info, provenance, meta=meta, raw=not args.no_raw,
                     overwrite=args.overwrite, duration_s=args.duration)
