@@ -410,7 +410,7 @@ class Pacer(Sink):
         self.due = sorted((a.block * operator.block_samples, i, a.kind)
                           for i, a in enumerate(operator.sync))
 
-    def on_block(self, block, filtered, spikes) -> None:
+    def on_block(self, block, filtered) -> None:
         engine = self.operator.engine
         elapsed = block.stop_sample - engine.t0
         if elapsed >= RUN_LIMIT * engine.config.duration_s * engine.info.sample_rate:

@@ -822,7 +822,7 @@ class Engine:
             self._call(self.protocol.on_block, self.ctx, block, filtered)
         if self.error is None and len(spikes):
             self._on_spikes(spikes)
-        self._notify("on_block", block, filtered, spikes)
+        self._notify("on_block", block, filtered)
         self._on_clock(block.stop_sample)
 
     def _on_clock(self, sample: int) -> None:

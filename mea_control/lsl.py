@@ -132,7 +132,7 @@ class LslOutlet(Sink):
             self.markers.push_sample([text], stamp)
 
     # -- Sink ------------------------------------------------------------------------
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
+    def on_block(self, block: Block, filtered: np.ndarray | None) -> None:
         stamp = self._clock()
         self._anchor = (block.stop_sample - 1, stamp)
         if self.raw is not None:

@@ -93,8 +93,14 @@ class Sink:
         """The device delivered everything before ``sample`` (after each block, and each
         tick of a device that sends spikes only)."""
 
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None: ...
-    def on_spikes(self, spikes: SpikeEvents) -> None: ...
+    def on_block(self, block: Block, filtered: np.ndarray | None) -> None:
+        """A raw block and its band-passed microvolts (None: not filtered); a device that
+        sends spikes only sends none."""
+
+    def on_spikes(self, spikes: SpikeEvents) -> None:
+        """Spikes, detected in a block (just before its on_block) or detected by the
+        device: every spike reaches the sinks here, once."""
+
     def on_stim(self, record: StimRecord) -> None: ...
     def on_trial(self, trial: Trial) -> None: ...
     def on_decision(self, sample: int, decision: dict[str, Any]) -> None: ...

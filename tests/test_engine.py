@@ -212,7 +212,7 @@ class Recorder(Sink):
     def on_start(self, run):
         self.calls["start"] += 1
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         self.calls["block"] += 1
 
     def on_stim(self, record):
@@ -473,7 +473,7 @@ class Pauser(Sink):
         if trial.index == 2:
             self.engine.pause()
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if self.engine.paused and self.resume_at is None:
             self.resume_at = block.stop_sample + 12_500
         if self.resume_at is not None and block.stop_sample >= self.resume_at:

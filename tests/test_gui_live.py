@@ -14,7 +14,7 @@ from mea_control.gui.live import LiveBuffers
 from mea_control.gui.session import RigSession
 from mea_control.protocol import ProtocolError
 from mea_control.sinks import RunDescription
-from mea_control.types import Block, SpikeEvents
+from mea_control.types import Block
 
 FS = 25_000
 WAIT_S = 60.0
@@ -65,8 +65,7 @@ def test_envelopes_keep_every_extreme_and_show_gaps():
     for i, size in enumerate(np.resize([25, 7, 31, 3], 2000)):  # bins never fit blocks
         stop = min(start + int(size), FS)
         if not 0.5 * FS <= start < 0.6 * FS:  # 100 ms lost
-            feed.on_block(Block(start, data[start:stop], info.uV_per_bit, i), uV[start:stop],
-                             SpikeEvents.empty())
+            feed.on_block(Block(start, data[start:stop], info.uV_per_bit, i), uV[start:stop])
             feed.on_clock(stop)
             sent[start:stop] = True
         start = stop

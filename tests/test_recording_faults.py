@@ -120,7 +120,7 @@ class _Release(Sink):
     def __init__(self, gate: threading.Event, at_sample: int) -> None:
         self.gate, self.at_sample = gate, at_sample
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.start_sample >= self.at_sample:
             self.gate.set()
 
@@ -234,7 +234,7 @@ class _Freeze(Sink):
     def __init__(self, recorder, start: int, stop: int) -> None:
         self.pid, self.start, self.stop = recorder._process.pid, start, stop
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.start_sample == self.start:
             os.kill(self.pid, signal.SIGSTOP)
         elif block.start_sample == self.stop:

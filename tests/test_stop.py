@@ -257,7 +257,7 @@ class StopAt(Sink):
     def __init__(self, engine, sample):
         self.engine, self.sample = engine, sample
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.stop_sample >= self.sample:
             threading.Thread(target=self.engine.stop).start()
 

@@ -167,8 +167,7 @@ class LiveFeed(Sink):
         self._started = True
         h[RUN] += 1  # even: a run's data follow
 
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
-        # ``spikes`` came through on_spikes already (the only way on a spikes-only device)
+    def on_block(self, block: Block, filtered: np.ndarray | None) -> None:
         if self._expected is not None and block.start_sample > self._expected:
             self._lost += block.start_sample - self._expected  # a gap in the stream
         self._expected = block.stop_sample

@@ -77,8 +77,8 @@ class RecordingSwitch(Sink):
         self._now = sample
         self._forward("on_clock", sample)
 
-    def on_block(self, block: Any, filtered: Any, spikes: Any) -> None:
-        self._forward("on_block", block, filtered, spikes)
+    def on_block(self, block: Any, filtered: Any) -> None:
+        self._forward("on_block", block, filtered)
 
     def on_spikes(self, spikes: Any) -> None:
         self._forward("on_spikes", spikes)

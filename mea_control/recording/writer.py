@@ -259,7 +259,7 @@ class Recorder(Sink):
         self._ready.set()
 
     # -- sink methods, acquisition thread -----------------------------------------
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
+    def on_block(self, block: Block, filtered: np.ndarray | None) -> None:
         if self.t0 is None:
             self.t0 = block.start_sample
             self._queue.put(("start", {"first_sample": self.t0, "wall_time": time.time()}))
