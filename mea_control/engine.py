@@ -29,7 +29,15 @@ from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
-from mea_control.sinks import RUN_ENDED, RunDescription, RunEvent, Sink, SinkError, StimRecord
+from mea_control.sinks import (
+    RUN_ENDED,
+    EventKind,
+    RunDescription,
+    RunEvent,
+    Sink,
+    SinkError,
+    StimRecord,
+)
 from mea_control.trials import Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 
@@ -264,7 +272,7 @@ class Engine:
         goes to the log and the recording. When it returns, no pattern the loop sent
         will run (beyond what the driver documents it cannot stop). Raises DriverError
         if the abort failed (the gate is closed anyway)."""
-        self._queue_event("disarm", reason, armed=False, disarm_reason=reason)
+        self._queue_event(EventKind.DISARM, reason, armed=False, disarm_reason=reason)
         self._halt(reason)
 
     def _halt(self, reason: str) -> None:
@@ -289,7 +297,8 @@ class Engine:
                      disarm_reason: str = "") -> None:
         """An event from another thread: logged now, recorded by the loop."""
         self._log(f"[{kind}] {message}")
-        self._queued_events.append(RunEvent(self.now, kind, message, armed, disarm_reason))
+        self._queued_events.append(RunEvent(self.now, EventKind.of(kind), message, armed,
+                                            disarm_reason))
 
     def pause(self) -> None:
         """Hold the protocol until resume(): its hooks are not called and no trial starts;
@@ -306,7 +315,7 @@ class Engine:
             self._lag_anchor = None
         self.driver.rearm_stimulation()
         self.gate.rearm()
-        self._queue_event("rearm", "stimulation re-armed", armed=True)
+        self._queue_event(EventKind.REARM, "stimulation re-armed", armed=True)
 
     def set_trials(self, trials: Trials) -> None:
         if self.trials is not None:
@@ -320,8 +329,9 @@ class Engine:
               disarm_reason: str = "") -> None:
         """Log an event and give it to the sinks (acquisition thread); ``armed`` and
         ``disarm_reason`` tell the sinks how the event left the safety gate."""
-        self._log(f"[{kind}] {message}" if kind != "log" else message)
-        self._record_event(RunEvent(self.now, kind, message, armed, disarm_reason))
+        self._log(f"[{kind}] {message}" if kind != EventKind.LOG else message)
+        self._record_event(RunEvent(self.now, EventKind.of(kind), message, armed,
+                                    disarm_reason))
 
     def _record_event(self, ev: RunEvent) -> None:
         self.recent_events.append(ev)
@@ -386,7 +396,7 @@ class Engine:
                                 reason=str(refusal))
             self.counts["refused"] += 1
             self.recent_stims.append(record)
-            self.event("refusal", str(refusal))
+            self.event(EventKind.REFUSAL, str(refusal))
             self._notify("on_stim", record)
             raise
         self.pending[ticket] = StimRecord(ticket, pattern, trigger, self.now)
@@ -425,7 +435,8 @@ class Engine:
                 for offset in record.pattern.pulse_offsets(self.info.sample_rate):
                     self.detector.blank(report.sample + offset)
         else:
-            self.event("stim_dropped", f"device dropped pattern {report.ticket}: {report.reason}")
+            self.event(EventKind.STIM_DROPPED,
+                       f"device dropped pattern {report.ticket}: {report.reason}")
         if self.trials is not None:
             self.trials.on_report(report)
         if report.executed and record.pattern.train_count > 1:
@@ -446,7 +457,7 @@ class Engine:
     def _end_train(self, record: StimRecord, pulses_run: int | None, reason: str = "") -> None:
         if pulses_run is not None and pulses_run < record.pattern.train_count:
             record.pulses_run, record.reason = max(pulses_run, 0), reason
-            self.event("train_cut", f"pattern {record.ticket}: {reason}")
+            self.event(EventKind.TRAIN_CUT, f"pattern {record.ticket}: {reason}")
         self._notify("on_stim", record)
 
     def _trains_done(self, sample: int) -> None:
@@ -573,7 +584,8 @@ class Engine:
         try:
             self._halt(RUN_ENDED)
         except Exception as exc:
-            self._event_quietly("device_error", f"cancelling queued stimulation failed: {exc}")
+            self._event_quietly(EventKind.DEVICE_ERROR,
+                                f"cancelling queued stimulation failed: {exc}")
             return
         clock = self.now
         deadline = time.perf_counter() + LAST_REPORTS_S
@@ -595,7 +607,7 @@ class Engine:
         try:
             self.driver.stop()
         except Exception as exc:  # stopping a broken device must not hide the first error
-            self._event_quietly("device_error", f"stopping the device failed: {exc}")
+            self._event_quietly(EventKind.DEVICE_ERROR, f"stopping the device failed: {exc}")
 
     def _event_quietly(self, kind: str, message: str, armed: bool | None = None,
                        disarm_reason: str = "") -> None:
@@ -622,9 +634,9 @@ class Engine:
             pass
         text = message.strip().splitlines()[-1] if message.strip() else kind
         if threading.current_thread() is self._worker:
-            self._event_quietly(f"{kind}_error", text, armed=False, disarm_reason=reason)
+            self._event_quietly(EventKind.error(kind), text, armed=False, disarm_reason=reason)
         else:
-            self._queue_event(f"{kind}_error", text, armed=False, disarm_reason=reason)
+            self._queue_event(EventKind.error(kind), text, armed=False, disarm_reason=reason)
         self._stop.set()
 
     def _call(self, hook: Callable[..., Any], *args: Any) -> Any:
@@ -698,13 +710,13 @@ class Engine:
         self.now = self.t0
         self._notify("on_start", self.describe())
         self.ctx = Context(self)
-        self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
+        self.event(EventKind.START, f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
-            self.event("limits", note)
+            self.event(EventKind.LIMITS, note)
         if self.pulse_history is not None:
             for note in self.pulse_history.restore(self.gate, self.t0, self._start_wall_clock,
                                                    lambda: self.now):
-                self.event("limits", note)
+                self.event(EventKind.LIMITS, note)
         try:
             self._call(self.protocol.setup, self.ctx)
             if self.gate.armed:
@@ -720,14 +732,15 @@ class Engine:
                 self._call(self.protocol.teardown, self.ctx)
                 self._device_events()
                 self._events_from_elsewhere()
-                self.event("stop", "interrupted" if self.interrupted else "end of run")
+                self.event(EventKind.STOP, "interrupted" if self.interrupted else "end of run")
 
     def _device_events(self) -> None:
         """Log what the driver saw on the link; a device that disarmed itself (it heard
         nothing from this computer for too long) disarms the gate too, until a person
         re-arms both."""
-        for kind, message in self.driver.drain_events():
-            if kind == "device_disarmed":
+        for name, message in self.driver.drain_events():
+            kind = EventKind.of(name)  # a kind no member names stays the driver's string
+            if kind == EventKind.DEVICE_DISARMED:
                 reason = "the device disarmed itself"
                 self.gate.disarm(reason)
                 self.event(kind, message, armed=False, disarm_reason=reason)
@@ -811,7 +824,7 @@ class Engine:
             self.samples_lost += max(lost, 0)
             self.counts["gaps"] += 1
             # the detector restarts its filter at the gap by itself and keeps its noise estimate
-            self.event("gap", f"{lost} samples missing before sample {block.start_sample}")
+            self.event(EventKind.GAP, f"{lost} samples missing before sample {block.start_sample}")
         self._expected = block.stop_sample
         self.n_blocks += 1
         filtered, spikes = self.detector.process(block)
@@ -850,14 +863,14 @@ class Engine:
         fs = self.info.sample_rate
         if pause:
             self.paused, self._paused_at = True, self.now
-            self.event("pause", "protocol paused by the operator")
+            self.event(EventKind.PAUSE, "protocol paused by the operator")
         else:
             held = self.now - self._paused_at
             self.paused_samples += held
             self.paused = False
             if self.trials is not None:
                 self.trials.delay(held)
-            self.event("resume", f"protocol resumed after {held / fs:.1f} s paused")
+            self.event(EventKind.RESUME, f"protocol resumed after {held / fs:.1f} s paused")
         if self.trials is not None:
             self.trials.held = self.paused
 
@@ -894,7 +907,7 @@ class Engine:
             reason = f"watchdog: the loop fell {behind_ms:.0f} ms behind"
             self.gate.disarm(reason)
         self._queue_event(
-            "watchdog",
+            EventKind.WATCHDOG,
             f"loop fell {behind_ms:.0f} ms behind the device "
             f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
             armed=False, disarm_reason=reason,

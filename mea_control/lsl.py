@@ -170,7 +170,7 @@ class LslOutlet(Sink):
         )
 
     def on_event(self, event: RunEvent) -> None:
-        self._mark(event.sample, type="event", kind=event.kind, message=event.message,
+        self._mark(event.sample, type="event", kind=str(event.kind), message=event.message,
                    sample=event.sample)
 
     def on_stop(self, summary: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ the recording side stays light.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,6 +21,49 @@ if TYPE_CHECKING:
 
 #: Why stimulation is disarmed once a run is over: every way a run ends closes its gate.
 RUN_ENDED = "the run has ended"
+
+
+class EventKind(StrEnum):
+    """What a run event is about. Members are strings: recordings, logs, LSL markers and
+    JSON hold the same text as ever. A kind a third-party driver reports that is not here
+    stays a plain string (:meth:`of`)."""
+
+    START = "start"  #: the run's first block or tick: protocol and device
+    STOP = "stop"  #: the run's loop ended (end of run, or interrupted)
+    LOG = "log"  #: a protocol's own line (ctx.log)
+    LIMITS = "limits"  #: how the limits in force came about (device, pulse history)
+    GAP = "gap"  #: samples missing in the device's stream (never filled in)
+    PAUSE = "pause"  #: the operator paused the protocol
+    RESUME = "resume"  #: the operator resumed it
+    REFUSAL = "refusal"  #: the safety gate refused a pattern; nothing of it was sent
+    STIM_DROPPED = "stim_dropped"  #: the device dropped a pattern (e.g. too late to run)
+    TRAIN_CUT = "train_cut"  #: a train ran only in part (aborted or the run ended)
+    DISARM = "disarm"  #: a person stopped stimulation (STOP)
+    REARM = "rearm"  #: a person re-armed stimulation
+    WATCHDOG = "watchdog"  #: the loop fell behind the device: stimulation stopped
+    DEVICE_DISARMED = "device_disarmed"  #: the device stopped stimulation by itself
+    PROTOCOL_ERROR = "protocol_error"  #: a protocol hook raised or hung: the run ends
+    DEVICE_ERROR = "device_error"  #: the device or its driver failed or reported an error
+    SINK_ERROR = "sink_error"  #: a sink (recorder, display) failed: the run ends
+    LINK_ERROR = "link_error"  #: garbled, dropped or unanswered traffic on the device's link
+    LINK_GAP = "link_gap"  #: frames lost on the device's link
+    STIM_UPLOAD = "stim_upload"  #: a pattern needed a slow upload of stimulation settings
+    STIM_UNEXPECTED = "stim_unexpected"  #: the device stimulated without being asked to
+    LOST = "lost"  #: the recorder could not write samples to disk (recordings only)
+
+    @classmethod
+    def of(cls, kind: str) -> EventKind | str:
+        """The member named ``kind``, or ``kind`` itself if it is none (a third-party
+        driver's own kind is logged and recorded as the driver named it)."""
+        try:
+            return cls(kind)
+        except ValueError:
+            return kind
+
+    @classmethod
+    def error(cls, source: str) -> EventKind:
+        """The kind of an error that ends a run: "protocol", "device" or "sink"."""
+        return cls(f"{source}_error")
 
 
 class SinkError(Exception):
@@ -72,7 +116,8 @@ class RunDescription:
 @dataclass(frozen=True)
 class RunEvent:
     sample: int
-    kind: str  # start, stop, gap, watchdog, rearm, refusal, protocol_error, device_error
+    #: An EventKind member, or a third-party driver's own kind as it named it.
+    kind: EventKind | str
     message: str
     #: The safety gate's state after this event, for an event that armed or disarmed it
     #: (None: the event left the gate as it was); sinks follow the gate by these alone.

@@ -588,3 +588,40 @@ def test_a_protocol_error_disarms_the_gate_for_the_sinks_too():
     _, _, s = run(Explodes(), duration_s=5.0, sinks=[watcher])
     assert s["error"] == "protocol"
     assert watcher.states[-1] == (False, "protocol error")
+
+
+def test_event_kinds_are_members_and_a_drivers_own_kind_stays_its_string():
+    import re
+    from pathlib import Path
+
+    from mea_control.sinks import EventKind
+
+    # every kind the shipped drivers report maps onto a member
+    emitted = set()
+    for path in (Path(__file__).resolve().parent.parent / "drivers").rglob("*.py"):
+        emitted |= set(re.findall(r'(?:_event\(|append\(\()\s*"([a-z_]+)"', path.read_text()))
+    assert {"device_disarmed", "link_error", "link_gap", "stim_upload"} <= emitted
+    assert all(isinstance(EventKind.of(kind), EventKind) for kind in emitted), emitted
+
+    class Vendor(Spy):
+        reported = False
+
+        def drain_events(self):
+            if self.reported:
+                return self._driver.drain_events()
+            self.reported = True
+            return [("link_gap", "3 frames lost"), ("vendor_thermal", "probe warm")]
+
+    driver = Vendor(open_driver("sim://?seed=1"))
+    driver.open()
+    engine = Engine(driver, Quiet(), EngineConfig(fast=True, duration_s=0.05))
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    events = {e.message: e.kind for e in engine.recent_events}
+    assert events["3 frames lost"] is EventKind.LINK_GAP
+    unknown = events["probe warm"]
+    assert unknown == "vendor_thermal" and not isinstance(unknown, EventKind)
+    assert all(isinstance(e.kind, EventKind) for e in engine.recent_events
+               if e.message != "probe warm")

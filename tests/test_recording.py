@@ -11,6 +11,7 @@ from conftest import ROOT, cli_command, imported_modules
 from mea_control import recording
 from mea_control.layouts import load_layout
 from mea_control.recording.journal import Journal, journal_path, read_journal
+from mea_control.sinks import EventKind
 from mea_control.types import SpikeEvents
 
 SERIES = "acquisition/ElectricalSeries"
@@ -65,6 +66,10 @@ def test_pynwb_reads_structure_and_tables(recorded):
         assert sum(len(t) for t in nwb.units["spike_times"][:]) == s["spikes"]
         kinds = nwb.processing["mea_control"]["events"]["kind"][:]
         assert kinds[0] == "start" and "stop" in list(kinds)
+        # the file holds the kinds' plain text, as before they were an enumeration
+        assert {type(k) for k in kinds} <= {str, bytes}
+        assert {k.decode() if isinstance(k, bytes) else k for k in kinds} <= {
+            kind.value for kind in EventKind}
 
 
 def test_spikeinterface_reads_recording_and_sorting(recorded):

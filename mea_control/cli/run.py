@@ -27,6 +27,7 @@ from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory, names_history_file
 from mea_control.rig import RecordingDefaults, Rig, load_rig
 from mea_control.safety import SafetyLimits
+from mea_control.sinks import EventKind
 
 if TYPE_CHECKING:
     from mea_control.engine import Engine
@@ -297,7 +298,7 @@ def _report_recording(rec: dict[str, Any], quiet: bool) -> bool:
 
 def _quiet_filter(log):
     """Log run events, but only the first few refusals and dropped patterns."""
-    shown = {"refusal": 0, "stim_dropped": 0}
+    shown = {EventKind.REFUSAL: 0, EventKind.STIM_DROPPED: 0}
 
     def emit(message: str) -> None:
         for kind in shown:

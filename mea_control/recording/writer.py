@@ -30,7 +30,7 @@ import numpy as np
 from mea_control.recording import disk, nwbfile, tables
 from mea_control.recording.errors import RecordingError, is_locked
 from mea_control.recording.journal import Journal, journal_path
-from mea_control.sinks import RunDescription, RunEvent, Sink, StimRecord
+from mea_control.sinks import EventKind, RunDescription, RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
 from mea_control.types import Block, DeviceInfo, SpikeEvents
 
@@ -295,7 +295,7 @@ class Recorder(Sink):
     def _end_lost_run(self) -> None:
         if self._lost_from is not None:
             fs = self.info.sample_rate
-            self._event(self._lost_to, "lost",
+            self._event(self._lost_to, EventKind.LOST,
                         f"samples {self._lost_from}-{self._lost_to} not written to disk: the "
                         f"writer fell {self.max_backlog / fs:g} s behind (disk too slow)")
             self._lost_from = None
@@ -339,7 +339,9 @@ class Recorder(Sink):
         self._event(event.sample, event.kind, event.message)
 
     def _event(self, sample: int, kind: str, message: str) -> None:
-        self._queue.put(("event", {"sample": int(sample), "kind": kind, "message": message}))
+        # the kind as plain text: the recording process and the file hold strings
+        self._queue.put(("event", {"sample": int(sample), "kind": str(kind),
+                                   "message": message}))
 
     # -- the end -------------------------------------------------------------------
     def on_stop(self, summary: dict[str, Any]) -> None:
@@ -360,7 +362,7 @@ class Recorder(Sink):
                 lost = self._taken - self.samples_written
                 sample = self.result["error_sample"]
                 journal.write("event", {
-                    "sample": sample, "kind": "lost",
+                    "sample": sample, "kind": str(EventKind.LOST),
                     "message": f"{lost} samples from sample {sample} on not written to disk: "
                     f"{self.write_error}"})
             stats = self.stats()
