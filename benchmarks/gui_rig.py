@@ -42,7 +42,7 @@ def _engines(feed: LiveFeed | None):
             made.append(self)
             if feed is not None:
                 self.sinks.append(feed)
-                feed.attach(self)
+                feed.expect(self.protocol)
 
     mea_control.engine.Engine = Watched
     try:

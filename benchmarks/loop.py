@@ -248,10 +248,10 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
                     EngineConfig(fast=False, duration_s=600.0, **watchdog))
     with tempfile.TemporaryDirectory() as folder:
         if record:
-            from mea_control.recording.writer import Recorder, engine_provenance
+            from mea_control.recording.writer import Recorder, run_provenance
 
             engine.sinks.append(Recorder(Path(folder) / "bench.nwb", engine.info,
-                                         engine_provenance(engine)))
+                                         run_provenance(engine.describe())))
         summary = engine.run()
     driver.close()
     lat = engine.latency_samples()

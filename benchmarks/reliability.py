@@ -66,10 +66,11 @@ from hypothesis import strategies as st  # noqa: E402
 from drivers.sim import SimDriver  # noqa: E402
 from hardware_sim.mea import DEVICE_LIMITS  # noqa: E402
 from mea_control.driver import DriverError, open_driver  # noqa: E402
-from mea_control.engine import Engine, EngineConfig, Sink  # noqa: E402
+from mea_control.engine import Engine, EngineConfig  # noqa: E402
 from mea_control.limits import SafetyLimits  # noqa: E402
 from mea_control.protocol import Protocol  # noqa: E402
 from mea_control.safety import SafetyRefusal  # noqa: E402
+from mea_control.sinks import Sink  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse, Tick  # noqa: E402
 
 BLOCK_MS = 1.0
@@ -410,7 +411,7 @@ class Pacer(Sink):
         self.due = sorted((a.block * operator.block_samples, i, a.kind)
                           for i, a in enumerate(operator.sync))
 
-    def on_block(self, block, filtered, spikes) -> None:
+    def on_block(self, block, filtered) -> None:
         engine = self.operator.engine
         elapsed = block.stop_sample - engine.t0
         if elapsed >= RUN_LIMIT * engine.config.duration_s * engine.info.sample_rate:

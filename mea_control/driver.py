@@ -164,7 +164,10 @@ class Driver(ABC):
 
     def drain_events(self) -> list[tuple[str, str]]:
         """Problems on the link since the last call, as (kind, message): lost or corrupt
-        frames and the like. The engine logs them as run events. Acquisition thread."""
+        frames and the like. The engine logs them as run events; a kind that names a
+        member of mea_control.sinks.EventKind (link_error, link_gap, device_error,
+        device_disarmed, ...) becomes that member, any other stays as given.
+        Acquisition thread."""
         return []
 
     def set_fast(self, fast: bool) -> None:

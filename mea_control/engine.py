@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,8 +30,17 @@ from mea_control.limits import SafetyLimits, effective_limits
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.safety import SafetyGate, SafetyRefusal
-from mea_control.trials import Trial, Trials
-from mea_control.types import Block, DeviceInfo, SpikeEvents, StimPattern, StimReport, Tick
+from mea_control.sinks import (
+    RUN_ENDED,
+    EventKind,
+    RunDescription,
+    RunEvent,
+    Sink,
+    SinkError,
+    StimRecord,
+)
+from mea_control.trials import Trials
+from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 
 #: How many recent events, pattern records and refusals the engine keeps in memory.
 KEEP_RECENT = 10_000
@@ -48,10 +57,6 @@ def expand_counts(counts: Counter[int]) -> np.ndarray:
     """The values of a value -> count tally, each repeated count times, sorted."""
     values = sorted(counts)
     return np.repeat(np.array(values, np.int64), [counts[v] for v in values])
-
-
-class SinkError(Exception):
-    """A sink (recorder, display) failed; the run stops."""
 
 
 class _Abandoned(BaseException):
@@ -75,45 +80,6 @@ class EngineConfig:
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     #: A device silent for this long ends the run with an error.
     device_timeout_s: float = 5.0
-
-
-@dataclass
-class StimRecord:
-    """One pattern's life: trigger, decision and execution samples, and its fate."""
-
-    ticket: int | None
-    pattern: StimPattern
-    trigger_sample: int
-    decision_sample: int
-    execution_sample: int | None = None
-    status: str = "sent"  # sent (no report by the end of the run), executed, dropped, refused
-    reason: str = ""
-    #: A train the device cut short: how many of its pulses ran (None: all of them).
-    pulses_run: int | None = None
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    sample: int
-    kind: str  # start, stop, gap, watchdog, rearm, refusal, protocol_error, device_error
-    message: str
-
-
-class Sink:
-    """Receives everything the loop sees; recorders and the GUI plug in here.
-
-    Methods run on the acquisition thread and must return quickly (queue the
-    work, never write to disk or draw here).
-    """
-
-    def on_start(self, info: DeviceInfo, protocol: Protocol) -> None: ...
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None: ...
-    def on_spikes(self, spikes: SpikeEvents) -> None: ...
-    def on_stim(self, record: StimRecord) -> None: ...
-    def on_trial(self, trial: Trial) -> None: ...
-    def on_decision(self, sample: int, decision: dict[str, Any]) -> None: ...
-    def on_event(self, event: RunEvent) -> None: ...
-    def on_stop(self, summary: dict[str, Any]) -> None: ...
 
 
 class Context:
@@ -307,7 +273,7 @@ class Engine:
         goes to the log and the recording. When it returns, no pattern the loop sent
         will run (beyond what the driver documents it cannot stop). Raises DriverError
         if the abort failed (the gate is closed anyway)."""
-        self._queue_event("disarm", reason)
+        self._queue_event(EventKind.DISARM, reason, armed=False, disarm_reason=reason)
         self._halt(reason)
 
     def _halt(self, reason: str) -> None:
@@ -328,10 +294,12 @@ class Engine:
             if got:
                 self._stim_lock.release()
 
-    def _queue_event(self, kind: str, message: str) -> None:
+    def _queue_event(self, kind: str, message: str, armed: bool | None = None,
+                     disarm_reason: str = "") -> None:
         """An event from another thread: logged now, recorded by the loop."""
         self._log(f"[{kind}] {message}")
-        self._queued_events.append(RunEvent(self.now, kind, message))
+        self._queued_events.append(RunEvent(self.now, EventKind.of(kind), message, armed,
+                                            disarm_reason))
 
     def pause(self) -> None:
         """Hold the protocol until resume(): its hooks are not called and no trial starts;
@@ -348,7 +316,7 @@ class Engine:
             self._lag_anchor = None
         self.driver.rearm_stimulation()
         self.gate.rearm()
-        self._queue_event("rearm", "stimulation re-armed")
+        self._queue_event(EventKind.REARM, "stimulation re-armed", armed=True)
 
     def set_trials(self, trials: Trials) -> None:
         if self.trials is not None:
@@ -358,10 +326,13 @@ class Engine:
                       block_samples=self.block_samples)
         self.trials = trials
 
-    def event(self, kind: str, message: str) -> None:
-        """Log an event and give it to the sinks (acquisition thread)."""
-        self._log(f"[{kind}] {message}" if kind != "log" else message)
-        self._record_event(RunEvent(self.now, kind, message))
+    def event(self, kind: str, message: str, armed: bool | None = None,
+              disarm_reason: str = "") -> None:
+        """Log an event and give it to the sinks (acquisition thread); ``armed`` and
+        ``disarm_reason`` tell the sinks how the event left the safety gate."""
+        self._log(f"[{kind}] {message}" if kind != EventKind.LOG else message)
+        self._record_event(RunEvent(self.now, EventKind.of(kind), message, armed,
+                                    disarm_reason))
 
     def _record_event(self, ev: RunEvent) -> None:
         self.recent_events.append(ev)
@@ -426,7 +397,7 @@ class Engine:
                                 reason=str(refusal))
             self.counts["refused"] += 1
             self.recent_stims.append(record)
-            self.event("refusal", str(refusal))
+            self.event(EventKind.REFUSAL, str(refusal))
             self._notify("on_stim", record)
             raise
         self.pending[ticket] = StimRecord(ticket, pattern, trigger, self.now)
@@ -465,7 +436,8 @@ class Engine:
                 for offset in record.pattern.pulse_offsets(self.info.sample_rate):
                     self.detector.blank(report.sample + offset)
         else:
-            self.event("stim_dropped", f"device dropped pattern {report.ticket}: {report.reason}")
+            self.event(EventKind.STIM_DROPPED,
+                       f"device dropped pattern {report.ticket}: {report.reason}")
         if self.trials is not None:
             self.trials.on_report(report)
         if report.executed and record.pattern.train_count > 1:
@@ -486,7 +458,7 @@ class Engine:
     def _end_train(self, record: StimRecord, pulses_run: int | None, reason: str = "") -> None:
         if pulses_run is not None and pulses_run < record.pattern.train_count:
             record.pulses_run, record.reason = max(pulses_run, 0), reason
-            self.event("train_cut", f"pattern {record.ticket}: {reason}")
+            self.event(EventKind.TRAIN_CUT, f"pattern {record.ticket}: {reason}")
         self._notify("on_stim", record)
 
     def _trains_done(self, sample: int) -> None:
@@ -609,11 +581,12 @@ class Engine:
         """Every way a run ends: close the gate, cancel what the device holds, and take
         the device's last reports (what ran, what was cancelled, where trains were cut)."""
         self.armed_at_end = self.gate.armed
-        self.gate.close("the run has ended")
+        self.gate.close(RUN_ENDED)
         try:
-            self._halt("the run has ended")
+            self._halt(RUN_ENDED)
         except Exception as exc:
-            self._event_quietly("device_error", f"cancelling queued stimulation failed: {exc}")
+            self._event_quietly(EventKind.DEVICE_ERROR,
+                                f"cancelling queued stimulation failed: {exc}")
             return
         clock = self.now
         deadline = time.perf_counter() + LAST_REPORTS_S
@@ -635,12 +608,13 @@ class Engine:
         try:
             self.driver.stop()
         except Exception as exc:  # stopping a broken device must not hide the first error
-            self._event_quietly("device_error", f"stopping the device failed: {exc}")
+            self._event_quietly(EventKind.DEVICE_ERROR, f"stopping the device failed: {exc}")
 
-    def _event_quietly(self, kind: str, message: str) -> None:
+    def _event_quietly(self, kind: str, message: str, armed: bool | None = None,
+                       disarm_reason: str = "") -> None:
         """An event whose own failure (a broken sink) must not hide the first error."""
         try:
-            self.event(kind, message)
+            self.event(kind, message, armed, disarm_reason)
         except SinkError:
             pass
 
@@ -654,15 +628,16 @@ class Engine:
         """Stop stimulation and the run; the first error is the one reported (any thread)."""
         if self.error is None:
             self.error, self.error_kind, self.exception = message, kind, exc
+        reason = f"{kind} error"
         try:
-            self._halt(f"{kind} error")
+            self._halt(reason)
         except Exception:
             pass
         text = message.strip().splitlines()[-1] if message.strip() else kind
         if threading.current_thread() is self._worker:
-            self._event_quietly(f"{kind}_error", text)
+            self._event_quietly(EventKind.error(kind), text, armed=False, disarm_reason=reason)
         else:
-            self._queue_event(f"{kind}_error", text)
+            self._queue_event(EventKind.error(kind), text, armed=False, disarm_reason=reason)
         self._stop.set()
 
     def _call(self, hook: Callable[..., Any], *args: Any) -> Any:
@@ -734,15 +709,15 @@ class Engine:
         else:  # a Tick ends the first interval, of the block size asked for
             self.t0 = max(0, first.sample - self.block_samples)
         self.now = self.t0
-        self._notify("on_start", self.info, self.protocol)
+        self._notify("on_start", self.describe())
         self.ctx = Context(self)
-        self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
+        self.event(EventKind.START, f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
-            self.event("limits", note)
+            self.event(EventKind.LIMITS, note)
         if self.pulse_history is not None:
             for note in self.pulse_history.restore(self.gate, self.t0, self._start_wall_clock,
                                                    lambda: self.now):
-                self.event("limits", note)
+                self.event(EventKind.LIMITS, note)
         try:
             self._call(self.protocol.setup, self.ctx)
             if self.gate.armed:
@@ -758,16 +733,20 @@ class Engine:
                 self._call(self.protocol.teardown, self.ctx)
                 self._device_events()
                 self._events_from_elsewhere()
-                self.event("stop", "interrupted" if self.interrupted else "end of run")
+                self.event(EventKind.STOP, "interrupted" if self.interrupted else "end of run")
 
     def _device_events(self) -> None:
         """Log what the driver saw on the link; a device that disarmed itself (it heard
         nothing from this computer for too long) disarms the gate too, until a person
         re-arms both."""
-        for kind, message in self.driver.drain_events():
-            if kind == "device_disarmed":
-                self.gate.disarm("the device disarmed itself")
-            self.event(kind, message)
+        for name, message in self.driver.drain_events():
+            kind = EventKind.of(name)  # a kind no member names stays the driver's string
+            if kind == EventKind.DEVICE_DISARMED:
+                reason = "the device disarmed itself"
+                self.gate.disarm(reason)
+                self.event(kind, message, armed=False, disarm_reason=reason)
+            else:
+                self.event(kind, message)
 
     def _events_from_elsewhere(self) -> None:
         while self._queued_events:
@@ -846,7 +825,7 @@ class Engine:
             self.samples_lost += max(lost, 0)
             self.counts["gaps"] += 1
             # the detector restarts its filter at the gap by itself and keeps its noise estimate
-            self.event("gap", f"{lost} samples missing before sample {block.start_sample}")
+            self.event(EventKind.GAP, f"{lost} samples missing before sample {block.start_sample}")
         self._expected = block.stop_sample
         self.n_blocks += 1
         filtered, spikes = self.detector.process(block)
@@ -857,12 +836,13 @@ class Engine:
             self._call(self.protocol.on_block, self.ctx, block, filtered)
         if self.error is None and len(spikes):
             self._on_spikes(spikes)
-        self._notify("on_block", block, filtered, spikes)
+        self._notify("on_block", block, filtered)
         self._on_clock(block.stop_sample)
 
     def _on_clock(self, sample: int) -> None:
         """The device delivered everything before ``sample``: trials and the watchdog move on."""
         self.now = sample
+        self._notify("on_clock", sample)
         self._trains_done(sample)
         if not self.config.fast:
             self._watchdog()
@@ -884,14 +864,14 @@ class Engine:
         fs = self.info.sample_rate
         if pause:
             self.paused, self._paused_at = True, self.now
-            self.event("pause", "protocol paused by the operator")
+            self.event(EventKind.PAUSE, "protocol paused by the operator")
         else:
             held = self.now - self._paused_at
             self.paused_samples += held
             self.paused = False
             if self.trials is not None:
                 self.trials.delay(held)
-            self.event("resume", f"protocol resumed after {held / fs:.1f} s paused")
+            self.event(EventKind.RESUME, f"protocol resumed after {held / fs:.1f} s paused")
         if self.trials is not None:
             self.trials.held = self.paused
 
@@ -925,13 +905,26 @@ class Engine:
             if behind_ms <= self.config.watchdog_ms or not self.gate.armed:
                 return
             self.watchdog_trips += 1
-            self.gate.disarm(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
+            reason = f"watchdog: the loop fell {behind_ms:.0f} ms behind"
+            self.gate.disarm(reason)
         self._queue_event(
-            "watchdog",
+            EventKind.WATCHDOG,
             f"loop fell {behind_ms:.0f} ms behind the device "
             f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
+            armed=False, disarm_reason=reason,
         )
-        self._halt(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
+        self._halt(reason)
+
+    def describe(self) -> RunDescription:
+        """The run as its sinks and recordings are told of it (any thread; the start
+        sample is known once the run has started)."""
+        return RunDescription(
+            protocol=self.protocol.name, parameters=self.protocol.values,
+            device_url=self.driver.url, info=self.info, limits=self.gate.limits.as_dict(),
+            limit_notes=tuple(self.limit_notes), block_samples=self.block_samples,
+            fast=self.config.fast, seed=self.config.seed, watchdog_ms=self.config.watchdog_ms,
+            detector=asdict(self.config.detector), software_version=__version__,
+            start_sample=self.t0, armed=self.gate.armed, disarm_reason=self.gate.disarm_reason)
 
     # -- results -------------------------------------------------------------------
     def latency_samples(self) -> np.ndarray:

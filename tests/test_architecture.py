@@ -2,7 +2,8 @@
 
 The core (mea_control but its two faces, the CLI and the GUI) does not import drivers,
 hardware_sim or protocols; drivers do not import the engine; hardware_sim imports from
-drivers only the wire codec. Imports inside functions count too.
+drivers only the wire codec; the sinks (recording/, lsl.py, the GUI's live feed) do not
+import the engine. Imports inside functions count too.
 """
 
 import ast
@@ -68,6 +69,14 @@ def test_the_core_imports_no_driver_simulator_or_protocol():
 
 def test_drivers_do_not_import_the_engine():
     assert violations(package("drivers"), ("mea_control.engine",)) == []
+
+
+def test_the_recording_side_lsl_and_the_live_feed_do_not_import_the_engine():
+    """Sinks know a run by what they are handed (mea_control.sinks), never the engine."""
+    files = package("mea_control/recording") + [ROOT / "mea_control" / "lsl.py",
+                                                 ROOT / "mea_control" / "gui" / "feed.py"]
+    assert ROOT / "mea_control" / "recording" / "switch.py" in files
+    assert violations(files, ("mea_control.engine",)) == []
 
 
 def test_the_simulator_imports_only_the_wire_codec_from_drivers():

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from mea_control.driver import open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.limits import SafetyLimits
 from mea_control.protocol import Protocol
 from mea_control.safety import SafetyRefusal
+from mea_control.sinks import Sink
 from mea_control.trials import Trials, TrialSpec
 from mea_control.types import StimPattern, StimPulse
 
@@ -191,6 +192,9 @@ def test_watchdog_stops_stimulation_until_rearmed():
     assert s["watchdog_trips"] == 1 and driver.aborts >= 1
     assert proto.refusal.limit == "disarmed" and driver.sent == []
     assert any(e.kind == "watchdog" for e in engine.recent_events)
+    # the sinks hear of it with the gate's reason (they follow the gate by events alone)
+    trip = next(e for e in engine.recent_events if e.kind == "watchdog")
+    assert trip.armed is False and trip.disarm_reason.startswith("watchdog: the loop fell")
     engine.rearm()
     assert engine.gate.armed
 
@@ -206,10 +210,10 @@ class Recorder(Sink):
     def __init__(self):
         self.calls = {"start": 0, "block": 0, "stim": 0, "trial": 0, "stop": 0}
 
-    def on_start(self, info, protocol):
+    def on_start(self, run):
         self.calls["start"] += 1
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         self.calls["block"] += 1
 
     def on_stim(self, record):
@@ -470,7 +474,7 @@ class Pauser(Sink):
         if trial.index == 2:
             self.engine.pause()
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if self.engine.paused and self.resume_at is None:
             self.resume_at = block.stop_sample + 12_500
         if self.resume_at is not None and block.stop_sample >= self.resume_at:
@@ -536,3 +540,89 @@ def test_an_operator_stop_is_an_event_and_refuses_later_pulses():
     assert not s["stimulation_armed"]
     assert all(r.trigger_sample > disarm[0].sample for r in engine.recent_stims
                if r.status == "refused")
+
+
+class GateWatcher(Sink):
+    """Follows the gate by what sinks are handed: the run description, then events."""
+
+    def __init__(self, actions=None):
+        self.run = None
+        self.states = []
+        self.actions = actions or {}
+
+    def on_start(self, run):
+        self.run = run
+        self.states.append((run.armed, run.disarm_reason))
+
+    def on_trial(self, trial):
+        self.actions.get(trial.index, lambda: None)()
+
+    def on_event(self, event):
+        if event.armed is not None:
+            self.states.append((event.armed, event.disarm_reason))
+
+
+def test_sinks_are_told_the_run_and_every_change_of_the_gate():
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    watcher = GateWatcher()
+    engine = Engine(driver, EveryTenthSecond(), EngineConfig(fast=True, seed=3),
+                    sinks=[watcher])
+    engine.gate.disarm("held over from the last run")  # as the GUI session does
+    watcher.actions = {1: engine.rearm, 4: lambda: engine.stop_stimulation("operator stop"),
+                       6: engine.rearm}
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    run = watcher.run
+    assert (run.protocol, run.device_url, run.seed, run.start_sample) == (
+        engine.protocol.name, driver.url, 3, engine.t0)
+    assert run.info is engine.info and run.block_samples == engine.block_samples
+    assert run.limits == engine.gate.limits.as_dict()
+    assert watcher.states == [(False, "held over from the last run"), (True, ""),
+                              (False, "operator stop"), (True, "")]
+
+
+def test_a_protocol_error_disarms_the_gate_for_the_sinks_too():
+    watcher = GateWatcher()
+    _, _, s = run(Explodes(), duration_s=5.0, sinks=[watcher])
+    assert s["error"] == "protocol"
+    assert watcher.states[-1] == (False, "protocol error")
+
+
+def test_event_kinds_are_members_and_a_drivers_own_kind_stays_its_string():
+    import re
+    from pathlib import Path
+
+    from mea_control.sinks import EventKind
+
+    # every kind the shipped drivers report maps onto a member
+    emitted = set()
+    for path in (Path(__file__).resolve().parent.parent / "drivers").rglob("*.py"):
+        emitted |= set(re.findall(r'(?:_event\(|append\(\()\s*"([a-z_]+)"', path.read_text()))
+    assert {"device_disarmed", "link_error", "link_gap", "stim_upload"} <= emitted
+    assert all(isinstance(EventKind.of(kind), EventKind) for kind in emitted), emitted
+
+    class Vendor(Spy):
+        reported = False
+
+        def drain_events(self):
+            if self.reported:
+                return self._driver.drain_events()
+            self.reported = True
+            return [("link_gap", "3 frames lost"), ("vendor_thermal", "probe warm")]
+
+    driver = Vendor(open_driver("sim://?seed=1"))
+    driver.open()
+    engine = Engine(driver, Quiet(), EngineConfig(fast=True, duration_s=0.05))
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    events = {e.message: e.kind for e in engine.recent_events}
+    assert events["3 frames lost"] is EventKind.LINK_GAP
+    unknown = events["probe warm"]
+    assert unknown == "vendor_thermal" and not isinstance(unknown, EventKind)
+    assert all(isinstance(e.kind, EventKind) for e in engine.recent_events
+               if e.message != "probe warm")

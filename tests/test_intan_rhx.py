@@ -21,7 +21,7 @@ from mea_control.layouts import load_layout
 from mea_control.protocol import load_protocol
 from mea_control.recording import Recorder, reader
 from mea_control.recording.nwbfile import RecordingMeta
-from mea_control.recording.writer import engine_provenance
+from mea_control.recording.writer import run_provenance
 from mea_control.rig import load_rig
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
@@ -480,7 +480,7 @@ def test_a_disconnect_mid_run_stops_stimulation_and_closes_the_recording(fake, r
     protocol = cls(sessions=1, trials_per_session=400, isi_s=0.25, window_stop_ms=200)
     driver = opened(fake, rig)
     engine = Engine(driver, protocol, EngineConfig(limits=load_rig(rig).limits))
-    recorder = Recorder(tmp_path / "cut.nwb", engine.info, engine_provenance(engine, path),
+    recorder = Recorder(tmp_path / "cut.nwb", engine.info, run_provenance(engine.describe(), path),
                         meta=RecordingMeta().for_simulator())
     engine.sinks.append(recorder)
 

@@ -494,7 +494,7 @@ def test_unplugging_during_a_run_stops_it_and_closes_the_recording(tmp_path, rig
     from mea_control.engine import Engine, EngineConfig
     from mea_control.protocol import load_protocol
     from mea_control.recording import Recorder
-    from mea_control.recording.writer import engine_provenance
+    from mea_control.recording.writer import run_provenance
 
     protocol_file = tmp_path / "each_electrode.py"
     protocol_file.write_text(PROTOCOL)
@@ -509,7 +509,7 @@ def test_unplugging_during_a_run_stops_it_and_closes_the_recording(tmp_path, rig
     try:
         engine = Engine(driver, cls(n_trials=100), EngineConfig(block_ms=1.0))
         engine.sinks.append(Recorder(tmp_path / "x.nwb", driver.info,
-                                     engine_provenance(engine, path), process=False))
+                                     run_provenance(engine.describe(), path), process=False))
 
         def unplug_after_two_pulses():
             fake.wait_for(77, count=2, timeout=30)

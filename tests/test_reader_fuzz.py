@@ -32,7 +32,7 @@ from mea_control.protocol import load_protocol
 from mea_control.recording import tables
 from mea_control.recording.journal import FIELDS, Journal, journal_path, read_journal
 from mea_control.recording.tables import decision_record, stim_rows
-from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.recording.writer import Recorder, run_provenance
 
 FUZZ = int(os.environ.get("MEA_CONTROL_FUZZ", "1"))
 #: A reader that takes longer than this on a small file hangs: the test run ends there.
@@ -62,7 +62,8 @@ def _record(path: Path) -> None:
     try:
         engine = Engine(driver, cls(sessions=1, trials_per_session=3, isi_s=0.4),
                         EngineConfig(fast=True))
-        engine.sinks.append(Recorder(path, engine.info, engine_provenance(engine, protocol_file)))
+        provenance = run_provenance(engine.describe(), protocol_file)
+        engine.sinks.append(Recorder(path, engine.info, provenance))
         engine.run()
     finally:
         driver.close()

@@ -19,11 +19,12 @@ from mea_control import cli, recording
 from mea_control.cli.console import EXIT_INTERRUPTED
 from mea_control.cli.run import _report_recording
 from mea_control.driver import open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
 from mea_control.recording import disk, writer
 from mea_control.recording.journal import journal_path
-from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.recording.writer import Recorder, run_provenance
+from mea_control.sinks import Sink
 
 SERIES = "acquisition/ElectricalSeries"
 
@@ -119,7 +120,7 @@ class _Release(Sink):
     def __init__(self, gate: threading.Event, at_sample: int) -> None:
         self.gate, self.at_sample = gate, at_sample
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.start_sample >= self.at_sample:
             self.gate.set()
 
@@ -134,7 +135,7 @@ def _run_bss(tmp_path, record=True, sinks_before=(), **recorder_options):
     engine = Engine(driver, cls(sessions=1, trials_per_session=6),
                     EngineConfig(fast=True, block_ms=1.0))
     if record:
-        rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, path),
+        rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), path),
                        **recorder_options)
         engine.sinks += [*sinks_before, rec]
     summary = engine.run()
@@ -233,7 +234,7 @@ class _Freeze(Sink):
     def __init__(self, recorder, start: int, stop: int) -> None:
         self.pid, self.start, self.stop = recorder._process.pid, start, stop
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.start_sample == self.start:
             os.kill(self.pid, signal.SIGSTOP)
         elif block.start_sample == self.stop:
@@ -246,7 +247,7 @@ def test_a_hung_recording_process_does_not_stall_the_loop(tmp_path):
     driver.open()
     engine = Engine(driver, cls(sessions=1, trials_per_session=6),
                     EngineConfig(fast=True, block_ms=1.0))
-    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, path),
+    rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), path),
                    max_backlog_s=0.5)
     engine.sinks += [_Freeze(rec, 25_000, 100_000), rec]
     s = engine.run()

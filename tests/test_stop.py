@@ -15,11 +15,12 @@ from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 from mea_control import recording
 from mea_control.cli.console import EXIT_INTERRUPTED
 from mea_control.driver import DriverError, open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol
 from mea_control.recording.journal import journal_path
-from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.recording.writer import Recorder, run_provenance
 from mea_control.safety import SafetyRefusal
+from mea_control.sinks import Sink
 from mea_control.types import StimPattern, StimPulse
 
 PULSE = StimPulse.biphasic(5.0, 200.0)
@@ -256,7 +257,7 @@ class StopAt(Sink):
     def __init__(self, engine, sample):
         self.engine, self.sample = engine, sample
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.stop_sample >= self.sample:
             threading.Thread(target=self.engine.stop).start()
 
@@ -277,7 +278,7 @@ def test_a_train_cut_by_a_protocol_error_is_recorded_as_far_as_it_ran(tmp_path):
                 raise RuntimeError("protocol bug (injected)")
 
     engine = Engine(driver, Fails(0.1, train_then_fail), EngineConfig(fast=True))
-    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, __file__))
+    rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), __file__))
     engine.sinks.append(rec)
     try:
         s = engine.run()

@@ -27,6 +27,7 @@ from mea_control.limits import SafetyLimits
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory, names_history_file
 from mea_control.rig import RecordingDefaults, Rig, load_rig
+from mea_control.sinks import EventKind
 
 if TYPE_CHECKING:
     from mea_control.engine import Engine
@@ -252,13 +253,13 @@ def _recording_meta(args: argparse.Namespace, rig: Rig | None) -> Any:
 def _open_recorder(args: argparse.Namespace, engine: Engine, protocol_file: Path, meta: Any,
                    log: Any) -> Any:
     from mea_control.recording import Recorder
-    from mea_control.recording.writer import engine_provenance
+    from mea_control.recording.writer import run_provenance
 
     if engine.info.simulated:
         meta = meta.for_simulator()
     elif meta.div is None:
         log("[recording] no --div: the file's culture has no age (DIV); nwbinspector flags that")
-    provenance = engine_provenance(engine, protocol_file, command_line=sys.argv,
+    provenance = run_provenance(engine.describe(), protocol_file, command_line=sys.argv,
                                    rig=str(args.rig) if args.rig else None)
     return Recorder(args.record, engine.info, provenance, meta=meta, raw=not args.no_raw,
                     overwrite=args.overwrite, duration_s=args.duration)
@@ -297,7 +298,7 @@ def _report_recording(rec: dict[str, Any], quiet: bool) -> bool:
 
 def _quiet_filter(log):
     """Log run events, but only the first few refusals and dropped patterns."""
-    shown = {"refusal": 0, "stim_dropped": 0}
+    shown = {EventKind.REFUSAL: 0, EventKind.STIM_DROPPED: 0}
 
     def emit(message: str) -> None:
         for kind in shown:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mea_control.driver import Driver, DriverError, open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.engine import Engine, EngineConfig
 from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.limits import SafetyLimits
@@ -36,6 +36,7 @@ from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.switch import RecordingSwitch
+from mea_control.sinks import Sink
 from mea_control.types import DeviceInfo
 
 #: Lines kept in the log panel's deque.
@@ -285,7 +286,7 @@ class RigSession:
             raise RuntimeError(f"already recording to {self.switch.recorder.path}")
         recorder = self._recorder(engine, job.path if job else None, path, overwrite, None)
         try:
-            self.switch.put(recorder, engine)
+            self.switch.put(recorder)
         except RuntimeError:
             recorder.discard()
             raise
@@ -295,9 +296,15 @@ class RigSession:
 
     def stop_recording(self) -> dict[str, Any] | None:
         """End the recording now and close its file; its stats (None if none was on)."""
-        recorder = self.switch.finish()
+        recorder = self.switch.take()
         if recorder is None:
             return None
+        with self._state:
+            engine = self._engine  # the recorder's run: it ends only after its recording
+        # the run's figures so far, which the engine computes on its loop between two items
+        summary = engine.summary() if engine is not None else {}
+        summary["note"] = "recording stopped by the operator"
+        self.switch.close(recorder, summary)
         stats = recorder.stats()
         self._say(f"recording {recorder.path} closed: {stats['samples_written']} samples, "
                   f"{stats['samples_lost']} lost" + (f"; {recorder.finalize_error}"
@@ -421,13 +428,13 @@ class RigSession:
             try:
                 recorder = self._recorder(engine, job.path, job.record_path, job.overwrite,
                                           job.duration_s)
-                self.switch.put(recorder, engine)
+                self.switch.put(recorder)
             except (RecordingError, OSError, RuntimeError) as exc:
                 if recorder is not None:
                     recorder.discard()
                 self._error(f"{job.protocol.name} did not run: {exc}")
                 return True  # the driver has not started: it still can
-        self.feed.attach(engine)
+        self.feed.expect(engine.protocol)
         try:
             summary = engine.run()
         except Exception as exc:  # the device did not start (or a bug): say so, disconnect
@@ -479,12 +486,12 @@ class RigSession:
                   overwrite: bool, duration_s: float | None) -> Any:
         """An NWB recorder of ``engine``'s run (it creates the file: bad paths raise here)."""
         from mea_control.recording import Recorder, RecordingMeta
-        from mea_control.recording.writer import engine_provenance
+        from mea_control.recording.writer import run_provenance
 
         meta = RecordingMeta(session_description=f"{engine.protocol.name} (mea-control gui)")
         if engine.info.simulated:
             meta = meta.for_simulator()
-        provenance = engine_provenance(engine, protocol_file, source="gui")
+        provenance = run_provenance(engine.describe(), protocol_file, source="gui")
         return Recorder(path, engine.info, provenance, meta=meta, overwrite=overwrite,
                         duration_s=duration_s)
 
