@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mea_control import __version__
+from mea_control.context import Context
 from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.protocol import Protocol
@@ -115,67 +116,6 @@ class Sink:
     def on_stop(self, summary: dict[str, Any]) -> None: ...
 
 
-class Context:
-    """What a protocol's hooks see: the clock, the device, the gate and helpers."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        info = engine.info
-        self.info = info
-        self.layout = info.layout
-        self.sample_rate = info.sample_rate
-        self.n_channels = info.n_channels
-        self.rng = np.random.default_rng(engine.config.seed)
-
-    @property
-    def now(self) -> int:
-        """The device sample just after the latest processed block."""
-        return self._engine.now
-
-    @property
-    def start_sample(self) -> int:
-        return self._engine.t0
-
-    def can_stimulate(self, channel: int) -> bool:
-        """Whether the layout and the limits in force let this electrode stimulate."""
-        return self._engine.gate.can_stimulate(channel)
-
-    def samples(self, seconds: float) -> int:
-        """Seconds -> samples at the device's rate."""
-        return int(round(seconds * self.sample_rate))
-
-    def stimulate(self, pattern: StimPattern, trigger_sample: int | None = None) -> int:
-        """Send a pattern through the safety gate; returns the device's ticket.
-
-        ``trigger_sample`` is the sample of what caused the pattern (a spike, a
-        scheduled trial); it defaults to now. Raises SafetyRefusal if the gate
-        refuses it, in which case nothing was sent.
-        """
-        return self._engine.stimulate(pattern, trigger_sample)
-
-    def use_trials(self, trials: Trials) -> Trials:
-        """Let the engine run a trial design (one per run)."""
-        self._engine.set_trials(trials)
-        return trials
-
-    def log(self, message: str) -> None:
-        self._engine.event("log", message)
-
-    def decision(self, choice: Any, candidates: Any = None, scores: Any = None,
-                 **details: Any) -> None:
-        """Record a model's stimulus choice: what it chose, among what, with which scores.
-
-        Values must be JSON-friendly (numbers, strings, lists, numpy arrays);
-        recorders keep them in the recording's decisions table.
-        """
-        self._engine.notify_decision({"choice": choice, "candidates": candidates,
-                                      "scores": scores, **details})
-
-    def finish(self) -> None:
-        """End the run after this block."""
-        self._engine.stop()
-
-
 @contextlib.contextmanager
 def _ctrl_c_ignored():
     """Ignore SIGINT for a while (main thread only; elsewhere signals cannot arrive)."""
@@ -209,7 +149,10 @@ class _LoopCost:
 
 
 class Engine:
-    """Runs one protocol on one device until it finishes, the duration ends, or stop()."""
+    """Runs one protocol on one device until it finishes, the duration ends, or stop().
+
+    It is the :class:`~mea_control.context.Loop` behind the protocol's ``ctx``.
+    """
 
     def __init__(
         self,
@@ -356,6 +299,13 @@ class Engine:
                       scheduled=self.info.capabilities.scheduled_stim,
                       block_samples=self.block_samples)
         self.trials = trials
+
+    def can_stimulate(self, channel: int) -> bool:
+        return self.gate.can_stimulate(channel)
+
+    def log(self, message: str) -> None:
+        """A protocol's message (ctx.log): logged and given to the sinks as an event."""
+        self.event("log", message)
 
     def event(self, kind: str, message: str) -> None:
         """Log an event and give it to the sinks (acquisition thread)."""
@@ -734,7 +684,7 @@ class Engine:
             self.t0 = max(0, first.sample - self.block_samples)
         self.now = self.t0
         self._notify("on_start", self.info, self.protocol)
-        self.ctx = Context(self)
+        self.ctx = Context(self, self.info, self.t0, self.config.seed)
         self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
             self.event("limits", note)

@@ -24,8 +24,8 @@ import numpy as np
 from mea_control.safety import SafetyRefusal
 from mea_control.types import SpikeEvents, StimPattern, StimReport
 
-if TYPE_CHECKING:
-    from mea_control.engine import Context
+if TYPE_CHECKING:  # the context module imports this one; ctx is only passed through here
+    from mea_control.context import Context
 
 #: How long to wait for the device's execution report before using the decision sample.
 REPORT_TIMEOUT_MS = 100.0

@@ -1,8 +1,10 @@
 """The import direction of docs/architecture.md, read from every module's syntax tree.
 
 The core (mea_control but its two faces, the CLI and the GUI) does not import drivers,
-hardware_sim or protocols; drivers do not import the engine; hardware_sim imports from
-drivers only the wire codec. Imports inside functions count too.
+hardware_sim or protocols; drivers do not import the engine; the protocol side (the
+scripting API, its context and the trial helper) does not import the engine, which imports
+it; hardware_sim imports from drivers only the wire codec. Imports inside functions and
+under ``if TYPE_CHECKING:`` count too.
 """
 
 import ast
@@ -68,6 +70,14 @@ def test_the_core_imports_no_driver_simulator_or_protocol():
 
 def test_drivers_do_not_import_the_engine():
     assert violations(package("drivers"), ("mea_control.engine",)) == []
+
+
+def test_the_protocol_side_does_not_import_the_engine():
+    """protocol.py, context.py and trials.py reach the loop only through the context's
+    Loop port, which the engine implements: the engine imports them, never the reverse."""
+    files = [ROOT / "mea_control" / f"{name}.py" for name in ("protocol", "context", "trials")]
+    assert all(p.exists() for p in files)
+    assert violations(files, ("mea_control.engine",)) == []
 
 
 def test_the_simulator_imports_only_the_wire_codec_from_drivers():
