@@ -204,7 +204,7 @@ class Engine:
         self.n_spikes = 0
         self.samples_lost = 0
         self.watchdog_trips = 0
-        #: The protocol is held by the operator (pause()); samples spent held so far.
+        #: The operator paused the protocol (pause()); samples spent in ended pauses.
         self.paused = False
         self.paused_samples = 0
         self._pause_wanted = False
@@ -276,7 +276,7 @@ class Engine:
         self._queued_events.append(RunEvent(self.now, kind, message))
 
     def pause(self) -> None:
-        """Hold the protocol until resume(): its hooks are not called and no trial starts;
+        """Pause the protocol until resume(): its hooks are not called and no trial starts;
         acquisition, detection and recording go on, trials begun finish. The trials after
         the pause move later by its length, and a run's duration does not count it."""
         self._pause_wanted = True
@@ -338,7 +338,7 @@ class Engine:
             last = self.trials.trigger_sample(self.trials.n_trials - 1)
             left_s = (last - self.now) / fs + self.trials.window_ms[1] / 1000.0
         elif self.config.duration_s:
-            active = elapsed - self._held() / fs
+            active = elapsed - self._paused_so_far() / fs
             fraction, text = active / self.config.duration_s, ""
             left_s = self.config.duration_s - active
         else:
@@ -739,7 +739,7 @@ class Engine:
         while item is not None and not self._abandoned:
             self._events_from_elsewhere()
             if self._pause_wanted != self.paused:
-                self._hold(self._pause_wanted)
+                self._set_paused(self._pause_wanted)
             self._device_events()
             if isinstance(item, Block):
                 tick = time.perf_counter()
@@ -756,7 +756,7 @@ class Engine:
                 self._on_spikes(item)
             if self.trials is not None and self.trials.done:
                 break
-            if duration is not None and self.now - self.t0 - self._held() >= duration:
+            if duration is not None and self.now - self.t0 - self._paused_so_far() >= duration:
                 break
             item = self._read()
 
@@ -828,23 +828,23 @@ class Engine:
             self._call(self.protocol.on_spikes, self.ctx, spikes)
         self._notify("on_spikes", spikes)
 
-    def _hold(self, pause: bool) -> None:
+    def _set_paused(self, pause: bool) -> None:
         """Pause or resume the protocol now (acquisition thread)."""
         fs = self.info.sample_rate
         if pause:
             self.paused, self._paused_at = True, self.now
             self.event("pause", "protocol paused by the operator")
         else:
-            held = self.now - self._paused_at
-            self.paused_samples += held
+            length = self.now - self._paused_at
+            self.paused_samples += length
             self.paused = False
             if self.trials is not None:
-                self.trials.delay(held)
-            self.event("resume", f"protocol resumed after {held / fs:.1f} s paused")
+                self.trials.delay(length)
+            self.event("resume", f"protocol resumed after {length / fs:.1f} s paused")
         if self.trials is not None:
-            self.trials.held = self.paused
+            self.trials.paused = self.paused
 
-    def _held(self) -> int:
+    def _paused_so_far(self) -> int:
         """Samples spent paused, the pause in progress included."""
         return self.paused_samples + (self.now - self._paused_at if self.paused else 0)
 

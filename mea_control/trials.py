@@ -71,13 +71,18 @@ class Trial:
 
 @dataclass
 class _Pending:
+    """A trial begun and not yet finished (its response window is still open)."""
+
     index: int
     trigger: int
     decision: int
     o: np.ndarray
     s: np.ndarray
     ticket: int | None
+    #: "none" (no pattern) or "refused", or "sent" until the device reports the pattern
+    #: "executed" or "dropped" (or none came in time: "unconfirmed"); a Trial gets the last.
     status: str
+    #: The sample its response window counts from; None while the pattern is "sent".
     stim: int | None
 
 
@@ -122,8 +127,8 @@ class Trials:
         self._rate = 0.0
         self._t0 = 0
         self._n_channels = 0
-        #: The engine holds the protocol (paused): no trial starts.
-        self.held = False
+        #: The operator paused the run: no trial starts (trials begun finish).
+        self.paused = False
 
     # Called by the engine.
     def attach(
@@ -180,7 +185,7 @@ class Trials:
     def on_block(self, ctx: Context, now: int) -> list[Trial]:
         """Start trials that are due and return those whose window has closed."""
         while (
-            not self.held
+            not self.paused
             and self._next_index < self.n_trials
             and now >= self.trigger_sample(self._next_index) - self._lead
         ):
@@ -222,7 +227,7 @@ class Trials:
                 pattern = replace(pattern, at_sample=trigger)  # on time, whatever the jitter
             try:
                 pending.ticket = ctx.stimulate(pattern, trigger_sample=trigger)
-                pending.status, pending.stim = "executed", None
+                pending.status, pending.stim = "sent", None
                 self._by_ticket[pending.ticket] = pending
             except SafetyRefusal:
                 pending.status = "refused"
