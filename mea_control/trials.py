@@ -79,8 +79,9 @@ class _Pending:
     o: np.ndarray
     s: np.ndarray
     ticket: int | None
-    #: "none" (no pattern) or "refused", or "sent" until the device reports the pattern
-    #: "executed" or "dropped" (or none came in time: "unconfirmed"); a Trial gets the last.
+    #: "none" (no pattern), "refused", or "sent" until the device reports the pattern
+    #: "executed" or "dropped" ("unconfirmed" if no report came in time); never "sent" by
+    #: the time its Trial is made.
     status: str
     #: The sample its response window counts from; None while the pattern is "sent".
     stim: int | None
