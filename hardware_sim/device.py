@@ -68,7 +68,7 @@ class LinkFaults:
 
     Each frame independently: ``garbage`` random bytes before it, ``drop`` lost,
     else ``flip`` one bit flipped or ``truncate`` cut short, ``dup`` sent twice,
-    ``reorder`` held back and sent after the next one. From device sample
+    ``reorder`` kept back and sent after the next one. From device sample
     ``silent_at`` on, nothing more is sent (the device keeps running and listening).
     ``counts`` says how often each fault struck.
     """
@@ -85,7 +85,8 @@ class LinkFaults:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self.held = b""
+        #: The frame the reorder fault keeps back, sent after the next one.
+        self.kept_back = b""
 
     @classmethod
     def parse(cls, text: str) -> LinkFaults:
@@ -125,12 +126,12 @@ class LinkFaults:
         if frame and r.random() < self.dup:
             frame += frame
             self.counts["dup"] += 1
-        if frame and not self.held and r.random() < self.reorder:
-            self.held = frame
+        if frame and not self.kept_back and r.random() < self.reorder:
+            self.kept_back = frame
             self.counts["reorder"] += 1
             return out
-        out += frame + self.held
-        self.held = b""
+        out += frame + self.kept_back
+        self.kept_back = b""
         return out
 
 

@@ -62,7 +62,7 @@ class Driver(ABC):
     drain_events, set_fast. Two methods are the exception: :meth:`abort_stimulation` and
     :meth:`rearm_stimulation` may be called from any thread (the GUI's STOP, a watchdog)
     at any moment, concurrently with any of those, including an abort racing a
-    stimulate() or a read() that fires a pattern the driver held; a driver keeps its
+    stimulate() or a read() that fires a pattern waiting in the driver; a driver keeps its
     state whole when they race (its own lock), and neither of them raises. The engine
     serialises its own stimulate() and abort with a lock of its own; a driver must not
     count on that.

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mea_control import __version__
+from mea_control.context import Context
 from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.limits import SafetyLimits, effective_limits
@@ -82,65 +83,6 @@ class EngineConfig:
     device_timeout_s: float = 5.0
 
 
-class Context:
-    """What a protocol's hooks see: the clock, the device, the gate and helpers."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        info = engine.info
-        self.info = info
-        self.layout = info.layout
-        self.sample_rate = info.sample_rate
-        self.n_channels = info.n_channels
-        self.rng = np.random.default_rng(engine.config.seed)
-
-    @property
-    def now(self) -> int:
-        """The device sample just after the latest processed block."""
-        return self._engine.now
-
-    @property
-    def start_sample(self) -> int:
-        return self._engine.t0
-
-    def can_stimulate(self, channel: int) -> bool:
-        """Whether the layout and the limits in force let this electrode stimulate."""
-        return self._engine.gate.can_stimulate(channel)
-
-    def samples(self, seconds: float) -> int:
-        """Seconds -> samples at the device's rate."""
-        return int(round(seconds * self.sample_rate))
-
-    def stimulate(self, pattern: StimPattern, trigger_sample: int | None = None) -> int:
-        """Send a pattern through the safety gate; returns the device's ticket.
-
-        ``trigger_sample`` is the sample of what caused the pattern (a spike, a
-        scheduled trial); it defaults to now. Raises SafetyRefusal if the gate
-        refuses it, in which case nothing was sent.
-        """
-        return self._engine.stimulate(pattern, trigger_sample)
-
-    def use_trials(self, trials: Trials) -> Trials:
-        """Let the engine run a trial design (one per run)."""
-        self._engine.set_trials(trials)
-        return trials
-
-    def log(self, message: str) -> None:
-        self._engine.event("log", message)
-
-    def decision(self, choice: Any, candidates: Any = None, scores: Any = None,
-                 **details: Any) -> None:
-        """Record a model's stimulus choice: what it chose, among what, with which scores.
-
-        Values must be JSON-friendly (numbers, strings, lists, numpy arrays);
-        recorders keep them in the recording's decisions table.
-        """
-        self._engine.notify_decision({"choice": choice, "candidates": candidates,
-                                      "scores": scores, **details})
-
-    def finish(self) -> None:
-        """End the run after this block."""
-        self._engine.stop()
 
 
 @contextlib.contextmanager
@@ -176,7 +118,10 @@ class _LoopCost:
 
 
 class Engine:
-    """Runs one protocol on one device until it finishes, the duration ends, or stop()."""
+    """Runs one protocol on one device until it finishes, the duration ends, or stop().
+
+    It is the :class:`~mea_control.context.Loop` behind the protocol's ``ctx``.
+    """
 
     def __init__(
         self,
@@ -228,7 +173,7 @@ class Engine:
         self.n_spikes = 0
         self.samples_lost = 0
         self.watchdog_trips = 0
-        #: The protocol is held by the operator (pause()); samples spent held so far.
+        #: The operator paused the protocol (pause()); samples spent in ended pauses.
         self.paused = False
         self.paused_samples = 0
         self._pause_wanted = False
@@ -302,7 +247,7 @@ class Engine:
                                             disarm_reason))
 
     def pause(self) -> None:
-        """Hold the protocol until resume(): its hooks are not called and no trial starts;
+        """Pause the protocol until resume(): its hooks are not called and no trial starts;
         acquisition, detection and recording go on, trials begun finish. The trials after
         the pause move later by its length, and a run's duration does not count it."""
         self._pause_wanted = True
@@ -325,6 +270,13 @@ class Engine:
                       scheduled=self.info.capabilities.scheduled_stim,
                       block_samples=self.block_samples)
         self.trials = trials
+
+    def can_stimulate(self, channel: int) -> bool:
+        return self.gate.can_stimulate(channel)
+
+    def log(self, message: str) -> None:
+        """A protocol's message (ctx.log): logged and given to the sinks as an event."""
+        self.event(EventKind.LOG, message)
 
     def event(self, kind: str, message: str, armed: bool | None = None,
               disarm_reason: str = "") -> None:
@@ -360,7 +312,7 @@ class Engine:
             last = self.trials.trigger_sample(self.trials.n_trials - 1)
             left_s = (last - self.now) / fs + self.trials.window_ms[1] / 1000.0
         elif self.config.duration_s:
-            active = elapsed - self._held() / fs
+            active = elapsed - self._paused_so_far() / fs
             fraction, text = active / self.config.duration_s, ""
             left_s = self.config.duration_s - active
         else:
@@ -710,7 +662,7 @@ class Engine:
             self.t0 = max(0, first.sample - self.block_samples)
         self.now = self.t0
         self._notify("on_start", self.describe())
-        self.ctx = Context(self)
+        self.ctx = Context(self, self.info, self.t0, self.config.seed)
         self.event(EventKind.START, f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
             self.event(EventKind.LIMITS, note)
@@ -769,7 +721,7 @@ class Engine:
         while item is not None and not self._abandoned:
             self._events_from_elsewhere()
             if self._pause_wanted != self.paused:
-                self._hold(self._pause_wanted)
+                self._set_paused(self._pause_wanted)
             self._device_events()
             if isinstance(item, Block):
                 tick = time.perf_counter()
@@ -786,7 +738,7 @@ class Engine:
                 self._on_spikes(item)
             if self.trials is not None and self.trials.done:
                 break
-            if duration is not None and self.now - self.t0 - self._held() >= duration:
+            if duration is not None and self.now - self.t0 - self._paused_so_far() >= duration:
                 break
             item = self._read()
 
@@ -859,23 +811,23 @@ class Engine:
             self._call(self.protocol.on_spikes, self.ctx, spikes)
         self._notify("on_spikes", spikes)
 
-    def _hold(self, pause: bool) -> None:
+    def _set_paused(self, pause: bool) -> None:
         """Pause or resume the protocol now (acquisition thread)."""
         fs = self.info.sample_rate
         if pause:
             self.paused, self._paused_at = True, self.now
             self.event(EventKind.PAUSE, "protocol paused by the operator")
         else:
-            held = self.now - self._paused_at
-            self.paused_samples += held
+            length = self.now - self._paused_at
+            self.paused_samples += length
             self.paused = False
             if self.trials is not None:
-                self.trials.delay(held)
-            self.event(EventKind.RESUME, f"protocol resumed after {held / fs:.1f} s paused")
+                self.trials.delay(length)
+            self.event(EventKind.RESUME, f"protocol resumed after {length / fs:.1f} s paused")
         if self.trials is not None:
-            self.trials.held = self.paused
+            self.trials.paused = self.paused
 
-    def _held(self) -> int:
+    def _paused_so_far(self) -> int:
         """Samples spent paused, the pause in progress included."""
         return self.paused_samples + (self.now - self._paused_at if self.paused else 0)
 

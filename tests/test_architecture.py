@@ -1,9 +1,11 @@
 """The import direction of docs/architecture.md, read from every module's syntax tree.
 
 The core (mea_control but its two faces, the CLI and the GUI) does not import drivers,
-hardware_sim or protocols; drivers do not import the engine; hardware_sim imports from
-drivers only the wire codec; the sinks (recording/, lsl.py, the GUI's live feed) do not
-import the engine. Imports inside functions count too.
+hardware_sim or protocols; drivers do not import the engine; the protocol side (the
+scripting API, its context and the trial helper) does not import the engine, which imports
+it; hardware_sim imports from drivers only the wire codec; the sinks (recording/, lsl.py,
+the GUI's live feed) do not import the engine. Imports inside functions and under
+``if TYPE_CHECKING:`` count too.
 """
 
 import ast
@@ -76,6 +78,14 @@ def test_the_recording_side_lsl_and_the_live_feed_do_not_import_the_engine():
     files = package("mea_control/recording") + [ROOT / "mea_control" / "lsl.py",
                                                  ROOT / "mea_control" / "gui" / "feed.py"]
     assert ROOT / "mea_control" / "recording" / "switch.py" in files
+    assert violations(files, ("mea_control.engine",)) == []
+
+
+def test_the_protocol_side_does_not_import_the_engine():
+    """protocol.py, context.py and trials.py reach the loop only through the context's
+    Loop port, which the engine implements: the engine imports them, never the reverse."""
+    files = [ROOT / "mea_control" / f"{name}.py" for name in ("protocol", "context", "trials")]
+    assert all(p.exists() for p in files)
     assert violations(files, ("mea_control.engine",)) == []
 
 

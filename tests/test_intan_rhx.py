@@ -331,7 +331,7 @@ def test_a_pattern_for_a_later_sample_waits_for_it(fake, rig):
     driver.close()
 
 
-def test_held_patterns_fire_in_the_order_of_their_samples(fake, rig):
+def test_waiting_patterns_fire_in_the_order_of_their_samples(fake, rig):
     driver = opened(fake, rig)
     driver.start()
     first = read_until(driver, lambda e: isinstance(e, Block))[-1]

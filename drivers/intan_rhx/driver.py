@@ -15,7 +15,7 @@ from drivers.inbox import Inbox
 from drivers.intan_rhx import discovery
 from drivers.intan_rhx.link import FRAMES_PER_BLOCK, UV_PER_BIT, Link
 from drivers.intan_rhx.settings import KEYS, channel_map, presets
-from drivers.intan_rhx.stimulation import Stimulation, _Fired, _Held, _Stats
+from drivers.intan_rhx.stimulation import Stimulation, _Fired, _Stats, _Waiting
 from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
 from mea_control.rig import Rig, RigFileError, rig_option
@@ -68,10 +68,10 @@ class RHXDriver(Stimulation, Link, Driver):
         self._info: DeviceInfo | None = None
         self._state = "closed"
         self.stats = _Stats()
-        #: The held patterns, the abort count and every trigger's send: abort_stimulation()
+        #: The waiting patterns, the abort count and every trigger's send: abort_stimulation()
         #: (any thread) and the acquisition thread's firing take it in turn.
         self._stim_lock = threading.Lock()
-        self._held: list[_Held] = []  # by at_sample
+        self._waiting: list[_Waiting] = []  # by at_sample
         self._aborts = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class RHXDriver(Stimulation, Link, Driver):
         self._ticket = 0
         self._fired: list[_Fired] = []
         with self._stim_lock:
-            self._held = []
+            self._waiting = []
         self._quiet_until: dict[str, int] = {}
         self._spikes: list[tuple[int, int]] = []
         self._pending_tick: int | None = None

@@ -1,8 +1,8 @@
-"""Stimulation through RHX: patterns booked onto the keys F1-F8, held ones fired when
+"""Stimulation through RHX: patterns booked onto the keys F1-F8, waiting ones fired when
 due, aborts, and the reports read from each stimulating channel's STIM band.
 
 A mixin of RHXDriver: it shares the driver's state (the stim lock, the channel model, the
-inbox) and asks RHX through the link mixin. Safety: ``abort_stimulation`` takes every held
+inbox) and asks RHX through the link mixin. Safety: ``abort_stimulation`` takes every waiting
 pattern and counts the abort under ``_stim_lock``; ``_fire`` sends a trigger only under the
 same lock and only if no abort came since the pattern was taken.
 """
@@ -37,7 +37,9 @@ class _Fired:
 
 
 @dataclass
-class _Held:
+class _Waiting:
+    """A pattern for a later sample, kept on this computer until the stream reaches it."""
+
     ticket: int
     pattern: StimPattern
 
@@ -61,8 +63,8 @@ class Stimulation:
             self._ticket += 1
             ticket, aborts = self._ticket, self._aborts
             if pattern.at_sample is not None and pattern.at_sample > (self._last_sample or 0):
-                # RHX cannot schedule: held here, fired from read() when due
-                bisect.insort(self._held, _Held(ticket, pattern),
+                # RHX cannot schedule: it waits here, fired from read() when due
+                bisect.insort(self._waiting, _Waiting(ticket, pattern),
                               key=lambda h: h.pattern.at_sample)
                 return ticket
         self._fire(ticket, pattern, aborts)
@@ -72,10 +74,10 @@ class Stimulation:
         while True:
             now = self._last_sample or 0
             with self._stim_lock:
-                if not self._held or self._held[0].pattern.at_sample > now:
+                if not self._waiting or self._waiting[0].pattern.at_sample > now:
                     return
-                held, aborts = self._held.pop(0), self._aborts
-            self._fire(held.ticket, held.pattern, aborts)
+                due, aborts = self._waiting.pop(0), self._aborts
+            self._fire(due.ticket, due.pattern, aborts)
 
     def _fire(self, ticket: int, pattern: StimPattern, aborts: int) -> None:
         """Trigger the key that holds ``pattern``, programming one first if none does;
@@ -225,15 +227,15 @@ class Stimulation:
         return reports
 
     def abort_stimulation(self) -> None:
-        """Patterns held for a later sample, or taken to be fired and not yet triggered,
+        """Patterns waiting for a later sample, or taken to be fired and not yet triggered,
         will not run (reported "aborted"); then a round trip to RHX, so that on return
         RHX has read every trigger sent before the call. RHX cannot stop a triggered
         pattern: it runs whole, train included (docs/intan-rhx.md)."""
         with self._stim_lock:
             self._aborts += 1
-            held, self._held = self._held, []
-        for h in held:
-            self._inbox.put(StimReport(h.ticket, h.pattern.at_sample, False, "aborted"))
+            waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            self._inbox.put(StimReport(w.ticket, w.pattern.at_sample, False, "aborted"))
         if self._state != "running" or self._inbox.lost:
             return
         try:

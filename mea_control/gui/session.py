@@ -100,7 +100,7 @@ class RigSession:
         self._queued: _Job | None = None  # asked for, waiting for the monitor to end
         self._instance: Protocol | None = None
         self._stim_stopped: str | None = None
-        self._held = False  # the operator paused the protocol run
+        self._pause_asked = False  # the operator paused the protocol run
 
     # -- connection --------------------------------------------------------------------------
     def connect(self, url: str, fast: bool = False) -> DeviceInfo:
@@ -198,7 +198,7 @@ class RigSession:
         with self._state:
             if not self._connected:
                 raise RuntimeError("the device was disconnected")
-            self._queued, self._instance, self._held = job, instance, False
+            self._queued, self._instance, self._pause_asked = job, instance, False
             if self._job is None and self._engine is not None:
                 self._engine.stop()  # the monitor; the rig thread starts the job next
         self._say(f"starting {cls.name}" + (f", recording to {target}" if target else ""))
@@ -249,25 +249,25 @@ class RigSession:
         return (0.0, "starting") if waiting else (0.0, "")
 
     def pause(self) -> None:
-        """Hold the protocol run (no hooks, no new trials; acquisition and recording go on);
-        a run about to start starts held."""
-        self._hold(True)
+        """Pause the protocol run (no hooks, no new trials; acquisition and recording go on);
+        a run about to start starts paused."""
+        self._ask_pause(True)
 
     def resume(self) -> None:
-        self._hold(False)
+        self._ask_pause(False)
 
     @property
     def paused(self) -> bool:
-        """Whether the operator holds the protocol run (it takes effect within a block)."""
+        """Whether the operator paused the protocol run (it takes effect within a block)."""
         with self._state:
-            return self._held and (self._job is not None or self._queued is not None)
+            return self._pause_asked and (self._job is not None or self._queued is not None)
 
-    def _hold(self, pause: bool) -> None:
+    def _ask_pause(self, pause: bool) -> None:
         with self._state:
             job = self._job or self._queued
             if job is None:
                 raise RuntimeError("no protocol is running")
-            self._held = pause
+            self._pause_asked = pause
             engine = self._engine if self._job is not None else None
         if engine is not None:
             engine.pause() if pause else engine.resume()
@@ -405,7 +405,7 @@ class RigSession:
                 try:
                     engine = self._job_engine(job)
                     self._job = job
-                    if self._held:  # paused before it began
+                    if self._pause_asked:  # paused before it began
                         engine.pause()
                 except ValueError as exc:
                     self._error(f"{job.protocol.name}: {exc}")
