@@ -254,7 +254,7 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
                                          run_provenance(engine.describe())))
         summary = engine.run()
     driver.close()
-    lat = engine.latency_samples()
+    lat = engine.stats.latency_samples()
     if not len(lat):
         raise RuntimeError(f"no reaction was executed on {device}: watchdog trips "
                            f"{summary['watchdog_trips']}, dropped {summary['stims_dropped']}, "

@@ -98,7 +98,7 @@ def bench_held(url: str, reactions: int) -> tuple[np.ndarray, object]:
                     EngineConfig(duration_s=600.0))
     engine.run()
     driver.close()
-    return engine.latency_samples()[8:], driver.stats  # after each key's first upload
+    return engine.stats.latency_samples()[8:], driver.stats  # after each key's first upload
 
 
 def bench_uploads(url: str) -> object:

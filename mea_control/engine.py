@@ -10,18 +10,15 @@ only by the watchdog and for loop-cost figures.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-
-import numpy as np
 
 from mea_control import __version__
 from mea_control.context import Context
@@ -30,6 +27,7 @@ from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.limits import SafetyLimits, effective_limits
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
+from mea_control.run_stats import RunStats
 from mea_control.safety import SafetyGate, SafetyRefusal
 from mea_control.sinks import (
     RUN_ENDED,
@@ -42,22 +40,12 @@ from mea_control.sinks import (
 )
 from mea_control.trials import Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
+from mea_control.watchdog import STOP_GRACE_S, LagWatch, where_in
 
 #: How many recent events, pattern records and refusals the engine keeps in memory.
 KEEP_RECENT = 10_000
-#: How fast the watchdog lets the loop's offset from the device clock creep: drift
-#: between the device's clock and the computer's (crystals: tens of ppm).
-DRIFT_ALLOWANCE = 2e-4
-#: After the run asked its loop to stop, a hook still running this long counts as hung.
-STOP_GRACE_S = 2.0
 #: After the end-of-run abort, how long the loop waits for the device's last reports.
 LAST_REPORTS_S = 0.5
-
-
-def expand_counts(counts: Counter[int]) -> np.ndarray:
-    """The values of a value -> count tally, each repeated count times, sorted."""
-    values = sorted(counts)
-    return np.repeat(np.array(values, np.int64), [counts[v] for v in values])
 
 
 class _Abandoned(BaseException):
@@ -96,25 +84,6 @@ def _ctrl_c_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-class _LoopCost:
-    """Histogram of per-block processing time in microseconds (constant memory)."""
-
-    def __init__(self) -> None:
-        self.hist = np.zeros(100_001, np.int64)
-
-    def add(self, seconds: float) -> None:
-        self.hist[min(int(seconds * 1e6), 100_000)] += 1
-
-    def quantiles(self) -> dict[str, float | None]:
-        total = int(self.hist.sum())
-        if not total:
-            return {"p50": None, "p99": None, "max": None}
-        cum = np.cumsum(self.hist)
-        q = {k: float(np.searchsorted(cum, p * total)) for k, p in (("p50", 0.5), ("p99", 0.99))}
-        q["max"] = float(np.flatnonzero(self.hist)[-1])
-        return q
 
 
 class Engine:
@@ -161,18 +130,13 @@ class Engine:
         #: The latest pattern records (executed, dropped, refused), oldest first.
         self.recent_stims: deque[StimRecord] = deque(maxlen=KEEP_RECENT)
         self.recent_events: deque[RunEvent] = deque(maxlen=KEEP_RECENT)
-        self.counts = {"executed": 0, "dropped": 0, "refused": 0, "gaps": 0}
-        #: trigger -> execution latency in samples -> number of patterns (constant memory)
-        self.latency_counts: Counter[int] = Counter()
+        #: The run's figures so far (the loop's thread adds to them).
+        self.stats = RunStats()
         self.error: str | None = None
         self.error_kind: str | None = None
         #: The exception that ended the run, if any.
         self.exception: BaseException | None = None
         self.interrupted = False
-        self.n_blocks = 0
-        self.n_spikes = 0
-        self.samples_lost = 0
-        self.watchdog_trips = 0
         #: The operator paused the protocol (pause()); samples spent in ended pauses.
         self.paused = False
         self.paused_samples = 0
@@ -181,13 +145,10 @@ class Engine:
         self._expected: int | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()
-        self._cost = _LoopCost()
         self._wall_start = 0.0
         self._wall_end = 0.0
-        self._lag_anchor: tuple[float, float] | None = None  # (offset s, wall s)
-        self._lag_lock = threading.Lock()
-        #: The furthest the loop fell behind the device, in ms (real time only).
-        self.max_lag_ms = 0.0
+        #: The loop's lag behind the device (real time only).
+        self.lag = LagWatch(fs)
         #: Events from other threads (operator, watchdog), logged at once and given to the
         #: sinks by the loop.
         self._queued_events: deque[RunEvent] = deque()
@@ -257,8 +218,7 @@ class Engine:
 
     def rearm(self) -> None:
         """A person re-enables stimulation after the watchdog or an error stopped it."""
-        with self._lag_lock:
-            self._lag_anchor = None
+        self.lag.restart()
         self.driver.rearm_stimulation()
         self.gate.rearm()
         self._queue_event(EventKind.REARM, "stimulation re-armed", armed=True)
@@ -347,7 +307,7 @@ class Engine:
         except SafetyRefusal as refusal:
             record = StimRecord(None, pattern, trigger, self.now, status="refused",
                                 reason=str(refusal))
-            self.counts["refused"] += 1
+            self.stats.refused += 1
             self.recent_stims.append(record)
             self.event(EventKind.REFUSAL, str(refusal))
             self._notify("on_stim", record)
@@ -378,10 +338,13 @@ class Engine:
         record.execution_sample = report.sample
         record.status = "executed" if report.executed else "dropped"
         record.reason = report.reason
-        self.counts[record.status] += 1
+        if report.executed:
+            self.stats.executed += 1
+        else:
+            self.stats.dropped += 1
         self.recent_stims.append(record)
         if report.executed:
-            self.latency_counts[report.sample - record.trigger_sample] += 1
+            self.stats.latency[report.sample - record.trigger_sample] += 1
             # Blank the artifact in the raw stream. A spikes-only device sends no blocks, so
             # the detector would never reach (and drop) its windows: they would pile up.
             if self.info.capabilities.raw_stream or self._expected is not None:
@@ -603,7 +566,7 @@ class Engine:
             raise  # not the protocol's fault: the loop reports it as such
         except Exception as exc:
             # on the last line, which the log shows
-            where = self._where(traceback.extract_tb(exc.__traceback__))
+            where = where_in(self.protocol, traceback.extract_tb(exc.__traceback__))
             self._fail("protocol", f"{traceback.format_exc().rstrip()} {where}".rstrip() + "\n",
                        exc)
             return None
@@ -611,18 +574,6 @@ class Engine:
             self._hook = None
             if self._abandoned:
                 raise _Abandoned
-
-    def _where(self, frames: traceback.StackSummary) -> str:
-        """'(at FILE:LINE in HOOK)' for the deepest of ``frames`` in the protocol's own file."""
-        try:
-            source = inspect.getsourcefile(type(self.protocol))
-        except TypeError:
-            return ""
-        mine = [f for f in frames if f.filename == source]
-        if not mine:
-            return ""
-        f = mine[-1]
-        return f"(at {f.filename}:{f.lineno} in {f.name})"
 
     def _watch(self) -> None:
         """The watchdog thread: the loop's lag behind the device, and hooks that hang."""
@@ -646,7 +597,7 @@ class Engine:
         if stuck <= limit:
             return
         frame = sys._current_frames().get(self._worker.ident) if self._worker else None
-        where = self._where(traceback.extract_stack(frame)) if frame is not None else ""
+        where = where_in(self.protocol, traceback.extract_stack(frame)) if frame else ""
         message = (f"protocol hook {name} has not returned for {stuck:.1f} s {where}; the "
                    "run ended without it and stimulation was stopped").replace("  ", " ")
         self._fail("protocol", message)
@@ -726,12 +677,12 @@ class Engine:
             if isinstance(item, Block):
                 tick = time.perf_counter()
                 self._on_block(item)
-                self._cost.add(time.perf_counter() - tick)
+                self.stats.loop_cost.add(time.perf_counter() - tick)
             elif isinstance(item, Tick):
                 tick = time.perf_counter()
-                self.n_blocks += 1
+                self.stats.blocks += 1
                 self._on_clock(item.sample)
-                self._cost.add(time.perf_counter() - tick)
+                self.stats.loop_cost.add(time.perf_counter() - tick)
             elif isinstance(item, StimReport):
                 self._on_report(item)
             elif isinstance(item, SpikeEvents):
@@ -774,12 +725,12 @@ class Engine:
     def _on_block(self, block: Block) -> None:
         if self._expected is not None and block.start_sample != self._expected:
             lost = block.start_sample - self._expected
-            self.samples_lost += max(lost, 0)
-            self.counts["gaps"] += 1
+            self.stats.samples_lost += max(lost, 0)
+            self.stats.gaps += 1
             # the detector restarts its filter at the gap by itself and keeps its noise estimate
             self.event(EventKind.GAP, f"{lost} samples missing before sample {block.start_sample}")
         self._expected = block.stop_sample
-        self.n_blocks += 1
+        self.stats.blocks += 1
         filtered, spikes = self.detector.process(block)
         self.now = block.stop_sample
         if not self.config.fast:
@@ -804,7 +755,7 @@ class Engine:
                 self._notify("on_trial", trial)
 
     def _on_spikes(self, spikes: SpikeEvents) -> None:
-        self.n_spikes += len(spikes)
+        self.stats.spikes += len(spikes)
         if self.trials is not None:
             self.trials.on_spikes(spikes)
         if not self.paused:
@@ -832,31 +783,18 @@ class Engine:
         return self.paused_samples + (self.now - self._paused_at if self.paused else 0)
 
     def _watchdog(self) -> None:
-        """Disarm stimulation when the loop falls behind the device by more than watchdog_ms.
-
-        Lag is the growth of (wall time - data time) above its running minimum,
-        which is allowed to creep up by DRIFT_ALLOWANCE so that the drift
-        between the device's and the computer's clocks, and the time setup
-        took, are not taken for lag. The backlog after a stall is.
+        """Disarm stimulation when the loop falls behind the device by more than watchdog_ms
+        (see LagWatch).
 
         The watchdog thread calls it every few ms, and the loop before it hands a
         block to the protocol, so that a hook that hangs is caught while it hangs
         and no decision is taken on stale data.
         """
-        with self._lag_lock:
-            wall = time.perf_counter()
-            offset = wall - (self.now - self.t0) / self.info.sample_rate
-            if self._lag_anchor is None:
-                self._lag_anchor = (offset, wall)
-                return
-            anchor, since = self._lag_anchor
-            anchor = min(offset, anchor + DRIFT_ALLOWANCE * (wall - since))
-            self._lag_anchor = (anchor, wall)
-            behind_ms = (offset - anchor) * 1000.0
-            self.max_lag_ms = max(self.max_lag_ms, behind_ms)
+        with self.lag.lock:
+            behind_ms = self.lag.behind_ms(self.now - self.t0)
             if behind_ms <= self.config.watchdog_ms or not self.gate.armed:
                 return
-            self.watchdog_trips += 1
+            self.stats.watchdog_trips += 1
             reason = f"watchdog: the loop fell {behind_ms:.0f} ms behind"
             self.gate.disarm(reason)
         self._queue_event(
@@ -879,10 +817,6 @@ class Engine:
             start_sample=self.t0, armed=self.gate.armed, disarm_reason=self.gate.disarm_reason)
 
     # -- results -------------------------------------------------------------------
-    def latency_samples(self) -> np.ndarray:
-        """Trigger -> execution, in samples, for every executed pattern."""
-        return expand_counts(self.latency_counts)
-
     def summary(self) -> dict[str, Any]:
         """The run's figures. Any thread: while the loop runs, it computes them between
         two items, so that nothing changes under them."""
@@ -904,7 +838,6 @@ class Engine:
 
     def _summary(self) -> dict[str, Any]:
         fs = self.info.sample_rate
-        lat = self.latency_samples()
         duration_s = (self.now - self.t0) / fs
         wall = max((self._wall_end or time.perf_counter()) - self._wall_start, 1e-9)
         out: dict[str, Any] = {
@@ -921,25 +854,15 @@ class Engine:
             "paused_s": round(self.paused_samples / fs, 3),
             "wall_s": round(wall, 3),
             "realtime_factor": round(duration_s / wall, 2),
-            "blocks": self.n_blocks,
-            "blocks_dropped": -(-self.samples_lost // self.block_samples),
-            "samples_lost": self.samples_lost,
-            "spikes": self.n_spikes,
-            "stims_executed": self.counts["executed"],
-            "stims_dropped": self.counts["dropped"],
-            "stims_refused": self.counts["refused"],
+            **self.stats.counts(self.block_samples),
             "stims_unreported": len(self.pending),
-            "latency_samples": {
-                "p50": float(np.percentile(lat, 50)) if len(lat) else None,
-                "p99": float(np.percentile(lat, 99)) if len(lat) else None,
-                "max": int(lat.max()) if len(lat) else None,
-            },
-            "loop_cost_us": self._cost.quantiles(),
-            "watchdog_trips": self.watchdog_trips,
-            "gaps": self.counts["gaps"],
+            "latency_samples": self.stats.latency_quantiles(),
+            "loop_cost_us": self.stats.loop_cost.quantiles(),
+            "watchdog_trips": self.stats.watchdog_trips,
+            "gaps": self.stats.gaps,
             "stimulation_armed": self.gate.armed if self.armed_at_end is None
             else self.armed_at_end,
-            "max_lag_ms": round(self.max_lag_ms, 1),
+            "max_lag_ms": round(self.lag.max_ms, 1),
             "trials": len(self.trials.finished) if self.trials is not None else 0,
             "limits": self.gate.limits.as_dict(),
             "interrupted": self.interrupted,

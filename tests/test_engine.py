@@ -170,7 +170,7 @@ class Reacts(Protocol):
 
 def test_reaction_latency_is_within_two_blocks():
     engine, _, s = run(Reacts(), duration_s=10.0)
-    lat = engine.latency_samples()
+    lat = engine.stats.latency_samples()
     assert len(lat) >= 5
     assert lat.max() <= 2 * engine.block_samples and lat.min() > 0
 
@@ -384,9 +384,9 @@ class SlowReaction(Protocol):
 def test_in_real_time_a_slow_decision_shows_in_the_latency():
     engine, _, s = run(SlowReaction(), fast=False, duration_s=0.3)
     fast_engine, _, _ = run(SlowReaction(), fast=True, duration_s=0.3)
-    assert fast_engine.latency_samples().tolist() == [0]  # lockstep: the next block
+    assert fast_engine.stats.latency_samples().tolist() == [0]  # lockstep: the next block
     # real time: the device has moved on by at least the 8 ms spent deciding
-    assert engine.latency_samples()[0] >= 8 * engine.block_samples
+    assert engine.stats.latency_samples()[0] >= 8 * engine.block_samples
 
 
 class StallThenPulse(Protocol):

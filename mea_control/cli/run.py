@@ -206,7 +206,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
         return EXIT_RECORDING
     if engine.interrupted:
         return stopped_by
-    if engine.watchdog_trips and not engine.gate.armed:
+    if engine.stats.watchdog_trips and not engine.gate.armed:
         print("mea-control: warning: the watchdog stopped stimulation during the run "
               "(see the [watchdog] line); the trials after it were not stimulated",
               file=sys.stderr)

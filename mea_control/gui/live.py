@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from mea_control.engine import expand_counts
 from mea_control.gui import feed as f
 from mea_control.gui.snapshot import Snapshot
+from mea_control.run_stats import expand_counts
 from mea_control.types import DeviceInfo
 
 #: Seconds of device time the buffers keep.
