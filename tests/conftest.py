@@ -113,15 +113,15 @@ def cli_command(*args: str) -> list[str]:
 
 
 # Many cases in one interpreter (each subprocess spends seconds importing): each runs the
-# CLI's main() as `mea-control` does and reports its exit code, its stderr, and a traceback
-# if an exception escaped it.
+# CLI's main() as `mea-control` does and reports its exit code, its stderr (with a traceback
+# if an exception escaped it) and its stdout.
 CLI_BATCH = """
 import contextlib, io, json, sys, traceback
 from mea_control.cli import main
 results = []
 for argv in json.load(sys.stdin):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = main(argv)
         except SystemExit as exc:
@@ -129,13 +129,14 @@ for argv in json.load(sys.stdin):
         except BaseException:
             traceback.print_exc()
             code = "traceback"
-    results.append([code, err.getvalue()])
+    results.append([code, err.getvalue(), out.getvalue()])
 json.dump(results, sys.stdout)
 """
 
 
 def cli_batch(argvs: list[list[str]], cwd: Path = ROOT, timeout: float = 120) -> list[tuple]:
-    """(exit code, stderr) of each ``mea-control ARGV``, all run by one CLI_BATCH process."""
+    """(exit code, stderr, stdout) of each ``mea-control ARGV``, all run by one CLI_BATCH
+    process."""
     done = subprocess.run([sys.executable, "-c", CLI_BATCH], input=json.dumps(argvs), cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr

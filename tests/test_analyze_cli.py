@@ -141,7 +141,7 @@ def batch(runs):
     folder, procs = runs
     proc = procs["batch"]
     assert proc.returncode == 0, proc.stderr
-    return folder, {tuple(argv[1:]): tuple(result)
+    return folder, {tuple(argv[1:]): tuple(result[:2])
                     for argv, result in zip(BATCH_ARGVS, json.loads(proc.stdout), strict=True)}
 
 

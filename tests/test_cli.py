@@ -76,7 +76,7 @@ def _user_error_argv(args: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def refused() -> dict[tuple[str, ...], tuple]:
-    """{argv: (exit code, stderr)} of USER_ERRORS and BAD_RUN_OPTIONS, run by one process
+    """{argv: (exit code, stderr, stdout)} of USER_ERRORS and BAD_RUN_OPTIONS, run by one process
     (each case spends its time importing; conftest.CLI_BATCH)."""
     argvs = [_user_error_argv(args) for args, _ in USER_ERRORS]
     argvs += [["run", "bss_isomura", *args] for args, _ in BAD_RUN_OPTIONS]
@@ -85,7 +85,7 @@ def refused() -> dict[tuple[str, ...], tuple]:
 
 @pytest.mark.parametrize(("args", "message"), USER_ERRORS)
 def test_user_errors_are_one_line_and_exit_2(refused, args, message):
-    code, stderr = refused[tuple(_user_error_argv(args))]
+    code, stderr, _ = refused[tuple(_user_error_argv(args))]
     assert code == 2, stderr
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
@@ -95,7 +95,7 @@ def test_user_errors_are_one_line_and_exit_2(refused, args, message):
 
 @pytest.mark.parametrize(("args", "message"), BAD_RUN_OPTIONS)
 def test_bad_run_options_are_one_line_and_exit_2(refused, args, message):
-    code, stderr = refused[("run", "bss_isomura", *args)]
+    code, stderr, _ = refused[("run", "bss_isomura", *args)]
     assert code == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mea-control: error:"), stderr
