@@ -112,6 +112,37 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mea_control.cli", *args]
 
 
+# Many cases in one interpreter (each subprocess spends seconds importing): each runs the
+# CLI's main() as `mea-control` does and reports its exit code, its stderr (with a traceback
+# if an exception escaped it) and its stdout.
+CLI_BATCH = """
+import contextlib, io, json, sys, traceback
+from mea_control.cli import main
+results = []
+for argv in json.load(sys.stdin):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException:
+            traceback.print_exc()
+            code = "traceback"
+    results.append([code, err.getvalue(), out.getvalue()])
+json.dump(results, sys.stdout)
+"""
+
+
+def cli_batch(argvs: list[list[str]], cwd: Path = ROOT, timeout: float = 120) -> list[tuple]:
+    """(exit code, stderr, stdout) of each ``mea-control ARGV``, all run by one CLI_BATCH
+    process."""
+    done = subprocess.run([sys.executable, "-c", CLI_BATCH], input=json.dumps(argvs), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return [tuple(result) for result in json.loads(done.stdout)]
+
+
 def imported_modules(*argv: str) -> set[str]:
     """The modules a fresh ``python -X importtime ARGV`` imports (stdin empty, any exit code)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,

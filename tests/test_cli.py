@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command, ctrl_c_works
+from conftest import ROOT, cli_batch, cli_command, ctrl_c_works
 
 from mea_control import cli
 from mea_control.engine import EngineConfig
@@ -42,52 +42,63 @@ def test_bss_run_end_to_end(tmp_path):
     assert "100.0%" in proc.stderr  # progress reached the end
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["run", "no_such_protocol.py"], "no protocol file 'no_such_protocol.py'"),
-        (["run", "bss_isomura", "--param", "mixing=0.9"], "mixing=0.9 is out of range"),
-        (["run", "bss_isomura", "--param", "mixing"], "--param takes NAME=VALUE"),
-        (["run", "bss_isomura", "--param", "speed=3"], "has no parameter 'speed'"),
-        (["run", "bss_isomura", "--device", "usb://x"], "unknown device scheme 'usb://'"),
-        (["run", "bss_isomura", "--device", "sim://?sed=1"], "unknown parameter 'sed'"),
-        (["run", "bss_isomura", "--device", "sim://?seed=x"], "bad value 'x'"),
-        (["run", "spontaneous", "--sessions", "2"], "has no sessions"),
-        (["run", "spontaneous", "--rig", "missing.toml"], "missing.toml"),
-        (["run", "spontaneous", "--summary-json", "/no/such/dir/s.json"], "does not exist"),
-    ],
-)
-def test_user_errors_are_one_line_and_exit_2(args, message):
-    proc = run_cli(*args, "--duration", "0.1") if "--sessions" not in args else run_cli(*args)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
+USER_ERRORS = [
+    (["run", "no_such_protocol.py"], "no protocol file 'no_such_protocol.py'"),
+    (["run", "bss_isomura", "--param", "mixing=0.9"], "mixing=0.9 is out of range"),
+    (["run", "bss_isomura", "--param", "mixing"], "--param takes NAME=VALUE"),
+    (["run", "bss_isomura", "--param", "speed=3"], "has no parameter 'speed'"),
+    (["run", "bss_isomura", "--device", "usb://x"], "unknown device scheme 'usb://'"),
+    (["run", "bss_isomura", "--device", "sim://?sed=1"], "unknown parameter 'sed'"),
+    (["run", "bss_isomura", "--device", "sim://?seed=x"], "bad value 'x'"),
+    (["run", "spontaneous", "--sessions", "2"], "has no sessions"),
+    (["run", "spontaneous", "--rig", "missing.toml"], "missing.toml"),
+    (["run", "spontaneous", "--summary-json", "/no/such/dir/s.json"], "does not exist"),
+]
+BAD_RUN_OPTIONS = [
+    (["--duration", "0"], "--duration: 0 must be a finite number above 0"),
+    (["--duration", "nan"], "--duration: nan must be"),
+    (["--duration", "inf"], "--duration: inf must be"),
+    (["--block-ms", "0"], "--block-ms: 0 must be a finite number above 0 and at most 100"),
+    (["--block-ms", "x"], "--block-ms: 'x' is not a number"),
+    (["--seed", "-1"], "--seed: -1 must be 0 or more"),
+    (["--watchdog-ms", "-5"], "--watchdog-ms: -5 must be"),
+    (["--sessions", "0"], "--sessions: must be 1 or more"),
+    (["--summary-json", "."], "it is a folder"),
+    (["--trials", "t.csv"], "end it in .npz"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--device", "sim://?seed=-1"], "seed"),
+]
+
+
+def _user_error_argv(args: list[str]) -> list[str]:
+    return [*args, "--duration", "0.1"] if "--sessions" not in args else args
+
+
+@pytest.fixture(scope="module")
+def refused() -> dict[tuple[str, ...], tuple]:
+    """{argv: (exit code, stderr, stdout)} of USER_ERRORS and BAD_RUN_OPTIONS, run by one process
+    (each case spends its time importing; conftest.CLI_BATCH)."""
+    argvs = [_user_error_argv(args) for args, _ in USER_ERRORS]
+    argvs += [["run", "bss_isomura", *args] for args, _ in BAD_RUN_OPTIONS]
+    return dict(zip(map(tuple, argvs), cli_batch(argvs), strict=True))
+
+
+@pytest.mark.parametrize(("args", "message"), USER_ERRORS)
+def test_user_errors_are_one_line_and_exit_2(refused, args, message):
+    code, stderr, _ = refused[tuple(_user_error_argv(args))]
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mea-control: error:")
     assert message in lines[0]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--duration", "0"], "--duration: 0 must be a finite number above 0"),
-        (["--duration", "nan"], "--duration: nan must be"),
-        (["--duration", "inf"], "--duration: inf must be"),
-        (["--block-ms", "0"], "--block-ms: 0 must be a finite number above 0 and at most 100"),
-        (["--block-ms", "x"], "--block-ms: 'x' is not a number"),
-        (["--seed", "-1"], "--seed: -1 must be 0 or more"),
-        (["--watchdog-ms", "-5"], "--watchdog-ms: -5 must be"),
-        (["--sessions", "0"], "--sessions: must be 1 or more"),
-        (["--summary-json", "."], "it is a folder"),
-        (["--trials", "t.csv"], "end it in .npz"),
-        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["--device", "sim://?seed=-1"], "seed"),
-    ],
-)
-def test_bad_run_options_are_one_line_and_exit_2(args, message):
-    proc = run_cli("run", "bss_isomura", *args)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mea-control: error:"), proc.stderr
+@pytest.mark.parametrize(("args", "message"), BAD_RUN_OPTIONS)
+def test_bad_run_options_are_one_line_and_exit_2(refused, args, message):
+    code, stderr, _ = refused[("run", "bss_isomura", *args)]
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mea-control: error:"), stderr
     assert message in lines[0]
 
 

@@ -13,7 +13,7 @@ from datetime import UTC
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command, ctrl_c_works, wait_until
+from conftest import ROOT, cli_batch, cli_command, ctrl_c_works, wait_until
 
 from mea_control import cli, recording
 from mea_control.cli.console import EXIT_INTERRUPTED
@@ -307,7 +307,8 @@ def test_overwrite_refuses_a_file_another_run_is_writing(tmp_path):
 def test_cli_refuses_bad_targets_before_the_run(tmp_path):
     existing = tmp_path / "old.nwb"
     existing.write_bytes(b"precious")
-    for target, words in [
+    journal_path(tmp_path / "crashed.nwb").write_text("{}")  # a crashed run's tables
+    targets = [
         (existing, "exists; choose another name or add --overwrite"),
         (tmp_path / "nope" / "r.nwb", "does not exist"),
         (tmp_path, "it is a folder"),
@@ -315,19 +316,19 @@ def test_cli_refuses_bad_targets_before_the_run(tmp_path):
         (existing / "r.nwb", "is a file, not a folder"),
         ("", "--record needs a file name"),
         ("/proc/r.nwb", "cannot record to /proc/r.nwb"),
-    ]:
-        proc = run_cli("run", "spontaneous", "--duration", "30", "--record", str(target))
-        assert proc.returncode == 2, (target, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and words in lines[0], proc.stderr
-        assert "[start]" not in proc.stderr and not proc.stdout
+    ]
+    run = ["run", "spontaneous", "--duration", "30"]
+    *refused, crashed, no_raw = cli_batch(  # one process: each case spends its time importing
+        [[*run, "--record", str(target)] for target, _ in targets]
+        + [[*run, "--record", str(tmp_path / "crashed.nwb")], [*run, "--no-raw"]])
+    for (target, words), (code, stderr, stdout) in zip(targets, refused, strict=True):
+        assert code == 2, (target, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], stderr
+        assert "[start]" not in stderr and not stdout
     assert existing.read_bytes() == b"precious"
-    journal_path(tmp_path / "crashed.nwb").write_text("{}")  # a crashed run's tables
-    proc = run_cli("run", "spontaneous", "--duration", "30", "--record",
-                   str(tmp_path / "crashed.nwb"))
-    assert proc.returncode == 2 and "crashed.nwb.journal exists" in proc.stderr
-    proc = run_cli("run", "spontaneous", "--duration", "30", "--no-raw")
-    assert proc.returncode == 2 and "--record" in proc.stderr
+    assert crashed[0] == 2 and "crashed.nwb.journal exists" in crashed[1]
+    assert no_raw[0] == 2 and "--record" in no_raw[1]
 
 
 def test_full_disk_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
