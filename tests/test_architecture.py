@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FACES = ("cli", "cli.py", "gui")  # the CLI (a module or a package) and the GUI
+FACES = ("cli", "gui")  # the two faces: the CLI package and the GUI
 
 
 def module_name(path: Path, root: Path) -> str:
