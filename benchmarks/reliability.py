@@ -666,7 +666,7 @@ def record_violations(bench: Bench, engine: Engine) -> list[Violation]:
     for i, (sample, ticket, channel, _) in enumerate(bench.log):
         first.setdefault(ticket, (i, sample, channel))
     out = []
-    for record in engine.recent_stims:
+    for record in engine.patterns.recent:
         if record.ticket is None or record.status not in ("executed", "dropped"):
             continue
         n_channels = len(record.pattern.channels)

@@ -25,6 +25,7 @@ from mea_control.context import Context
 from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.limits import SafetyLimits, effective_limits
+from mea_control.patterns import PatternLog
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.run_stats import RunStats
@@ -42,7 +43,7 @@ from mea_control.trials import Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
 from mea_control.watchdog import STOP_GRACE_S, LagWatch, where_in
 
-#: How many recent events, pattern records and refusals the engine keeps in memory.
+#: How many recent events the engine keeps in memory.
 KEEP_RECENT = 10_000
 #: After the end-of-run abort, how long the loop waits for the device's last reports.
 LAST_REPORTS_S = 0.5
@@ -125,10 +126,8 @@ class Engine:
         self.now = 0
         self.t0 = 0
         self.trials: Trials | None = None
-        #: Patterns sent and not yet reported by the device, by ticket.
-        self.pending: dict[int, StimRecord] = {}
-        #: The latest pattern records (executed, dropped, refused), oldest first.
-        self.recent_stims: deque[StimRecord] = deque(maxlen=KEEP_RECENT)
+        #: Every pattern sent or refused: pending, running, and how each ended.
+        self.patterns = PatternLog(fs)
         self.recent_events: deque[RunEvent] = deque(maxlen=KEEP_RECENT)
         #: The run's figures so far (the loop's thread adds to them).
         self.stats = RunStats()
@@ -154,9 +153,6 @@ class Engine:
         self._queued_events: deque[RunEvent] = deque()
         #: Admission and sending are one step with respect to aborting (see stop_stimulation).
         self._stim_lock = threading.Lock()
-        #: Executed trains whose last pulse is still ahead, by ticket: the sinks hear of a
-        #: train once it is complete or cut, so that they list only pulses that ran.
-        self._trains: dict[int, tuple[StimRecord, int]] = {}  # with its last pulse's sample
         #: (hook name, wall time it was called) while a protocol hook runs.
         self._hook: tuple[str, float] | None = None
         self._worker: threading.Thread | None = None
@@ -305,14 +301,12 @@ class Engine:
                 if not self.gate.armed:  # a STOP came while it was on its way (see _halt)
                     self.driver.abort_stimulation()
         except SafetyRefusal as refusal:
-            record = StimRecord(None, pattern, trigger, self.now, status="refused",
-                                reason=str(refusal))
+            record = self.patterns.refused(pattern, trigger, self.now, str(refusal))
             self.stats.refused += 1
-            self.recent_stims.append(record)
             self.event(EventKind.REFUSAL, str(refusal))
             self._notify("on_stim", record)
             raise
-        self.pending[ticket] = StimRecord(ticket, pattern, trigger, self.now)
+        self.patterns.sent(ticket, pattern, trigger, self.now)
         return ticket
 
     def _check_mode(self, pattern: StimPattern) -> None:
@@ -330,20 +324,15 @@ class Engine:
 
     def _on_report(self, report: StimReport) -> None:
         if report.pulses_run is not None:
-            self._on_cut(report)
+            record = self.patterns.cut(report)
+            if record is not None:
+                self._stim_final(record)
             return
-        record = self.pending.pop(report.ticket, None)
+        record = self.patterns.reported(report)
         if record is None:
             return
-        record.execution_sample = report.sample
-        record.status = "executed" if report.executed else "dropped"
-        record.reason = report.reason
         if report.executed:
             self.stats.executed += 1
-        else:
-            self.stats.dropped += 1
-        self.recent_stims.append(record)
-        if report.executed:
             self.stats.latency[report.sample - record.trigger_sample] += 1
             # Blank the artifact in the raw stream. A spikes-only device sends no blocks, so
             # the detector would never reach (and drop) its windows: they would pile up.
@@ -351,51 +340,19 @@ class Engine:
                 for offset in record.pattern.pulse_offsets(self.info.sample_rate):
                     self.detector.blank(report.sample + offset)
         else:
+            self.stats.dropped += 1
             self.event(EventKind.STIM_DROPPED,
                        f"device dropped pattern {report.ticket}: {report.reason}")
         if self.trials is not None:
             self.trials.on_report(report)
-        if report.executed and record.pattern.train_count > 1:
-            last = report.sample + record.pattern.pulse_offsets(self.info.sample_rate)[-1]
-            self._trains[report.ticket] = (record, last)  # the sinks hear of it when it ends
-        else:
+        if not self.patterns.running(record):  # a train: the sinks hear of it when it ends
             self._notify("on_stim", record)
 
-    def _on_cut(self, report: StimReport) -> None:
-        """The device cut a started train: the record lists only the pulses that ran."""
-        record, _ = self._trains.pop(report.ticket, (None, 0))
-        if record is None:
-            return
-        self._end_train(record, report.pulses_run,
-                        f"train cut after {report.pulses_run} of "
-                        f"{record.pattern.train_count} pulses ({report.reason or 'aborted'})")
-
-    def _end_train(self, record: StimRecord, pulses_run: int | None, reason: str = "") -> None:
-        if pulses_run is not None and pulses_run < record.pattern.train_count:
-            record.pulses_run, record.reason = max(pulses_run, 0), reason
-            self.event(EventKind.TRAIN_CUT, f"pattern {record.ticket}: {reason}")
+    def _stim_final(self, record: StimRecord) -> None:
+        """A pattern's record is final: a train cut short is an event too."""
+        if record.pulses_run is not None:
+            self.event(EventKind.TRAIN_CUT, f"pattern {record.ticket}: {record.reason}")
         self._notify("on_stim", record)
-
-    def _trains_done(self, sample: int) -> None:
-        """Hand the sinks every train whose last pulse is before ``sample`` (device clock)."""
-        if not self._trains:
-            return
-        for ticket, (record, last) in list(self._trains.items()):
-            if last < sample:
-                del self._trains[ticket]
-                self._end_train(record, None)
-
-    def _trains_unknown(self, sample: int) -> None:
-        """Trains whose end the device never told: only the pulses before ``sample``, the
-        last sample it delivered, are known to have run."""
-        fs = self.info.sample_rate
-        for record, _ in self._trains.values():
-            ran = sum(record.execution_sample + o < sample
-                      for o in record.pattern.pulse_offsets(fs))
-            self._end_train(record, ran, f"run ended after {ran} of "
-                            f"{record.pattern.train_count} train pulses were seen; the "
-                            "device did not report where it stopped the train")
-        self._trains.clear()
 
     # -- the loop ------------------------------------------------------------------
     def run(self, progress: Callable[[float, str], None] | None = None,
@@ -435,8 +392,7 @@ class Engine:
         if progress is not None:
             progress(*self.progress())
         try:  # patterns the device never reported on: sent, fate unknown
-            for record in self.pending.values():
-                self.recent_stims.append(record)
+            for record in self.patterns.unreported():
                 self._notify("on_stim", record)
             summary = self.summary()
             with _ctrl_c_ignored():  # recorders finish their files whatever the user presses
@@ -506,7 +462,7 @@ class Engine:
         clock = self.now
         deadline = time.perf_counter() + LAST_REPORTS_S
         try:  # (a hung loop's driver is not read from another thread: no reports then)
-            while (self.pending or self._trains) and not self._abandoned \
+            while self.patterns.outstanding and not self._abandoned \
                     and time.perf_counter() < deadline:
                 self._serve_summaries()
                 item = self.driver.read(timeout=0.05)
@@ -514,10 +470,12 @@ class Engine:
                     self._on_report(item)
                 elif isinstance(item, Block | Tick):
                     clock = item.stop_sample if isinstance(item, Block) else item.sample
-                    self._trains_done(clock)
+                    for record in self.patterns.trains_done(clock):
+                        self._stim_final(record)
         except Exception:
             pass  # a lost device has no more reports; what is pending stays "sent"
-        self._trains_unknown(clock)
+        for record in self.patterns.trains_unknown(clock):
+            self._stim_final(record)
 
     def _stop_device(self) -> None:
         try:
@@ -746,7 +704,8 @@ class Engine:
         """The device delivered everything before ``sample``: trials and the watchdog move on."""
         self.now = sample
         self._notify("on_clock", sample)
-        self._trains_done(sample)
+        for record in self.patterns.trains_done(sample):
+            self._stim_final(record)
         if not self.config.fast:
             self._watchdog()
         if self.trials is not None and self.error is None:
@@ -855,7 +814,7 @@ class Engine:
             "wall_s": round(wall, 3),
             "realtime_factor": round(duration_s / wall, 2),
             **self.stats.counts(self.block_samples),
-            "stims_unreported": len(self.pending),
+            "stims_unreported": len(self.patterns.pending),
             "latency_samples": self.stats.latency_quantiles(),
             "loop_cost_us": self.stats.loop_cost.quantiles(),
             "watchdog_trips": self.stats.watchdog_trips,

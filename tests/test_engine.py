@@ -81,7 +81,7 @@ def test_trials_stimulate_with_all_three_samples_recorded():
     assert s["trials"] == 12 and s["stims_executed"] == 8 and len(driver.sent) == 8
     lead = engine.trials._lead
     assert lead == 1250  # 50 ms ahead: the simulator runs patterns at a requested sample
-    for record in engine.recent_stims:
+    for record in engine.patterns.recent:
         # decided ahead, booked by the gate and run exactly at the trial's sample
         assert record.decision_sample == record.trigger_sample - lead
         assert record.pattern.at_sample == record.execution_sample == record.trigger_sample
@@ -260,7 +260,7 @@ def test_stimulus_artifacts_are_not_detected_as_spikes():
     spikes = SpikeEvents.concat(sink.batches)
     on_stim = np.isin(spikes.channel, [3, 12, 21, 30, 35, 44, 53, 60])
     early = before = 0
-    for record in engine.recent_stims:
+    for record in engine.patterns.recent:
         t = record.execution_sample
         four_ms = 4 * engine.block_samples
         early += int(on_stim[(spikes.sample >= t) & (spikes.sample < t + four_ms)].sum())
@@ -511,7 +511,7 @@ def test_pause_holds_the_protocol_and_moves_later_trials():
     assert s["trials"] == 12 and s["duration_s"] == pytest.approx(0.2 + 1.1 + 0.05 + held
                                                                   / 25_000, abs=0.01)
     # the trials after the pause moved later by its length, none started meanwhile
-    stims = sorted(r.trigger_sample for r in engine.recent_stims)
+    stims = sorted(r.trigger_sample for r in engine.patterns.recent)
     t0 = engine.t0
     expected = [t0 + int(round((0.2 + i * 0.1) * 25_000)) + (held if i > 3 else 0)
                 for i in range(12) if i % 3]
@@ -538,7 +538,7 @@ def test_an_operator_stop_is_an_event_and_refuses_later_pulses():
     # trial 2's pattern was already queued on the device: the abort cancelled it
     assert (s["stims_executed"], s["stims_dropped"], s["stims_refused"]) == (1, 1, 6)
     assert not s["stimulation_armed"]
-    assert all(r.trigger_sample > disarm[0].sample for r in engine.recent_stims
+    assert all(r.trigger_sample > disarm[0].sample for r in engine.patterns.recent
                if r.status == "refused")
 
 

@@ -23,7 +23,7 @@ def test_readme_protocol_example_runs(tmp_path):
     assert summary["error"] is None and summary["stims_refused"] == 0
     assert summary["stims_executed"] > 0
     label_44 = engine.info.layout.channel("44")
-    assert all(r.pattern.channels == (label_44,) for r in engine.recent_stims)
+    assert all(r.pattern.channels == (label_44,) for r in engine.patterns.recent)
 
 
 def test_readme_fep_example_runs(isomura_data, monkeypatch, capsys):
