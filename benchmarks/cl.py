@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from drivers.base import open_driver  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse, StimReport  # noqa: E402
 
 PULSE = StimPulse.biphasic(1.0, 100)

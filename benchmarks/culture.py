@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.sim import population_bursts  # noqa: E402
-from hardware_sim.culture import NetworkCulture, NetworkParams  # noqa: E402
+from hardware_sim.cultures.network import NetworkCulture, NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control.fep.ensembles import by_sources  # noqa: E402
 from mea_control.layouts import load_layout  # noqa: E402

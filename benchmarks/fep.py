@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.culture import RATE, THRESHOLD_UV, bss_protocol, run_bss  # noqa: E402
-from hardware_sim.culture import NetworkCulture, NetworkParams  # noqa: E402
+from hardware_sim.cultures.network import NetworkCulture, NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
 from mea_control import fep  # noqa: E402
 from mea_control.fep import (  # noqa: E402

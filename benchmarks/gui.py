@@ -49,7 +49,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gui_rig import measured_run  # noqa: E402
-from drivers.base import open_driver  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.gui.feed import RING_BYTES, LiveFeed, Rings  # noqa: E402
 from mea_control.gui.remote import RemoteSession, yield_cpu_to_the_rig  # noqa: E402
 from mea_control.gui.session import RigSession  # noqa: E402

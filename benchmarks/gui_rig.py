@@ -42,7 +42,7 @@ def _engines(feed: LiveFeed | None):
             made.append(self)
             if feed is not None:
                 self.sinks.append(feed)
-                feed.attach(self)
+                feed.expect(self.protocol)
 
     mea_control.engine.Engine = Watched
     try:
@@ -88,7 +88,7 @@ def measured_run(quick: bool, device: str, feed: LiveFeed | None) -> dict:
             out.update(bench_reaction_latency(quick, device=device))
         finally:
             done.set()
-        out["watchdog_trips"] = made[0].watchdog_trips
+        out["watchdog_trips"] = made[0].stats.watchdog_trips
         out["gc_max_ms"] = max(pauses, default=0.0)
     return out
 

@@ -235,7 +235,7 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
     ``device``: the device URL (``serial://`` to a served simulator, see
     :func:`served_device`).
     """
-    from drivers.base import open_driver
+    from mea_control.driver import open_driver
     from mea_control.engine import Engine, EngineConfig
 
     n_reactions = 200 if quick else 1000
@@ -248,13 +248,13 @@ def bench_reaction_latency(quick: bool = False, record: bool = False,
                     EngineConfig(fast=False, duration_s=600.0, **watchdog))
     with tempfile.TemporaryDirectory() as folder:
         if record:
-            from mea_control.recording.writer import Recorder, engine_provenance
+            from mea_control.recording.writer import Recorder, run_provenance
 
             engine.sinks.append(Recorder(Path(folder) / "bench.nwb", engine.info,
-                                         engine_provenance(engine)))
+                                         run_provenance(engine.describe())))
         summary = engine.run()
     driver.close()
-    lat = engine.latency_samples()
+    lat = engine.stats.latency_samples()
     if not len(lat):
         raise RuntimeError(f"no reaction was executed on {device}: watchdog trips "
                            f"{summary['watchdog_trips']}, dropped {summary['stims_dropped']}, "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivers.base import open_driver  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.engine import Engine, EngineConfig  # noqa: E402
 from mea_control.protocol import Protocol  # noqa: E402
 from mea_control.safety import SafetyRefusal  # noqa: E402

@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.base import open_driver  # noqa: E402
 from drivers.pulsepal import OP_TRIGGER  # noqa: E402
 from hardware_sim.device import PtyLink  # noqa: E402
 from hardware_sim.pulsepal import FakePulsePal  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse, StimReport  # noqa: E402
 
 ACQUIRE = "sim://?culture=poisson_burst&truth=0"
@@ -125,8 +125,8 @@ def bench_pulsepal(n: int, block: int) -> None:
                 arrived = fake.wait_for(OP_TRIGGER, mark + n)[mark:mark + n]
                 one_way += [(r.time - w) * 1e3 for r, w in zip(arrived, writes[-n:],
                                                                  strict=True)]
-                # inner._t0: when the simulator's sample 0 was taken (it paces blocks so)
-                lat = [(r.time - (inner._t0 + ref / fs)) * fs
+                # inner.mea.t0: when the simulator's sample 0 was taken (it paces blocks so)
+                lat = [(r.time - (inner.mea.t0 + ref / fs)) * fs
                        for r, (ref, _) in zip(arrived, sent, strict=True)]
                 print(f"pulsepal:// {kind:>9}: reference sample -> trigger at the Pulse Pal, "
                       f"samples (median / p99 / max): {figures(lat)}")

@@ -26,12 +26,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.base import DeviceInfo  # noqa: E402
 from mea_control import __version__  # noqa: E402
 from mea_control.layouts import load_layout  # noqa: E402
 from mea_control.recording import tables  # noqa: E402
 from mea_control.recording.writer import Recorder  # noqa: E402
-from mea_control.types import Block, Layout, SpikeEvents  # noqa: E402
+from mea_control.types import Block, DeviceInfo, Layout, SpikeEvents  # noqa: E402
 
 UV_PER_BIT = 0.195
 NOISE_UV = 15.0
@@ -118,13 +117,11 @@ def record(info: DeviceInfo, pool: tuple, seconds: float, folder: Path,
     check_every = max(1, int(0.1 * fs) // block_n)  # look at the backlog every 100 ms of data
     rss_every = int(rss_every_s * fs) // block_n if rss_every_s else 0
     waited, n_spikes = 0.0, 0
-    no_spikes = SpikeEvents.empty()  # immutable: one for every block
     t0 = time.perf_counter()
     for i in range(n_blocks):
         j = i % pool_blocks
         offset = (i - j) * block_n  # start sample of this pass over the pool
-        rec.on_block(Block(i * block_n, data[j * block_n:(j + 1) * block_n], UV_PER_BIT),
-                     None, no_spikes)
+        rec.on_block(Block(i * block_n, data[j * block_n:(j + 1) * block_n], UV_PER_BIT), None)
         batch = spikes[j]
         if batch is not None:
             rec.on_spikes(SpikeEvents(batch.sample + offset, batch.channel, batch.amplitude_uV))

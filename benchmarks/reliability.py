@@ -63,11 +63,14 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from drivers.base import DriverError, open_driver  # noqa: E402
-from drivers.sim import DEVICE_LIMITS, SimDriver  # noqa: E402
-from mea_control.engine import Engine, EngineConfig, Sink  # noqa: E402
+from drivers.sim import SimDriver  # noqa: E402
+from hardware_sim.mea import DEVICE_LIMITS  # noqa: E402
+from mea_control.driver import DriverError, open_driver  # noqa: E402
+from mea_control.engine import Engine, EngineConfig  # noqa: E402
+from mea_control.limits import SafetyLimits  # noqa: E402
 from mea_control.protocol import Protocol  # noqa: E402
-from mea_control.safety import SafetyLimits, SafetyRefusal  # noqa: E402
+from mea_control.safety import SafetyRefusal  # noqa: E402
+from mea_control.sinks import Sink  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse, Tick  # noqa: E402
 
 BLOCK_MS = 1.0
@@ -408,7 +411,7 @@ class Pacer(Sink):
         self.due = sorted((a.block * operator.block_samples, i, a.kind)
                           for i, a in enumerate(operator.sync))
 
-    def on_block(self, block, filtered, spikes) -> None:
+    def on_block(self, block, filtered) -> None:
         engine = self.operator.engine
         elapsed = block.stop_sample - engine.t0
         if elapsed >= RUN_LIMIT * engine.config.duration_s * engine.info.sample_rate:
@@ -663,7 +666,7 @@ def record_violations(bench: Bench, engine: Engine) -> list[Violation]:
     for i, (sample, ticket, channel, _) in enumerate(bench.log):
         first.setdefault(ticket, (i, sample, channel))
     out = []
-    for record in engine.recent_stims:
+    for record in engine.patterns.recent:
         if record.ticket is None or record.status not in ("executed", "dropped"):
             continue
         n_channels = len(record.pattern.channels)

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loop  # noqa: E402
 
-from drivers.base import open_driver  # noqa: E402
 from hardware_sim.intan_rhx import FakeRHX, default_wiring  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.engine import Engine, EngineConfig  # noqa: E402
 from mea_control.layouts import load_layout  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse  # noqa: E402
@@ -98,7 +98,7 @@ def bench_held(url: str, reactions: int) -> tuple[np.ndarray, object]:
                     EngineConfig(duration_s=600.0))
     engine.run()
     driver.close()
-    return engine.latency_samples()[8:], driver.stats  # after each key's first upload
+    return engine.stats.latency_samples()[8:], driver.stats  # after each key's first upload
 
 
 def bench_uploads(url: str) -> object:

@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.base import open_driver  # noqa: E402
 from drivers.sim import SimDriver  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse  # noqa: E402
 
 

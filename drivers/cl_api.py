@@ -14,7 +14,7 @@ detects spikes; with ``mode=spikes`` the spikes of the tick's analysis become
 ``stim(ChannelSet, StimDesign, burst_design=BurstDesign | None, lead_time_us)`` call per
 distinct pulse, ``lead_time_us`` taking it to its ``at_sample``; its :class:`StimReport`
 comes from the ``analysis.stims`` of the tick it ran in. A pattern for more than
-``HOLD_AHEAD_S`` ahead is held by the driver and sent once it is that close, so that the
+``HOLD_AHEAD_S`` ahead waits in the driver and is sent once it is that close, so that the
 device never holds more than that (plus a train) should the host die. ``abort_stimulation``
 (any thread) interrupts every channel; a train the device had begun is then reported cut,
 with the pulses the device says ran. Patterns the API cannot run are
@@ -41,9 +41,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
+from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
+from mea_control.types import (
+    Block,
+    Capabilities,
+    DeviceInfo,
+    SpikeEvents,
+    StimPattern,
+    StimPulse,
+    StimReport,
+    Tick,
+)
 
 CHANNELS = 64
 UV_PER_UNIT = 0.195  # the CL1's int16 frames, uV per unit
@@ -56,7 +65,7 @@ MAX_BURST_HZ = 200.0
 MIN_LEAD_US = 80
 #: a pattern the device has not reported this long after its last pulse is reported dropped
 REPORT_GRACE_S = 0.25
-#: The device is given a pattern at most this long before its at_sample (held here until
+#: The device is given a pattern at most this long before its at_sample (it waits here until
 #: then): what it still runs if the host dies, besides a train it has begun.
 HOLD_AHEAD_S = 0.2
 EXTRA_HINT = ("install the cl extra in a Python >= 3.12 environment: "
@@ -114,6 +123,47 @@ class CLDriver(Driver):
         "timeout": Param(float, 5.0, "seconds to wait for the device to open"),
     }
 
+    none_found: ClassVar[str] = (
+        "no Cortical Labs device opens (the cl package needs Python >= 3.12; see "
+        "docs/cl-api.md)"
+    )
+
+    @classmethod
+    def discover(cls, timeout: float = 0.5) -> list[tuple[str, str]]:
+        """``cl://`` if the ``cl`` package is installed, with whether a device opened in time.
+
+        A separate Python process opens the device (take_control=False) and closes it again. One
+        that has not answered within ``timeout`` is left to finish on its own: killing it could
+        leave behind what ``cl.open()`` started (cl-sdk's simulator runs in processes of its own).
+        Nothing is listed when ``cl`` is not installed.
+        """
+        try:
+            if importlib.util.find_spec("cl") is None:
+                return []
+        except (ImportError, ValueError):
+            return []
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+        except OSError as exc:
+            return [("cl://", f"the cl package is installed; cannot check for a device: {exc}")]
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.stdout.close()
+            return [("cl://", f"the cl package is installed, but no CL device opened within "
+                     f"{timeout:g} s (the cl-sdk simulator needs about 3 s: try --timeout 5)")]
+        try:
+            found = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return [("cl://", "the cl package is installed, but checking for a device failed")]
+        if "error" in found:
+            return [("cl://", f"the cl package is installed, but the CL device did not open: "
+                     f"{found['error']}")]
+        kind = "cl-sdk simulator" if found["simulator"] else "device"
+        return [("cl://", f"Cortical Labs CL1 {found['system']} ({kind}): {found['channels']} "
+                 f"channels at {found['fps'] / 1000:g} kHz")]
+
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         super().__init__(url, options, location)
         if options["mode"] not in ("raw", "spikes"):
@@ -146,7 +196,8 @@ class CLDriver(Driver):
         self._out: deque[Event] = deque()  # events of the last tick, to hand out in order
         self._events: deque[tuple[str, str]] = deque()
         self._pending: dict[int, _Pending] = {}
-        self._held: list[tuple[int, int, StimPattern]] = []  # (at_sample, ticket, pattern)
+        #: Patterns waiting to be given to the device, by (at_sample, ticket).
+        self._waiting: list[tuple[int, int, StimPattern]] = []  # (at_sample, ticket, pattern)
         self._by_channel: dict[int, deque[int]] = {}  # channel -> tickets, oldest first
         self._ticket = 0
         self._seq = 0
@@ -264,7 +315,7 @@ class CLDriver(Driver):
         if self._state != "running":
             return
         with self._lock:
-            self._held.clear()
+            self._waiting.clear()
             if self._lost is None:
                 self._interrupt_all()
         self._state = "stopped"
@@ -415,17 +466,17 @@ class CLDriver(Driver):
             if problem:
                 self._out.append(StimReport(ticket, at, False, problem))
             elif at - causal > self._frames(HOLD_AHEAD_S * 1e6):
-                bisect.insort(self._held, (at, ticket, pattern), key=lambda h: (h[0], h[1]))
+                bisect.insort(self._waiting, (at, ticket, pattern), key=lambda h: (h[0], h[1]))
             else:
                 self._book(ticket, pattern, at)
         return ticket
 
     def _book_due(self) -> None:
-        """Send the held patterns that are now within HOLD_AHEAD_S of the loop's tick."""
+        """Send the waiting patterns that are now within HOLD_AHEAD_S of the loop's tick."""
         with self._lock:
             horizon = (self._causal or 0) + self._frames(HOLD_AHEAD_S * 1e6)
-            while self._held and self._held[0][0] <= horizon:
-                at, ticket, pattern = self._held.pop(0)
+            while self._waiting and self._waiting[0][0] <= horizon:
+                at, ticket, pattern = self._waiting.pop(0)
                 self._book(ticket, pattern, at)
 
     def _book(self, ticket: int, pattern: StimPattern, at: int) -> None:
@@ -501,15 +552,15 @@ class CLDriver(Driver):
         return ""
 
     def abort_stimulation(self) -> None:
-        """Drop the held patterns and ``interrupt()`` every channel, all under the lock that
+        """Drop the waiting patterns and ``interrupt()`` every channel, all under the lock that
         sending takes; patterns that then never run are reported dropped ("aborted"), a
         train the device had begun cut, with the pulses the device reports."""
         if self._state != "running":
             return
         with self._lock:
-            for at, ticket, _ in self._held:
+            for at, ticket, _ in self._waiting:
                 self._out.append(StimReport(ticket, at, False, "aborted"))
-            self._held.clear()
+            self._waiting.clear()
             self._interrupt_all()
             # every pulse that ran is reported by the tick after the device's present
             soon = self._device_now() + self.block
@@ -598,39 +649,3 @@ try:
 except OSError:
     pass  # nobody waits any more
 """
-
-
-def discover(timeout: float = 0.5) -> list[tuple[str, str]]:
-    """``cl://`` if the ``cl`` package is installed, with whether a device opened in time.
-
-    A separate Python process opens the device (take_control=False) and closes it again. One
-    that has not answered within ``timeout`` is left to finish on its own: killing it could
-    leave behind what ``cl.open()`` started (cl-sdk's simulator runs in processes of its own).
-    Nothing is listed when ``cl`` is not installed.
-    """
-    try:
-        if importlib.util.find_spec("cl") is None:
-            return []
-    except (ImportError, ValueError):
-        return []
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-    except OSError as exc:
-        return [("cl://", f"the cl package is installed; cannot check for a device: {exc}")]
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.stdout.close()
-        return [("cl://", f"the cl package is installed, but no CL device opened within "
-                 f"{timeout:g} s (the cl-sdk simulator needs about 3 s: try --timeout 5)")]
-    try:
-        found = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return [("cl://", "the cl package is installed, but checking for a device failed")]
-    if "error" in found:
-        return [("cl://", f"the cl package is installed, but the CL device did not open: "
-                 f"{found['error']}")]
-    kind = "cl-sdk simulator" if found["simulator"] else "device"
-    return [("cl://", f"Cortical Labs CL1 {found['system']} ({kind}): {found['channels']} "
-             f"channels at {found['fps'] / 1000:g} kHz")]

@@ -45,9 +45,17 @@ from typing import Any, ClassVar
 import numpy as np
 import serial
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param, open_driver
-from mea_control.safety import RigFileError, load_rig
-from mea_control.types import Block, StimPattern, StimPulse, StimReport, Tick
+from mea_control.driver import Driver, DriverError, Event, Param, open_driver
+from mea_control.rig import Rig, RigFileError, rig_option
+from mea_control.types import (
+    Block,
+    Capabilities,
+    DeviceInfo,
+    StimPattern,
+    StimPulse,
+    StimReport,
+    Tick,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +177,10 @@ class Stimulator:
 _STIMULATOR_KEYS = ("uA_per_V", "wiring", "acquire")
 
 
-def load_stimulator(path: str) -> Stimulator:
-    """Read ``[stimulator]`` from a rig file; DriverError naming the key to fix."""
-    try:
-        rig = load_rig(path)
-    except RigFileError as exc:
-        raise DriverError(str(exc)) from None
-    where = f"rig file {path}"
-    table = rig.tables.get("stimulator")
+def stimulator_of(rig: Rig) -> Stimulator:
+    """The rig's ``[stimulator]``, checked; DriverError naming the key to fix."""
+    where = rig.where
+    table = rig.stimulator
     if table is None:
         raise DriverError(f"{where} has no [stimulator] table: pulsepal:// needs the isolator's "
                           "uA_per_V and [stimulator.wiring] (see docs/pulsepal.md)")
@@ -245,6 +249,32 @@ class PulsePalDriver(Driver):
         "timeout": Param(float, 2.0, "seconds to wait for the Pulse Pal's handshake"),
     }
 
+    none_found: ClassVar[str] = "no serial port answers the Pulse Pal handshake"
+
+    @classmethod
+    def discover(cls, timeout: float = 0.5) -> list[tuple[str, str]]:
+        """(URL, description) of each Pulse Pal answering the handshake on a serial port."""
+        try:
+            from serial.tools import list_ports
+
+            names = sorted(p.device for p in list_ports.comports())
+        except Exception:
+            return []
+        found: dict[str, str] = {}
+
+        def ask(name: str) -> None:
+            answer = probe(name, timeout * 0.8)
+            if answer:
+                found[name] = answer
+
+        threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in names]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [(f"pulsepal://{name}", found[name]) for name in names if name in found]
+
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         super().__init__(url, options, location)
         if not location:
@@ -257,7 +287,11 @@ class PulsePalDriver(Driver):
                               "(see docs/pulsepal.md)")
         if not 0 < options["timeout"] <= 30:
             raise DriverError("pulsepal:// timeout must be above 0 and at most 30 seconds")
-        self.stimulator = load_stimulator(options["rig"])
+        try:
+            self.rig = rig_option(options["rig"])
+        except RigFileError as exc:
+            raise DriverError(str(exc)) from None
+        self.stimulator = stimulator_of(self.rig)
         acquire = options["acquire"] or self.stimulator.acquire
         if not acquire:
             raise DriverError("pulsepal:// needs the acquisition device: add ?acquire=URL "
@@ -265,7 +299,7 @@ class PulsePalDriver(Driver):
         if acquire.split("://", 1)[0] == self.scheme:
             raise DriverError("pulsepal:// acquire= must name an acquisition device, not "
                               "another pulsepal://")
-        self.inner = open_driver(acquire, rig=options["rig"])
+        self.inner = open_driver(acquire, rig=self.rig)  # the rig as read, not read again
         self.port_name = location
         self._info: DeviceInfo | None = None
         self._port: Any = None
@@ -311,7 +345,7 @@ class PulsePalDriver(Driver):
         by_label = {label: ch for ch, label in enumerate(layout.labels)}
         self.channel_of: dict[int, int] = {}  # electrode channel index -> Pulse Pal output
         for output, label in self.stimulator.wiring.items():
-            where = f"rig file {self.options['rig']}: [stimulator.wiring] {output} = {label!r}"
+            where = f"{self.rig.where}: [stimulator.wiring] {output} = {label!r}"
             if label not in by_label:
                 raise DriverError(f"{where}: layout {layout.name} has no electrode {label!r} "
                                   f"(its labels run {layout.labels[0]}..{layout.labels[-1]})")
@@ -693,27 +727,3 @@ def probe(name: str, timeout: float) -> str | None:
         port.close()
     return (f"Sanworks Pulse Pal, firmware v{firmware}: stimulation; pair it with an acquisition"
             " device, e.g. ?acquire=sim:// and --rig FILE with [stimulator]")
-
-
-def discover(timeout: float = 0.5) -> list[tuple[str, str]]:
-    """(URL, description) of each Pulse Pal answering the handshake on a serial port."""
-    try:
-        from serial.tools import list_ports
-
-        names = sorted(p.device for p in list_ports.comports())
-    except Exception:
-        return []
-    found: dict[str, str] = {}
-
-    def ask(name: str) -> None:
-        answer = probe(name, timeout * 0.8)
-        if answer:
-            found[name] = answer
-
-    threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in names]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    return [(f"pulsepal://{name}", found[name]) for name in names if name in found]

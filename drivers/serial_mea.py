@@ -40,9 +40,18 @@ import numpy as np
 import serial
 
 from drivers import wire
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Inbox, Param
+from drivers.inbox import Inbox
+from mea_control.driver import Driver, DriverError, Event, Param
 from mea_control.layouts import LayoutError, load_layout
-from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
+from mea_control.types import (
+    Block,
+    Capabilities,
+    DeviceInfo,
+    SpikeEvents,
+    StimPattern,
+    StimReport,
+    Tick,
+)
 
 log = logging.getLogger(__name__)
 

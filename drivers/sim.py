@@ -1,432 +1,135 @@
-"""``sim://``: an in-process simulated MEA device over :mod:`hardware_sim`.
+"""``sim://``: the simulated MEA (:mod:`hardware_sim.mea`) in-process, as a Driver.
 
-The device runs in lockstep with its reader: :meth:`SimDriver.read` generates
-the next block on demand, so the same seed and the same ``stimulate()`` calls at
-the same points of the stream give the same blocks, paced in real time or not
-(``set_fast``). A pattern without ``at_sample`` runs at the start of the next
-block not yet returned or, in real time, if the reader has fallen a block or
-more behind the wall clock, at the block the device is acquiring then (so a
-slow reader's latency shows); :meth:`SimDriver.earliest_stim_sample` says which.
-A pattern with ``at_sample`` runs exactly there, or is dropped (reported, not
-run) if the device is already past it. The :class:`StimReport` of a pattern
-comes out of ``read()`` just before the block that holds its first pulse.
-
-With ``raw=0`` the device streams spikes only, as a rig that detects on board:
-each interval gives the spikes of the culture's units as electrode events (an
-event wherever a unit's amplitude reaches ``threshold_sd`` times the noise, see
-:meth:`ElectrodeArray.events`) and then a :class:`Tick`; no voltage is rendered,
-which is the fast way to dry-run long protocols. ``drop`` loses raw blocks only.
-
-URL parameters: see :attr:`SimDriver.params`, e.g. ``sim://?seed=3&noise_uV=5``.
-``seed`` must be >= 0. ``rate`` is 10000 to 100000 Hz: real MEA amplifiers sample
-at 10-50 kHz, and the engine's default 300-3000 Hz spike band needs a rate above
-6000 Hz (twice its upper edge).
+The device itself (its clock in lockstep with the reader, paced in real time or not,
+stimulation booked where it will run, blocks or spikes-only events rendered from the
+culture) is :class:`hardware_sim.mea.SimulatedMEA`; this adapter gives it the Driver
+interface: URL parameters (:data:`hardware_sim.mea.OPTIONS`, e.g.
+``sim://?seed=3&noise_uV=5``), :class:`DeviceInfo`, and DriverError for the simulator's
+errors.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
-from drivers.base import Capabilities, DeviceInfo, Driver, DriverError, Event, Param
-from hardware_sim.culture import CULTURES, Culture, NetworkParams, StimEvent
-from hardware_sim.electrodes import ElectrodeArray
-from mea_control.layouts import DEFAULT_LAYOUT, LayoutError, load_layout
-from mea_control.types import Block, Layout, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
+from hardware_sim import mea
+from hardware_sim.mea import OPTIONS, PulseRan, SimError, SimulatedMEA
+from mea_control.driver import Driver, DriverError, Event, Param
+from mea_control.types import Capabilities, DeviceInfo, SpikeEvents, StimPattern
 
-UV_PER_BIT = 0.195
-#: the simulated device's own stimulation limits, by SafetyLimits field name
-DEVICE_LIMITS: dict[str, float] = {"max_current_uA": 50.0, "max_voltage_mV": 1500.0}
-_MAX_BLOCK_S = 0.1
-#: Sample rates the simulator accepts, Hz (real MEA amplifiers: 10-50 kHz).
-MIN_RATE_HZ = 10_000.0
-MAX_RATE_HZ = 100_000.0
+
+class _DeviceErrors:
+    """``with _DEVICE_ERRORS:`` turns the simulator's SimError into a DriverError."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, trace: object) -> None:
+        if isinstance(exc, SimError):
+            raise DriverError(str(exc)) from None
+
+
+_DEVICE_ERRORS = _DeviceErrors()
 
 
 class SimDriver(Driver):
     """A simulated 25 kHz MEA with a living culture on it (by default a spiking network)."""
 
     scheme: ClassVar[str] = "sim"
-    params: ClassVar[dict[str, Param]] = {
-        "seed": Param(int, 0, "random seed (>= 0) of the culture, the noise and the drops"),
-        "layout": Param(str, DEFAULT_LAYOUT, "layout name or probeinterface JSON path"),
-        "rate": Param(float, 25000.0, "sample rate, 10000 to 100000 Hz"),
-        "noise_uV": Param(float, 7.0, "rms noise per channel, uV"),
-        "drop": Param(float, 0.0, "probability of losing a block (to test gap handling)"),
-        "culture": Param(str, "network", "culture model: " + ", ".join(CULTURES)),
-        "bursts": Param(bool, True, "network bursts on (off: spontaneous + evoked only)"),
-        "inhibition": Param(float, 1.0, "network culture: inhibitory synapse scale (0.2 "
-                            "bicuculline-like, 2 diazepam-like)"),
-        "truth": Param(bool, False, "keep every spike for ground_truth() (tests, benchmarks; "
-                       "memory grows with time)"),
-        "raw": Param(bool, True, "stream raw voltage (off: spikes only, detected on board)"),
-        "threshold_sd": Param(float, 5.0, "spikes-only detection threshold, x noise_uV"),
-    }
+    params: ClassVar[dict[str, Param]] = {name: Param(*option) for name, option in OPTIONS.items()}
 
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         super().__init__(url, options, location)
-        rate, noise, drop = options["rate"], options["noise_uV"], options["drop"]
-        if options["seed"] < 0:
-            raise DriverError(f"sim:// seed={options['seed']} is out of range; use a seed >= 0")
-        if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
-            raise DriverError(
-                f"sim:// rate={rate:g} Hz is out of range; use {MIN_RATE_HZ:g} to "
-                f"{MAX_RATE_HZ:g} Hz (real MEA amplifiers sample at 10-50 kHz, and the "
-                "default 300-3000 Hz spike band needs more than 6000 Hz)"
-            )
-        if not 0.0 <= noise <= 1000.0:
-            raise DriverError(f"sim:// noise_uV={noise} is out of range; use 0 to 1000")
-        if not 0.0 <= drop < 1.0:
-            raise DriverError(f"sim:// drop={drop} is out of range; use 0 <= drop < 1")
-        check_threshold(options["threshold_sd"])
-        if not 0.0 <= options["inhibition"] <= 10.0:
-            raise DriverError(
-                f"sim:// inhibition={options['inhibition']} is out of range; use 0 to 10"
-            )
-        if options["inhibition"] != 1.0 and options["culture"] != "network":
-            raise DriverError("sim:// inhibition applies to culture=network only")
-        if options["culture"] not in CULTURES:
-            raise DriverError(
-                f"sim:// has no culture {options['culture']!r}; accepted: " + ", ".join(CULTURES)
-            )
-        layout = _load_layout(options["layout"])
+        with _DEVICE_ERRORS:
+            #: the simulated device this driver runs
+            self.mea = SimulatedMEA(options)
         #: what open() will report: the simulator knows it before it runs
         self.described = DeviceInfo(
-            name="mea-control simulator",
-            n_channels=layout.n_electrodes,
-            sample_rate=float(rate),
-            uV_per_bit=UV_PER_BIT,
-            layout=layout,
+            name=mea.NAME,
+            n_channels=self.mea.layout.n_electrodes,
+            sample_rate=self.mea.sample_rate,
+            uV_per_bit=mea.UV_PER_BIT,
+            layout=self.mea.layout,
             capabilities=Capabilities(
-                raw_stream=options["raw"],
-                onboard_detection=not options["raw"],
-                stim_modes=("current", "voltage"),
+                raw_stream=self.mea.raw,
+                onboard_detection=not self.mea.raw,
+                stim_modes=mea.STIM_MODES,
                 scheduled_stim=True,
             ),
-            limits=dict(DEVICE_LIMITS),
+            limits=dict(mea.DEVICE_LIMITS),
             simulated=True,
         )
         self._info: DeviceInfo | None = None
-        self._lock = threading.Lock()
-        self._fast = False
-        #: Called (lock held) with every pulse the moment the culture receives it, as
-        #: (sample, ticket, channel, StimPulse) tuples: the device's own record of what ran.
-        self.pulse_listener: Callable[[list[tuple[int, int, int, StimPulse]]], None] | None = None
-        self._state = "closed"
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        if self._state != "closed":
-            return
-        opts = self.options
+        self.mea.open()
         self._info = self.described
-        layout, rate = self._info.layout, self._info.sample_rate
-        seq_culture, seq_electrodes, seq_drop = np.random.SeedSequence(opts["seed"]).spawn(3)
-        culture_cls = CULTURES[opts["culture"]]
-        extra = {}
-        if opts["inhibition"] != 1.0:
-            extra["params"] = NetworkParams(inhibition=opts["inhibition"])
-        self.culture: Culture = culture_cls(
-            layout, rate, seed=seq_culture, bursts=opts["bursts"], keep_log=opts["truth"], **extra
-        )
-        self.electrodes = ElectrodeArray(
-            layout,
-            self.culture.unit_positions_um,
-            rate,
-            uV_per_bit=UV_PER_BIT,
-            noise_uV=opts["noise_uV"],
-            seed=seq_electrodes,
-            max_block_samples=int(rate * _MAX_BLOCK_S),
-        )
-        self._rng_drop = np.random.default_rng(seq_drop)
-        self._block_samples = int(round(rate / 1000.0))
-        self._next_sample = 0
-        # made, not yet due: (stop sample, what read() returns for it, in order)
-        self._ready: tuple[int, list[Event]] | None = None
-        self._held = SpikeEvents.empty()  # spikes-only: events whose trough is in a later block
-        self.threshold_sd = float(opts["threshold_sd"])
-        self._promised: int | None = None  # offered by earliest_stim_sample()
-        self._seq = 0
-        self._ticket = 0
-        self._pulses: list[tuple[int, int, int, Any]] = []  # (sample, ticket, channel, pulse)
-        self._trains: dict[int, int] = {}  # ticket -> train_count, for trains with pulses to run
-        self._unreported: list[tuple[int, int]] = []  # (first pulse sample, ticket)
-        self._reports: deque[StimReport] = deque()  # for read(), before the next block
-        self._t0 = 0.0
-        self._state = "open"
 
     def close(self) -> None:
-        self._state = "closed"
+        self.mea.close()
 
     def start(self, block_samples: int | None = None) -> None:
-        if self._state == "closed":
-            raise DriverError("sim:// start() before open()")
-        if self._state != "open":
-            raise DriverError("sim:// can be started once per open(); open a new driver")
-        if block_samples is not None:
-            limit = int(self.info.sample_rate * _MAX_BLOCK_S)
-            if not 1 <= int(block_samples) <= limit:
-                raise DriverError(f"sim:// block size {block_samples} must be 1 to {limit} samples")
-            self._block_samples = int(block_samples)
-        self._t0 = time.monotonic()
-        self._state = "running"
+        with _DEVICE_ERRORS:
+            self.mea.start(block_samples)
 
     def stop(self) -> None:
-        if self._state == "running":
-            self._state = "stopped"
+        self.mea.stop()
 
     def set_fast(self, fast: bool) -> None:
         """Run as fast as possible (True) or paced by the wall clock (False); same blocks."""
-        if not fast and self._fast and self._state == "running":
-            # resume pacing from here: the next block is due one block from now
-            self._t0 = time.monotonic() - self._next_sample / self.info.sample_rate
-        self._fast = bool(fast)
+        self.mea.set_fast(fast)
 
     # -- streaming -------------------------------------------------------------------------
 
     @property
     def block_samples(self) -> int:
-        return self._block_samples
+        return self.mea.block_samples
 
     @property
     def next_sample(self) -> int:
         """Start of the next block not yet returned: where a pattern sent now would run."""
-        return self._next_sample
+        return self.mea.next_sample
+
+    @property
+    def pulse_listener(self) -> Callable[[list[PulseRan]], None] | None:
+        """The device's own record of what ran: see :attr:`SimulatedMEA.pulse_listener`."""
+        return self.mea.pulse_listener
+
+    @pulse_listener.setter
+    def pulse_listener(self, listener: Callable[[list[PulseRan]], None] | None) -> None:
+        self.mea.pulse_listener = listener
 
     def read(self, timeout: float | None = None) -> Event | None:
         """The next StimReport or Block; None once stopped or if no block is due in ``timeout``."""
-        if self._state == "stopped":
-            return None
-        if self._state != "running":
-            raise DriverError("sim:// read() before start()")
-        rate = self.info.sample_rate
-        while True:
-            with self._lock:
-                if self._ready is None:
-                    # Make the block now and hand it over when it is due, as a device
-                    # whose data are ready the moment their last sample is taken, after
-                    # the reports due before it. A pattern reported executed has its
-                    # pulses in this block already: an abort cannot un-run it.
-                    reports = []
-                    while (report := self._due_report()) is not None:
-                        reports.append(report)
-                    start = self._next_sample
-                    stop = start + self._block_samples
-                    block = self._generate(start, stop, self._take_pulses(stop))
-                    self._ready = (stop, reports + block)
-                stop, items = self._ready
-            if not self._fast:
-                wait = self._t0 + stop / rate - time.monotonic()
-                if wait > 0:
-                    if timeout is not None and wait > timeout:
-                        time.sleep(max(0.0, timeout))
-                        return None
-                    _sleep_until(time.monotonic() + wait)
-            with self._lock:
-                item = items.pop(0) if items else None
-                if not items:
-                    self._ready = None
-            if item is not None:
-                return item
-
-    def _due_report(self) -> StimReport | None:
-        """A report that must precede the next block, if any."""
-        if self._reports:
-            return self._reports.popleft()
-        if self._unreported and self._unreported[0][0] < self._next_sample + self._block_samples:
-            sample, ticket = self._unreported.pop(0)
-            return StimReport(ticket, sample)
-        return None
-
-    def _take_pulses(self, stop: int) -> list[StimEvent]:
-        if not self._pulses or self._pulses[0][0] >= stop:
-            return []
-        i = bisect.bisect_left(self._pulses, (stop,))
-        taken = self._pulses[:i]
-        del self._pulses[:i]
-        if self._trains:
-            left = {ticket for _, ticket, _, _ in self._pulses}
-            for ticket in [t for t in self._trains if t not in left]:
-                del self._trains[ticket]
-        if self.pulse_listener is not None:
-            self.pulse_listener(taken)
-        return [(sample, channel, pulse) for sample, _, channel, pulse in taken]
-
-    def _generate(self, start: int, stop: int, stims: list[StimEvent]) -> list[Event]:
-        """What the device delivers for ``[start, stop)``: a Block, or spikes and a Tick."""
-        spikes, units = self.culture.advance(start, stop - start, stims)
-        self._next_sample = stop
-        el = self.electrodes
-        if not self.options["raw"]:
-            found = el.events(spikes, units, self.threshold_sd * self.options["noise_uV"])
-            events = SpikeEvents.concat([self._held, found])
-            self._held = events.between(stop, np.iinfo(np.int64).max)  # troughs after the block
-            events = events.between(0, stop)
-            return ([events] if len(events) else []) + [Tick(stop)]
-        data = el.render(start, stop - start, spikes, units, stims)
-        seq = self._seq
-        self._seq += 1
-        if self.options["drop"] > 0.0 and self._rng_drop.random() < self.options["drop"]:
-            return []
-        return [Block(start, data, UV_PER_BIT, seq)]
-
-    def set_threshold(self, threshold_sd: float) -> None:
-        """Spikes-only mode: report spikes reaching ``threshold_sd`` x the noise from now on."""
-        check_threshold(threshold_sd)
-        self.threshold_sd = float(threshold_sd)
+        try:  # not _DEVICE_ERRORS: a try costs nothing on this path, once a block
+            return self.mea.read(timeout)
+        except SimError as exc:
+            raise DriverError(str(exc)) from None
 
     # -- stimulation -----------------------------------------------------------------------
 
     def stimulate(self, pattern: StimPattern) -> int:
         """Queue a pattern: at its ``at_sample``, or as soon as possible. Returns its ticket."""
-        ticket, at, _, problem = self.admit(pattern)
-        if problem:
-            with self._lock:
-                self._reports.append(StimReport(ticket, at, False, problem))
-        return ticket
-
-    def admit(self, pattern: StimPattern) -> tuple[int, int, str, str]:
-        """Queue ``pattern`` unless the device refuses it: (ticket, sample, kind, message).
-
-        ``kind`` is "" when queued, else why not: "electrode", "mode", "limit" or "late".
-        A refusal is not reported through :meth:`read` (:meth:`stimulate` does that);
-        firmware that answers refusals at once uses this directly.
-        """
-        if self._state in ("closed", "stopped"):
-            raise DriverError(f"sim:// cannot stimulate: the device is {self._state}")
-        info = self.info
-        with self._lock:
-            self._ticket += 1
-            ticket = self._ticket
-            earliest = max(self._next_sample, self._device_block_start())
-            promised, self._promised = self._promised, None
-            if promised is not None and pattern.at_sample == promised >= self._next_sample:
-                earliest = promised  # the slot earliest_stim_sample() offered is kept
-            at = earliest if pattern.at_sample is None else int(pattern.at_sample)
-            kind, problem = self._check(pattern, info)
-            if not kind and at < earliest:
-                kind = "late"
-                problem = f"late: asked for sample {at}, the device is at sample {earliest}"
-            if kind:
-                return ticket, at, kind, problem
-            for offset in pattern.pulse_offsets(info.sample_rate):
-                for channel, pulse in pattern.pulses:
-                    bisect.insort(self._pulses, (at + offset, ticket, channel, pulse))
-            if pattern.train_count > 1:
-                self._trains[ticket] = pattern.train_count
-            bisect.insort(self._unreported, (at, ticket))
-        return ticket, at, "", ""
+        with _DEVICE_ERRORS:
+            return self.mea.stimulate(pattern)
 
     def earliest_stim_sample(self) -> int:
-        """Where a pattern sent now without ``at_sample`` would run.
-
-        The sample is kept for the next :meth:`stimulate` that asks for it, so the
-        time the caller spends between the two calls (the safety gate) does not
-        make the pattern late.
-        """
-        with self._lock:
-            self._promised = max(self._next_sample, self._device_block_start())
-            return self._promised
-
-    def _device_block_start(self) -> int:
-        """In real time, the start of the block the device is acquiring by the wall clock.
-
-        A reader that keeps up sends its patterns within one block of the last
-        block's end, so they run at the next block either way and real time
-        matches fast mode; a reader that lags has its patterns run late, as on
-        a real device.
-        """
-        if self._fast or self._state != "running":
-            return 0
-        elapsed = int((time.monotonic() - self._t0) * self.info.sample_rate)
-        return elapsed // self._block_samples * self._block_samples
-
-    def _check(self, pattern: StimPattern, info: DeviceInfo) -> tuple[str, str]:
-        """Why the device refuses ``pattern``: (kind, message), kind "electrode", "mode" or
-        "limit"; ("", "") if it does not."""
-        layout = info.layout
-        for channel, pulse in pattern.pulses:
-            if not 0 <= channel < layout.n_electrodes:
-                return "electrode", f"no channel {channel} on {layout.name}"
-            if not layout.can_stimulate[channel]:
-                label = layout.labels[channel]
-                return "electrode", f"electrode {label} (channel {channel}) cannot stimulate"
-            if pulse.mode not in info.capabilities.stim_modes:
-                return "mode", f"stimulation mode {pulse.mode!r} is not supported"
-            key = "max_current_uA" if pulse.mode == "current" else "max_voltage_mV"
-            if pulse.peak_amplitude > DEVICE_LIMITS[key]:
-                return "limit", (
-                    f"{pulse.peak_amplitude:g} {pulse.unit} exceeds the device limit "
-                    f"{key}={DEVICE_LIMITS[key]:g}"
-                )
-        return "", ""
+        """Where a pattern sent now without ``at_sample`` would run (kept for it)."""
+        return self.mea.earliest_stim_sample()
 
     def abort_stimulation(self) -> None:
         """Drop every queued pulse. Patterns that had not started are reported as not run;
         trains that had started are reported cut, with the number of pulses that ran."""
-        with self._lock:
-            unstarted = {ticket for _, ticket in self._unreported}
-            cut: dict[int, set[int]] = {}  # started train -> samples of the pulses dropped
-            for sample, ticket, _, _ in self._pulses:
-                if ticket not in unstarted:
-                    cut.setdefault(ticket, set()).add(sample)
-            self._pulses.clear()
-            for sample, ticket in self._unreported:
-                self._reports.append(StimReport(ticket, sample, executed=False, reason="aborted"))
-            self._unreported.clear()
-            for ticket, samples in sorted(cut.items()):
-                ran = self._trains[ticket] - len(samples)
-                self._reports.append(StimReport(ticket, min(samples), True, "aborted", ran))
-            self._trains.clear()
+        self.mea.abort_stimulation()
 
     # -- ground truth ----------------------------------------------------------------------
 
     def ground_truth(self) -> tuple[SpikeEvents, np.ndarray]:
-        """Every spike generated so far: (trough sample, nearest channel, peak uV) and unit ids.
-
-        Only a driver opened with ``truth=1`` keeps them (the log grows with time).
-        """
-        if not self.options["truth"]:
-            raise DriverError("sim:// keeps no ground truth: open it with truth=1")
-        samples, units = self.culture.spike_log()
-        el = self.electrodes
-        events = SpikeEvents(
-            samples + el.trough_offset, el.unit_home[units], -el.unit_peak_uV[units]
-        )
-        return events, units
-
-
-#: The last stretch of a wait is spun, not slept: waking from sleep costs the
-#: loop hundreds of microseconds (cold caches, scheduler), a real device's data
-#: arrives on a thread that is already awake.
-_SPIN_S = 0.0003
-
-
-def _sleep_until(deadline: float) -> None:
-    rest = deadline - time.monotonic()
-    if rest > _SPIN_S:
-        time.sleep(rest - _SPIN_S)
-    while time.monotonic() < deadline:
-        pass
-
-
-def check_threshold(threshold_sd: float) -> None:
-    """Spikes-only detection threshold, in noise standard deviations: (0, 100]."""
-    if not 0.0 < threshold_sd <= 100.0:
-        raise DriverError(
-            f"sim:// threshold_sd={threshold_sd} is out of range; use 0 to 100 (x noise_uV)"
-        )
-
-
-def _load_layout(name: str) -> Layout:
-    try:
-        return load_layout(name)
-    except LayoutError as exc:
-        raise DriverError(f"sim:// layout: {exc}") from None
+        """Every spike generated so far: see :meth:`SimulatedMEA.ground_truth` (``truth=1``)."""
+        with _DEVICE_ERRORS:
+            return self.mea.ground_truth()

@@ -6,7 +6,7 @@ uses - :func:`open`, ``Neurons.read/timestamp/loop/stim/interrupt``, :class:`Cha
 :class:`StimDesign`, :class:`BurstDesign`, ``LoopTick.analysis`` with :class:`Spike` and
 :class:`Stim`, and the error classes. It is written for mea-control, not taken from
 cl-sdk: behind the API is the project's simulated culture (its quick-to-build Poisson
-culture, :class:`~hardware_sim.culture.PoissonBurstCulture`, rendered by
+culture, :class:`~hardware_sim.cultures.poisson_burst.PoissonBurstCulture`, rendered by
 :class:`~hardware_sim.electrodes.ElectrodeArray`), so stimulation evokes spikes.
 
 As in cl-sdk: 64 channels at 25 kHz, int16 frames at 0.195 uV a unit, timestamps counted
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from hardware_sim.culture import PoissonBurstCulture
+from hardware_sim.cultures.poisson_burst import PoissonBurstCulture
 from hardware_sim.electrodes import ElectrodeArray
 from mea_control.layouts import load_layout
 from mea_control.types import StimPulse

@@ -3,8 +3,8 @@
 :class:`SimDevice` serves one host at a time on a :class:`PtyLink` (a
 pseudo-terminal pair whose slave a host opens like a USB serial port) or a
 :class:`TcpLink`, speaking ``docs/wire-protocol.md`` through :mod:`drivers.wire`.
-Its core is :class:`drivers.sim.SimDriver`, opened in-process with the same
-URL options and run in fast mode; this module adds what firmware adds:
+Its core is :class:`hardware_sim.mea.SimulatedMEA` (what ``sim://`` runs), made with
+the same URL options and run in fast mode; this module adds what firmware adds:
 
 - the sample clock, paced by the wall clock: an interval is generated when the
   clock reaches its last sample and sent at once, so a pattern that reaches the
@@ -43,9 +43,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from drivers import wire
-from drivers.base import DriverError, parse_url
-from drivers.sim import SimDriver, check_threshold
 from drivers.wire import BUSY, DISARMED, DONE, ELECTRODE, LATE, LIMIT, MALFORMED
+from hardware_sim import mea
+from hardware_sim.mea import SimError, SimulatedMEA, check_threshold, options_from_url
 from mea_control import __version__
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
@@ -68,7 +68,7 @@ class LinkFaults:
 
     Each frame independently: ``garbage`` random bytes before it, ``drop`` lost,
     else ``flip`` one bit flipped or ``truncate`` cut short, ``dup`` sent twice,
-    ``reorder`` held back and sent after the next one. From device sample
+    ``reorder`` kept back and sent after the next one. From device sample
     ``silent_at`` on, nothing more is sent (the device keeps running and listening).
     ``counts`` says how often each fault struck.
     """
@@ -85,7 +85,8 @@ class LinkFaults:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self.held = b""
+        #: The frame the reorder fault keeps back, sent after the next one.
+        self.kept_back = b""
 
     @classmethod
     def parse(cls, text: str) -> LinkFaults:
@@ -125,12 +126,12 @@ class LinkFaults:
         if frame and r.random() < self.dup:
             frame += frame
             self.counts["dup"] += 1
-        if frame and not self.held and r.random() < self.reorder:
-            self.held = frame
+        if frame and not self.kept_back and r.random() < self.reorder:
+            self.kept_back = frame
             self.counts["reorder"] += 1
             return out
-        out += frame + self.held
-        self.held = b""
+        out += frame + self.kept_back
+        self.kept_back = b""
         return out
 
 
@@ -146,11 +147,9 @@ class SimDevice:
                  host_timeout_ms: int = HOST_TIMEOUT_MS,
                  pulse_log: Callable[[dict], None] | None = None,
                  faults: LinkFaults | None = None) -> None:
-        cls, _, options = parse_url(sim_url)
-        if cls is not SimDriver:
-            raise DriverError(f"the simulated device runs sim:// URLs, not {sim_url!r}")
+        options = options_from_url(sim_url)
         if not 1 <= host_timeout_ms <= 60_000:
-            raise DriverError(f"host_timeout_ms={host_timeout_ms}: use 1 to 60000 ms")
+            raise SimError(f"host_timeout_ms={host_timeout_ms}: use 1 to 60000 ms")
         self.sim_url = sim_url
         self.options = options
         self.spikes_only = spikes_only
@@ -158,18 +157,18 @@ class SimDevice:
         self.host_timeout_ms = int(host_timeout_ms)
         self.pulse_log = pulse_log
         self.faults = faults
-        info = SimDriver(sim_url, dict(options, raw=not spikes_only)).described  # checks options
+        device = SimulatedMEA(dict(options, raw=not spikes_only))  # checks the options
         flags = " simulated" + (" spikes-only" if spikes_only else "")
-        self.hello = wire.Hello(info.n_channels, info.sample_rate, info.uV_per_bit,
-                                options["layout"], FIRMWARE + flags, dict(info.limits),
+        self.hello = wire.Hello(device.layout.n_electrodes, device.sample_rate, mea.UV_PER_BIT,
+                                options["layout"], FIRMWARE + flags, dict(mea.DEVICE_LIMITS),
                                 self.host_timeout_ms)
 
-    def new_sim(self, raw: bool, threshold_sd: float | None = None) -> SimDriver:
+    def new_sim(self, raw: bool, threshold_sd: float | None = None) -> SimulatedMEA:
         """A fresh, opened simulator: the culture from its seed, the clock at sample 0."""
         options = dict(self.options, raw=raw)
         if threshold_sd is not None:
             options["threshold_sd"] = threshold_sd
-        sim = SimDriver(self.sim_url, options)
+        sim = SimulatedMEA(options)
         sim.open()
         sim.set_fast(True)  # the device paces it
         return sim
@@ -209,7 +208,7 @@ class _Session:
         self.decoder = wire.FrameDecoder()
         self.seq = 0
         self.last_sent = 0.0
-        self.sim: SimDriver | None = None
+        self.sim: SimulatedMEA | None = None
         self.t0 = 0.0
         self.sample = 0  # the device's clock: the end of the latest interval
         self.threshold_sd: float | None = None
@@ -281,13 +280,13 @@ class _Session:
     def _due(self) -> float:
         sim = self.sim
         assert sim is not None
-        return self.t0 + (sim.next_sample + sim.block_samples) / sim.info.sample_rate
+        return self.t0 + (sim.next_sample + sim.block_samples) / sim.sample_rate
 
     def _clock(self) -> int:
         """The sample the device acquires now, by the wall clock (its latest while idle)."""
         if self.sim is None:
             return self.sample
-        return int((time.monotonic() - self.t0) * self.sim.info.sample_rate)
+        return int((time.monotonic() - self.t0) * self.sim.sample_rate)
 
     # -- commands ------------------------------------------------------------------------
     def command(self, frame: wire.Frame) -> None:
@@ -317,7 +316,7 @@ class _Session:
         try:
             sim = self.device.new_sim(raw, self.threshold_sd)
             sim.start(m.block_samples or None)
-        except DriverError as exc:
+        except SimError as exc:
             return MALFORMED, str(exc)
         sim.pulse_listener = self._pulses_ran
         self.sim, self.t0, self.sample = sim, time.monotonic(), 0
@@ -348,7 +347,7 @@ class _Session:
             return MALFORMED, str(exc)
         if kind:
             return _ACK_REASON.get(kind, LIMIT), problem
-        starts = [at + offset for offset in pattern.pulse_offsets(sim.info.sample_rate)]
+        starts = [at + offset for offset in pattern.pulse_offsets(sim.sample_rate)]
         self.booked[ticket] = _Booked(m.ticket, pattern.channels, starts)
         return DONE, ""
 
@@ -370,7 +369,7 @@ class _Session:
             check_threshold(threshold)  # used from the next Start when not streaming
             if self.sim is not None:
                 self.sim.set_threshold(threshold)
-        except DriverError as exc:
+        except SimError as exc:
             return LIMIT, str(exc)
         self.threshold_sd = threshold
         return DONE, ""
@@ -402,7 +401,7 @@ class _Session:
     def _host_silent(self, stop: int) -> bool:
         """Would the interval ending at ``stop`` reach past the host's timeout?"""
         assert self.sim is not None
-        limit = self.device.host_timeout_ms * self.sim.info.sample_rate / 1000.0
+        limit = self.device.host_timeout_ms * self.sim.sample_rate / 1000.0
         return self.armed and stop > self.heard_sample + limit
 
     def _trip(self) -> None:

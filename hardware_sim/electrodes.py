@@ -19,9 +19,8 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
-from scipy import signal
 
-from hardware_sim.culture import NOMINAL_IMPEDANCE_KOHM, StimEvent, pulse_phases_uA
+from hardware_sim.cultures.base import NOMINAL_IMPEDANCE_KOHM, StimEvent, pulse_phases_uA
 from mea_control.types import Layout, SpikeEvents, StimPulse
 
 #: amplitude range (negative peak, uV) of a unit right at an electrode (log-uniform)
@@ -262,6 +261,8 @@ def _templates(rng: np.random.Generator, n_units: int, sample_rate: float) -> np
 
 def _noise_bank(rng: np.random.Generator, n_channels: int, sample_rate: float) -> np.ndarray:
     """Unit-variance band-limited Gaussian noise, one lane per channel (channels, samples)."""
+    from scipy import signal  # here: it takes most of a second to import (`mea-control devices`)
+
     white = rng.standard_normal((n_channels, NOISE_BANK_SAMPLES))
     cutoff = min(NOISE_CUTOFF_HZ, 0.4 * sample_rate)
     sos = signal.butter(2, cutoff, btype="low", fs=sample_rate, output="sos")

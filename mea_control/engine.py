@@ -10,47 +10,43 @@ only by the watchdog and for loop-cost figures.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
-from drivers.base import DeviceInfo, Driver, DriverError, Event
 from mea_control import __version__
+from mea_control.context import Context
+from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
+from mea_control.limits import SafetyLimits, effective_limits
+from mea_control.patterns import PatternLog
 from mea_control.protocol import Protocol
 from mea_control.pulse_history import PulseHistory
-from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
-from mea_control.trials import Trial, Trials
+from mea_control.run_stats import RunStats
+from mea_control.safety import SafetyGate, SafetyRefusal
+from mea_control.sinks import (
+    RUN_ENDED,
+    EventKind,
+    RunDescription,
+    RunEvent,
+    Sink,
+    SinkError,
+    StimRecord,
+)
+from mea_control.trials import Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
+from mea_control.watchdog import STOP_GRACE_S, LagWatch, where_in
 
-#: How many recent events, pattern records and refusals the engine keeps in memory.
+#: How many recent events the engine keeps in memory.
 KEEP_RECENT = 10_000
-#: How fast the watchdog lets the loop's offset from the device clock creep: drift
-#: between the device's clock and the computer's (crystals: tens of ppm).
-DRIFT_ALLOWANCE = 2e-4
-#: After the run asked its loop to stop, a hook still running this long counts as hung.
-STOP_GRACE_S = 2.0
 #: After the end-of-run abort, how long the loop waits for the device's last reports.
 LAST_REPORTS_S = 0.5
-
-
-def expand_counts(counts: Counter[int]) -> np.ndarray:
-    """The values of a value -> count tally, each repeated count times, sorted."""
-    values = sorted(counts)
-    return np.repeat(np.array(values, np.int64), [counts[v] for v in values])
-
-
-class SinkError(Exception):
-    """A sink (recorder, display) failed; the run stops."""
 
 
 class _Abandoned(BaseException):
@@ -76,104 +72,6 @@ class EngineConfig:
     device_timeout_s: float = 5.0
 
 
-@dataclass
-class StimRecord:
-    """One pattern's life: trigger, decision and execution samples, and its fate."""
-
-    ticket: int | None
-    pattern: StimPattern
-    trigger_sample: int
-    decision_sample: int
-    execution_sample: int | None = None
-    status: str = "sent"  # sent (no report by the end of the run), executed, dropped, refused
-    reason: str = ""
-    #: A train the device cut short: how many of its pulses ran (None: all of them).
-    pulses_run: int | None = None
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    sample: int
-    kind: str  # start, stop, gap, watchdog, rearm, refusal, protocol_error, device_error
-    message: str
-
-
-class Sink:
-    """Receives everything the loop sees; recorders and the GUI plug in here.
-
-    Methods run on the acquisition thread and must return quickly (queue the
-    work, never write to disk or draw here).
-    """
-
-    def on_start(self, info: DeviceInfo, protocol: Protocol) -> None: ...
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None: ...
-    def on_spikes(self, spikes: SpikeEvents) -> None: ...
-    def on_stim(self, record: StimRecord) -> None: ...
-    def on_trial(self, trial: Trial) -> None: ...
-    def on_decision(self, sample: int, decision: dict[str, Any]) -> None: ...
-    def on_event(self, event: RunEvent) -> None: ...
-    def on_stop(self, summary: dict[str, Any]) -> None: ...
-
-
-class Context:
-    """What a protocol's hooks see: the clock, the device, the gate and helpers."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        info = engine.info
-        self.info = info
-        self.layout = info.layout
-        self.sample_rate = info.sample_rate
-        self.n_channels = info.n_channels
-        self.rng = np.random.default_rng(engine.config.seed)
-
-    @property
-    def now(self) -> int:
-        """The device sample just after the latest processed block."""
-        return self._engine.now
-
-    @property
-    def start_sample(self) -> int:
-        return self._engine.t0
-
-    def can_stimulate(self, channel: int) -> bool:
-        """Whether the layout and the limits in force let this electrode stimulate."""
-        return self._engine.gate.can_stimulate(channel)
-
-    def samples(self, seconds: float) -> int:
-        """Seconds -> samples at the device's rate."""
-        return int(round(seconds * self.sample_rate))
-
-    def stimulate(self, pattern: StimPattern, trigger_sample: int | None = None) -> int:
-        """Send a pattern through the safety gate; returns the device's ticket.
-
-        ``trigger_sample`` is the sample of what caused the pattern (a spike, a
-        scheduled trial); it defaults to now. Raises SafetyRefusal if the gate
-        refuses it, in which case nothing was sent.
-        """
-        return self._engine.stimulate(pattern, trigger_sample)
-
-    def use_trials(self, trials: Trials) -> Trials:
-        """Let the engine run a trial design (one per run)."""
-        self._engine.set_trials(trials)
-        return trials
-
-    def log(self, message: str) -> None:
-        self._engine.event("log", message)
-
-    def decision(self, choice: Any, candidates: Any = None, scores: Any = None,
-                 **details: Any) -> None:
-        """Record a model's stimulus choice: what it chose, among what, with which scores.
-
-        Values must be JSON-friendly (numbers, strings, lists, numpy arrays);
-        recorders keep them in the recording's decisions table.
-        """
-        self._engine.notify_decision({"choice": choice, "candidates": candidates,
-                                      "scores": scores, **details})
-
-    def finish(self) -> None:
-        """End the run after this block."""
-        self._engine.stop()
 
 
 @contextlib.contextmanager
@@ -189,27 +87,11 @@ def _ctrl_c_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-class _LoopCost:
-    """Histogram of per-block processing time in microseconds (constant memory)."""
-
-    def __init__(self) -> None:
-        self.hist = np.zeros(100_001, np.int64)
-
-    def add(self, seconds: float) -> None:
-        self.hist[min(int(seconds * 1e6), 100_000)] += 1
-
-    def quantiles(self) -> dict[str, float | None]:
-        total = int(self.hist.sum())
-        if not total:
-            return {"p50": None, "p99": None, "max": None}
-        cum = np.cumsum(self.hist)
-        q = {k: float(np.searchsorted(cum, p * total)) for k, p in (("p50", 0.5), ("p99", 0.99))}
-        q["max"] = float(np.flatnonzero(self.hist)[-1])
-        return q
-
-
 class Engine:
-    """Runs one protocol on one device until it finishes, the duration ends, or stop()."""
+    """Runs one protocol on one device until it finishes, the duration ends, or stop().
+
+    It is the :class:`~mea_control.context.Loop` behind the protocol's ``ctx``.
+    """
 
     def __init__(
         self,
@@ -244,24 +126,17 @@ class Engine:
         self.now = 0
         self.t0 = 0
         self.trials: Trials | None = None
-        #: Patterns sent and not yet reported by the device, by ticket.
-        self.pending: dict[int, StimRecord] = {}
-        #: The latest pattern records (executed, dropped, refused), oldest first.
-        self.recent_stims: deque[StimRecord] = deque(maxlen=KEEP_RECENT)
+        #: Every pattern sent or refused: pending, running, and how each ended.
+        self.patterns = PatternLog(fs)
         self.recent_events: deque[RunEvent] = deque(maxlen=KEEP_RECENT)
-        self.counts = {"executed": 0, "dropped": 0, "refused": 0, "gaps": 0}
-        #: trigger -> execution latency in samples -> number of patterns (constant memory)
-        self.latency_counts: Counter[int] = Counter()
+        #: The run's figures so far (the loop's thread adds to them).
+        self.stats = RunStats()
         self.error: str | None = None
         self.error_kind: str | None = None
         #: The exception that ended the run, if any.
         self.exception: BaseException | None = None
         self.interrupted = False
-        self.n_blocks = 0
-        self.n_spikes = 0
-        self.samples_lost = 0
-        self.watchdog_trips = 0
-        #: The protocol is held by the operator (pause()); samples spent held so far.
+        #: The operator paused the protocol (pause()); samples spent in ended pauses.
         self.paused = False
         self.paused_samples = 0
         self._pause_wanted = False
@@ -269,21 +144,15 @@ class Engine:
         self._expected: int | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()
-        self._cost = _LoopCost()
         self._wall_start = 0.0
         self._wall_end = 0.0
-        self._lag_anchor: tuple[float, float] | None = None  # (offset s, wall s)
-        self._lag_lock = threading.Lock()
-        #: The furthest the loop fell behind the device, in ms (real time only).
-        self.max_lag_ms = 0.0
+        #: The loop's lag behind the device (real time only).
+        self.lag = LagWatch(fs)
         #: Events from other threads (operator, watchdog), logged at once and given to the
         #: sinks by the loop.
         self._queued_events: deque[RunEvent] = deque()
         #: Admission and sending are one step with respect to aborting (see stop_stimulation).
         self._stim_lock = threading.Lock()
-        #: Executed trains whose last pulse is still ahead, by ticket: the sinks hear of a
-        #: train once it is complete or cut, so that they list only pulses that ran.
-        self._trains: dict[int, tuple[StimRecord, int]] = {}  # with its last pulse's sample
         #: (hook name, wall time it was called) while a protocol hook runs.
         self._hook: tuple[str, float] | None = None
         self._worker: threading.Thread | None = None
@@ -306,7 +175,7 @@ class Engine:
         goes to the log and the recording. When it returns, no pattern the loop sent
         will run (beyond what the driver documents it cannot stop). Raises DriverError
         if the abort failed (the gate is closed anyway)."""
-        self._queue_event("disarm", reason)
+        self._queue_event(EventKind.DISARM, reason, armed=False, disarm_reason=reason)
         self._halt(reason)
 
     def _halt(self, reason: str) -> None:
@@ -327,13 +196,15 @@ class Engine:
             if got:
                 self._stim_lock.release()
 
-    def _queue_event(self, kind: str, message: str) -> None:
+    def _queue_event(self, kind: str, message: str, armed: bool | None = None,
+                     disarm_reason: str = "") -> None:
         """An event from another thread: logged now, recorded by the loop."""
         self._log(f"[{kind}] {message}")
-        self._queued_events.append(RunEvent(self.now, kind, message))
+        self._queued_events.append(RunEvent(self.now, EventKind.of(kind), message, armed,
+                                            disarm_reason))
 
     def pause(self) -> None:
-        """Hold the protocol until resume(): its hooks are not called and no trial starts;
+        """Pause the protocol until resume(): its hooks are not called and no trial starts;
         acquisition, detection and recording go on, trials begun finish. The trials after
         the pause move later by its length, and a run's duration does not count it."""
         self._pause_wanted = True
@@ -343,11 +214,10 @@ class Engine:
 
     def rearm(self) -> None:
         """A person re-enables stimulation after the watchdog or an error stopped it."""
-        with self._lag_lock:
-            self._lag_anchor = None
+        self.lag.restart()
         self.driver.rearm_stimulation()
         self.gate.rearm()
-        self._queue_event("rearm", "stimulation re-armed")
+        self._queue_event(EventKind.REARM, "stimulation re-armed", armed=True)
 
     def set_trials(self, trials: Trials) -> None:
         if self.trials is not None:
@@ -357,10 +227,20 @@ class Engine:
                       block_samples=self.block_samples)
         self.trials = trials
 
-    def event(self, kind: str, message: str) -> None:
-        """Log an event and give it to the sinks (acquisition thread)."""
-        self._log(f"[{kind}] {message}" if kind != "log" else message)
-        self._record_event(RunEvent(self.now, kind, message))
+    def can_stimulate(self, channel: int) -> bool:
+        return self.gate.can_stimulate(channel)
+
+    def log(self, message: str) -> None:
+        """A protocol's message (ctx.log): logged and given to the sinks as an event."""
+        self.event(EventKind.LOG, message)
+
+    def event(self, kind: str, message: str, armed: bool | None = None,
+              disarm_reason: str = "") -> None:
+        """Log an event and give it to the sinks (acquisition thread); ``armed`` and
+        ``disarm_reason`` tell the sinks how the event left the safety gate."""
+        self._log(f"[{kind}] {message}" if kind != EventKind.LOG else message)
+        self._record_event(RunEvent(self.now, EventKind.of(kind), message, armed,
+                                    disarm_reason))
 
     def _record_event(self, ev: RunEvent) -> None:
         self.recent_events.append(ev)
@@ -388,7 +268,7 @@ class Engine:
             last = self.trials.trigger_sample(self.trials.n_trials - 1)
             left_s = (last - self.now) / fs + self.trials.window_ms[1] / 1000.0
         elif self.config.duration_s:
-            active = elapsed - self._held() / fs
+            active = elapsed - self._paused_so_far() / fs
             fraction, text = active / self.config.duration_s, ""
             left_s = self.config.duration_s - active
         else:
@@ -421,14 +301,12 @@ class Engine:
                 if not self.gate.armed:  # a STOP came while it was on its way (see _halt)
                     self.driver.abort_stimulation()
         except SafetyRefusal as refusal:
-            record = StimRecord(None, pattern, trigger, self.now, status="refused",
-                                reason=str(refusal))
-            self.counts["refused"] += 1
-            self.recent_stims.append(record)
-            self.event("refusal", str(refusal))
+            record = self.patterns.refused(pattern, trigger, self.now, str(refusal))
+            self.stats.refused += 1
+            self.event(EventKind.REFUSAL, str(refusal))
             self._notify("on_stim", record)
             raise
-        self.pending[ticket] = StimRecord(ticket, pattern, trigger, self.now)
+        self.patterns.sent(ticket, pattern, trigger, self.now)
         return ticket
 
     def _check_mode(self, pattern: StimPattern) -> None:
@@ -446,68 +324,35 @@ class Engine:
 
     def _on_report(self, report: StimReport) -> None:
         if report.pulses_run is not None:
-            self._on_cut(report)
+            record = self.patterns.cut(report)
+            if record is not None:
+                self._stim_final(record)
             return
-        record = self.pending.pop(report.ticket, None)
+        record = self.patterns.reported(report)
         if record is None:
             return
-        record.execution_sample = report.sample
-        record.status = "executed" if report.executed else "dropped"
-        record.reason = report.reason
-        self.counts[record.status] += 1
-        self.recent_stims.append(record)
         if report.executed:
-            self.latency_counts[report.sample - record.trigger_sample] += 1
+            self.stats.executed += 1
+            self.stats.latency[report.sample - record.trigger_sample] += 1
             # Blank the artifact in the raw stream. A spikes-only device sends no blocks, so
             # the detector would never reach (and drop) its windows: they would pile up.
             if self.info.capabilities.raw_stream or self._expected is not None:
                 for offset in record.pattern.pulse_offsets(self.info.sample_rate):
                     self.detector.blank(report.sample + offset)
         else:
-            self.event("stim_dropped", f"device dropped pattern {report.ticket}: {report.reason}")
+            self.stats.dropped += 1
+            self.event(EventKind.STIM_DROPPED,
+                       f"device dropped pattern {report.ticket}: {report.reason}")
         if self.trials is not None:
             self.trials.on_report(report)
-        if report.executed and record.pattern.train_count > 1:
-            last = report.sample + record.pattern.pulse_offsets(self.info.sample_rate)[-1]
-            self._trains[report.ticket] = (record, last)  # the sinks hear of it when it ends
-        else:
+        if not self.patterns.running(record):  # a train: the sinks hear of it when it ends
             self._notify("on_stim", record)
 
-    def _on_cut(self, report: StimReport) -> None:
-        """The device cut a started train: the record lists only the pulses that ran."""
-        record, _ = self._trains.pop(report.ticket, (None, 0))
-        if record is None:
-            return
-        self._end_train(record, report.pulses_run,
-                        f"train cut after {report.pulses_run} of "
-                        f"{record.pattern.train_count} pulses ({report.reason or 'aborted'})")
-
-    def _end_train(self, record: StimRecord, pulses_run: int | None, reason: str = "") -> None:
-        if pulses_run is not None and pulses_run < record.pattern.train_count:
-            record.pulses_run, record.reason = max(pulses_run, 0), reason
-            self.event("train_cut", f"pattern {record.ticket}: {reason}")
+    def _stim_final(self, record: StimRecord) -> None:
+        """A pattern's record is final: a train cut short is an event too."""
+        if record.pulses_run is not None:
+            self.event(EventKind.TRAIN_CUT, f"pattern {record.ticket}: {record.reason}")
         self._notify("on_stim", record)
-
-    def _trains_done(self, sample: int) -> None:
-        """Hand the sinks every train whose last pulse is before ``sample`` (device clock)."""
-        if not self._trains:
-            return
-        for ticket, (record, last) in list(self._trains.items()):
-            if last < sample:
-                del self._trains[ticket]
-                self._end_train(record, None)
-
-    def _trains_unknown(self, sample: int) -> None:
-        """Trains whose end the device never told: only the pulses before ``sample``, the
-        last sample it delivered, are known to have run."""
-        fs = self.info.sample_rate
-        for record, _ in self._trains.values():
-            ran = sum(record.execution_sample + o < sample
-                      for o in record.pattern.pulse_offsets(fs))
-            self._end_train(record, ran, f"run ended after {ran} of "
-                            f"{record.pattern.train_count} train pulses were seen; the "
-                            "device did not report where it stopped the train")
-        self._trains.clear()
 
     # -- the loop ------------------------------------------------------------------
     def run(self, progress: Callable[[float, str], None] | None = None,
@@ -547,8 +392,7 @@ class Engine:
         if progress is not None:
             progress(*self.progress())
         try:  # patterns the device never reported on: sent, fate unknown
-            for record in self.pending.values():
-                self.recent_stims.append(record)
+            for record in self.patterns.unreported():
                 self._notify("on_stim", record)
             summary = self.summary()
             with _ctrl_c_ignored():  # recorders finish their files whatever the user presses
@@ -608,16 +452,17 @@ class Engine:
         """Every way a run ends: close the gate, cancel what the device holds, and take
         the device's last reports (what ran, what was cancelled, where trains were cut)."""
         self.armed_at_end = self.gate.armed
-        self.gate.close("the run has ended")
+        self.gate.close(RUN_ENDED)
         try:
-            self._halt("the run has ended")
+            self._halt(RUN_ENDED)
         except Exception as exc:
-            self._event_quietly("device_error", f"cancelling queued stimulation failed: {exc}")
+            self._event_quietly(EventKind.DEVICE_ERROR,
+                                f"cancelling queued stimulation failed: {exc}")
             return
         clock = self.now
         deadline = time.perf_counter() + LAST_REPORTS_S
         try:  # (a hung loop's driver is not read from another thread: no reports then)
-            while (self.pending or self._trains) and not self._abandoned \
+            while self.patterns.outstanding and not self._abandoned \
                     and time.perf_counter() < deadline:
                 self._serve_summaries()
                 item = self.driver.read(timeout=0.05)
@@ -625,21 +470,24 @@ class Engine:
                     self._on_report(item)
                 elif isinstance(item, Block | Tick):
                     clock = item.stop_sample if isinstance(item, Block) else item.sample
-                    self._trains_done(clock)
+                    for record in self.patterns.trains_done(clock):
+                        self._stim_final(record)
         except Exception:
             pass  # a lost device has no more reports; what is pending stays "sent"
-        self._trains_unknown(clock)
+        for record in self.patterns.trains_unknown(clock):
+            self._stim_final(record)
 
     def _stop_device(self) -> None:
         try:
             self.driver.stop()
         except Exception as exc:  # stopping a broken device must not hide the first error
-            self._event_quietly("device_error", f"stopping the device failed: {exc}")
+            self._event_quietly(EventKind.DEVICE_ERROR, f"stopping the device failed: {exc}")
 
-    def _event_quietly(self, kind: str, message: str) -> None:
+    def _event_quietly(self, kind: str, message: str, armed: bool | None = None,
+                       disarm_reason: str = "") -> None:
         """An event whose own failure (a broken sink) must not hide the first error."""
         try:
-            self.event(kind, message)
+            self.event(kind, message, armed, disarm_reason)
         except SinkError:
             pass
 
@@ -653,15 +501,16 @@ class Engine:
         """Stop stimulation and the run; the first error is the one reported (any thread)."""
         if self.error is None:
             self.error, self.error_kind, self.exception = message, kind, exc
+        reason = f"{kind} error"
         try:
-            self._halt(f"{kind} error")
+            self._halt(reason)
         except Exception:
             pass
         text = message.strip().splitlines()[-1] if message.strip() else kind
         if threading.current_thread() is self._worker:
-            self._event_quietly(f"{kind}_error", text)
+            self._event_quietly(EventKind.error(kind), text, armed=False, disarm_reason=reason)
         else:
-            self._queue_event(f"{kind}_error", text)
+            self._queue_event(EventKind.error(kind), text, armed=False, disarm_reason=reason)
         self._stop.set()
 
     def _call(self, hook: Callable[..., Any], *args: Any) -> Any:
@@ -675,7 +524,7 @@ class Engine:
             raise  # not the protocol's fault: the loop reports it as such
         except Exception as exc:
             # on the last line, which the log shows
-            where = self._where(traceback.extract_tb(exc.__traceback__))
+            where = where_in(self.protocol, traceback.extract_tb(exc.__traceback__))
             self._fail("protocol", f"{traceback.format_exc().rstrip()} {where}".rstrip() + "\n",
                        exc)
             return None
@@ -683,18 +532,6 @@ class Engine:
             self._hook = None
             if self._abandoned:
                 raise _Abandoned
-
-    def _where(self, frames: traceback.StackSummary) -> str:
-        """'(at FILE:LINE in HOOK)' for the deepest of ``frames`` in the protocol's own file."""
-        try:
-            source = inspect.getsourcefile(type(self.protocol))
-        except TypeError:
-            return ""
-        mine = [f for f in frames if f.filename == source]
-        if not mine:
-            return ""
-        f = mine[-1]
-        return f"(at {f.filename}:{f.lineno} in {f.name})"
 
     def _watch(self) -> None:
         """The watchdog thread: the loop's lag behind the device, and hooks that hang."""
@@ -718,7 +555,7 @@ class Engine:
         if stuck <= limit:
             return
         frame = sys._current_frames().get(self._worker.ident) if self._worker else None
-        where = self._where(traceback.extract_stack(frame)) if frame is not None else ""
+        where = where_in(self.protocol, traceback.extract_stack(frame)) if frame else ""
         message = (f"protocol hook {name} has not returned for {stuck:.1f} s {where}; the "
                    "run ended without it and stimulation was stopped").replace("  ", " ")
         self._fail("protocol", message)
@@ -733,15 +570,15 @@ class Engine:
         else:  # a Tick ends the first interval, of the block size asked for
             self.t0 = max(0, first.sample - self.block_samples)
         self.now = self.t0
-        self._notify("on_start", self.info, self.protocol)
-        self.ctx = Context(self)
-        self.event("start", f"protocol {self.protocol.name} on {self.info.name}")
+        self._notify("on_start", self.describe())
+        self.ctx = Context(self, self.info, self.t0, self.config.seed)
+        self.event(EventKind.START, f"protocol {self.protocol.name} on {self.info.name}")
         for note in self.limit_notes:
-            self.event("limits", note)
+            self.event(EventKind.LIMITS, note)
         if self.pulse_history is not None:
             for note in self.pulse_history.restore(self.gate, self.t0, self._start_wall_clock,
                                                    lambda: self.now):
-                self.event("limits", note)
+                self.event(EventKind.LIMITS, note)
         try:
             self._call(self.protocol.setup, self.ctx)
             if self.gate.armed:
@@ -757,16 +594,20 @@ class Engine:
                 self._call(self.protocol.teardown, self.ctx)
                 self._device_events()
                 self._events_from_elsewhere()
-                self.event("stop", "interrupted" if self.interrupted else "end of run")
+                self.event(EventKind.STOP, "interrupted" if self.interrupted else "end of run")
 
     def _device_events(self) -> None:
         """Log what the driver saw on the link; a device that disarmed itself (it heard
         nothing from this computer for too long) disarms the gate too, until a person
         re-arms both."""
-        for kind, message in self.driver.drain_events():
-            if kind == "device_disarmed":
-                self.gate.disarm("the device disarmed itself")
-            self.event(kind, message)
+        for name, message in self.driver.drain_events():
+            kind = EventKind.of(name)  # a kind no member names stays the driver's string
+            if kind == EventKind.DEVICE_DISARMED:
+                reason = "the device disarmed itself"
+                self.gate.disarm(reason)
+                self.event(kind, message, armed=False, disarm_reason=reason)
+            else:
+                self.event(kind, message)
 
     def _events_from_elsewhere(self) -> None:
         while self._queued_events:
@@ -789,24 +630,24 @@ class Engine:
         while item is not None and not self._abandoned:
             self._events_from_elsewhere()
             if self._pause_wanted != self.paused:
-                self._hold(self._pause_wanted)
+                self._set_paused(self._pause_wanted)
             self._device_events()
             if isinstance(item, Block):
                 tick = time.perf_counter()
                 self._on_block(item)
-                self._cost.add(time.perf_counter() - tick)
+                self.stats.loop_cost.add(time.perf_counter() - tick)
             elif isinstance(item, Tick):
                 tick = time.perf_counter()
-                self.n_blocks += 1
+                self.stats.blocks += 1
                 self._on_clock(item.sample)
-                self._cost.add(time.perf_counter() - tick)
+                self.stats.loop_cost.add(time.perf_counter() - tick)
             elif isinstance(item, StimReport):
                 self._on_report(item)
             elif isinstance(item, SpikeEvents):
                 self._on_spikes(item)
             if self.trials is not None and self.trials.done:
                 break
-            if duration is not None and self.now - self.t0 - self._held() >= duration:
+            if duration is not None and self.now - self.t0 - self._paused_so_far() >= duration:
                 break
             item = self._read()
 
@@ -842,12 +683,12 @@ class Engine:
     def _on_block(self, block: Block) -> None:
         if self._expected is not None and block.start_sample != self._expected:
             lost = block.start_sample - self._expected
-            self.samples_lost += max(lost, 0)
-            self.counts["gaps"] += 1
+            self.stats.samples_lost += max(lost, 0)
+            self.stats.gaps += 1
             # the detector restarts its filter at the gap by itself and keeps its noise estimate
-            self.event("gap", f"{lost} samples missing before sample {block.start_sample}")
+            self.event(EventKind.GAP, f"{lost} samples missing before sample {block.start_sample}")
         self._expected = block.stop_sample
-        self.n_blocks += 1
+        self.stats.blocks += 1
         filtered, spikes = self.detector.process(block)
         self.now = block.stop_sample
         if not self.config.fast:
@@ -856,13 +697,15 @@ class Engine:
             self._call(self.protocol.on_block, self.ctx, block, filtered)
         if self.error is None and len(spikes):
             self._on_spikes(spikes)
-        self._notify("on_block", block, filtered, spikes)
+        self._notify("on_block", block, filtered)
         self._on_clock(block.stop_sample)
 
     def _on_clock(self, sample: int) -> None:
         """The device delivered everything before ``sample``: trials and the watchdog move on."""
         self.now = sample
-        self._trains_done(sample)
+        self._notify("on_clock", sample)
+        for record in self.patterns.trains_done(sample):
+            self._stim_final(record)
         if not self.config.fast:
             self._watchdog()
         if self.trials is not None and self.error is None:
@@ -871,72 +714,68 @@ class Engine:
                 self._notify("on_trial", trial)
 
     def _on_spikes(self, spikes: SpikeEvents) -> None:
-        self.n_spikes += len(spikes)
+        self.stats.spikes += len(spikes)
         if self.trials is not None:
             self.trials.on_spikes(spikes)
         if not self.paused:
             self._call(self.protocol.on_spikes, self.ctx, spikes)
         self._notify("on_spikes", spikes)
 
-    def _hold(self, pause: bool) -> None:
+    def _set_paused(self, pause: bool) -> None:
         """Pause or resume the protocol now (acquisition thread)."""
         fs = self.info.sample_rate
         if pause:
             self.paused, self._paused_at = True, self.now
-            self.event("pause", "protocol paused by the operator")
+            self.event(EventKind.PAUSE, "protocol paused by the operator")
         else:
-            held = self.now - self._paused_at
-            self.paused_samples += held
+            length = self.now - self._paused_at
+            self.paused_samples += length
             self.paused = False
             if self.trials is not None:
-                self.trials.delay(held)
-            self.event("resume", f"protocol resumed after {held / fs:.1f} s paused")
+                self.trials.delay(length)
+            self.event(EventKind.RESUME, f"protocol resumed after {length / fs:.1f} s paused")
         if self.trials is not None:
-            self.trials.held = self.paused
+            self.trials.paused = self.paused
 
-    def _held(self) -> int:
+    def _paused_so_far(self) -> int:
         """Samples spent paused, the pause in progress included."""
         return self.paused_samples + (self.now - self._paused_at if self.paused else 0)
 
     def _watchdog(self) -> None:
-        """Disarm stimulation when the loop falls behind the device by more than watchdog_ms.
-
-        Lag is the growth of (wall time - data time) above its running minimum,
-        which is allowed to creep up by DRIFT_ALLOWANCE so that the drift
-        between the device's and the computer's clocks, and the time setup
-        took, are not taken for lag. The backlog after a stall is.
+        """Disarm stimulation when the loop falls behind the device by more than watchdog_ms
+        (see LagWatch).
 
         The watchdog thread calls it every few ms, and the loop before it hands a
         block to the protocol, so that a hook that hangs is caught while it hangs
         and no decision is taken on stale data.
         """
-        with self._lag_lock:
-            wall = time.perf_counter()
-            offset = wall - (self.now - self.t0) / self.info.sample_rate
-            if self._lag_anchor is None:
-                self._lag_anchor = (offset, wall)
-                return
-            anchor, since = self._lag_anchor
-            anchor = min(offset, anchor + DRIFT_ALLOWANCE * (wall - since))
-            self._lag_anchor = (anchor, wall)
-            behind_ms = (offset - anchor) * 1000.0
-            self.max_lag_ms = max(self.max_lag_ms, behind_ms)
+        with self.lag.lock:
+            behind_ms = self.lag.behind_ms(self.now - self.t0)
             if behind_ms <= self.config.watchdog_ms or not self.gate.armed:
                 return
-            self.watchdog_trips += 1
-            self.gate.disarm(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
+            self.stats.watchdog_trips += 1
+            reason = f"watchdog: the loop fell {behind_ms:.0f} ms behind"
+            self.gate.disarm(reason)
         self._queue_event(
-            "watchdog",
+            EventKind.WATCHDOG,
             f"loop fell {behind_ms:.0f} ms behind the device "
             f"(limit {self.config.watchdog_ms:g} ms); stimulation stopped until re-armed",
+            armed=False, disarm_reason=reason,
         )
-        self._halt(f"watchdog: the loop fell {behind_ms:.0f} ms behind")
+        self._halt(reason)
+
+    def describe(self) -> RunDescription:
+        """The run as its sinks and recordings are told of it (any thread; the start
+        sample is known once the run has started)."""
+        return RunDescription(
+            protocol=self.protocol.name, parameters=self.protocol.values,
+            device_url=self.driver.url, info=self.info, limits=self.gate.limits.as_dict(),
+            limit_notes=tuple(self.limit_notes), block_samples=self.block_samples,
+            fast=self.config.fast, seed=self.config.seed, watchdog_ms=self.config.watchdog_ms,
+            detector=asdict(self.config.detector), software_version=__version__,
+            start_sample=self.t0, armed=self.gate.armed, disarm_reason=self.gate.disarm_reason)
 
     # -- results -------------------------------------------------------------------
-    def latency_samples(self) -> np.ndarray:
-        """Trigger -> execution, in samples, for every executed pattern."""
-        return expand_counts(self.latency_counts)
-
     def summary(self) -> dict[str, Any]:
         """The run's figures. Any thread: while the loop runs, it computes them between
         two items, so that nothing changes under them."""
@@ -958,7 +797,6 @@ class Engine:
 
     def _summary(self) -> dict[str, Any]:
         fs = self.info.sample_rate
-        lat = self.latency_samples()
         duration_s = (self.now - self.t0) / fs
         wall = max((self._wall_end or time.perf_counter()) - self._wall_start, 1e-9)
         out: dict[str, Any] = {
@@ -975,25 +813,15 @@ class Engine:
             "paused_s": round(self.paused_samples / fs, 3),
             "wall_s": round(wall, 3),
             "realtime_factor": round(duration_s / wall, 2),
-            "blocks": self.n_blocks,
-            "blocks_dropped": -(-self.samples_lost // self.block_samples),
-            "samples_lost": self.samples_lost,
-            "spikes": self.n_spikes,
-            "stims_executed": self.counts["executed"],
-            "stims_dropped": self.counts["dropped"],
-            "stims_refused": self.counts["refused"],
-            "stims_unreported": len(self.pending),
-            "latency_samples": {
-                "p50": float(np.percentile(lat, 50)) if len(lat) else None,
-                "p99": float(np.percentile(lat, 99)) if len(lat) else None,
-                "max": int(lat.max()) if len(lat) else None,
-            },
-            "loop_cost_us": self._cost.quantiles(),
-            "watchdog_trips": self.watchdog_trips,
-            "gaps": self.counts["gaps"],
+            **self.stats.counts(self.block_samples),
+            "stims_unreported": len(self.patterns.pending),
+            "latency_samples": self.stats.latency_quantiles(),
+            "loop_cost_us": self.stats.loop_cost.quantiles(),
+            "watchdog_trips": self.stats.watchdog_trips,
+            "gaps": self.stats.gaps,
             "stimulation_armed": self.gate.armed if self.armed_at_end is None
             else self.armed_at_end,
-            "max_lag_ms": round(self.max_lag_ms, 1),
+            "max_lag_ms": round(self.lag.max_ms, 1),
             "trials": len(self.trials.finished) if self.trials is not None else 0,
             "limits": self.gate.limits.as_dict(),
             "interrupted": self.interrupted,

@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo
-from mea_control.engine import RunEvent, Sink, StimRecord
+from mea_control.sinks import RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
-from mea_control.types import Block, SpikeEvents
+from mea_control.types import Block, DeviceInfo, SpikeEvents
 
 #: LSL content type of the raw stream.
 RAW_TYPE = "MEA"
@@ -133,7 +132,7 @@ class LslOutlet(Sink):
             self.markers.push_sample([text], stamp)
 
     # -- Sink ------------------------------------------------------------------------
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
+    def on_block(self, block: Block, filtered: np.ndarray | None) -> None:
         stamp = self._clock()
         self._anchor = (block.stop_sample - 1, stamp)
         if self.raw is not None:
@@ -171,7 +170,7 @@ class LslOutlet(Sink):
         )
 
     def on_event(self, event: RunEvent) -> None:
-        self._mark(event.sample, type="event", kind=event.kind, message=event.message,
+        self._mark(event.sample, type="event", kind=str(event.kind), message=event.message,
                    sample=event.sample)
 
     def on_stop(self, summary: dict[str, Any]) -> None:

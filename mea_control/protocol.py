@@ -3,7 +3,7 @@
 A protocol is a Python file with one :class:`Protocol` subclass. It declares
 its parameters (type, default, unit, range) and implements any of the hooks
 ``setup``, ``on_block``, ``on_spikes``, ``on_trial`` and ``teardown``; each
-hook receives the run's :class:`~mea_control.engine.Context` (``ctx``), which
+hook receives the run's :class:`~mea_control.context.Context` (``ctx``), which
 gives the clock (``ctx.now``, in device samples), the layout, a seeded random
 generator and ``ctx.stimulate``. See ``protocols/`` for examples.
 """
@@ -16,17 +16,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from mea_control.context import Context
 from mea_control.trials import Trial, Trials, TrialSpec, TrialTable
 from mea_control.types import Block, SpikeEvents, parse_value
 
-if TYPE_CHECKING:
-    from mea_control.engine import Context
-
 __all__ = [
+    "Context",
     "Parameter",
     "Protocol",
     "ProtocolError",

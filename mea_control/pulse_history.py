@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mea_control.safety import Rig, RigFileError, SafetyGate
+from mea_control.rig import Rig, RigFileError
+from mea_control.safety import SafetyGate
 
 #: Environment variable naming the folder where mea-control keeps its state.
 STATE_DIR_ENV = "MEA_CONTROL_STATE_DIR"
@@ -54,13 +55,12 @@ def default_path(device_url: str) -> Path:
 
 def names_history_file(rig: Rig | None) -> bool:
     """Whether the rig file names the pulse history file (``[rig] pulse_history``)."""
-    return rig is not None and "pulse_history" in rig.tables.get("rig", {})
+    return rig is not None and rig.pulse_history is not None
 
 
 def history_path(device_url: str, rig: Rig | None = None) -> Path:
     """The rig file's ``[rig] pulse_history`` (relative to the rig file), else the default."""
-    table = rig.tables.get("rig", {}) if rig is not None else {}
-    named = table.get("pulse_history")
+    named = rig.pulse_history if rig is not None else None
     if named is None:
         return default_path(device_url)
     if not isinstance(named, str) or not named.strip():

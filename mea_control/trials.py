@@ -24,8 +24,8 @@ import numpy as np
 from mea_control.safety import SafetyRefusal
 from mea_control.types import SpikeEvents, StimPattern, StimReport
 
-if TYPE_CHECKING:
-    from mea_control.engine import Context
+if TYPE_CHECKING:  # the context module imports this one; ctx is only passed through here
+    from mea_control.context import Context
 
 #: How long to wait for the device's execution report before using the decision sample.
 REPORT_TIMEOUT_MS = 100.0
@@ -71,13 +71,19 @@ class Trial:
 
 @dataclass
 class _Pending:
+    """A trial begun and not yet finished (its response window is still open)."""
+
     index: int
     trigger: int
     decision: int
     o: np.ndarray
     s: np.ndarray
     ticket: int | None
+    #: "none" (no pattern), "refused", or "sent" until the device reports the pattern
+    #: "executed" or "dropped" ("unconfirmed" if no report came in time); never "sent" by
+    #: the time its Trial is made.
     status: str
+    #: The sample its response window counts from; None while the pattern is "sent".
     stim: int | None
 
 
@@ -122,8 +128,8 @@ class Trials:
         self._rate = 0.0
         self._t0 = 0
         self._n_channels = 0
-        #: The engine holds the protocol (paused): no trial starts.
-        self.held = False
+        #: The operator paused the run: no trial starts (trials begun finish).
+        self.paused = False
 
     # Called by the engine.
     def attach(
@@ -180,7 +186,7 @@ class Trials:
     def on_block(self, ctx: Context, now: int) -> list[Trial]:
         """Start trials that are due and return those whose window has closed."""
         while (
-            not self.held
+            not self.paused
             and self._next_index < self.n_trials
             and now >= self.trigger_sample(self._next_index) - self._lead
         ):
@@ -222,7 +228,7 @@ class Trials:
                 pattern = replace(pattern, at_sample=trigger)  # on time, whatever the jitter
             try:
                 pending.ticket = ctx.stimulate(pattern, trigger_sample=trigger)
-                pending.status, pending.stim = "executed", None
+                pending.status, pending.stim = "sent", None
                 self._by_ticket[pending.ticket] = pending
             except SafetyRefusal:
                 pending.status = "refused"

@@ -2,7 +2,8 @@
 
 The device's sample index (int64) is the only time base: every block, spike,
 pulse and decision carries it. Channel indices are the columns of
-``Block.data``; a :class:`Layout` maps them to electrode labels and positions.
+``Block.data``; a :class:`Layout` maps them to electrode labels and positions, and a
+:class:`DeviceInfo` says what a device is.
 """
 
 from __future__ import annotations
@@ -309,3 +310,47 @@ class Layout:
     def distances_um(self, channel: int) -> np.ndarray:
         """Distance from one electrode to every electrode, um."""
         return np.linalg.norm(self.positions_um - self.positions_um[channel], axis=1)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a device can do beyond streaming."""
+
+    raw_stream: bool = True
+    onboard_detection: bool = False
+    stim_modes: tuple[str, ...] = ("current",)
+    #: True when the device executes a pattern at a requested ``at_sample``.
+    scheduled_stim: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a device is: its channels, sample rate, scale, layout and capabilities."""
+
+    name: str
+    n_channels: int
+    sample_rate: float
+    uV_per_bit: float
+    layout: Layout
+    capabilities: Capabilities = Capabilities()
+    #: The device's own stimulation limits, by SafetyLimits field name.
+    limits: dict[str, Any] = field(default_factory=dict)
+    simulated: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary."""
+        return {
+            "name": self.name,
+            "n_channels": self.n_channels,
+            "sample_rate": self.sample_rate,
+            "uV_per_bit": self.uV_per_bit,
+            "layout": self.layout.name,
+            "capabilities": {
+                "raw_stream": self.capabilities.raw_stream,
+                "onboard_detection": self.capabilities.onboard_detection,
+                "stim_modes": list(self.capabilities.stim_modes),
+                "scheduled_stim": self.capabilities.scheduled_stim,
+            },
+            "limits": dict(self.limits),
+            "simulated": self.simulated,
+        }

@@ -3,7 +3,9 @@
 import json
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -81,9 +83,72 @@ def isomura_expected(isomura_data) -> dict:
     return json.loads(isomura_expected_path(isomura_data).read_text())
 
 
+@pytest.fixture
+def plugin_driver(tmp_path, monkeypatch):
+    """Installs a driver as another package ships one: ``install(scheme, source, cls)``
+    writes the module ``<scheme>_driver`` and its distribution's metadata, with an entry
+    point in the ``mea_control.drivers`` group, into a folder on sys.path."""
+    site = tmp_path / "site-packages"
+    modules = []
+
+    def install(scheme: str, source: str, cls: str) -> None:
+        module = f"{scheme}_driver"
+        info = site / f"{module}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(
+            f"[mea_control.drivers]\n{scheme} = {module}:{cls}\n")
+        modules.append(module)
+        monkeypatch.syspath_prepend(str(site))
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
 def cli_command(*args: str) -> list[str]:
     """The mea-control CLI as a subprocess command line."""
     return [sys.executable, "-m", "mea_control.cli", *args]
+
+
+# Many cases in one interpreter (each subprocess spends seconds importing): each runs the
+# CLI's main() as `mea-control` does and reports its exit code, its stderr (with a traceback
+# if an exception escaped it) and its stdout.
+CLI_BATCH = """
+import contextlib, io, json, sys, traceback
+from mea_control.cli import main
+results = []
+for argv in json.load(sys.stdin):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException:
+            traceback.print_exc()
+            code = "traceback"
+    results.append([code, err.getvalue(), out.getvalue()])
+json.dump(results, sys.stdout)
+"""
+
+
+def cli_batch(argvs: list[list[str]], cwd: Path = ROOT, timeout: float = 120) -> list[tuple]:
+    """(exit code, stderr, stdout) of each ``mea-control ARGV``, all run by one CLI_BATCH
+    process."""
+    done = subprocess.run([sys.executable, "-c", CLI_BATCH], input=json.dumps(argvs), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return [tuple(result) for result in json.loads(done.stdout)]
+
+
+def imported_modules(*argv: str) -> set[str]:
+    """The modules a fresh ``python -X importtime ARGV`` imports (stdin empty, any exit code)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:")}
 
 
 def ctrl_c_works() -> None:

@@ -1,6 +1,6 @@
 """`mea-control analyze`: the published figures from the real data, the figures it draws,
 warnings, and one-line errors for data the model cannot use. The real data run as
-`mea-control` subprocesses; the small cases share one subprocess (see BATCH)."""
+`mea-control` subprocesses; the small cases share one subprocess (see conftest.CLI_BATCH)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_command, isomura_expected_path
+from conftest import CLI_BATCH, cli_command, isomura_expected_path
 
 from mea_control.fep import published
 
@@ -72,26 +72,6 @@ def synthetic(seed=0):
     return o, s, r
 
 
-# Many cases in one interpreter (each subprocess spends seconds importing): each runs the
-# CLI's main() as `mea-control` does and reports its exit code, its stderr, and a traceback
-# if an exception escaped it.
-BATCH = """
-import contextlib, io, json, sys, traceback
-from mea_control.cli import main
-results = []
-for argv in json.load(sys.stdin):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-        except BaseException:
-            traceback.print_exc()
-            code = "traceback"
-    results.append([code, err.getvalue()])
-json.dump(results, sys.stdout)
-"""
 PER_ARG = ["--trials-per-session", str(PER)]
 BAD = [
     (["missing.npz"], "missing.npz: no such file"),
@@ -134,7 +114,7 @@ def runs(tmp_path_factory):
     }
     for name, arrays in files.items():
         np.savez(folder / f"{name}.npz", **arrays)
-    commands = {"batch": [sys.executable, "-c", BATCH]}
+    commands = {"batch": [sys.executable, "-c", CLI_BATCH]}
     data = published.locate()
     if data is not None:
         baselines = json.loads(isomura_expected_path(data).read_text())
@@ -161,7 +141,7 @@ def batch(runs):
     folder, procs = runs
     proc = procs["batch"]
     assert proc.returncode == 0, proc.stderr
-    return folder, {tuple(argv[1:]): tuple(result)
+    return folder, {tuple(argv[1:]): tuple(result[:2])
                     for argv, result in zip(BATCH_ARGVS, json.loads(proc.stdout), strict=True)}
 
 

@@ -17,11 +17,13 @@ import pytest
 from conftest import ROOT, cli_command, read_until
 
 from drivers import cl_api
-from drivers.base import DriverError, open_driver
 from hardware_sim import cl_fake
 from mea_control import cli, recording
+from mea_control.driver import DriverError, open_driver
+from mea_control.engine import EngineConfig
 from mea_control.layouts import load_layout
-from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
+from mea_control.limits import SafetyLimits, effective_limits
+from mea_control.safety import SafetyGate, SafetyRefusal
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
 
 CL_PYTHON = ROOT / ".venv-cl" / "bin" / "python"
@@ -120,7 +122,7 @@ def test_without_cl_the_run_says_to_install_the_extra_in_python_312(monkeypatch,
 
 def test_discover_lists_nothing_without_cl(monkeypatch):
     monkeypatch.setattr(cl_api.importlib.util, "find_spec", lambda name: None)
-    assert cl_api.discover(0.5) == []
+    assert cl_api.CLDriver.discover(0.5) == []
 
 
 # -- a whole protocol --------------------------------------------------------------------------
@@ -153,8 +155,8 @@ def test_device_lost_mid_run_stops_and_closes_the_recording(fake_cl, capsys, tmp
 
 def test_device_that_goes_silent_ends_the_run(fake_cl, monkeypatch, capsys):
     fake_cl.configure(stall_after_s=0.5)
-    init = cli.EngineConfig.__init__  # the engine gives up after 0.5 s instead of 5
-    monkeypatch.setattr(cli.EngineConfig, "__init__",
+    init = EngineConfig.__init__  # the engine gives up after 0.5 s instead of 5
+    monkeypatch.setattr(EngineConfig, "__init__",
                         lambda self, *a, **kw: init(self, *a, **{**kw, "device_timeout_s": 0.5}))
     code = cli.main(["run", "spontaneous", "--device", "cl://", "--fast", "--duration", "5"])
     err = capsys.readouterr().err
@@ -227,11 +229,11 @@ def test_discover_says_whether_a_device_opens(tmp_path, monkeypatch):
     env = fake_cl_env(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path / "cl_shim"))
     monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])
-    assert cl_api.discover(60.0) == [  # a fresh checkout compiles the fake culture first
+    assert cl_api.CLDriver.discover(60.0) == [  # a fresh checkout compiles the fake culture first
         ("cl://", "Cortical Labs CL1 cl1-fake-000 (cl-sdk simulator): 64 channels at 25 kHz")]
     fake_cl_env(tmp_path, open_delay_s=HANGS_S)  # the probe is left to end on its own
     t0 = time.monotonic()
-    (url, text), = cl_api.discover(0.5)
+    (url, text), = cl_api.CLDriver.discover(0.5)
     assert url == "cl://" and "no CL device opened within 0.5 s" in text
     assert time.monotonic() - t0 < HANGS_S / 2  # it did not wait for the device
 
@@ -435,7 +437,7 @@ def test_stop_cancels_what_the_device_still_holds(fake_cl):
 PARITY = r"""
 import json, sys
 import cl
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.types import Block, StimPattern, StimPulse, StimReport
 
 def refused(make):

@@ -1,16 +1,17 @@
 """The CLI as a user runs it: a subprocess, exit codes, one-line errors, the summary."""
 
 import json
+import os
 import re
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command, ctrl_c_works
+from conftest import ROOT, cli_batch, cli_command, ctrl_c_works
 
 from mea_control import cli
+from mea_control.engine import EngineConfig
 from mea_control.trials import TrialTable
 
 
@@ -41,52 +42,63 @@ def test_bss_run_end_to_end(tmp_path):
     assert "100.0%" in proc.stderr  # progress reached the end
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["run", "no_such_protocol.py"], "no protocol file 'no_such_protocol.py'"),
-        (["run", "bss_isomura", "--param", "mixing=0.9"], "mixing=0.9 is out of range"),
-        (["run", "bss_isomura", "--param", "mixing"], "--param takes NAME=VALUE"),
-        (["run", "bss_isomura", "--param", "speed=3"], "has no parameter 'speed'"),
-        (["run", "bss_isomura", "--device", "usb://x"], "unknown device scheme 'usb://'"),
-        (["run", "bss_isomura", "--device", "sim://?sed=1"], "unknown parameter 'sed'"),
-        (["run", "bss_isomura", "--device", "sim://?seed=x"], "bad value 'x'"),
-        (["run", "spontaneous", "--sessions", "2"], "has no sessions"),
-        (["run", "spontaneous", "--rig", "missing.toml"], "missing.toml"),
-        (["run", "spontaneous", "--summary-json", "/no/such/dir/s.json"], "does not exist"),
-    ],
-)
-def test_user_errors_are_one_line_and_exit_2(args, message):
-    proc = run_cli(*args, "--duration", "0.1") if "--sessions" not in args else run_cli(*args)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
+USER_ERRORS = [
+    (["run", "no_such_protocol.py"], "no protocol file 'no_such_protocol.py'"),
+    (["run", "bss_isomura", "--param", "mixing=0.9"], "mixing=0.9 is out of range"),
+    (["run", "bss_isomura", "--param", "mixing"], "--param takes NAME=VALUE"),
+    (["run", "bss_isomura", "--param", "speed=3"], "has no parameter 'speed'"),
+    (["run", "bss_isomura", "--device", "usb://x"], "unknown device scheme 'usb://'"),
+    (["run", "bss_isomura", "--device", "sim://?sed=1"], "unknown parameter 'sed'"),
+    (["run", "bss_isomura", "--device", "sim://?seed=x"], "bad value 'x'"),
+    (["run", "spontaneous", "--sessions", "2"], "has no sessions"),
+    (["run", "spontaneous", "--rig", "missing.toml"], "missing.toml"),
+    (["run", "spontaneous", "--summary-json", "/no/such/dir/s.json"], "does not exist"),
+]
+BAD_RUN_OPTIONS = [
+    (["--duration", "0"], "--duration: 0 must be a finite number above 0"),
+    (["--duration", "nan"], "--duration: nan must be"),
+    (["--duration", "inf"], "--duration: inf must be"),
+    (["--block-ms", "0"], "--block-ms: 0 must be a finite number above 0 and at most 100"),
+    (["--block-ms", "x"], "--block-ms: 'x' is not a number"),
+    (["--seed", "-1"], "--seed: -1 must be 0 or more"),
+    (["--watchdog-ms", "-5"], "--watchdog-ms: -5 must be"),
+    (["--sessions", "0"], "--sessions: must be 1 or more"),
+    (["--summary-json", "."], "it is a folder"),
+    (["--trials", "t.csv"], "end it in .npz"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--device", "sim://?seed=-1"], "seed"),
+]
+
+
+def _user_error_argv(args: list[str]) -> list[str]:
+    return [*args, "--duration", "0.1"] if "--sessions" not in args else args
+
+
+@pytest.fixture(scope="module")
+def refused() -> dict[tuple[str, ...], tuple]:
+    """{argv: (exit code, stderr, stdout)} of USER_ERRORS and BAD_RUN_OPTIONS, run by one process
+    (each case spends its time importing; conftest.CLI_BATCH)."""
+    argvs = [_user_error_argv(args) for args, _ in USER_ERRORS]
+    argvs += [["run", "bss_isomura", *args] for args, _ in BAD_RUN_OPTIONS]
+    return dict(zip(map(tuple, argvs), cli_batch(argvs), strict=True))
+
+
+@pytest.mark.parametrize(("args", "message"), USER_ERRORS)
+def test_user_errors_are_one_line_and_exit_2(refused, args, message):
+    code, stderr, _ = refused[tuple(_user_error_argv(args))]
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mea-control: error:")
     assert message in lines[0]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--duration", "0"], "--duration: 0 must be a finite number above 0"),
-        (["--duration", "nan"], "--duration: nan must be"),
-        (["--duration", "inf"], "--duration: inf must be"),
-        (["--block-ms", "0"], "--block-ms: 0 must be a finite number above 0 and at most 100"),
-        (["--block-ms", "x"], "--block-ms: 'x' is not a number"),
-        (["--seed", "-1"], "--seed: -1 must be 0 or more"),
-        (["--watchdog-ms", "-5"], "--watchdog-ms: -5 must be"),
-        (["--sessions", "0"], "--sessions: must be 1 or more"),
-        (["--summary-json", "."], "it is a folder"),
-        (["--trials", "t.csv"], "end it in .npz"),
-        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["--device", "sim://?seed=-1"], "seed"),
-    ],
-)
-def test_bad_run_options_are_one_line_and_exit_2(args, message):
-    proc = run_cli("run", "bss_isomura", *args)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mea-control: error:"), proc.stderr
+@pytest.mark.parametrize(("args", "message"), BAD_RUN_OPTIONS)
+def test_bad_run_options_are_one_line_and_exit_2(refused, args, message):
+    code, stderr, _ = refused[("run", "bss_isomura", *args)]
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mea-control: error:"), stderr
     assert message in lines[0]
 
 
@@ -122,6 +134,37 @@ def test_protocols_lists_shipped_protocols_and_parameters():
     assert "mixing" in proc.stdout and "[0.0 .. 0.5]" in proc.stdout
 
 
+def run_cli_into_closed_pipe(*args, unbuffered=False):
+    """The CLI writing to a pipe whose reader has gone, as in `mea-control protocols | head -1`
+    once head has its line; stdout block-buffered as in a shell, unless ``unbuffered``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(cli_command(*args), stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=300, cwd=ROOT, env=env)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args, unbuffered", [
+    (("protocols",), False), (("protocols",), True), (("--help",), False),
+    (("info", "--help"), False)])
+def test_a_closed_output_pipe_ends_the_command_quietly_with_141(args, unbuffered):
+    proc = run_cli_into_closed_pipe(*args, unbuffered=unbuffered)
+    assert (proc.returncode, proc.stderr) == (128 + signal.SIGPIPE, "")  # as `git log | head`
+
+
+def test_a_run_whose_output_pipe_closed_still_ends_cleanly(tmp_path):
+    summary = tmp_path / "s.json"
+    proc = run_cli_into_closed_pipe("run", "spontaneous", "--fast", "--duration", "0.5",
+                                    "--summary-json", str(summary))
+    assert proc.returncode == 128 + signal.SIGPIPE and "Traceback" not in proc.stderr
+    assert "[stop]" in proc.stderr and json.loads(summary.read_text())["duration_s"] == 0.5
+
+
 def test_demo_runs_and_writes_its_results(tmp_path):
     proc = subprocess.run(cli_command("demo", "--trials", "16"), capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
@@ -153,19 +196,25 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
     assert s["interrupted"] is True and s["blocks"] > 0
 
 
-def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys):
-    from drivers import base
-    from drivers.sim import SimDriver
+def test_sim_serve_with_a_bad_option_is_a_one_line_error(capsys):
+    """The simulated device checks its own options (hardware_sim.mea.SimError): the CLI
+    says which, in one line, and serves nothing."""
+    code = cli.main(["sim", "serve", "--sim", "noise_uV=-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err == "mea-control: error: sim:// noise_uV=-1.0 is out of range; use 0 to 1000\n"
 
-    class Mute(SimDriver):
-        def read(self, timeout=None):
-            return None
 
-    module = type(sys)("mute_driver")
-    module.Mute = Mute
-    monkeypatch.setitem(sys.modules, "mute_driver", module)
-    monkeypatch.setitem(base.REGISTRY, "mute", "mute_driver:Mute")
-    monkeypatch.setattr(cli.EngineConfig, "__init__", _short_timeout(cli.EngineConfig.__init__))
+def test_device_that_does_not_answer_is_a_one_line_error(monkeypatch, capsys, plugin_driver):
+    plugin_driver("mute", """
+        from drivers.sim import SimDriver
+
+
+        class Mute(SimDriver):
+            def read(self, timeout=None):
+                return None
+    """, "Mute")
+    monkeypatch.setattr(EngineConfig, "__init__", _short_timeout(EngineConfig.__init__))
     code = cli.main(["run", "spontaneous", "--device", "mute://", "--duration", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "sent nothing for 0.5 s" in err and "Traceback" not in err

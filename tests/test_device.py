@@ -12,8 +12,8 @@ import pytest
 import serial
 
 from drivers import wire
-from drivers.base import open_driver
 from hardware_sim.device import ERROR_BUSY, PtyLink, SimDevice, TcpLink
+from mea_control.driver import open_driver
 from mea_control.types import SpikeEvents, Tick
 
 PULSE = wire.WirePulse(10, "current", ((200.0, -5.0), (200.0, 5.0)))

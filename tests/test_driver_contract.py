@@ -1,4 +1,4 @@
-"""The Driver threading contract (drivers/base.py), run against every driver and its device.
+"""The Driver threading contract (mea_control/driver.py), run against every driver and its device.
 
 One thread streams (read, stimulate: patterns booked ahead with at_sample, trains); another
 calls abort_stimulation() at moments of its own. From the device's OWN record of what it
@@ -38,11 +38,11 @@ import pytest
 from conftest import wait_until
 
 from drivers import intan_rhx, pulsepal
-from drivers.base import Driver, open_driver
 from hardware_sim import cl_fake
 from hardware_sim.device import PtyLink, SimDevice
 from hardware_sim.intan_rhx import FakeRHX, default_wiring
 from hardware_sim.pulsepal import FakePulsePal
+from mea_control.driver import Driver, open_driver
 from mea_control.layouts import load_layout
 from mea_control.types import Block, StimPattern, StimPulse, StimReport, Tick
 

@@ -5,10 +5,12 @@ import time
 import numpy as np
 import pytest
 
-from drivers.base import open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.driver import open_driver
+from mea_control.engine import Engine, EngineConfig
+from mea_control.limits import SafetyLimits
 from mea_control.protocol import Protocol
-from mea_control.safety import SafetyLimits, SafetyRefusal
+from mea_control.safety import SafetyRefusal
+from mea_control.sinks import Sink
 from mea_control.trials import Trials, TrialSpec
 from mea_control.types import StimPattern, StimPulse
 
@@ -79,7 +81,7 @@ def test_trials_stimulate_with_all_three_samples_recorded():
     assert s["trials"] == 12 and s["stims_executed"] == 8 and len(driver.sent) == 8
     lead = engine.trials._lead
     assert lead == 1250  # 50 ms ahead: the simulator runs patterns at a requested sample
-    for record in engine.recent_stims:
+    for record in engine.patterns.recent:
         # decided ahead, booked by the gate and run exactly at the trial's sample
         assert record.decision_sample == record.trigger_sample - lead
         assert record.pattern.at_sample == record.execution_sample == record.trigger_sample
@@ -168,7 +170,7 @@ class Reacts(Protocol):
 
 def test_reaction_latency_is_within_two_blocks():
     engine, _, s = run(Reacts(), duration_s=10.0)
-    lat = engine.latency_samples()
+    lat = engine.stats.latency_samples()
     assert len(lat) >= 5
     assert lat.max() <= 2 * engine.block_samples and lat.min() > 0
 
@@ -190,6 +192,9 @@ def test_watchdog_stops_stimulation_until_rearmed():
     assert s["watchdog_trips"] == 1 and driver.aborts >= 1
     assert proto.refusal.limit == "disarmed" and driver.sent == []
     assert any(e.kind == "watchdog" for e in engine.recent_events)
+    # the sinks hear of it with the gate's reason (they follow the gate by events alone)
+    trip = next(e for e in engine.recent_events if e.kind == "watchdog")
+    assert trip.armed is False and trip.disarm_reason.startswith("watchdog: the loop fell")
     engine.rearm()
     assert engine.gate.armed
 
@@ -205,10 +210,10 @@ class Recorder(Sink):
     def __init__(self):
         self.calls = {"start": 0, "block": 0, "stim": 0, "trial": 0, "stop": 0}
 
-    def on_start(self, info, protocol):
+    def on_start(self, run):
         self.calls["start"] += 1
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         self.calls["block"] += 1
 
     def on_stim(self, record):
@@ -255,7 +260,7 @@ def test_stimulus_artifacts_are_not_detected_as_spikes():
     spikes = SpikeEvents.concat(sink.batches)
     on_stim = np.isin(spikes.channel, [3, 12, 21, 30, 35, 44, 53, 60])
     early = before = 0
-    for record in engine.recent_stims:
+    for record in engine.patterns.recent:
         t = record.execution_sample
         four_ms = 4 * engine.block_samples
         early += int(on_stim[(spikes.sample >= t) & (spikes.sample < t + four_ms)].sum())
@@ -291,7 +296,7 @@ class Failing:
         return getattr(self._driver, name)
 
     def read(self, timeout=None):
-        from drivers.base import DriverError
+        from mea_control.driver import DriverError
 
         item = self._driver.read(timeout)
         if getattr(item, "start_sample", 0) >= self.after:
@@ -351,7 +356,7 @@ def test_a_failing_sink_stops_the_run():
 def test_device_error_while_stimulating_is_a_device_error():
     class Refuses(Spy):
         def stimulate(self, pattern):
-            from drivers.base import DriverError
+            from mea_control.driver import DriverError
 
             raise DriverError("stimulator not answering")
 
@@ -379,9 +384,9 @@ class SlowReaction(Protocol):
 def test_in_real_time_a_slow_decision_shows_in_the_latency():
     engine, _, s = run(SlowReaction(), fast=False, duration_s=0.3)
     fast_engine, _, _ = run(SlowReaction(), fast=True, duration_s=0.3)
-    assert fast_engine.latency_samples().tolist() == [0]  # lockstep: the next block
+    assert fast_engine.stats.latency_samples().tolist() == [0]  # lockstep: the next block
     # real time: the device has moved on by at least the 8 ms spent deciding
-    assert engine.latency_samples()[0] >= 8 * engine.block_samples
+    assert engine.stats.latency_samples()[0] >= 8 * engine.block_samples
 
 
 class StallThenPulse(Protocol):
@@ -469,7 +474,7 @@ class Pauser(Sink):
         if trial.index == 2:
             self.engine.pause()
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if self.engine.paused and self.resume_at is None:
             self.resume_at = block.stop_sample + 12_500
         if self.resume_at is not None and block.stop_sample >= self.resume_at:
@@ -506,7 +511,7 @@ def test_pause_holds_the_protocol_and_moves_later_trials():
     assert s["trials"] == 12 and s["duration_s"] == pytest.approx(0.2 + 1.1 + 0.05 + held
                                                                   / 25_000, abs=0.01)
     # the trials after the pause moved later by its length, none started meanwhile
-    stims = sorted(r.trigger_sample for r in engine.recent_stims)
+    stims = sorted(r.trigger_sample for r in engine.patterns.recent)
     t0 = engine.t0
     expected = [t0 + int(round((0.2 + i * 0.1) * 25_000)) + (held if i > 3 else 0)
                 for i in range(12) if i % 3]
@@ -533,5 +538,91 @@ def test_an_operator_stop_is_an_event_and_refuses_later_pulses():
     # trial 2's pattern was already queued on the device: the abort cancelled it
     assert (s["stims_executed"], s["stims_dropped"], s["stims_refused"]) == (1, 1, 6)
     assert not s["stimulation_armed"]
-    assert all(r.trigger_sample > disarm[0].sample for r in engine.recent_stims
+    assert all(r.trigger_sample > disarm[0].sample for r in engine.patterns.recent
                if r.status == "refused")
+
+
+class GateWatcher(Sink):
+    """Follows the gate by what sinks are handed: the run description, then events."""
+
+    def __init__(self, actions=None):
+        self.run = None
+        self.states = []
+        self.actions = actions or {}
+
+    def on_start(self, run):
+        self.run = run
+        self.states.append((run.armed, run.disarm_reason))
+
+    def on_trial(self, trial):
+        self.actions.get(trial.index, lambda: None)()
+
+    def on_event(self, event):
+        if event.armed is not None:
+            self.states.append((event.armed, event.disarm_reason))
+
+
+def test_sinks_are_told_the_run_and_every_change_of_the_gate():
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    watcher = GateWatcher()
+    engine = Engine(driver, EveryTenthSecond(), EngineConfig(fast=True, seed=3),
+                    sinks=[watcher])
+    engine.gate.disarm("held over from the last run")  # as the GUI session does
+    watcher.actions = {1: engine.rearm, 4: lambda: engine.stop_stimulation("operator stop"),
+                       6: engine.rearm}
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    run = watcher.run
+    assert (run.protocol, run.device_url, run.seed, run.start_sample) == (
+        engine.protocol.name, driver.url, 3, engine.t0)
+    assert run.info is engine.info and run.block_samples == engine.block_samples
+    assert run.limits == engine.gate.limits.as_dict()
+    assert watcher.states == [(False, "held over from the last run"), (True, ""),
+                              (False, "operator stop"), (True, "")]
+
+
+def test_a_protocol_error_disarms_the_gate_for_the_sinks_too():
+    watcher = GateWatcher()
+    _, _, s = run(Explodes(), duration_s=5.0, sinks=[watcher])
+    assert s["error"] == "protocol"
+    assert watcher.states[-1] == (False, "protocol error")
+
+
+def test_event_kinds_are_members_and_a_drivers_own_kind_stays_its_string():
+    import re
+    from pathlib import Path
+
+    from mea_control.sinks import EventKind
+
+    # every kind the shipped drivers report maps onto a member
+    emitted = set()
+    for path in (Path(__file__).resolve().parent.parent / "drivers").rglob("*.py"):
+        emitted |= set(re.findall(r'(?:_event\(|append\(\()\s*"([a-z_]+)"', path.read_text()))
+    assert {"device_disarmed", "link_error", "link_gap", "stim_upload"} <= emitted
+    assert all(isinstance(EventKind.of(kind), EventKind) for kind in emitted), emitted
+
+    class Vendor(Spy):
+        reported = False
+
+        def drain_events(self):
+            if self.reported:
+                return self._driver.drain_events()
+            self.reported = True
+            return [("link_gap", "3 frames lost"), ("vendor_thermal", "probe warm")]
+
+    driver = Vendor(open_driver("sim://?seed=1"))
+    driver.open()
+    engine = Engine(driver, Quiet(), EngineConfig(fast=True, duration_s=0.05))
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    events = {e.message: e.kind for e in engine.recent_events}
+    assert events["3 frames lost"] is EventKind.LINK_GAP
+    unknown = events["probe warm"]
+    assert unknown == "vendor_thermal" and not isinstance(unknown, EventKind)
+    assert all(isinstance(e.kind, EventKind) for e in engine.recent_events
+               if e.message != "probe warm")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_command
 
-from drivers.base import open_driver
 from mea_control import recording
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.driver import open_driver
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import ProtocolError, load_protocol
+from mea_control.sinks import Sink
 
 #: Spikes detected on the simulated device: no raw stream, so short runs are quick.
 DEVICE = "sim://?seed=1&raw=false"

@@ -7,13 +7,14 @@ Every wait is on the buffers' or the session's condition, with a timeout.
 import numpy as np
 import pytest
 
-from drivers.base import DriverError, open_driver
 from mea_control import recording
+from mea_control.driver import DriverError, open_driver
 from mea_control.gui.feed import FLUSH_S, LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
-from mea_control.gui.session import Monitor, RigSession
+from mea_control.gui.session import RigSession
 from mea_control.protocol import ProtocolError
-from mea_control.types import Block, SpikeEvents
+from mea_control.sinks import RunDescription
+from mea_control.types import Block
 
 FS = 25_000
 WAIT_S = 60.0
@@ -53,7 +54,10 @@ def test_envelopes_keep_every_extreme_and_show_gaps():
     info = open_driver("sim://").described
     feed, buffers = LiveFeed(Rings(info.n_channels)), LiveBuffers()
     buffers.bind(feed.rings, info, feed.take_notes)
-    feed.on_start(info, Monitor())
+    feed.on_start(RunDescription(
+        protocol="monitor", parameters={}, device_url="sim://", info=info, limits={},
+        limit_notes=(), block_samples=25, fast=True, seed=0, watchdog_ms=200.0, detector={},
+        software_version="test"))
     data = np.random.default_rng(0).integers(-3000, 3000, (FS, 64)).astype(np.int16)
     uV = data.astype(np.float32) * np.float32(info.uV_per_bit)
     sent = np.zeros(FS, bool)
@@ -61,8 +65,8 @@ def test_envelopes_keep_every_extreme_and_show_gaps():
     for i, size in enumerate(np.resize([25, 7, 31, 3], 2000)):  # bins never fit blocks
         stop = min(start + int(size), FS)
         if not 0.5 * FS <= start < 0.6 * FS:  # 100 ms lost
-            feed.on_block(Block(start, data[start:stop], info.uV_per_bit, i), uV[start:stop],
-                             SpikeEvents.empty())
+            feed.on_block(Block(start, data[start:stop], info.uV_per_bit, i), uV[start:stop])
+            feed.on_clock(stop)
             sent[start:stop] = True
         start = stop
         if start == FS:

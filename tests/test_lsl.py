@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from conftest import wait_until
 
-from drivers.base import open_driver
-from mea_control.engine import Engine, EngineConfig, RunEvent, Sink, StimRecord
+from mea_control.driver import open_driver
+from mea_control.engine import Engine, EngineConfig
 from mea_control.lsl import LslOutlet, LslUnavailable
 from mea_control.protocol import load_protocol
+from mea_control.sinks import RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse
 
@@ -91,7 +92,7 @@ def test_receivers_get_blocks_spikes_and_markers(lsl, driver):
         for k in range(4)
     ]
     for block in blocks:
-        outlet.on_block(block, None, SpikeEvents.empty())
+        outlet.on_block(block, None)
     data, raw_stamps = pull(raw, 100)
     np.testing.assert_array_equal(data, np.concatenate([b.data for b in blocks]))
     # each block's last sample is stamped when pushed, the others 1/fs apart before it
@@ -140,7 +141,7 @@ def test_receivers_get_blocks_spikes_and_markers(lsl, driver):
                                 "stims_executed": None, "trials": None,
                                 "interrupted": None, "error": None}
     assert outlet.raw is outlet.spikes is outlet.markers is None
-    outlet.on_block(blocks[0], None, SpikeEvents.empty())  # later calls do nothing
+    outlet.on_block(blocks[0], None)  # later calls do nothing
     outlet.on_spikes(SpikeEvents([1100], [1], [-50.0]))
     outlet.on_event(RunEvent(1100, "log", "after the end"))
 
@@ -148,7 +149,7 @@ def test_receivers_get_blocks_spikes_and_markers(lsl, driver):
 def test_without_raw_and_close_lets_the_last_samples_out(lsl, driver):
     outlet = LslOutlet(driver.info, unique_name(), raw=False)
     assert outlet.raw is None  # (a negative resolve would take its whole timeout, or more)
-    outlet.on_block(Block(0, np.zeros((25, 64), np.int16), 0.195), None, SpikeEvents.empty())
+    outlet.on_block(Block(0, np.zeros((25, 64), np.int16), 0.195), None)
     spikes, _ = connect(lsl, f"{outlet.name}-spikes")
     # liblsl drops what it has not sent yet when an outlet is destroyed, most often on a
     # fresh connection like this one: close() waits for it

@@ -13,8 +13,10 @@ import pytest
 from mea_control import pulse_history
 from mea_control.gui.session import RigSession
 from mea_control.layouts import load_layout
+from mea_control.limits import SafetyLimits
 from mea_control.pulse_history import PulseHistory, default_path, history_path
-from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, load_rig
+from mea_control.rig import load_rig
+from mea_control.safety import SafetyGate, SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
 from tests.conftest import cli_command, wait_until
 

@@ -18,11 +18,13 @@ from conftest import ROOT, cli_command, read_until, wait_until
 from test_device import serving
 
 from drivers import pulsepal
-from drivers.base import DriverError, open_driver
 from hardware_sim.device import PtyLink
 from hardware_sim.pulsepal import FakePulsePal
-from mea_control import recording
-from mea_control.safety import SafetyGate, SafetyLimits, SafetyRefusal, effective_limits
+from mea_control import cli, recording
+from mea_control import rig as rig_module
+from mea_control.driver import DriverError, open_driver
+from mea_control.limits import SafetyLimits, effective_limits
+from mea_control.safety import SafetyGate, SafetyRefusal
 from mea_control.types import Block, StimPattern, StimPulse, StimReport
 
 RIG = """\
@@ -130,7 +132,7 @@ def test_discover_finds_the_pulse_pal_among_other_ports(monkeypatch):
             ports = [type("Port", (), {"device": name}) for name in
                      (silent.name, link.name, mea.name)]
             monkeypatch.setattr(list_ports, "comports", lambda: ports)
-            found = pulsepal.discover(0.5)
+            found = pulsepal.PulsePalDriver.discover(0.5)
         assert [url for url, _ in found] == [f"pulsepal://{link.name}"]
         assert "Pulse Pal, firmware v21" in found[0][1]
     finally:
@@ -173,6 +175,19 @@ def test_rig_file_mistakes_are_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(DriverError, match=message):
         open_driver(f"pulsepal:///dev/ttyACM0?acquire=sim://&rig={path}")
+
+
+def test_a_cli_run_reads_the_rig_file_once(tmp_path, rig, monkeypatch):
+    """The CLI reads --rig; the Pulse Pal driver and its acquisition driver take that Rig."""
+    reads = []
+    read_toml = rig_module._read_toml
+    monkeypatch.setattr(rig_module, "_read_toml", lambda path: reads.append(path) or
+                        read_toml(path))
+    with fake_pulsepal() as (_, link):
+        device = f"pulsepal://{link.name}?acquire={quote('sim://?seed=1', safe='')}"
+        code = cli.main(["run", "spontaneous", "--device", device, "--rig", str(rig),
+                         "--duration", "0.1", "--quiet"])
+    assert code == 0 and reads == [rig]
 
 
 def test_wiring_to_an_electrode_the_layout_lacks_is_refused_at_open(tmp_path):
@@ -479,7 +494,7 @@ def test_unplugging_during_a_run_stops_it_and_closes_the_recording(tmp_path, rig
     from mea_control.engine import Engine, EngineConfig
     from mea_control.protocol import load_protocol
     from mea_control.recording import Recorder
-    from mea_control.recording.writer import engine_provenance
+    from mea_control.recording.writer import run_provenance
 
     protocol_file = tmp_path / "each_electrode.py"
     protocol_file.write_text(PROTOCOL)
@@ -494,7 +509,7 @@ def test_unplugging_during_a_run_stops_it_and_closes_the_recording(tmp_path, rig
     try:
         engine = Engine(driver, cls(n_trials=100), EngineConfig(block_ms=1.0))
         engine.sinks.append(Recorder(tmp_path / "x.nwb", driver.info,
-                                     engine_provenance(engine, path), process=False))
+                                     run_provenance(engine.describe(), path), process=False))
 
         def unplug_after_two_pulses():
             fake.wait_for(77, count=2, timeout=30)

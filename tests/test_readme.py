@@ -4,7 +4,7 @@ import re
 
 from conftest import ROOT
 
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
 
@@ -23,7 +23,7 @@ def test_readme_protocol_example_runs(tmp_path):
     assert summary["error"] is None and summary["stims_refused"] == 0
     assert summary["stims_executed"] > 0
     label_44 = engine.info.layout.channel("44")
-    assert all(r.pattern.channels == (label_44,) for r in engine.recent_stims)
+    assert all(r.pattern.channels == (label_44,) for r in engine.patterns.recent)
 
 
 def test_readme_fep_example_runs(isomura_data, monkeypatch, capsys):

@@ -6,11 +6,12 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command
+from conftest import ROOT, cli_command, imported_modules
 
 from mea_control import recording
 from mea_control.layouts import load_layout
 from mea_control.recording.journal import Journal, journal_path, read_journal
+from mea_control.sinks import EventKind
 from mea_control.types import SpikeEvents
 
 SERIES = "acquisition/ElectricalSeries"
@@ -65,6 +66,10 @@ def test_pynwb_reads_structure_and_tables(recorded):
         assert sum(len(t) for t in nwb.units["spike_times"][:]) == s["spikes"]
         kinds = nwb.processing["mea_control"]["events"]["kind"][:]
         assert kinds[0] == "start" and "stop" in list(kinds)
+        # the file holds the kinds' plain text, as before they were an enumeration
+        assert {type(k) for k in kinds} <= {str, bytes}
+        assert {k.decode() if isinstance(k, bytes) else k for k in kinds} <= {
+            kind.value for kind in EventKind}
 
 
 def test_spikeinterface_reads_recording_and_sorting(recorded):
@@ -151,6 +156,27 @@ def test_info_prints_a_readable_summary(recorded):
     assert "64 channels at 25000 Hz" in out and "complete" in out
     assert "trials          12 in 1 session(s)" in out
     assert "protocol        bss_isomura" in out and "health          ok" in out
+
+
+#: What the closed loop needs and the reader, the file commands and the recording process not.
+CLOSED_LOOP = ("mea_control.engine", "mea_control.dsp", "numba")
+
+
+@pytest.mark.parametrize("argv", [
+    ["-c", "import mea_control.recording"],
+    ["-c", "import mea_control.recording.writer"],  # the recorder: a sink, not the loop
+    ["-m", "mea_control.cli", "info", "{nwb}"],
+    ["-m", "mea_control.cli", "recover", "{nwb}"],  # refuses a complete file, after the imports
+    ["-m", "mea_control.cli", "export", "{nwb}", "--compress", "-o", "{tmp}/copy.nwb"],
+    ["-m", "mea_control.recording", "{tmp}/process.nwb", "{tmp}/process.journal", "0", "100"],
+], ids=["import", "writer", "info", "recover", "export", "recording-process"])
+def test_file_tools_do_not_import_the_closed_loop(recorded, tmp_path, argv):
+    """Reading a file, the file commands and the recording process start without the
+    engine, the DSP and numba (`mea-control info` was paying a second for them)."""
+    nwb = recorded[0]
+    modules = imported_modules(*(a.format(nwb=nwb, tmp=tmp_path) for a in argv))
+    assert "mea_control.recording.reader" in modules or "mea_control.recording.disk" in modules
+    assert modules.intersection(CLOSED_LOOP) == set()
 
 
 def test_export_compressed_copy_reads_the_same(recorded, tmp_path):

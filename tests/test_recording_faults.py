@@ -13,15 +13,18 @@ from datetime import UTC
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command, ctrl_c_works, wait_until
+from conftest import ROOT, cli_batch, cli_command, ctrl_c_works, wait_until
 
-from drivers.base import open_driver
 from mea_control import cli, recording
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.cli.console import EXIT_INTERRUPTED
+from mea_control.cli.run import _report_recording
+from mea_control.driver import open_driver
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import load_protocol
 from mea_control.recording import disk, writer
 from mea_control.recording.journal import journal_path
-from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.recording.writer import Recorder, run_provenance
+from mea_control.sinks import Sink
 
 SERIES = "acquisition/ElectricalSeries"
 
@@ -117,7 +120,7 @@ class _Release(Sink):
     def __init__(self, gate: threading.Event, at_sample: int) -> None:
         self.gate, self.at_sample = gate, at_sample
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.start_sample >= self.at_sample:
             self.gate.set()
 
@@ -132,7 +135,7 @@ def _run_bss(tmp_path, record=True, sinks_before=(), **recorder_options):
     engine = Engine(driver, cls(sessions=1, trials_per_session=6),
                     EngineConfig(fast=True, block_ms=1.0))
     if record:
-        rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, path),
+        rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), path),
                        **recorder_options)
         engine.sinks += [*sinks_before, rec]
     summary = engine.run()
@@ -218,7 +221,7 @@ def test_cli_warns_when_the_recording_lost_data(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(disk._RawAppender, "_write", full)
     _, s = _run_bss(tmp_path)
-    assert cli._report_recording(s["recording"], quiet=False)  # -> exit code 4
+    assert _report_recording(s["recording"], quiet=False)  # -> exit code 4
     out = capsys.readouterr()
     total = round(s["duration_s"] * 25000)
     assert f"0 raw samples, {total} lost" in out.out
@@ -231,7 +234,7 @@ class _Freeze(Sink):
     def __init__(self, recorder, start: int, stop: int) -> None:
         self.pid, self.start, self.stop = recorder._process.pid, start, stop
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.start_sample == self.start:
             os.kill(self.pid, signal.SIGSTOP)
         elif block.start_sample == self.stop:
@@ -244,7 +247,7 @@ def test_a_hung_recording_process_does_not_stall_the_loop(tmp_path):
     driver.open()
     engine = Engine(driver, cls(sessions=1, trials_per_session=6),
                     EngineConfig(fast=True, block_ms=1.0))
-    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, path),
+    rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), path),
                    max_backlog_s=0.5)
     engine.sinks += [_Freeze(rec, 25_000, 100_000), rec]
     s = engine.run()
@@ -304,7 +307,8 @@ def test_overwrite_refuses_a_file_another_run_is_writing(tmp_path):
 def test_cli_refuses_bad_targets_before_the_run(tmp_path):
     existing = tmp_path / "old.nwb"
     existing.write_bytes(b"precious")
-    for target, words in [
+    journal_path(tmp_path / "crashed.nwb").write_text("{}")  # a crashed run's tables
+    targets = [
         (existing, "exists; choose another name or add --overwrite"),
         (tmp_path / "nope" / "r.nwb", "does not exist"),
         (tmp_path, "it is a folder"),
@@ -312,19 +316,19 @@ def test_cli_refuses_bad_targets_before_the_run(tmp_path):
         (existing / "r.nwb", "is a file, not a folder"),
         ("", "--record needs a file name"),
         ("/proc/r.nwb", "cannot record to /proc/r.nwb"),
-    ]:
-        proc = run_cli("run", "spontaneous", "--duration", "30", "--record", str(target))
-        assert proc.returncode == 2, (target, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and words in lines[0], proc.stderr
-        assert "[start]" not in proc.stderr and not proc.stdout
+    ]
+    run = ["run", "spontaneous", "--duration", "30"]
+    *refused, crashed, no_raw = cli_batch(  # one process: each case spends its time importing
+        [[*run, "--record", str(target)] for target, _ in targets]
+        + [[*run, "--record", str(tmp_path / "crashed.nwb")], [*run, "--no-raw"]])
+    for (target, words), (code, stderr, stdout) in zip(targets, refused, strict=True):
+        assert code == 2, (target, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], stderr
+        assert "[start]" not in stderr and not stdout
     assert existing.read_bytes() == b"precious"
-    journal_path(tmp_path / "crashed.nwb").write_text("{}")  # a crashed run's tables
-    proc = run_cli("run", "spontaneous", "--duration", "30", "--record",
-                   str(tmp_path / "crashed.nwb"))
-    assert proc.returncode == 2 and "crashed.nwb.journal exists" in proc.stderr
-    proc = run_cli("run", "spontaneous", "--duration", "30", "--no-raw")
-    assert proc.returncode == 2 and "--record" in proc.stderr
+    assert crashed[0] == 2 and "crashed.nwb.journal exists" in crashed[1]
+    assert no_raw[0] == 2 and "--record" in no_raw[1]
 
 
 def test_full_disk_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
@@ -415,7 +419,7 @@ def test_ctrl_c_twice_still_finishes_the_file(tmp_path):
         proc.wait(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == cli.EXIT_INTERRUPTED, proc.stderr.read()
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr.read()
     with recording.open(nwb) as rec:
         assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0
 

@@ -21,8 +21,8 @@ from benchmarks.reliability import (  # noqa: E402
     run_scenario,
     scenarios,
 )
-from drivers.base import open_driver  # noqa: E402
-from mea_control.safety import SafetyLimits  # noqa: E402
+from mea_control.driver import open_driver  # noqa: E402
+from mea_control.limits import SafetyLimits  # noqa: E402
 from mea_control.types import StimPattern, StimPulse, StimReport  # noqa: E402
 
 PULSE = 5.0, 200.0  # uA, us: within every default limit

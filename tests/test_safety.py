@@ -1,10 +1,9 @@
-"""The safety gate, its limits, and rig files."""
+"""The safety gate: every limit checked per electrode, rates, arming."""
 
 from __future__ import annotations
 
 import math
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mea_control.layouts import load_layout
-from mea_control.safety import (
-    LIMIT_NAMES,
-    RigFileError,
-    SafetyGate,
-    SafetyLimits,
-    SafetyRefusal,
-    effective_limits,
-    load_rig,
-    pulse_imbalance,
-    shannon_k,
-)
+from mea_control.limits import SafetyLimits
+from mea_control.safety import SafetyGate, SafetyRefusal, pulse_imbalance, shannon_k
 from mea_control.types import Layout, StimPattern, StimPulse
 
 FS = 20_000.0
@@ -318,40 +308,7 @@ def test_concurrent_admits_are_all_counted() -> None:
     assert admitted == gate.admitted
 
 
-# ---------------------------------------------------------------------------- limits as data
-
-
-def test_defaults_and_as_dict() -> None:
-    limits = SafetyLimits()
-    d = limits.as_dict()
-    assert tuple(d) == LIMIT_NAMES
-    assert d["max_current_uA"] == 10.0 and d["forbidden"] == []
-    assert (limits.burst_max_pulses, limits.mean_max_pulses) == (10, 400)
-    assert SafetyLimits.from_dict(d) == limits
-
-
-@pytest.mark.parametrize(
-    "values, match",
-    [
-        ({"max_current_uA": -1.0}, "max_current_uA"),
-        ({"burst_window_ms": 0.0}, "burst_window_ms"),
-        ({"min_phase_us": 600.0}, "min_phase_us"),
-        ({"max_charge_nC": "4"}, "max_charge_nC"),
-        ({"forbidden": "15"}, "forbidden"),
-        ({"max_amps": 1.0}, "max_amps"),
-        ({"max_current_uA": math.nan}, "max_current_uA must be a finite number"),
-        ({"max_voltage_mV": math.inf}, "max_voltage_mV must be a finite number"),
-        ({"mean_window_s": 1e308}, r"mean_window_s must be <= 3600 s"),
-        ({"burst_window_ms": 10_001.0}, r"burst_window_ms must be <= 10000 ms"),
-        ({"mean_rate_hz": 1e308}, "mean_rate_hz"),
-        ({"burst_window_ms": 1.0}, r"burst_rate_hz x burst_window_ms allows 0.2 pulses"),
-        ({"burst_rate_hz": 0.0}, r"burst_rate_hz x burst_window_ms allows 0 pulses"),
-        ({"mean_rate_hz": 0.05}, r"mean_rate_hz x mean_window_s allows 0.5 pulses"),
-    ],
-)
-def test_bad_limits(values: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        SafetyLimits.from_dict(values)
+# ---------------------------------------------------------------------------- longest windows
 
 
 def test_longest_windows_and_one_pulse_per_window_make_a_working_gate() -> None:
@@ -361,151 +318,6 @@ def test_longest_windows_and_one_pulse_per_window_make_a_working_gate() -> None:
     gate.admit(single(bip(5.0)), 0)
     assert refused(gate, single(bip(5.0), at=int(10 * FS) - 1)).limit == "burst_rate_hz"
     gate.admit(single(bip(5.0), at=int(10 * FS)), 0)
-
-
-def test_device_limits_cannot_leave_less_than_one_pulse_per_window() -> None:
-    with pytest.raises(
-        ValueError, match="device's limits conflict.*burst_rate_hz x burst_window_ms"
-    ):
-        effective_limits(SafetyLimits(), {"burst_window_ms": 1.0})
-    with pytest.raises(ValueError, match="device's limits conflict.*mean_rate_hz x mean_window_s"):
-        effective_limits(SafetyLimits(), {"mean_rate_hz": 0.01})
-
-
-def test_device_limits_stricter_wins() -> None:
-    limits = SafetyLimits(max_current_uA=20.0, forbidden=("15",))
-    tight, _ = effective_limits(
-        limits,
-        {
-            "max_current_uA": 5.0,
-            "max_voltage_mV": 2000.0,
-            "min_phase_us": 50.0,
-            "max_phase_us": 1000.0,
-            "burst_rate_hz": 100.0,
-            "forbidden": ["27", "15"],
-        },
-    )
-    assert tight.max_current_uA == 5.0 and tight.max_voltage_mV == 900.0
-    assert tight.min_phase_us == 50.0 and tight.max_phase_us == 500.0
-    assert tight.burst_rate_hz == 100.0 and tight.forbidden == ("15", "27")
-    assert effective_limits(limits, {}) == (limits, [])
-
-
-def test_device_limits_unknown_keys_are_named() -> None:
-    with pytest.raises(ValueError, match="max_amps, volts"):
-        effective_limits(SafetyLimits(), {"volts": 1, "max_amps": 2, "max_current_uA": 3})
-
-
-def test_effective_limits_notes() -> None:
-    rig = SafetyLimits(max_current_uA=20.0, max_charge_nC=3.0)
-    limits, notes = effective_limits(rig, {"max_current_uA": 15.0, "max_charge_nC": 5.0})
-    assert limits.max_current_uA == 15.0 and limits.max_charge_nC == 3.0
-    assert len(notes) == 1 and "max_current_uA" in notes[0] and "15 uA" in notes[0]
-    assert "20 uA" in notes[0]
-    _, notes = effective_limits(rig, {"forbidden": ["15"]})
-    assert notes == ["the device also forbids electrode(s) 15"]
-
-
-# ---------------------------------------------------------------------------- rig files
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "rig2.toml"
-    path.write_text(text)
-    return path
-
-
-def test_load_rig(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        """
-[rig]
-name = "rig 2"
-room = "B.214"
-
-[limits]
-max_current_uA = 5
-max_voltage_mV = 1200.0
-forbidden = ["15", "27"]
-
-[stimulator]
-settle_ms = 2
-""",
-    )
-    rig = load_rig(path)
-    assert rig.name == "rig 2" and rig.path == path
-    assert rig.limits.max_current_uA == 5.0 and rig.limits.max_voltage_mV == 1200.0
-    assert rig.limits.forbidden == ("15", "27") and rig.limits.max_charge_nC == 4.0
-    assert rig.tables == {"rig": {"name": "rig 2", "room": "B.214"}, "stimulator": {"settle_ms": 2}}
-    assert len(rig.notes) == 1 and "max_voltage_mV" in rig.notes[0]
-    limits, notes = effective_limits(rig.limits, {"max_voltage_mV": 1000.0})
-    assert limits.max_voltage_mV == 1000.0 and "max_voltage_mV" in notes[0]
-
-
-def test_rig_without_tables_uses_defaults(tmp_path: Path) -> None:
-    rig = load_rig(write(tmp_path, ""))
-    assert rig.name == "rig2" and rig.limits == SafetyLimits()
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
-        ("[limits\nmax_current_uA = 5", "not valid TOML"),
-        ("[limits]\nmax_curent_uA = 5", "max_curent_uA; did you mean max_current_uA"),
-        ("[limits]\nmax_current_uA = '5'", r"max_current_uA must be a number in uA"),
-        ("[limits]\nmax_current_uA = true", "max_current_uA must be a number"),
-        ("[limits]\nmax_current_uA = -5", r"max_current_uA = -5 is not allowed; give a value >= 0"),
-        ("[limits]\nmean_window_s = 0", r"mean_window_s = 0 is not allowed; give a value > 0"),
-        ("[limits]\nforbidden = [15, 27]", r'forbidden = \["15", "27"\]'),
-        ("[limits]\nforbidden = '15'", "forbidden must be a list"),
-        ("max_current_uA = 5", "outside any table; put it under \\[limits\\]"),
-        ("[limit]\nmax_current_uA = 5", r"unknown table \[limit\]; did you mean \[limits\]"),
-        ("[rig]\nname = 2", "name must be a string"),
-        ("[limits]\nmin_phase_us = 600", "min_phase_us"),
-        ("limits = 3", r"'limits' must be a table: write \[limits\] on its own line"),
-        ("rig = 'rig 2'", r"'rig' must be a table: write \[rig\] on its own line"),
-        ("[[limits]]\nmax_current_uA = 5", r"'limits' must be a table: write \[limits\]"),
-        ("name = 'rig 2'", r"outside any table; put it under \[rig\]"),
-        (
-            "[limits]\nmax_current_uA = nan",
-            "max_current_uA = nan is not allowed; give a value >= 0, a finite number",
-        ),
-        (
-            "[limits]\nmax_charge_nC = inf",
-            "max_charge_nC = inf is not allowed; give a value >= 0, a finite number",
-        ),
-        ("[limits]\nmean_window_s = -inf", "mean_window_s = -inf is not allowed"),
-        ("[limits]\nmean_window_s = 1e308", r"mean_window_s = 1e\+308 is not allowed.*<= 3600"),
-        ("[limits]\nburst_window_ms = 60000", r"burst_window_ms = 60000 .*<= 10000"),
-        ("[limits]\nburst_window_ms = 1", r"burst_rate_hz x burst_window_ms allows 0.2 pulses"),
-        ("[limits]\nmean_rate_hz = 0", r"mean_rate_hz x mean_window_s allows 0 pulses"),
-    ],
-)
-def test_bad_rig_files(tmp_path: Path, text: str, match: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(RigFileError, match=match) as info:
-        load_rig(path)
-    assert str(path) in str(info.value)
-    assert "\n" not in str(info.value).strip() or "TOML" in str(info.value)
-
-
-def test_missing_rig_file(tmp_path: Path) -> None:
-    with pytest.raises(RigFileError, match="no such file"):
-        load_rig(tmp_path / "absent.toml")
-    assert issubclass(RigFileError, ValueError)
-
-
-def test_unreadable_rig_files(tmp_path: Path) -> None:
-    path = tmp_path / "rig2.toml"
-    path.write_bytes(b"\xff\xfe[limits]")
-    with pytest.raises(RigFileError, match="not UTF-8 text") as info:
-        load_rig(path)
-    assert str(path) in str(info.value)
-    folder = tmp_path / "rigs.toml"
-    folder.mkdir()
-    with pytest.raises(RigFileError, match="is a directory, not a rig file") as info:
-        load_rig(folder)
-    assert str(folder) in str(info.value)
 
 
 # ---------------------------------------------------------------------------- property

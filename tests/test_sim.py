@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import imported_modules
 
-from drivers.base import DriverError, open_driver
 from drivers.sim import SimDriver
-from hardware_sim.culture import PoissonBurstCulture
+from hardware_sim.cultures.poisson_burst import PoissonBurstCulture
+from hardware_sim.mea import SimError
+from mea_control.driver import DriverError, open_driver
 from mea_control.dsp import SpikeDetector
 from mea_control.layouts import load_layout
 from mea_control.types import Block, SpikeEvents, StimPattern, StimPulse, StimReport, Tick
@@ -140,6 +142,15 @@ def test_lowest_rate_runs_the_default_detector():
 def test_unknown_layout_is_a_driver_error_with_the_other_option_checks():
     with pytest.raises(DriverError, match="nope"):
         open_driver("sim://?layout=nope")
+
+
+def test_devices_does_not_import_the_simulators_physics_or_the_loop():
+    """`mea-control devices` asks sim:// without building a simulator: no numba (the culture
+    and electrode kernels, imported when the simulator opens), no scipy (scipy.signal is for
+    a simulator's noise), no engine."""
+    modules = imported_modules("-m", "mea_control.cli", "devices", "--timeout", "0.2")
+    assert "hardware_sim.mea" in modules  # sim:// was asked (entry points load untraced)
+    assert modules.intersection({"numba", "scipy", "mea_control.engine"}) == set()
 
 
 def test_lifecycle():
@@ -292,7 +303,7 @@ def test_spontaneous_rate_and_bursts():
     assert 1.5 < np.median(np.diff(starts)) < 8.0
     assert np.all((stops - starts > 0.08) & (stops - starts < 0.8))
     # and the culture's own log agrees
-    onsets = driver.culture.burst_onsets() / 25000
+    onsets = driver.mea.culture.burst_onsets() / 25000
     assert len(onsets) == pytest.approx(len(starts), abs=2)
 
 
@@ -530,8 +541,8 @@ def test_spikes_only_threshold_changes_what_is_reported():
     assert len(low) > len(high) > 0
     assert (high.amplitude_uV <= -12 * 7.0).all()
     driver = make("sim://?seed=1&raw=0")
-    with pytest.raises(DriverError, match="out of range"):
-        driver.set_threshold(0.0)
+    with pytest.raises(SimError, match="out of range"):
+        driver.mea.set_threshold(0.0)
 
 
 def test_spikes_only_trials_are_the_same_for_any_block_size():
@@ -626,9 +637,9 @@ def test_ground_truth_is_kept_only_when_asked_for():
     with pytest.raises(DriverError, match="truth=1"):
         default.ground_truth()
     with pytest.raises(RuntimeError, match="keep_log=True"):
-        default.culture.bursts()  # the network's burst log grew too (about 1 MB an hour)
+        default.mea.culture.bursts()  # the network's burst log grew too (about 1 MB an hour)
     kept = make("sim://?seed=1&truth=1")
     read_blocks(kept, 200)
     events, units = kept.ground_truth()
     assert len(events) == len(units) > 0
-    kept.culture.bursts()
+    kept.mea.culture.bursts()

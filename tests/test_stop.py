@@ -12,13 +12,15 @@ import time
 import pytest
 from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 
-from drivers.base import DriverError, open_driver
-from mea_control import cli, recording
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control import recording
+from mea_control.cli.console import EXIT_INTERRUPTED
+from mea_control.driver import DriverError, open_driver
+from mea_control.engine import Engine, EngineConfig
 from mea_control.protocol import Protocol
 from mea_control.recording.journal import journal_path
-from mea_control.recording.writer import Recorder, engine_provenance
+from mea_control.recording.writer import Recorder, run_provenance
 from mea_control.safety import SafetyRefusal
+from mea_control.sinks import Sink
 from mea_control.types import StimPattern, StimPulse
 
 PULSE = StimPulse.biphasic(5.0, 200.0)
@@ -255,7 +257,7 @@ class StopAt(Sink):
     def __init__(self, engine, sample):
         self.engine, self.sample = engine, sample
 
-    def on_block(self, block, filtered, spikes):
+    def on_block(self, block, filtered):
         if block.stop_sample >= self.sample:
             threading.Thread(target=self.engine.stop).start()
 
@@ -276,7 +278,7 @@ def test_a_train_cut_by_a_protocol_error_is_recorded_as_far_as_it_ran(tmp_path):
                 raise RuntimeError("protocol bug (injected)")
 
     engine = Engine(driver, Fails(0.1, train_then_fail), EngineConfig(fast=True))
-    rec = Recorder(tmp_path / "r.nwb", driver.info, engine_provenance(engine, __file__))
+    rec = Recorder(tmp_path / "r.nwb", driver.info, run_provenance(engine.describe(), __file__))
     engine.sinks.append(rec)
     try:
         s = engine.run()
@@ -394,7 +396,7 @@ def test_a_killed_run_ends_cleanly_with_its_recording_and_summary(tmp_path, how)
     with recording.open(nwb) as rec:
         assert rec.complete and rec.summary["interrupted"] and rec.n_samples > 0
     assert json.loads(summary.read_text())["interrupted"] is True
-    assert cli.EXIT_INTERRUPTED == 128 + signal.SIGINT
+    assert EXIT_INTERRUPTED == 128 + signal.SIGINT
 
 
 def test_a_protocol_error_points_at_its_line_in_the_log():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mea_control.layouts import load_layout
-from mea_control.safety import SafetyGate, SafetyLimits
+from mea_control.limits import SafetyLimits
+from mea_control.safety import SafetyGate
 from mea_control.trials import Trials, TrialSpec, TrialTable
 from mea_control.types import SpikeEvents, StimPattern, StimPulse, StimReport
 

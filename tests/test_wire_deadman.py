@@ -18,7 +18,7 @@ from test_device import host_on, serving
 from test_serial import PULSE, blocks_to, connected, device_url
 
 from drivers import wire
-from drivers.base import DriverError, open_driver
+from mea_control.driver import DriverError, open_driver
 from mea_control.types import StimPattern, StimReport
 
 RATE = 25_000
@@ -98,7 +98,7 @@ def test_a_hung_loop_disarms_the_device_and_cuts_its_train():
 
 HOST = """
 import sys
-from drivers.base import open_driver
+from mea_control.driver import open_driver
 from mea_control.types import Block, StimPattern, StimPulse
 driver = open_driver(sys.argv[1])
 driver.open()
@@ -227,8 +227,9 @@ def test_the_hello_gives_the_devices_host_timeout_and_the_driver_beats_in_time()
 
 def test_a_host_timeout_out_of_range_is_refused():
     from hardware_sim.device import SimDevice
+    from hardware_sim.mea import SimError
 
-    with pytest.raises(DriverError, match="host_timeout_ms=0: use 1 to 60000 ms"):
+    with pytest.raises(SimError, match="host_timeout_ms=0: use 1 to 60000 ms"):
         SimDevice(host_timeout_ms=0)
 
 

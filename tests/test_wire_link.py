@@ -15,9 +15,9 @@ from conftest import ROOT, cli_command, read_until, wait_until
 from test_device import serving
 from test_serial import PULSE, blocks_to, connected, device_url
 
-from drivers.base import DriverError, open_driver
 from hardware_sim.device import LinkFaults
 from mea_control import recording
+from mea_control.driver import DriverError, open_driver
 from mea_control.types import Block, StimPattern
 
 

@@ -6,7 +6,9 @@ process) as rings of samples, spikes and pulses with a header of counters.
 :class:`LiveFeed` is the engine sink that fills them: it files each block and
 spike batch and every :data:`FLUSH_S` of device time copies them into the rings
 and bumps the counters, nothing else, so the acquisition thread never waits for
-the GUI and spends a few microseconds a block on it. The reader
+the GUI and spends a few microseconds a block on it. Like every sink, it knows
+the run only by what it is handed: the run's description at its start, the
+data, and the events (the safety gate's state among them). The reader
 (:class:`~mea_control.gui.live.LiveBuffers`) takes what is new about 30 times a
 second and does all the reducing.
 
@@ -21,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo
-from mea_control.engine import Engine, RunEvent, Sink, StimRecord
 from mea_control.protocol import Protocol
-from mea_control.types import Block, SpikeEvents
+from mea_control.sinks import RUN_ENDED, RunDescription, RunEvent, Sink, StimRecord
+from mea_control.types import Block, DeviceInfo, SpikeEvents
 
 #: Bytes of one ring buffer (samples get what the other rings leave).
 RING_BYTES = 24 * 1024 * 1024
@@ -119,54 +120,63 @@ class LiveFeed(Sink):
     """The engine sink behind the GUI: copies each block, spike batch and pulse into :class:`Rings`.
 
     Events and decisions wait in deques for :meth:`take_notes`; the model is
-    read from the latest protocol that has a ``model_state()``.
+    read from the latest protocol that has a ``model_state()`` (see :meth:`expect`).
     """
 
     def __init__(self, rings: Rings | None = None) -> None:
         self.rings = rings
         self.info: DeviceInfo | None = None
-        self.protocol: Protocol | None = None
-        self._engine: Engine | None = None
+        #: The name of the protocol of the latest run.
+        self.protocol: str | None = None
+        self._next_protocol: Protocol | None = None
         self._model_source: Any = None
         self._events: deque[RunEvent] = deque(maxlen=KEEP_NOTES)
         self._decisions: deque[dict[str, Any]] = deque(maxlen=KEEP_NOTES)
         self._started = False
+        self._armed, self._disarm_reason = True, ""
 
-    def attach(self, engine: Engine) -> None:
-        """Read the clock, loop figures and gate of ``engine`` (call before its run)."""
-        self._engine = engine
+    def expect(self, protocol: Protocol) -> None:
+        """The protocol of the next run (call before it): from that run's start, the model
+        panel shows its ``model_state()``; a passive run keeps the model shown."""
+        self._next_protocol = protocol
 
     # -- Sink, on the acquisition thread ---------------------------------------------------
-    def on_start(self, info: DeviceInfo, protocol: Protocol) -> None:
+    def on_start(self, run: RunDescription) -> None:
+        info = run.info
         if self.rings is None or self.rings.n_channels != info.n_channels:
             raise ValueError(f"the live rings are not laid out for {info.n_channels} "
                              "channels (the session lays them out at connect)")
         h = self.rings.header
         h[RUN] += 1  # odd: resetting
         h[BLOCKS] = h[SPIKES] = h[STIMS] = h[N_BLOCKS] = h[SAMPLES_LOST] = h[RAW_END] = 0
-        engine = self._engine if self._engine is not None and \
-            self._engine.protocol is protocol else None
-        h[T0] = h[NOW] = engine.t0 if engine is not None else -1
-        h[ARMED] = 1
-        h[BLOCK_SAMPLES] = engine.block_samples if engine is not None else 0
-        self._engine = engine
-        self.info, self.protocol = info, protocol
+        h[T0] = h[NOW] = run.start_sample
+        h[ARMED] = run.armed
+        h[BLOCK_SAMPLES] = run.block_samples
+        self.info, self.protocol = info, run.protocol
+        self._armed, self._disarm_reason = run.armed, run.disarm_reason
         self._blocks: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self._spikes: list[SpikeEvents] = []
-        self._ticks = self._now = self._flushed = 0
+        self._ticks = self._lost = self._flushed = 0
+        self._now = run.start_sample
+        self._expected: int | None = None
         self._flushed_raw = False
         self._every = max(1, int(FLUSH_S * info.sample_rate))
-        if not getattr(protocol, "passive", False):
+        protocol, self._next_protocol = self._next_protocol, None
+        if protocol is not None and not getattr(protocol, "passive", False):
             self._model_source = protocol if hasattr(protocol, "model_state") else None
         self._started = True
         h[RUN] += 1  # even: a run's data follow
 
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
-        # ``spikes`` came through on_spikes already (the only way on a spikes-only device)
+    def on_block(self, block: Block, filtered: np.ndarray | None) -> None:
+        if self._expected is not None and block.start_sample > self._expected:
+            self._lost += block.start_sample - self._expected  # a gap in the stream
+        self._expected = block.stop_sample
         if block.n_samples:
             self._blocks.append((block.start_sample, block.data, filtered))
+
+    def on_clock(self, sample: int) -> None:
         self._ticks += 1
-        self._now = block.stop_sample
+        self._now = max(self._now, sample)
         if self._now - self._flushed >= self._every:
             self.flush()
 
@@ -180,6 +190,7 @@ class LiveFeed(Sink):
 
     def on_stop(self, summary: dict[str, Any]) -> None:
         if self._started:  # a run stopped before its first block never started
+            self._armed, self._disarm_reason = False, RUN_ENDED
             self.flush()
         self._started = False
 
@@ -197,8 +208,6 @@ class LiveFeed(Sink):
             r.blocks[k % BLOCK_SLOTS] = (start, len(raw))
             h[RAW_END] = start + len(raw)
             h[BLOCKS] = k + 1
-            if h[T0] < 0:
-                h[T0] = start
         spikes = SpikeEvents.concat(self._spikes)
         self._spikes = []
         if len(spikes):
@@ -206,19 +215,11 @@ class LiveFeed(Sink):
             _put(r.spike_sample, k, spikes.sample)
             _put(r.spike_channel, k, spikes.channel)
             h[SPIKES] = k + len(spikes)
-            if h[T0] < 0:
-                h[T0] = int(spikes.sample[0])
             if not h[RAW_END]:  # a spikes-only device: its spikes move the clock too
                 now = max(now, int(spikes.sample[-1]) + 1)
-        engine = self._engine
-        if engine is not None:
-            now = max(now, engine.now)
-            h[N_BLOCKS] = engine.n_blocks
-            h[SAMPLES_LOST] = engine.samples_lost
-            h[ARMED] = engine.gate.armed
-        else:
-            h[N_BLOCKS] += self._ticks
-        self._ticks = 0
+        h[N_BLOCKS] = self._ticks
+        h[SAMPLES_LOST] = self._lost
+        h[ARMED] = self._armed
         h[NOW] = max(int(h[NOW]), now)
 
     def on_stim(self, record: StimRecord) -> None:
@@ -238,6 +239,8 @@ class LiveFeed(Sink):
 
     def on_event(self, event: RunEvent) -> None:
         self._events.append(event)
+        if event.armed is not None:  # the event armed or disarmed the gate
+            self._armed, self._disarm_reason = event.armed, event.disarm_reason
 
     # -- from other threads ----------------------------------------------------------------
     def take_notes(self, model: bool = True) -> dict[str, Any]:
@@ -245,12 +248,9 @@ class LiveFeed(Sink):
         take, the protocol's name, why the gate is disarmed, and (``model``) the model."""
         events = [self._events.popleft() for _ in range(len(self._events))]
         decisions = [self._decisions.popleft() for _ in range(len(self._decisions))]
-        engine = self._engine
         notes: dict[str, Any] = {
-            "events": events, "decisions": decisions,
-            "protocol": self.protocol.name if self.protocol is not None else None,
-            "disarmed": (engine.gate.disarm_reason or "stopped")
-            if engine is not None and not engine.gate.armed else None}
+            "events": events, "decisions": decisions, "protocol": self.protocol,
+            "disarmed": None if self._armed else self._disarm_reason or "stopped"}
         source = self._model_source
         if model and source is not None:
             try:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo
-from mea_control.engine import expand_counts
 from mea_control.gui import feed as f
 from mea_control.gui.snapshot import Snapshot
+from mea_control.run_stats import expand_counts
+from mea_control.types import DeviceInfo
 
 #: Seconds of device time the buffers keep.
 KEEP_S = 60.0

@@ -35,10 +35,10 @@ from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 from typing import Any
 
-from drivers.base import DeviceInfo
 from mea_control.gui.feed import RING_BYTES, Rings
 from mea_control.gui.live import LiveBuffers
-from mea_control.safety import SafetyLimits
+from mea_control.limits import SafetyLimits
+from mea_control.types import DeviceInfo
 
 #: Seconds a command may take in the rig process before the GUI gives up on it
 #: (connect opens the device; disconnect waits for a recording to close).

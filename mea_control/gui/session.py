@@ -27,15 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceInfo, Driver, DriverError, open_driver
-from mea_control.engine import Engine, EngineConfig, Sink
+from mea_control.driver import Driver, DriverError, open_driver
+from mea_control.engine import Engine, EngineConfig
 from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
+from mea_control.limits import SafetyLimits
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.switch import RecordingSwitch
-from mea_control.safety import SafetyLimits
+from mea_control.sinks import Sink
+from mea_control.types import DeviceInfo
 
 #: Lines kept in the log panel's deque.
 KEEP_LOG = 2000
@@ -98,7 +100,7 @@ class RigSession:
         self._queued: _Job | None = None  # asked for, waiting for the monitor to end
         self._instance: Protocol | None = None
         self._stim_stopped: str | None = None
-        self._held = False  # the operator paused the protocol run
+        self._pause_asked = False  # the operator paused the protocol run
 
     # -- connection --------------------------------------------------------------------------
     def connect(self, url: str, fast: bool = False) -> DeviceInfo:
@@ -196,7 +198,7 @@ class RigSession:
         with self._state:
             if not self._connected:
                 raise RuntimeError("the device was disconnected")
-            self._queued, self._instance, self._held = job, instance, False
+            self._queued, self._instance, self._pause_asked = job, instance, False
             if self._job is None and self._engine is not None:
                 self._engine.stop()  # the monitor; the rig thread starts the job next
         self._say(f"starting {cls.name}" + (f", recording to {target}" if target else ""))
@@ -247,25 +249,25 @@ class RigSession:
         return (0.0, "starting") if waiting else (0.0, "")
 
     def pause(self) -> None:
-        """Hold the protocol run (no hooks, no new trials; acquisition and recording go on);
-        a run about to start starts held."""
-        self._hold(True)
+        """Pause the protocol run (no hooks, no new trials; acquisition and recording go on);
+        a run about to start starts paused."""
+        self._ask_pause(True)
 
     def resume(self) -> None:
-        self._hold(False)
+        self._ask_pause(False)
 
     @property
     def paused(self) -> bool:
-        """Whether the operator holds the protocol run (it takes effect within a block)."""
+        """Whether the operator paused the protocol run (it takes effect within a block)."""
         with self._state:
-            return self._held and (self._job is not None or self._queued is not None)
+            return self._pause_asked and (self._job is not None or self._queued is not None)
 
-    def _hold(self, pause: bool) -> None:
+    def _ask_pause(self, pause: bool) -> None:
         with self._state:
             job = self._job or self._queued
             if job is None:
                 raise RuntimeError("no protocol is running")
-            self._held = pause
+            self._pause_asked = pause
             engine = self._engine if self._job is not None else None
         if engine is not None:
             engine.pause() if pause else engine.resume()
@@ -284,7 +286,7 @@ class RigSession:
             raise RuntimeError(f"already recording to {self.switch.recorder.path}")
         recorder = self._recorder(engine, job.path if job else None, path, overwrite, None)
         try:
-            self.switch.put(recorder, engine)
+            self.switch.put(recorder)
         except RuntimeError:
             recorder.discard()
             raise
@@ -294,9 +296,15 @@ class RigSession:
 
     def stop_recording(self) -> dict[str, Any] | None:
         """End the recording now and close its file; its stats (None if none was on)."""
-        recorder = self.switch.finish()
+        recorder = self.switch.take()
         if recorder is None:
             return None
+        with self._state:
+            engine = self._engine  # the recorder's run: it ends only after its recording
+        # the run's figures so far, which the engine computes on its loop between two items
+        summary = engine.summary() if engine is not None else {}
+        summary["note"] = "recording stopped by the operator"
+        self.switch.close(recorder, summary)
         stats = recorder.stats()
         self._say(f"recording {recorder.path} closed: {stats['samples_written']} samples, "
                   f"{stats['samples_lost']} lost" + (f"; {recorder.finalize_error}"
@@ -397,7 +405,7 @@ class RigSession:
                 try:
                     engine = self._job_engine(job)
                     self._job = job
-                    if self._held:  # paused before it began
+                    if self._pause_asked:  # paused before it began
                         engine.pause()
                 except ValueError as exc:
                     self._error(f"{job.protocol.name}: {exc}")
@@ -420,13 +428,13 @@ class RigSession:
             try:
                 recorder = self._recorder(engine, job.path, job.record_path, job.overwrite,
                                           job.duration_s)
-                self.switch.put(recorder, engine)
+                self.switch.put(recorder)
             except (RecordingError, OSError, RuntimeError) as exc:
                 if recorder is not None:
                     recorder.discard()
                 self._error(f"{job.protocol.name} did not run: {exc}")
                 return True  # the driver has not started: it still can
-        self.feed.attach(engine)
+        self.feed.expect(engine.protocol)
         try:
             summary = engine.run()
         except Exception as exc:  # the device did not start (or a bug): say so, disconnect
@@ -478,12 +486,12 @@ class RigSession:
                   overwrite: bool, duration_s: float | None) -> Any:
         """An NWB recorder of ``engine``'s run (it creates the file: bad paths raise here)."""
         from mea_control.recording import Recorder, RecordingMeta
-        from mea_control.recording.writer import engine_provenance
+        from mea_control.recording.writer import run_provenance
 
         meta = RecordingMeta(session_description=f"{engine.protocol.name} (mea-control gui)")
         if engine.info.simulated:
             meta = meta.for_simulator()
-        provenance = engine_provenance(engine, protocol_file, source="gui")
+        provenance = run_provenance(engine.describe(), protocol_file, source="gui")
         return Recorder(path, engine.info, provenance, meta=meta, overwrite=overwrite,
                         duration_s=duration_s)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo
+from mea_control.types import DeviceInfo
 
 SERIES = "ElectricalSeries"
 SERIES_PATH = f"acquisition/{SERIES}"

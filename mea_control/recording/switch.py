@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from mea_control.engine import Engine, Sink
+from mea_control.sinks import RunDescription, Sink
 
 
 class RecordingSwitch(Sink):
@@ -19,20 +19,22 @@ class RecordingSwitch(Sink):
 
     The GUI starts and stops recordings at any moment of a run: :meth:`take`
     detaches the recorder under the lock the acquisition thread holds while
-    forwarding, so no block reaches a recorder after it was taken.
+    forwarding, so no block reaches a recorder after it was taken. Like every
+    sink, it knows the run only by what it is handed (its description, its clock).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.recorder: Any = None
-        self._engine: Engine | None = None
+        self._run: RunDescription | None = None
+        self._now = 0  # the run's clock (acquisition thread)
 
-    def put(self, recorder: Any, engine: Engine) -> None:
-        """Record ``engine``'s run from its next block on."""
+    def put(self, recorder: Any) -> None:
+        """Record the run from its next block on."""
         with self._lock:
             if self.recorder is not None:
                 raise RuntimeError(f"already recording to {self.recorder.path}")
-            self.recorder, self._engine = recorder, engine
+            self.recorder = recorder
 
     def take(self) -> Any:
         """Detach the recorder (None if there was none); the caller ends it."""
@@ -40,22 +42,25 @@ class RecordingSwitch(Sink):
             recorder, self.recorder = self.recorder, None
             return recorder
 
-    def finish(self, summary: dict[str, Any] | None = None) -> Any:
-        """Detach the recorder and close its file with ``summary`` (default: the run's so
-        far); its duration is the recording's. Returns the recorder, or None."""
-        engine = self._engine
+    def finish(self, summary: dict[str, Any]) -> Any:
+        """Detach the recorder and close its file with the run's ``summary`` (see
+        :meth:`close`). Returns the recorder, or None."""
         recorder = self.take()
         if recorder is None:
             return None
-        if summary is None:
-            summary = engine.summary() if engine is not None else {}
-            summary["note"] = "recording stopped by the operator"
+        self.close(recorder, summary)
+        return recorder
+
+    def close(self, recorder: Any, summary: dict[str, Any]) -> None:
+        """Close a detached recorder's file with ``summary``, the run's figures (at the
+        run's end, or what the face asked the engine for when the operator stopped the
+        recording); its duration is the recording's, up to the run's clock now."""
         own = dict(summary)
-        if engine is not None and recorder.t0 is not None:
-            own["duration_s"] = (engine.now - recorder.t0) / engine.info.sample_rate
+        run = self._run
+        if run is not None and recorder.t0 is not None:
+            own["duration_s"] = (self._now - recorder.t0) / run.info.sample_rate
         recorder.on_stop(own)
         summary["recording"] = own.get("recording")  # the run's summary tells of it too
-        return recorder
 
     def _forward(self, method: str, *args: Any) -> None:
         if self.recorder is None:  # no recording: no lock on the acquisition thread
@@ -64,8 +69,16 @@ class RecordingSwitch(Sink):
             if self.recorder is not None:
                 getattr(self.recorder, method)(*args)
 
-    def on_block(self, block: Any, filtered: Any, spikes: Any) -> None:
-        self._forward("on_block", block, filtered, spikes)
+    def on_start(self, run: RunDescription) -> None:
+        self._run, self._now = run, run.start_sample
+        self._forward("on_start", run)
+
+    def on_clock(self, sample: int) -> None:
+        self._now = sample
+        self._forward("on_clock", sample)
+
+    def on_block(self, block: Any, filtered: Any) -> None:
+        self._forward("on_block", block, filtered)
 
     def on_spikes(self, spikes: Any) -> None:
         self._forward("on_spikes", spikes)

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceInfo
 from mea_control.recording import nwbfile
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.journal import JournalContents, journal_path, read_journal
 from mea_control.trials import Trial
+from mea_control.types import DeviceInfo
 
 NO_SAMPLE = -1
 

@@ -11,7 +11,6 @@ file's tables (see ``tables``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -28,14 +27,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from drivers.base import DeviceInfo
-from mea_control import __version__
-from mea_control.engine import RunEvent, Sink, StimRecord
 from mea_control.recording import disk, nwbfile, tables
 from mea_control.recording.errors import RecordingError, is_locked
 from mea_control.recording.journal import Journal, journal_path
+from mea_control.sinks import EventKind, RunDescription, RunEvent, Sink, StimRecord
 from mea_control.trials import Trial
-from mea_control.types import Block, SpikeEvents
+from mea_control.types import Block, DeviceInfo, SpikeEvents
 
 #: Free space a recording of unknown length needs before it starts, in seconds of raw data.
 MIN_FREE_S = 60.0
@@ -109,9 +106,10 @@ def check_space(path: Path, bytes_per_s: float, duration_s: float | None) -> Non
         )
 
 
-def engine_provenance(engine: Any, protocol_file: str | Path | None = None,
-                      **extra: Any) -> dict[str, Any]:
-    """What a recording keeps about how it was made: code, parameters, device, limits, seed."""
+def run_provenance(run: RunDescription, protocol_file: str | Path | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """What a recording keeps about how ``run`` was made (``Engine.describe()``): code,
+    parameters, device, limits, seed."""
     source = None
     if protocol_file is not None:
         try:
@@ -119,20 +117,20 @@ def engine_provenance(engine: Any, protocol_file: str | Path | None = None,
         except OSError:
             source = None
     return {
-        "software_version": __version__,
-        "protocol": engine.protocol.name,
+        "software_version": run.software_version,
+        "protocol": run.protocol,
         "protocol_file": str(protocol_file) if protocol_file else None,
         "protocol_source": source,
-        "parameters": engine.protocol.values,
-        "device_url": engine.driver.url,
-        "device_info": engine.info.describe(),
-        "limits": engine.gate.limits.as_dict(),
-        "limit_notes": list(engine.limit_notes),
-        "seed": engine.config.seed,
-        "block_samples": engine.block_samples,
-        "fast": engine.config.fast,
-        "watchdog_ms": engine.config.watchdog_ms,
-        "detector": dataclasses.asdict(engine.config.detector),
+        "parameters": run.parameters,
+        "device_url": run.device_url,
+        "device_info": run.info.describe(),
+        "limits": run.limits,
+        "limit_notes": list(run.limit_notes),
+        "seed": run.seed,
+        "block_samples": run.block_samples,
+        "fast": run.fast,
+        "watchdog_ms": run.watchdog_ms,
+        "detector": run.detector,
         **extra,
     }
 
@@ -261,7 +259,7 @@ class Recorder(Sink):
         self._ready.set()
 
     # -- sink methods, acquisition thread -----------------------------------------
-    def on_block(self, block: Block, filtered: np.ndarray | None, spikes: SpikeEvents) -> None:
+    def on_block(self, block: Block, filtered: np.ndarray | None) -> None:
         if self.t0 is None:
             self.t0 = block.start_sample
             self._queue.put(("start", {"first_sample": self.t0, "wall_time": time.time()}))
@@ -297,7 +295,7 @@ class Recorder(Sink):
     def _end_lost_run(self) -> None:
         if self._lost_from is not None:
             fs = self.info.sample_rate
-            self._event(self._lost_to, "lost",
+            self._event(self._lost_to, EventKind.LOST,
                         f"samples {self._lost_from}-{self._lost_to} not written to disk: the "
                         f"writer fell {self.max_backlog / fs:g} s behind (disk too slow)")
             self._lost_from = None
@@ -341,7 +339,9 @@ class Recorder(Sink):
         self._event(event.sample, event.kind, event.message)
 
     def _event(self, sample: int, kind: str, message: str) -> None:
-        self._queue.put(("event", {"sample": int(sample), "kind": kind, "message": message}))
+        # the kind as plain text: the recording process and the file hold strings
+        self._queue.put(("event", {"sample": int(sample), "kind": str(kind),
+                                   "message": message}))
 
     # -- the end -------------------------------------------------------------------
     def on_stop(self, summary: dict[str, Any]) -> None:
@@ -362,7 +362,7 @@ class Recorder(Sink):
                 lost = self._taken - self.samples_written
                 sample = self.result["error_sample"]
                 journal.write("event", {
-                    "sample": sample, "kind": "lost",
+                    "sample": sample, "kind": str(EventKind.LOST),
                     "message": f"{lost} samples from sample {sample} on not written to disk: "
                     f"{self.write_error}"})
             stats = self.stats()

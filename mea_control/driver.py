@@ -1,24 +1,24 @@
-"""The Driver interface and the URL registry that picks a driver by scheme.
+"""The port every device implements, and the registry that finds drivers by URL scheme.
 
-A device is named by a URL such as ``sim://?seed=3`` or
-``serial:///dev/ttyACM0``. The scheme selects the driver class; the query
-holds parameters that the class declares in ``params``. Drivers are imported
-only when their scheme is used, so an optional driver's dependencies are not
-needed by anyone else.
+A device is named by a URL such as ``sim://?seed=3`` or ``serial:///dev/ttyACM0``. The
+scheme selects the driver class; the query holds parameters that the class declares in
+``params``. Drivers are plug-ins: each installed package registers its schemes as entry
+points in the group ``mea_control.drivers`` (``scheme = "module:Class"``), and a driver is
+imported only when its scheme is used (or when :func:`discover_devices` asks every one),
+so an optional driver's dependencies are not needed by anyone else.
 """
 
 from __future__ import annotations
 
-import importlib
-import queue
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from mea_control.types import (
     Block,
-    Layout,
+    DeviceInfo,
     SpikeEvents,
     StimPattern,
     StimReport,
@@ -26,49 +26,12 @@ from mea_control.types import (
     parse_value,
 )
 
+#: The entry-point group under which packages register their drivers.
+ENTRY_POINT_GROUP = "mea_control.drivers"
+
 
 class DriverError(Exception):
     """A problem a user can fix (bad URL, bad parameter, device not answering)."""
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    raw_stream: bool = True
-    onboard_detection: bool = False
-    stim_modes: tuple[str, ...] = ("current",)
-    #: True when the device executes a pattern at a requested ``at_sample``.
-    scheduled_stim: bool = False
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    name: str
-    n_channels: int
-    sample_rate: float
-    uV_per_bit: float
-    layout: Layout
-    capabilities: Capabilities = Capabilities()
-    #: The device's own stimulation limits, by SafetyLimits field name.
-    limits: dict[str, Any] = field(default_factory=dict)
-    simulated: bool = False
-
-    def describe(self) -> dict[str, Any]:
-        """A JSON-friendly summary."""
-        return {
-            "name": self.name,
-            "n_channels": self.n_channels,
-            "sample_rate": self.sample_rate,
-            "uV_per_bit": self.uV_per_bit,
-            "layout": self.layout.name,
-            "capabilities": {
-                "raw_stream": self.capabilities.raw_stream,
-                "onboard_detection": self.capabilities.onboard_detection,
-                "stim_modes": list(self.capabilities.stim_modes),
-                "scheduled_stim": self.capabilities.scheduled_stim,
-            },
-            "limits": dict(self.limits),
-            "simulated": self.simulated,
-        }
 
 
 @dataclass(frozen=True)
@@ -91,40 +54,6 @@ class Param:
 Event = Block | SpikeEvents | StimReport | Tick
 
 
-class Inbox:
-    """The events a driver's reader thread received, for read() to hand out in order.
-
-    Once the link is lost (:meth:`lose`, with a message that says what to check), ``lost``
-    holds why and every :meth:`get` raises DriverError with it.
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[Event | None] = queue.Queue()
-        self.lost: str | None = None
-
-    def put(self, event: Event) -> None:
-        self._queue.put(event)
-
-    def lose(self, message: str) -> bool:
-        """Mark the link lost (the first message stays); True if this call lost it."""
-        if self.lost is not None:
-            return False
-        self.lost = message
-        self._queue.put(None)
-        return True
-
-    def get(self, timeout: float | None) -> Event | None:
-        """The next event, or None after ``timeout`` seconds; DriverError once lost."""
-        try:
-            event = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if event is None:
-            self._queue.put(None)  # every later get() raises too
-            raise DriverError(self.lost)
-        return event
-
-
 class Driver(ABC):
     """A device family. Lifecycle: open -> start -> read/stimulate ... -> stop -> close.
 
@@ -133,7 +62,7 @@ class Driver(ABC):
     drain_events, set_fast. Two methods are the exception: :meth:`abort_stimulation` and
     :meth:`rearm_stimulation` may be called from any thread (the GUI's STOP, a watchdog)
     at any moment, concurrently with any of those, including an abort racing a
-    stimulate() or a read() that fires a pattern the driver held; a driver keeps its
+    stimulate() or a read() that fires a pattern waiting in the driver; a driver keeps its
     state whole when they race (its own lock), and neither of them raises. The engine
     serialises its own stimulate() and abort with a lock of its own; a driver must not
     count on that.
@@ -149,11 +78,21 @@ class Driver(ABC):
 
     scheme: ClassVar[str]
     params: ClassVar[dict[str, Param]] = {}
+    #: What ``mea-control devices`` says when :meth:`discover` finds none (empty: nothing).
+    none_found: ClassVar[str] = ""
 
     def __init__(self, url: str, options: dict[str, Any], location: str = "") -> None:
         self.url = url
         self.options = options
         self.location = location
+
+    @classmethod
+    def discover(cls, timeout: float = 0.5) -> list[tuple[str, str]]:
+        """(URL, one-line description) of each device of this family that answers on this
+        computer within about ``timeout`` seconds; [] when none does or the family has no
+        search of its own (the default). It must not send a device bytes that another
+        maker's device could take for a command; never raises."""
+        return []
 
     #: What open() found; ``info`` refuses until then.
     _info: DeviceInfo | None = None
@@ -225,7 +164,10 @@ class Driver(ABC):
 
     def drain_events(self) -> list[tuple[str, str]]:
         """Problems on the link since the last call, as (kind, message): lost or corrupt
-        frames and the like. The engine logs them as run events. Acquisition thread."""
+        frames and the like. The engine logs them as run events; a kind that names a
+        member of mea_control.sinks.EventKind (link_error, link_gap, device_error,
+        device_disarmed, ...) becomes that member, any other stays as given.
+        Acquisition thread."""
         return []
 
     def set_fast(self, fast: bool) -> None:
@@ -242,29 +184,64 @@ class Driver(ABC):
         self.close()
 
 
-#: scheme -> "module:Class"; drivers are imported on first use.
-REGISTRY: dict[str, str] = {
-    "sim": "drivers.sim:SimDriver",
-    "serial": "drivers.serial_mea:SerialDriver",
-    "socket": "drivers.serial_mea:SerialDriver",
-    "rhx": "drivers.intan_rhx:RHXDriver",
-    "pulsepal": "drivers.pulsepal:PulsePalDriver",
-    "cl": "drivers.cl_api:CLDriver",
-}
+def installed_drivers() -> dict[str, EntryPoint]:
+    """scheme -> the entry point of its driver, for every installed package's drivers, in
+    scheme order (the first registration of a scheme counts)."""
+    found: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry)
+    return dict(sorted(found.items()))
+
+
+def _accepted(schemes: dict[str, EntryPoint]) -> str:
+    return ", ".join(f"{s}://" for s in sorted(schemes)) or (
+        "none, no driver is installed: install mea-control (in a checkout: make .venv/.installed)")
+
+
+def _load(entry: EntryPoint) -> type[Driver]:
+    try:
+        cls = entry.load()
+    except ImportError as exc:
+        raise DriverError(
+            f"the {entry.name}:// driver needs a missing package: {exc.name}"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise DriverError(
+            f"the {entry.name}:// driver {entry.value!r} is not a Driver class: check the "
+            f"entry point in its package's {ENTRY_POINT_GROUP!r} group"
+        )
+    return cls
 
 
 def driver_class(scheme: str) -> type[Driver]:
-    target = REGISTRY.get(scheme)
-    if target is None:
+    """The driver class installed for ``scheme``; DriverError naming the installed ones."""
+    schemes = installed_drivers()
+    entry = schemes.get(scheme)
+    if entry is None:
         raise DriverError(
-            f"unknown device scheme {scheme + '://'!r}; accepted: "
-            + ", ".join(f"{s}://" for s in sorted(REGISTRY))
+            f"unknown device scheme {scheme + '://'!r}; accepted: {_accepted(schemes)}"
         )
-    module, name = target.split(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as exc:
-        raise DriverError(f"the {scheme}:// driver needs a missing package: {exc.name}") from None
+    return _load(entry)
+
+
+def discover_devices(timeout: float = 0.5) -> list[tuple[str, str]]:
+    """(URL, what answered there) from every installed driver's own search; a driver that
+    found none and has something to say about it (``none_found``) gives a line of its own
+    (URL empty), as does a driver that cannot be loaded."""
+    found: list[tuple[str, str]] = []
+    asked: set[type[Driver]] = set()
+    for scheme, entry in installed_drivers().items():
+        try:
+            cls = _load(entry)
+        except DriverError as exc:
+            found.append(("", f"{scheme}://  not available: {exc}"))
+            continue
+        if cls in asked:  # one class for several schemes (serial://, socket://)
+            continue
+        asked.add(cls)
+        none = [("", f"{scheme}://  none: {cls.none_found}")] if cls.none_found else []
+        found += cls.discover(timeout) or none
+    return found
 
 
 def parse_url(url: str, **defaults: Any) -> tuple[type[Driver], str, dict[str, Any]]:
@@ -276,8 +253,7 @@ def parse_url(url: str, **defaults: Any) -> tuple[type[Driver], str, dict[str, A
     if "://" not in url:
         raise DriverError(
             f"device URL {url!r} has no scheme; write it like sim://?seed=1 (accepted: "
-            + ", ".join(f"{s}://" for s in sorted(REGISTRY))
-            + ")"
+            f"{_accepted(installed_drivers())})"
         )
     parts = urlsplit(url)
     cls = driver_class(parts.scheme)

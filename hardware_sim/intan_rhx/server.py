@@ -1,37 +1,11 @@
-"""A fake Intan RHX: its three TCP servers, speaking RHX's protocol, over the simulated culture.
+"""FakeRHX: RHX's command server and the board it drives, on one thread.
 
-It follows the Intan RHX software, version 3.3.0 (github.com/Intan-Technologies/Intan-RHX:
-``GUI/Widgets/tcpdisplay.cpp`` for the command syntax, ``Engine/Processing/commandparser.cpp``
-and ``stateitem.cpp`` for the answers and error strings, ``Engine/Threads/
-tcpdataoutputthread.cpp`` for the data streams) and an RHS stimulation/recording controller:
-
-- command port: text commands separated by ``;``, each batch as one read parses it;
-  ``set``/``execute`` answer nothing on success and an error string on failure, ``get``
-  answers ``Return: <Name> <value>``; answers carry no terminator, so two may arrive as one
-  segment. Commands after ``set runmode run`` in the same batch wait until the board stops
-  (RHX parses them after its acquisition loop returns). The command server, like RHX's,
-  accepts one client and stops listening; after that client leaves it listens again only
-  when the user clicks Connect (:meth:`FakeRHX.enable_command_server`).
-- waveform port: while running, one write per ``TCPNumberDataBlocksPerWrite`` blocks; a block
-  is the magic number 0x2ef07a08 and 128 frames of an int32 timestamp and one uint16 per
-  enabled output (per channel in RHX's order: WIDE, LOW, HIGH, DC, STIM). The fake's LOW
-  and HIGH bands repeat WIDE and DC reads 0 V; the STIM word has bit 0 (on), bit 8
-  (negative) and the phase's amplitude in steps (settle and recovery bits are not drawn).
-- spike port: 14-byte records (magic 0x3ae2710f, 5-char native name, uint32 timestamp,
-  uint8 id 1) for threshold crossings of ``SpikeThresholdMicroVolts`` on channels with
-  ``TCPDataOutputEnabledSpike``.
-- stimulation: per channel parameters that take effect at ``execute UploadStimParameters``
-  (one channel at any time, all channels only while stopped); ``execute
-  ManualStimTriggerPulse F1`` fires, at the sample the clock is at, every channel whose
-  uploaded Source is KeyPressF1 and StimEnabled is True, unless it is still within its last
-  pulse's RefractoryPeriodMicroseconds. The culture (``sim://``'s, fast, driven by this
-  clock) receives the pulses, so spikes are real and stimuli evoke responses.
-
-Everything runs on one thread, clocked at the sample rate in real time (``fast=True``:
-as fast as the waveform client reads). Test hooks: :attr:`FakeRHX.commands` (every command
-text received), :attr:`FakeRHX.received` (the bytes), :attr:`FakeRHX.pulses` (every pulse
-the culture received: the device's own record of what ran), :meth:`FakeRHX.clock` (the
-sample the board is at), :meth:`FakeRHX.hang_up`, :meth:`FakeRHX.inject`.
+The protocol it follows is described in :mod:`hardware_sim.intan_rhx`. Commands are parsed
+as each batch is read; those after ``set runmode run`` in the same batch wait until the
+board stops (RHX parses them after its acquisition loop returns). While running, the board
+clocks the culture at the sample rate in real time (``fast=True``: as fast as the waveform
+client reads), fires uploaded stimulation at ``ManualStimTriggerPulse`` and writes the
+data ports (:mod:`hardware_sim.intan_rhx.streams`).
 """
 
 from __future__ import annotations
@@ -39,219 +13,40 @@ from __future__ import annotations
 import re
 import select
 import socket
-import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from drivers.base import parse_url
-from drivers.sim import SimDriver
+from hardware_sim.intan_rhx.items import (
+    BANDS,
+    CHANNEL_ITEMS,
+    CONTROLLERS,
+    NON_STIM,
+    READ_ONLY,
+    RUNNING,
+    STIM_CONTROLLER,
+    STIM_ITEM_NAMES,
+    Channel,
+    Item,
+    channel_order,
+    default_wiring,
+)
+from hardware_sim.intan_rhx.stimulation import stim_words, uploaded_pulse
+from hardware_sim.intan_rhx.streams import (
+    FRAMES_PER_BLOCK,
+    DataPort,
+    free_port,
+    listener,
+    outputs,
+    spike_records,
+    waveform_block,
+)
+from hardware_sim.mea import SimulatedMEA, options_from_url
 from mea_control.types import Block, StimPattern, StimPulse
 
 #: RHX's version string, marked so that recordings made with the fake say so
 VERSION = "3.3.0 (mea-control fake)"
-# written from RHX's protocol, not imported from drivers/intan_rhx.py: the tests check the
-# driver against the document, not against itself
-WAVEFORM_MAGIC = 0x2EF07A08
-SPIKE_MAGIC = 0x3AE2710F
-FRAMES_PER_BLOCK = 128
-SPIKE_RECORD = struct.Struct("<I5sIB")
-UV_PER_BIT = 0.195
-STIM_CONTROLLER = "ControllerStimRecord"
-CONTROLLERS = ("ControllerRecordUSB2", "ControllerRecordUSB3", STIM_CONTROLLER)
-KEYS = tuple(f"KeyPressF{i}" for i in range(1, 9))
-
-# -- RHX's parameter error messages (rhxglobals.h) ---------------------------------------------
-READ_ONLY = "cannot be changed once software has started."
-RUNNING = "cannot be set while controller is running."
-NON_STIM = "cannot be set with a non-stim controller"
-
-
-@dataclass(frozen=True)
-class Item:
-    """A state item: its canonical name, kind and what it accepts (RHX's StateSingleItem)."""
-
-    name: str
-    kind: str  # bool, int, double, list, string
-    default: Any
-    low: float = 0.0
-    high: float = 0.0
-    values: tuple[str, ...] = ()
-    restrict: str = ""  # "", "always", "running", "nonstim"
-
-    def valid_values(self) -> str:
-        if self.kind == "bool":
-            return "True;False"
-        if self.kind == "list":
-            return "".join(v + ";" for v in self.values)
-        if self.kind in ("int", "double"):
-            return f"[ {_number(self.low)} , {_number(self.high)} ]"
-        return "Any String"
-
-    def parse(self, text: str) -> Any:
-        """The value for ``text`` (already lower-cased, as RHX does), or None if invalid."""
-        if self.kind == "bool":
-            return {"true": True, "false": False}.get(text.lower())
-        if self.kind == "list":
-            for value in self.values:
-                if value.lower() == text.lower():
-                    return value
-            return None
-        if self.kind == "string":
-            return text
-        pattern = r"[+-]?\d+" if self.kind == "int" else r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
-        if not re.fullmatch(pattern, text.strip()):
-            return None
-        value = int(text) if self.kind == "int" else float(text)
-        return value if self.low <= value <= self.high else None
-
-    def show(self, value: Any) -> str:
-        if self.kind == "bool":
-            return "True" if value else "False"
-        if self.kind in ("int", "double"):
-            return _number(value)
-        return str(value)
-
-
-def _number(value: float) -> str:
-    """A number as QString::number writes it (6 significant digits, %g)."""
-    return f"{value:g}"
-
-
-def _stim_items() -> list[Item]:
-    sources = ([f"DigitalIn{i:02d}" for i in range(1, 17)]
-               + [f"AnalogIn{i:02d}" for i in range(1, 9)] + list(KEYS))
-    lst = [
-        Item("Shape", "list", "Biphasic",
-             values=("Biphasic", "BiphasicWithInterphaseDelay", "Triphasic")),
-        Item("Polarity", "list", "NegativeFirst", values=("NegativeFirst", "PositiveFirst")),
-        Item("Source", "list", "DigitalIn01", values=tuple(sources)),
-        Item("TriggerEdgeOrLevel", "list", "Edge", values=("Edge", "Level")),
-        Item("TriggerHighOrLow", "list", "High", values=("High", "Low")),
-        Item("PulseOrTrain", "list", "SinglePulse", values=("SinglePulse", "PulseTrain")),
-        Item("StimEnabled", "bool", False),
-        Item("MaintainAmpSettle", "bool", False),
-        Item("EnableAmpSettle", "bool", True),
-        Item("EnableChargeRecovery", "bool", False),
-    ]
-    doubles = [
-        ("FirstPhaseDurationMicroseconds", 5000.0, 100.0),
-        ("SecondPhaseDurationMicroseconds", 5000.0, 100.0),
-        ("InterphaseDelayMicroseconds", 5000.0, 100.0),
-        ("FirstPhaseAmplitudeMicroAmps", 2550.0, 0.0),
-        ("SecondPhaseAmplitudeMicroAmps", 2550.0, 0.0),
-        ("PostTriggerDelayMicroseconds", 500000.0, 0.0),
-        ("PulseTrainPeriodMicroseconds", 1000000.0, 10000.0),
-        ("RefractoryPeriodMicroseconds", 1000000.0, 1000.0),
-        ("PreStimAmpSettleMicroseconds", 500000.0, 0.0),
-        ("PostStimAmpSettleMicroseconds", 500000.0, 1000.0),
-        ("PostStimChargeRecovOnMicroseconds", 1000000.0, 0.0),
-        ("PostStimChargeRecovOffMicroseconds", 1000000.0, 0.0),
-    ]
-    lst += [Item(name, "double", default, 0.0, high) for name, high, default in doubles]
-    lst.append(Item("NumberOfStimPulses", "int", 2, 0, 256))
-    return [Item(i.name, i.kind, i.default, i.low, i.high, i.values, "nonstim") for i in lst]
-
-
-CHANNEL_ITEMS: dict[str, Item] = {i.name.lower(): i for i in [
-    Item("NativeChannelName", "string", "", restrict="always"),
-    Item("CustomChannelName", "string", ""),
-    Item("Enabled", "bool", True),
-    Item("TCPDataOutputEnabled", "bool", False),
-    Item("TCPDataOutputEnabledLow", "bool", False),
-    Item("TCPDataOutputEnabledHigh", "bool", False),
-    Item("TCPDataOutputEnabledSpike", "bool", False),
-    Item("TCPDataOutputEnabledDC", "bool", False, restrict="nonstim"),
-    Item("TCPDataOutputEnabledStim", "bool", False, restrict="nonstim"),
-    Item("SpikeThresholdMicroVolts", "int", -70, -5000, 5000),
-    *_stim_items(),
-]}
-STIM_ITEM_NAMES = tuple(i.name for i in _stim_items())
-#: bands in the order RHX writes them for a channel, with the item that enables each
-BANDS = (("WIDE", "TCPDataOutputEnabled"), ("LOW", "TCPDataOutputEnabledLow"),
-         ("HIGH", "TCPDataOutputEnabledHigh"), ("DC", "TCPDataOutputEnabledDC"),
-         ("STIM", "TCPDataOutputEnabledStim"))
-
-
-def default_wiring(n: int = 64) -> dict[str, int]:
-    """Native channel names of ``n`` RHS channels, 32 per port (A-000 ... B-031), in order."""
-    return {f"{'ABCDEFGH'[i // 32]}-{i % 32:03d}": i for i in range(n)}
-
-
-def _channel_order(native: str) -> tuple[str, int]:
-    port, number = native.split("-")
-    return port, int(number)
-
-
-class _Channel:
-    def __init__(self, native: str, electrode: int) -> None:
-        self.native = native
-        self.electrode = electrode
-        self.values = {key: item.default for key, item in CHANNEL_ITEMS.items()}
-        self.values["nativechannelname"] = native
-        self.uploaded = {name.lower(): self.values[name.lower()] for name in STIM_ITEM_NAMES}
-        self.busy_until = -1  # refractory: the sample before which a trigger is ignored
-        self.stim_words: list[tuple[int, np.ndarray]] = []  # (start sample, stim words)
-        self.was_below = False  # spike detector: the last sample was past the threshold
-
-
-class _DataPort:
-    """A data output: listens after ``execute Connect...``, serves one client."""
-
-    def __init__(self, name: str, host: str, port: int) -> None:
-        self.name, self.host, self.port = name, host, port
-        self.server: socket.socket | None = None
-        self.client: socket.socket | None = None
-
-    @property
-    def status(self) -> str:
-        if self.client is not None:
-            return "Connected"
-        return "Pending" if self.server is not None else "Disconnected"
-
-    def listen(self) -> None:
-        if self.server is None:
-            self.server = _listener(self.host, self.port)
-
-    def accept(self) -> None:
-        assert self.server is not None
-        self.client, _ = self.server.accept()
-        self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client.settimeout(2.0)
-        self.server.close()  # RHX closes its server once a client is connected
-        self.server = None
-
-    def disconnect(self) -> None:
-        for sock in (self.client, self.server):
-            if sock is not None:
-                sock.close()
-        self.client = self.server = None
-
-    def send(self, data: bytes) -> None:
-        if self.client is None or not data:
-            return
-        try:
-            self.client.sendall(data)
-        except OSError:
-            self.disconnect()
-
-
-def _listener(host: str, port: int) -> socket.socket:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((host, port))
-    server.listen(1)
-    return server
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class FakeRHX:
@@ -271,16 +66,13 @@ class FakeRHX:
         self.fast = fast
         #: listen again by itself when the command client leaves (RHX waits for a click)
         self.relisten = relisten
-        cls, _, options = parse_url(sim)
-        if cls is not SimDriver:
-            raise ValueError(f"the fake RHX's culture is a sim:// URL, not {sim!r}")
-        self.sim_options = dict(options, rate=self.sample_rate)
-        self.layout = SimDriver(sim, self.sim_options).described.layout
+        self.sim_options = dict(options_from_url(sim), rate=self.sample_rate)
+        self.layout = SimulatedMEA(self.sim_options).layout
         layout = self.layout
         wiring = default_wiring(layout.n_electrodes) if wiring is None else wiring
-        self.channels = {native.upper(): _Channel(native.upper(), electrode)
+        self.channels = {native.upper(): Channel(native.upper(), electrode)
                          for native, electrode in sorted(wiring.items(),
-                                                         key=lambda kv: _channel_order(kv[0]))}
+                                                         key=lambda kv: channel_order(kv[0]))}
         self.globals: dict[str, tuple[Item, Any]] = {}
         for item, value in [
             (Item("Type", "list", controller, values=CONTROLLERS, restrict="always"), controller),
@@ -290,9 +82,9 @@ class FakeRHX:
             (Item("TCPNumberDataBlocksPerWrite", "int", 10, 1, 100, restrict="running"), 10),
         ]:
             self.globals[item.name.lower()] = (item, value)
-        self.command_port = command_port or _free_port(host)
-        self.waveform = _DataPort("waveform", host, waveform_port or _free_port(host))
-        self.spike = _DataPort("spike", host, spike_port or _free_port(host))
+        self.command_port = command_port or free_port(host)
+        self.waveform = DataPort("waveform", host, waveform_port or free_port(host))
+        self.spike = DataPort("spike", host, spike_port or free_port(host))
         #: every command received, as text (split at ';', outer whitespace removed)
         self.commands: list[str] = []
         #: the command port's bytes, as received
@@ -300,7 +92,7 @@ class FakeRHX:
         #: every pulse the culture received, as (sample, electrode, StimPulse), in order
         self.pulses: list[tuple[int, int, StimPulse]] = []
         self.log: list[str] = []
-        self._server: socket.socket | None = _listener(host, self.command_port)
+        self._server: socket.socket | None = listener(host, self.command_port)
         self._client: socket.socket | None = None
         self._deferred: list[tuple[int, str]] = []  # commands waiting for the board to stop
         self._injected: deque[tuple[str, bytes]] = deque()
@@ -310,8 +102,8 @@ class FakeRHX:
         self._thread = threading.Thread(target=self._run, name="fake-rhx", daemon=True)
         self.running = False
         self._deferred_batch = False  # `set runmode run` came earlier in this batch
-        self._sim: SimDriver | None = None
-        self._next_sim: SimDriver | None = None
+        self._sim: SimulatedMEA | None = None
+        self._next_sim: SimulatedMEA | None = None
         self._builder = threading.Thread()
         self._t0 = 0.0
         self._written_blocks = 0
@@ -334,8 +126,8 @@ class FakeRHX:
         sim.close()
         self._prepare()
 
-    def _new_sim(self) -> SimDriver:
-        sim = SimDriver("sim://", dict(self.sim_options))
+    def _new_sim(self) -> SimulatedMEA:
+        sim = SimulatedMEA(dict(self.sim_options))
         sim.open()
         sim.set_fast(True)  # this clock paces it
         sim.start(FRAMES_PER_BLOCK)
@@ -435,7 +227,7 @@ class FakeRHX:
         while self._calls:
             call, done = self._calls.popleft()
             if call == "listen" and self._server is None and self._client is None:
-                self._server = _listener(self.host, self.command_port)
+                self._server = listener(self.host, self.command_port)
             elif call == "hang_up":
                 self._stop_running()
                 self._end_client()
@@ -464,7 +256,7 @@ class FakeRHX:
                 self.log.append("command client gone")
                 self._end_client()
                 if self.relisten:
-                    self._server = _listener(self.host, self.command_port)
+                    self._server = listener(self.host, self.command_port)
                 return
             self.received += data
             self._parse(data.decode("latin-1"))
@@ -643,7 +435,7 @@ class FakeRHX:
         else:
             self._reply("Unrecognized action")
 
-    def _upload(self, channel: _Channel) -> None:
+    def _upload(self, channel: Channel) -> None:
         channel.uploaded = {name.lower(): channel.values[name.lower()] for name in STIM_ITEM_NAMES}
 
     def _set_runmode(self, value: str) -> None:
@@ -726,7 +518,7 @@ class FakeRHX:
             p = channel.uploaded
             if not p["stimenabled"] or p["source"] != source or at < channel.busy_until:
                 continue
-            pulse = _pulse(p, self.step_uA)
+            pulse = uploaded_pulse(p, self.step_uA)
             if pulse is None:
                 continue
             count = int(p["numberofstimpulses"]) if p["pulseortrain"] == "PulseTrain" else 1
@@ -736,7 +528,7 @@ class FakeRHX:
             delay = int(round(p["posttriggerdelaymicroseconds"] * self.sample_rate / 1e6))
             groups.setdefault((count, period, delay), []).append((channel.electrode, pulse))
             start = at + delay
-            words = _stim_words(p, self.step_uA, self.sample_rate)
+            words = stim_words(p, self.step_uA, self.sample_rate)
             step = int(round(period * self.sample_rate / 1e6)) if count > 1 else 0
             for k in range(count):
                 channel.stim_words.append((start + k * step, words))
@@ -762,122 +554,30 @@ class FakeRHX:
         block = self._culture_block(sim)
         start = block.start_sample
         n = block.n_samples
-        electrodes, stims = [], []  # per word of a frame: the electrode, or a stim channel
+        words = outputs(self.channels.values())
         for channel in self.channels.values():
-            values = channel.values
-            for band, key in BANDS:
-                if values[key.lower()]:
-                    electrodes.append(channel.electrode if band != "DC" else -1)
-                    stims.append(channel if band == "STIM" else None)
-            if values["tcpdataoutputenabledspike"]:
-                self._detect(channel, block, start)
-        if electrodes:
-            words = block.data[:, electrodes].astype(np.int32) + 32768
-            for i, (electrode, channel) in enumerate(zip(electrodes, stims, strict=True)):
-                if channel is not None:
-                    words[:, i] = self._stim_band(channel, start, n)
-                elif electrode < 0:
-                    words[:, i] = 512  # DC: 0 V
-            frames = np.zeros(n, np.dtype([("t", "<i4"), ("w", "<u2", (len(electrodes),))]))
-            frames["t"] = np.arange(start, start + n, dtype=np.int64).astype(np.int32)
-            frames["w"] = words.astype(np.uint16)
-            self._pending_write += struct.pack("<I", WAVEFORM_MAGIC) + frames.tobytes()
+            if channel.values["tcpdataoutputenabledspike"]:
+                self._pending_spikes += spike_records(channel, block)
+        if words:
+            self._pending_write += waveform_block(block, words)
         for channel in self.channels.values():
             if channel.stim_words:
                 channel.stim_words = [(s, w) for s, w in channel.stim_words
                                       if s + len(w) > start + n]
-        columns = electrodes
         self._written_blocks += 1
         if self._written_blocks % self.globals["tcpnumberdatablocksperwrite"][1] == 0:
             while self._injected:
                 port, data = self._injected.popleft()
                 (self.waveform if port == "waveform" else self.spike).send(data)
-            if columns or self._pending_write:
+            if words or self._pending_write:
                 self.waveform.send(bytes(self._pending_write))
             self.spike.send(bytes(self._pending_spikes))
             self._pending_write.clear()
             self._pending_spikes.clear()
 
-    def _culture_block(self, sim: SimDriver) -> Block:
+    def _culture_block(self, sim: SimulatedMEA) -> Block:
         """The culture's next 128 samples (the simulator streams blocks of that size)."""
         while True:
             item = sim.read()
             if isinstance(item, Block):
                 return item
-
-    def _stim_band(self, channel: _Channel, start: int, n: int) -> np.ndarray | int:
-        if not channel.stim_words:
-            return 0
-        out = np.zeros(n, np.int32)
-        for first, words in channel.stim_words:
-            lo, hi = max(first, start), min(first + len(words), start + n)
-            if lo < hi:
-                out[lo - start:hi - start] = words[lo - first:hi - first]
-        return out
-
-    def _detect(self, channel: _Channel, block: Block, start: int) -> None:
-        """RHX's spike detector: a crossing of the channel's threshold (uV)."""
-        threshold = channel.values["spikethresholdmicrovolts"]
-        uv = block.data[:, channel.electrode].astype(np.float32) * UV_PER_BIT
-        uv -= np.median(uv)
-        below = uv < threshold if threshold < 0 else uv > threshold
-        before = np.concatenate([[channel.was_below], below[:-1]])
-        for i in np.flatnonzero(below & ~before):
-            self._pending_spikes += SPIKE_RECORD.pack(
-                SPIKE_MAGIC, channel.native.encode("latin-1")[:5], (start + i) & 0xFFFFFFFF, 1)
-        channel.was_below = bool(below[-1])
-
-
-def _pulse(p: dict[str, Any], step_uA: float) -> StimPulse | None:
-    """The pulse an RHS channel's uploaded parameters make (amplitudes in whole steps)."""
-    def amp(key: str) -> float:
-        return min(round(p[key] / step_uA), 255) * step_uA
-
-    a1, a2 = amp("firstphaseamplitudemicroamps"), amp("secondphaseamplitudemicroamps")
-    d1, d2 = p["firstphasedurationmicroseconds"], p["secondphasedurationmicroseconds"]
-    sign = -1.0 if p["polarity"] == "NegativeFirst" else 1.0
-    phases = [(d1, sign * a1)]
-    if p["shape"] == "BiphasicWithInterphaseDelay" and p["interphasedelaymicroseconds"] > 0:
-        phases.append((p["interphasedelaymicroseconds"], 0.0))
-    phases.append((d2, -sign * a2))
-    if p["shape"] == "Triphasic":
-        phases.append((d1, sign * a1))
-    phases = [(d, a) for d, a in phases if d > 0]
-    return StimPulse("current", tuple(phases)) if phases else None
-
-
-def _stim_words(p: dict[str, Any], step_uA: float, rate: float) -> np.ndarray:
-    """The STIM band of one pulse: bit 0 on, bit 8 negative, amplitude in steps."""
-    def samples(us: float) -> int:
-        return int(round(us * rate / 1e6))
-
-    def word(amplitude: float, negative: bool) -> int:
-        steps = min(int(round(amplitude / step_uA)), 255)
-        return (1 | (0x100 if negative else 0) | steps) if steps else 0
-
-    first_negative = p["polarity"] == "NegativeFirst"
-    w1 = word(p["firstphaseamplitudemicroamps"], first_negative)
-    w2 = word(p["secondphaseamplitudemicroamps"], not first_negative)
-    d1, d2 = samples(p["firstphasedurationmicroseconds"]), samples(
-        p["secondphasedurationmicroseconds"])
-    parts = [np.full(d1, w1)]
-    if p["shape"] == "BiphasicWithInterphaseDelay":
-        parts.append(np.zeros(samples(p["interphasedelaymicroseconds"])))
-    parts.append(np.full(d2, w2))
-    if p["shape"] == "Triphasic":
-        parts.append(np.full(d1, w1))
-    return np.concatenate(parts).astype(np.int32)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m hardware_sim.intan_rhx [SECONDS]``: serve a fake RHX, print its URL."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    with FakeRHX(relisten=True) as fake:
-        print(fake.url, flush=True)
-        time.sleep(float(args[0]) if args else 3600.0)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Kernels of the spiking network culture: wiring and the 1 ms tick loop (numba).
 
-The state of :class:`~hardware_sim.culture.NetworkCulture` lives in a few
+The state of :class:`~hardware_sim.cultures.network.NetworkCulture` lives in a few
 arrays that these functions update in place, so a run can be continued tick by
 tick with pulses applied in between. Randomness inside the loop comes from a
 xorshift64* generator whose state is part of the culture, so the same seed gives
