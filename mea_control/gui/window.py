@@ -50,6 +50,11 @@ FRAME_MS = 33
 DEFAULT_TRACES = 8
 
 
+def user_settings() -> QSettings:
+    """The user's settings, kept between sessions (on Linux ~/.config/mea-control)."""
+    return QSettings("mea-control", "mea-control")
+
+
 def serial_devices() -> list[str]:
     """Driver URLs of the serial ports this machine has."""
     try:
@@ -88,7 +93,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("mea-control")
         self.session = session or RemoteSession()
-        self.settings = settings or QSettings("mea-control", "mea-control")
+        self.settings = settings or user_settings()
         #: Asks the operator a yes/no question (tests replace it).
         self.confirm = confirm or self._confirm
         self._layout_name = ""
