@@ -264,7 +264,7 @@ class LiveBuffers:
             info = self.info
             if info is None:
                 return Snapshot(sample_rate=0.0, now=0, n_electrodes=0, window_s=window_s,
-                                events=notes.get("events", []))
+                                trace_window_s=trace_s, events=notes.get("events", []))
             fs, n = info.sample_rate, info.n_channels
             chans = list(range(n)) if channels is None else [int(c) for c in channels]
             if any(not 0 <= c < n for c in chans):

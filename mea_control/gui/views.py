@@ -19,7 +19,7 @@ from mea_control.types import Layout
 SPIKE_COLOUR = "#ff4d4d"
 STIM_COLOUR = (255, 165, 0, 200)
 SELECT_COLOUR = "#ff3df5"
-THRESHOLD_COLOUR = "#2ca8a0"
+THRESHOLD_COLOUR = (44, 168, 160, 190)
 ENSEMBLE_COLOURS = ("#4c9be8", "#f28e2b")
 N_COLOURS = 256
 FE_UNITS = "free energy (nats per trial)"
@@ -191,7 +191,7 @@ class TraceView(_PlotView):
     bin; all rows are one curve. Rows are ROW_DIVISIONS divisions apart at a fixed gain
     (``gain_uv`` microvolts a division, the scale bar one division); the x range is the
     snapshot's trace window. Red ticks above a row are its spikes, orange lines pulses, a
-    dashed line the detector's threshold on each filtered trace (``show_threshold``).
+    teal line the detector's threshold on each filtered trace (``show_threshold``).
     """
 
     x_margin = 1.12
@@ -209,8 +209,7 @@ class TraceView(_PlotView):
         self.curve = _segment_curve(pg.mkPen(_foreground()))
         # spike ticks are 2 px wide as two 1-px lines: a 2-px pen costs Qt 8x more
         self.spikes = _segment_curve(pg.mkPen(SPIKE_COLOUR, width=1))
-        self.threshold = _segment_curve(pg.mkPen(THRESHOLD_COLOUR, width=1,
-                                                 style=QtCore.Qt.PenStyle.DashLine))
+        self.threshold = _segment_curve(pg.mkPen(THRESHOLD_COLOUR))  # solid: dashed costs 1 ms
         self.scale_bar = pg.PlotCurveItem(pen=pg.mkPen(_foreground(), width=3))
         self.scale_text = pg.TextItem(anchor=(0, 0.5), color=_foreground())
         for item in (self.stims, self.curve, self.spikes, self.threshold, self.scale_bar,
@@ -242,8 +241,8 @@ class TraceView(_PlotView):
             self._channels = chans
             _label_rows(self.plot.getAxis("left"), offsets,
                         [_label(self.electrode_layout, c) for c in chans])
-        kind = "band-pass filtered" if snap.trace_filtered else "raw (unfiltered)"
-        threshold = (f" <span style='color:{THRESHOLD_COLOUR}'>- - threshold</span>"
+        kind = "filtered" if snap.trace_filtered else "raw"
+        threshold = (" <span style='color:#2ca8a0'>— threshold</span>"
                      if self.show_threshold and snap.trace_filtered else "")
         self._set_title(f"Traces, <b>{kind}</b>, {self.gain_uv:g} µV/div, "
                         f"{snap.trace_window_s:g} s; "
@@ -333,8 +332,7 @@ class ArrayTraceView(_PlotView):
         self.stims = _segment_curve(pg.mkPen(STIM_COLOUR, width=1))
         self.curve = _segment_curve(pg.mkPen(_foreground()))
         self.spikes = _segment_curve(pg.mkPen(SPIKE_COLOUR, width=1))
-        self.threshold = _segment_curve(pg.mkPen(THRESHOLD_COLOUR, width=1,
-                                                 style=QtCore.Qt.PenStyle.DashLine))
+        self.threshold = _segment_curve(pg.mkPen(THRESHOLD_COLOUR))  # solid: dashed costs 1 ms
         for item in (self.stims, self.curve, self.spikes, self.threshold):
             self.plot.addItem(item)
         font = QtGui.QFont()
@@ -363,9 +361,9 @@ class ArrayTraceView(_PlotView):
         lo, hi = np.asarray(snap.trace_min, float), np.asarray(snap.trace_max, float)
         ok = (n > 0 and len(t) > 0 and lo.shape == hi.shape == (n, len(t))
               and chans.max() < self.electrode_layout.n_electrodes)
-        kind = "band-pass filtered" if snap.trace_filtered else "raw (unfiltered)"
-        self._set_title(f"Traces on the array, <b>{kind}</b>, {self.gain_uv:g} µV/div "
-                        f"(cells ±{self.gain_uv:g} µV), {snap.trace_window_s:g} s a cell")
+        kind = "filtered" if snap.trace_filtered else "raw"
+        self._set_title(f"Traces on the array, <b>{kind}</b>, {self.gain_uv:g} µV/div, "
+                        f"{snap.trace_window_s:g} s a cell")
         if not ok:
             for item in (self.curve, self.spikes, self.stims, self.threshold):
                 item.setData([], [])
