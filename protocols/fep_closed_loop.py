@@ -503,10 +503,11 @@ class FEPClosedLoop(BSSIsomura):
         """A snapshot of both models for displays; cheap, and safe to call from any thread.
 
         running, job, selection, trials finished (of calibration_trials before the models
-        start), the stimulated electrodes (the columns of W1, W0 and electrode_sd), probes;
-        the culture's model: the latest per-trial free energies, observed x and predicted
-        x_hat (trials x 2), W1 and W0 (2 x 32, or None), the session free energies; the
-        experimenter's model: electrode_sd (32, or None: what is still unknown), and for
+        start), trials_per_session, the stimulated electrodes (the columns of W1, W0 and
+        electrode_sd), probes; the culture's model: the latest per-trial free energies
+        (nats), observed x and predicted x_hat (trials x 2), W1 and W0 (2 x 32, or None),
+        the session free energies (each the sum over its trials_per_session trials, nats);
+        the experimenter's model: electrode_sd (32, or None: what is still unknown), and for
         each trial after calibration its trial index, probe flag, observed and predicted
         outputs and sd (trials x outputs), the job's measure per trial (``measure``:
         success for control, target_sd for identify) and ``success_rate`` (control: over
@@ -528,6 +529,7 @@ class FEPClosedLoop(BSSIsomura):
                 "channels": [int(c) for c in getattr(self, "channels", [])],
                 "trials": self._trials,
                 "calibration_trials": self.p.calibration_sessions * self.p.trials_per_session,
+                "trials_per_session": self.p.trials_per_session,
                 "probes": self.probes,
                 "free_energy": list(self._free_energy),
                 "x": np.array(self._x).reshape(-1, 2),

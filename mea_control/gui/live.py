@@ -249,18 +249,22 @@ class LiveBuffers:
                     "psth_pulses": self._psth_pulses, **self._stim_counts}
 
     def snapshot(self, window_s: float = 10.0, channels: Sequence[int] | None = None,
-                 filtered: bool = True, pixels: int = 1000, model: bool = True) -> Snapshot:
-        """One frame: traces of ``channels`` (default all) over ``window_s`` as ``pixels``
-        min/max columns (NaN where there are no data), the raster, rates, PSTH, status and
+                 filtered: bool = True, pixels: int = 1000, model: bool = True,
+                 trace_window_s: float | None = None) -> Snapshot:
+        """One frame: traces of ``channels`` (default all) over ``trace_window_s`` (default
+        ``window_s``) as ``pixels`` min/max columns (NaN where there are no data) with their
+        detection thresholds, the raster over ``window_s``, rates, PSTH, status and
         (``model``) the model; takes the events and decisions."""
         window_s = float(min(max(window_s, 1e-3), KEEP_S))
+        trace_s = window_s if trace_window_s is None else float(
+            min(max(trace_window_s, 1e-3), KEEP_S))
         notes = self._notes(model=model)
         with self._lock:
             self._pull()
             info = self.info
             if info is None:
                 return Snapshot(sample_rate=0.0, now=0, n_electrodes=0, window_s=window_s,
-                                events=notes.get("events", []))
+                                trace_window_s=trace_s, events=notes.get("events", []))
             fs, n = info.sample_rate, info.n_channels
             chans = list(range(n)) if channels is None else [int(c) for c in channels]
             if any(not 0 <= c < n for c in chans):
@@ -269,12 +273,15 @@ class LiveBuffers:
             self._protocol = notes.get("protocol", self._protocol)
             self._disarmed = notes.get("disarmed")
             snap = Snapshot(sample_rate=fs, now=now, n_electrodes=n, window_s=window_s,
-                            trace_filtered=filtered, events=notes.get("events", []),
+                            trace_filtered=filtered, trace_window_s=trace_s,
+                            events=notes.get("events", []),
                             decisions=notes.get("decisions", []), model=notes.get("model"))
             if self._raw_seen and now > 0 and chans and pixels > 0:
-                trace = self._window(filtered, now, int(window_s * fs), chans, pixels)
+                trace = self._window(filtered, now, int(trace_s * fs), chans, pixels)
                 _traces(snap, *trace, chans, pixels)
-            start = now - int(window_s * fs)
+            if self.rings is not None:
+                snap.trace_threshold_uV = self.rings.threshold[chans].astype(float)
+            start = now - int(max(window_s, trace_s) * fs)
             sample, channel = self._spikes.between(start, now)
             stims = [(at, c) for at, c in self._stims if at >= start]
             _raster(snap, sample, channel, stims, self._t0 if self._t0 >= 0 else now)
@@ -455,4 +462,6 @@ def _raster(snap: Snapshot, sample: np.ndarray, channel: np.ndarray,
     # a pulse reported executed may run in the block after ``now`` (t >= 0)
     snap.stim_t = np.array([(at - now) / fs for at, _ in stims])
     snap.stim_channels = [chans for _, chans in stims]
-    snap.stimulated = np.unique(np.array([c for _, chans in stims for c in chans], np.int32))
+    first = now - int(snap.window_s * fs)  # the raster's window (the traces' may be longer)
+    snap.stimulated = np.unique(np.array([c for at, chans in stims if at >= first
+                                          for c in chans], np.int32))

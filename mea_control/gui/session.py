@@ -434,7 +434,7 @@ class RigSession:
                     recorder.discard()
                 self._error(f"{job.protocol.name} did not run: {exc}")
                 return True  # the driver has not started: it still can
-        self.feed.expect(engine.protocol)
+        self.feed.expect(engine.protocol, lambda: engine.detector.thresholds_uV)
         try:
             summary = engine.run()
         except Exception as exc:  # the device did not start (or a bug): say so, disconnect

@@ -28,7 +28,12 @@ class Snapshot:
     trace_min: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (C, P) uV
     trace_max: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (C, P) uV
     trace_filtered: bool = True
-    # Spikes and pulses in the raster window.
+    #: The traces' window (the time base), seconds.
+    trace_window_s: float = 10.0
+    #: The spike detector's threshold of each trace's electrode (uV, negative; NaN: none
+    #: yet, as in its warm-up, or on a device that detects spikes itself).
+    trace_threshold_uV: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (C,)
+    # Spikes and pulses in the raster window (or the traces' when that is longer).
     spike_t: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (S,) s
     spike_channel: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     stim_t: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,) s, executed

@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
 from mea_control.gui.forms import ProtocolPanel
 from mea_control.gui.remote import RemoteSession
 from mea_control.gui.session import RigSession
-from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TraceView
+from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TracesPanel
 from mea_control.layouts import load_layout
 
 #: The device preselected on any machine.
@@ -220,7 +220,7 @@ class MainWindow(QMainWindow):
         for i in reversed(range(self.central.count())):
             self.central.widget(i).deleteLater()
         self.views.clear()
-        self.traces = TraceView(layout)
+        self.traces = TracesPanel(layout)
         self.raster = RasterView(layout)
         self.array = ArrayView(layout)
         self.psth = PsthView()
@@ -321,9 +321,8 @@ class MainWindow(QMainWindow):
         for line in self.session.drain_log():
             self.log(line)
         snap = self.session.buffers.snapshot(window_s=float(self.window_seconds.value()),
-                                             channels=self._selected,
                                              filtered=self.filtered_check.isChecked(),
-                                             pixels=self.traces.columns(len(self._selected)))
+                                             **self.traces.request(self._selected))
         for view in (self.traces, self.raster, self.array, self.psth, self.model):
             view.update_view(snap)
         for ev in snap.events:
