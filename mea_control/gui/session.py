@@ -36,12 +36,14 @@ from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
 from mea_control.recording.switch import RecordingSwitch
-from mea_control.sinks import Sink
+from mea_control.sinks import EventKind, Sink
 from mea_control.types import DeviceInfo
 
 #: Lines kept in the log panel's deque.
 KEEP_LOG = 2000
 OPERATOR_STOP = "stimulation stopped by the operator"
+#: What the log says when the monitor takes over.
+WATCHING = "watching the culture (no protocol runs, no stimulation)"
 
 
 class Monitor(Protocol):
@@ -133,7 +135,7 @@ class RigSession:
             self.info, self.url, self._connected = driver.info, url, True
             self._engine = monitor
         self._say(f"connected to {url} ({driver.info.name}, {driver.info.n_channels} channels "
-                  f"at {driver.info.sample_rate:g} Hz)")
+                  f"at {driver.info.sample_rate:g} Hz); {WATCHING}")
         self._thread = threading.Thread(target=self._serve, args=(monitor,),
                                         name="mea-rig", daemon=True)
         self._thread.start()
@@ -452,7 +454,8 @@ class RigSession:
             summary["protocol_file"] = str(job.path)
             self.last_summary = summary
             self._say(f"{engine.protocol.name} ended: {summary['duration_s']:g} s, "
-                      f"{summary['stims_executed']} pulses, {summary['spikes']} spikes")
+                      f"{summary['stims_executed']} pulses, {summary['spikes']} spikes"
+                      + (f"; {WATCHING}" if self.connected else ""))
         return False
 
     def _lost(self, message: str) -> None:
@@ -466,9 +469,9 @@ class RigSession:
                             seed=self.seed, limits=self.limits)
 
     def _engine_with(self, protocol: Protocol, config: EngineConfig,
-                     sinks: list[Sink]) -> Engine:
+                     sinks: list[Sink], log: Any = None) -> Engine:
         assert self._driver is not None
-        engine = Engine(self._driver, protocol, config, sinks=sinks, log=self._say,
+        engine = Engine(self._driver, protocol, config, sinks=sinks, log=log or self._say,
                         pulse_history=self.pulse_history)
         if self._stim_stopped is not None:  # an operator's stop holds until rearm()
             engine.gate.disarm(self._stim_stopped)
@@ -476,7 +479,13 @@ class RigSession:
 
     def _monitor_engine(self) -> Engine:
         return self._engine_with(Monitor(), self._config(self._monitor_fast),
-                                 [self.feed, self.switch])
+                                 [self.feed, self.switch], log=self._monitor_say)
+
+    def _monitor_say(self, message: str) -> None:
+        """The monitor's log, but its start and end: the session says what runs instead
+        (a monitor's "end of run" at a protocol's start reads as if that had ended)."""
+        if not message.startswith((f"[{EventKind.START}] ", f"[{EventKind.STOP}] ")):
+            self._say(message)
 
     def _job_engine(self, job: _Job) -> Engine:
         return self._engine_with(job.protocol, self._config(job.fast, job.duration_s),

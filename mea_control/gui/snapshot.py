@@ -19,7 +19,8 @@ class Snapshot:
     """One frame's data. Times are seconds relative to ``now`` (negative: the past)."""
 
     sample_rate: float
-    #: The device sample just after the newest data.
+    #: The views' clock just after the newest data: the device's sample, shifted to run on
+    #: across runs whose device clock restarted (LiveBuffers).
     now: int
     n_electrodes: int
     # Traces of the selected electrodes as a min/max envelope, one column a pixel bin.

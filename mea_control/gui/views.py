@@ -781,8 +781,10 @@ class PsthView(_PlotView):
         edges = np.asarray(snap.psth_edges_ms, float)
         psth = np.asarray(snap.psth, float)
         pulses = snap.psth_pulses
-        self._set_title(f"PSTH, all electrodes, {pulses} pulse{'s' * (pulses != 1)}"
-                        if pulses else "PSTH: no pulses yet")
+        # a pulse counts once the data hold its whole window: the latest ones wait for it
+        span = f"{edges[-1]:g} ms" if len(edges) else "window"
+        self._set_title(f"PSTH, all electrodes, {pulses} pulse{'s' * (pulses != 1)} with "
+                        f"their {span} after them" if pulses else "PSTH: no pulses yet")
         if len(edges) < 2 or len(psth) != len(edges) - 1:
             self.hist.setData([], [])
             self._set_range((0.0, 100.0), (0.0, 1.0))
@@ -822,6 +824,10 @@ class ModelView(QtWidgets.QWidget):
         self.placeholder.setWordWrap(True)
         self.placeholder.setStyleSheet("color: #888; font-size: 14pt")
         self.status = QtWidgets.QLabel()
+        # a long line wraps: it never widens the tab (nor the window) when data arrive
+        self.status.setWordWrap(True)
+        self.status.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                  QtWidgets.QSizePolicy.Policy.Preferred)
         self.glw = pg.GraphicsLayoutWidget()
         self.fe = self.glw.addPlot(
             row=0, col=0, rowspan=2, title="Free energy, nats per trial: "
@@ -878,9 +884,17 @@ class ModelView(QtWidgets.QWidget):
         col.addWidget(self._experimenter_plots(), 2)
         col.addWidget(QtWidgets.QLabel("Last decisions (newest first)"))
         col.addWidget(self.table)
+        # the plots never get narrower than their titles, axes and colour bars need (they
+        # would be clipped): a narrower tab scrolls
+        for glw in (self.glw, self.unknown.getViewWidget()):
+            glw.setMinimumWidth(int(np.ceil(glw.ci.layout.minimumWidth())))
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setWidget(page)
         self.stack = QtWidgets.QStackedLayout(self)
         self.stack.addWidget(self.placeholder)
-        self.stack.addWidget(page)
+        self.stack.addWidget(scroll)
         self._key: tuple | None = None
 
     def update_view(self, snap: Snapshot) -> None:
@@ -888,7 +902,8 @@ class ModelView(QtWidgets.QWidget):
         m = snap.model
         if m is None:
             self.stack.setCurrentIndex(0)
-            self._key = None
+            if self._key is not None:
+                self.clear()
             return
         self.stack.setCurrentIndex(1)
         fe = np.asarray(m.get("free_energy", []), float)
@@ -897,6 +912,8 @@ class ModelView(QtWidgets.QWidget):
                else None, m.get("running"))
         if key == self._key:
             return
+        if self._key is not None and (key[0] or 0) < (self._key[0] or 0):
+            self.clear()  # a new run's model: none of the previous run's data and axes
         self._key = key
         self._status(m)
         trials = int(m.get("trials", len(fe)))
@@ -918,6 +935,21 @@ class ModelView(QtWidgets.QWidget):
         self._predictions(m)
         self._measure(m)
         self._decisions(decisions)
+
+    def clear(self) -> None:
+        """Forget the drawn model: empty plots with automatic axes, no decisions."""
+        self._key = None
+        self._sd_layout = None
+        self.status.setText("")
+        for curve in (self.fe_curve, *self.observed, *self.predicted, self.job_curve,
+                      self.diagonal):
+            curve.setData([], [])
+        self.image.clear()
+        self.cells.clear()
+        self.pred_points.clear()
+        for plot in (self.fe, *self.resp, self.pred, self.job_plot):
+            plot.enableAutoRange()
+        self.table.setRowCount(0)
 
     def _status(self, m: dict) -> None:
         sfe = m.get("session_free_energy") or []
