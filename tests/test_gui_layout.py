@@ -117,7 +117,8 @@ def test_disconnect_clears_the_views_and_the_states(qtbot, window):
     _settle(qtbot)
     assert w.live.currentWidget() is w.not_connected
     assert (w.array._colour_idx == -1).all()  # no rates: grey cells
-    assert w.traces.curve.xData is None or len(w.traces.curve.xData) == 0
+    for curve in (w.traces.rows.curve, w.traces.grid.curve):  # both trace layouts are empty
+        assert curve.xData is None or len(curve.xData) == 0
     assert w.device_info.text() == "not connected" and w.device_status.text() == ""
     assert "armed" not in w.safety_state.text() and "not connected" in w.safety_state.text()
     assert "NOT CONNECTED" in w.banner.text() and not w.rearm_button.isEnabled()

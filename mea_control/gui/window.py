@@ -173,6 +173,7 @@ class MainWindow(QMainWindow):
         self.timer.timeout.connect(self.refresh)
         self.timer.start(FRAME_MS)
         self._restore(device, protocol)
+        self.refresh()  # the banner and the panels say the state from the first paint on
 
     # -- building ----------------------------------------------------------------------------
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
