@@ -5,7 +5,9 @@ its parameters (type, default, unit, range) and implements any of the hooks
 ``setup``, ``on_block``, ``on_spikes``, ``on_trial`` and ``teardown``; each
 hook receives the run's :class:`~mea_control.context.Context` (``ctx``), which
 gives the clock (``ctx.now``, in device samples), the layout, a seeded random
-generator and ``ctx.stimulate``. See ``protocols/`` for examples.
+generator and ``ctx.stimulate``. ``planned_patterns`` says before the run what
+it will send, for the check against the limits (:mod:`mea_control.preflight`).
+See ``protocols/`` for examples.
 """
 
 from __future__ import annotations
