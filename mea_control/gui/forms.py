@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
@@ -47,8 +48,8 @@ from mea_control.protocol import (
 __all__ = ["ParameterForm", "ProtocolPanel"]
 
 ERROR_STYLE = "color: #b00020;"
-#: An editor holding a value outside its parameter's range.
-INVALID_FIELD_STYLE = "border: 2px solid #b00020;"
+#: Background and text of an editor holding a value outside its parameter's range.
+INVALID_BASE, INVALID_TEXT = "#ffd6dc", "#b00020"
 INT_LIMIT = 2**31 - 1
 FLOAT_LIMIT = 1e12
 #: The parameter form's least height, in text lines (about 6 rows of editors).
@@ -158,6 +159,7 @@ class ParameterForm(QWidget):
         self.editors: dict[str, QWidget] = {}
         self.labels: dict[str, QLabel] = {}
         self.tips: dict[str, str] = {}
+        self.palettes: dict[str, QPalette] = {}
         #: What is wrong with each field's own value (outside its range), by name.
         self.field_errors: dict[str, str] = {}
         #: The message of the last :meth:`validate`, or None when the values are valid.
@@ -173,6 +175,7 @@ class ParameterForm(QWidget):
             label.setToolTip(tip)
             editor.setToolTip(tip)
             self.editors[name], self.labels[name], self.tips[name] = editor, label, tip
+            self.palettes[name] = editor.palette()
             self._put(name, param.default)
             self._connect(editor)
             editor.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
@@ -271,7 +274,7 @@ class ParameterForm(QWidget):
                 self.field_errors[name] = problem
         for name, editor in self.editors.items():
             problem = self.field_errors.get(name)
-            editor.setStyleSheet(INVALID_FIELD_STYLE if problem else "")
+            editor.setPalette(_invalid_palette(editor) if problem else self.palettes[name])
             editor.setToolTip(f"{problem}\n{self.tips[name]}" if problem else self.tips[name])
         if self.field_errors:
             name, problem = next(iter(self.field_errors.items()))
@@ -305,6 +308,15 @@ class ParameterForm(QWidget):
         for editor in self.editors.values():
             if isinstance(editor, (QSpinBox, QDoubleSpinBox)):
                 editor.interpretText()
+
+
+def _invalid_palette(editor: QWidget) -> QPalette:
+    """The editor's colours with a red background and text (its native frame and arrows
+    stay, which a style sheet would replace)."""
+    palette = QPalette(editor.palette())
+    palette.setColor(QPalette.ColorRole.Base, QColor(INVALID_BASE))
+    palette.setColor(QPalette.ColorRole.Text, QColor(INVALID_TEXT))
+    return palette
 
 
 def _out_of_range(param: Parameter, value: Any) -> str | None:
