@@ -1,10 +1,11 @@
 """Protocol choice and parameters: a form built from a protocol's declared parameters.
 
 :class:`ParameterForm` has one row per :class:`~mea_control.protocol.Parameter`
-(spin box, check box, combo box or line edit), checks the whole set with the
-protocol's own ``validate`` after every edit and shows its message inline.
-:class:`ProtocolPanel` adds the protocol choice, Start / Pause / Stop and the
-run's progress; the main window connects to its signals.
+(spin box, check box, combo box or line edit), checks each value against its range
+(a value typed outside it stays, and its field turns red and says why) and the whole
+set with the protocol's own ``validate`` after every edit, and shows the message
+inline. :class:`ProtocolPanel` adds the protocol choice, Start / Pause / Stop, the
+run's progress and why a Start was refused; the main window connects to its signals.
 """
 
 from __future__ import annotations
@@ -263,9 +264,9 @@ class ParameterForm(QWidget):
         """Check each field's range, then build the protocol from the values; the first
         error message (one line) or None.
 
-        A field outside its range gets a red border and says why in its tooltip ("0.5 at
-        most"); the message is shown under the fields, and the labels of the parameters
-        it names turn red."""
+        A field outside its range keeps the typed value, turns red and says why in its
+        tooltip ("0.5 at most"); the message is shown under the fields, and the labels of
+        the parameters it names turn red."""
         values = self.values()
         self.field_errors = {}
         for name, param in self.protocol_cls.parameters.items():
