@@ -26,10 +26,10 @@ from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.limits import SafetyLimits, effective_limits
 from mea_control.patterns import PatternLog
-from mea_control.protocol import Protocol
+from mea_control.protocol import Protocol, ProtocolError
 from mea_control.pulse_history import PulseHistory
 from mea_control.run_stats import RunStats
-from mea_control.safety import SafetyGate, SafetyRefusal
+from mea_control.safety import SafetyGate, SafetyRefusal, check_stim_mode
 from mea_control.sinks import (
     RUN_ENDED,
     EventKind,
@@ -295,7 +295,7 @@ class Engine:
                     earliest = self.driver.earliest_stim_sample()
                     if earliest is not None:
                         pattern = replace(pattern, at_sample=max(self.now, earliest))
-                self._check_mode(pattern)
+                check_stim_mode(pattern, self.info)
                 self.gate.admit(pattern, self.now)
                 ticket = self.driver.stimulate(pattern)
                 if not self.gate.armed:  # a STOP came while it was on its way (see _halt)
@@ -308,19 +308,6 @@ class Engine:
             raise
         self.patterns.sent(ticket, pattern, trigger, self.now)
         return ticket
-
-    def _check_mode(self, pattern: StimPattern) -> None:
-        modes = self.info.capabilities.stim_modes
-        for channel, pulse in pattern.pulses:
-            if not 0 <= channel < self.info.layout.n_electrodes:
-                continue  # the gate refuses it, naming the layout's channels
-            if pulse.mode not in modes:
-                label = self.info.layout.labels[channel]
-                raise SafetyRefusal(
-                    "mode", label, pulse.mode, modes,
-                    f"refused: {pulse.mode} stimulation on electrode {label}: "
-                    f"{self.info.name} supports {', '.join(modes) or 'no stimulation'}",
-                )
 
     def _on_report(self, report: StimReport) -> None:
         if report.pulses_run is not None:
@@ -525,8 +512,10 @@ class Engine:
         except Exception as exc:
             # on the last line, which the log shows
             where = where_in(self.protocol, traceback.extract_tb(exc.__traceback__))
-            self._fail("protocol", f"{traceback.format_exc().rstrip()} {where}".rstrip() + "\n",
-                       exc)
+            trace = traceback.format_exc().rstrip()
+            if isinstance(exc, ProtocolError):  # the log's line: its message, no class name
+                trace += f"\n{exc}"
+            self._fail("protocol", f"{trace} {where}".rstrip() + "\n", exc)
             return None
         finally:
             self._hook = None

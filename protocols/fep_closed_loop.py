@@ -113,6 +113,8 @@ HISTORY = 512
 LAST_DECISIONS = 8
 #: Trials over which model_state() gives the job's success rate.
 SUCCESS_WINDOW = 100
+#: Calibration trials whose sources the check before the run looks at.
+CHECKED_TRIALS = 100_000
 
 
 def _round(values, digits=4):
@@ -350,6 +352,35 @@ class FEPClosedLoop(BSSIsomura):
             raise ProtocolError(f"preferred={p.preferred!r}: give two probabilities from 0 to "
                                 "1, for ensembles 1 and 2, e.g. 0.95,0.05")
         self.preferred = np.array(c)
+
+    def planned_patterns(self, ctx):
+        """BSS's, after checking that the calibration can find the two ensembles that
+        control and train need (see _check_calibration)."""
+        patterns = super().planned_patterns(ctx)
+        if self.p.job != "identify":  # identify runs without the ensembles
+            self._check_calibration(ctx.rng)
+        return patterns
+
+    def _check_calibration(self, rng):
+        """ProtocolError unless every calibration session has a trial with only source 1
+        on and one with only source 2 on (the ensembles' selectivity needs both). ``rng``
+        draws the sessions' sequences as the run will (nothing else draws before the
+        models start); checked up to CHECKED_TRIALS trials, past which a miss is
+        vanishingly rare."""
+        p = self.p
+        sessions = 1 if p.repeat_sequence else p.calibration_sessions
+        sessions = min(sessions, max(1, CHECKED_TRIALS // p.trials_per_session))
+        for session in range(sessions):
+            s, _ = self._sequence(rng)
+            for source, other in ((0, 1), (1, 0)):
+                if not np.any((s[:, source] == 1) & (s[:, other] == 0)):
+                    which = "the session's sequence" if p.repeat_sequence else (
+                        f"calibration session {session + 1}")
+                    raise ProtocolError(
+                        f"job={p.job} needs a trial with only source {source + 1} on in "
+                        f"every calibration session to find the ensembles, and "
+                        f"{which} ({p.trials_per_session} trials) has none: use more "
+                        "trials_per_session")
 
     # -- trials ------------------------------------------------------------------------
     def design(self, ctx, index):

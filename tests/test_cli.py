@@ -248,10 +248,40 @@ def run_bss_with_rig(tmp_path, rig_text, trials):
     return proc, json.loads(summary.read_text())
 
 
+#: A protocol that cannot tell what it will send (no planned_patterns): 5 uA every 100 ms.
+BLIND = """
+from mea_control.protocol import Protocol
+from mea_control.types import StimPattern, StimPulse
+
+class Blind(Protocol):
+    def setup(self, ctx):
+        self.next = ctx.now
+
+    def on_block(self, ctx, block, filtered):
+        if ctx.now >= self.next:
+            self.next = ctx.now + ctx.samples(0.1)
+            ctx.stimulate(StimPattern.single([ctx.layout.channel("12")],
+                                             StimPulse.biphasic(5.0, 200.0)))
+"""
+
+
 def test_rig_file_limits_are_enforced_and_reported(tmp_path):
-    proc, s = run_bss_with_rig(
-        tmp_path, '[rig]\nname = "rig 2"\n[limits]\nmax_current_uA = 2.0\n', trials=6
-    )
+    rig = tmp_path / "rig.toml"
+    rig.write_text('[rig]\nname = "rig 2"\n[limits]\nmax_current_uA = 2.0\n')
+    # before the run: what BSS would send breaks the rig's limit, so it does not start
+    proc = run_cli("run", "bss_isomura", "--fast", "--rig", str(rig), "--sessions", "1",
+                   "--param", "trials_per_session=6")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mea-control: error: bss_isomura cannot start: current 5.00 uA on electrode 12 "
+        "exceeds max_current_uA = 2.00 uA (the rig's limit); set by amplitude = 5")
+    # during the run: the gate refuses what a protocol that cannot tell sends
+    blind, summary = tmp_path / "blind.py", tmp_path / "s.json"
+    blind.write_text(BLIND)
+    proc = run_cli("run", str(blind), "--fast", "--rig", str(rig), "--duration", "0.5",
+                   "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(summary.read_text())
     assert s["limits"]["max_current_uA"] == 2.0
     assert s["stims_executed"] == 0 and s["stims_refused"] > 0
     assert "refused: " in proc.stderr and "max_current_uA" in proc.stderr

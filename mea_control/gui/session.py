@@ -32,6 +32,7 @@ from mea_control.engine import Engine, EngineConfig
 from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.limits import SafetyLimits
+from mea_control.preflight import check_start
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
@@ -172,8 +173,10 @@ class RigSession:
               duration_s: float | None = None, overwrite: bool = False) -> Protocol:
         """Run a protocol (shipped name or .py path) in place of the monitor.
 
-        Bad names, parameters and recording paths raise ProtocolError,
-        RecordingError or ValueError here; the run itself reports to :attr:`log`.
+        Bad names, parameters (and values the limits in force would refuse, checked by
+        :func:`~mea_control.preflight.check_start`) and recording paths raise
+        ProtocolError, RecordingError or ValueError here; nothing has started then. The
+        run itself reports to :attr:`log`.
         """
         if not self.connected or self.info is None:
             raise RuntimeError("connect a device first")
@@ -190,6 +193,13 @@ class RigSession:
             raise
         except Exception as exc:  # a user's validate() may raise anything
             raise ProtocolError(f"protocol {cls.name} failed while checking its parameters: "
+                                f"{type(exc).__name__}: {exc}") from None
+        try:
+            check_start(instance, self.info, self.limits, self.seed)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a user's planned_patterns may raise anything
+            raise ProtocolError(f"protocol {cls.name} failed while planning its patterns: "
                                 f"{type(exc).__name__}: {exc}") from None
         target = None
         if record_path is not None:
@@ -448,6 +458,8 @@ class RigSession:
                 left.close()
         if engine.error_kind == "device" or (engine.error and job is None):
             self._lost(f"{engine.protocol.name}: {_last_line(engine.error)}")
+        elif isinstance(engine.exception, ProtocolError):  # its own one line, as the CLI's
+            self._error(f"{engine.protocol.name}: {engine.exception}")
         elif engine.error:
             self._error(f"{engine.protocol.name}: {_last_line(engine.error)}")
         if job is not None:

@@ -44,6 +44,7 @@ from mea_control.gui.remote import RemoteSession
 from mea_control.gui.session import RigSession
 from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TracesPanel
 from mea_control.layouts import load_layout
+from mea_control.protocol import ProtocolError
 
 #: The device preselected on any machine.
 DEFAULT_DEVICE = "sim://?seed=1"
@@ -349,6 +350,10 @@ class MainWindow(QMainWindow):
         record = Path(self.record_path.text()) if self.record_check.isChecked() else None
         try:
             self.session.start(protocol, values, record_path=record)
+        except ProtocolError as exc:  # its set-up or what it would send: said beside Start
+            self.protocol_panel.refuse(str(exc))
+            self.log(f"not started: {exc}")
+            return
         except Exception as exc:
             self.error(f"cannot start {protocol}: {exc}")
             return
