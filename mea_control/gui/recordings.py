@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -69,9 +70,10 @@ def next_free(path: Path) -> Path:
 
 
 class RecordingFields(QWidget):
-    """Folder and file name of the next recording, and the culture's fields for its file."""
+    """Folder and file name of the next recording, and the culture's fields for its file;
+    ``file_label`` heads the file name's row (the window's "Record protocol runs to")."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, file_label: QWidget | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.folder = QLineEdit(str(Path.cwd()))
         self.folder.setToolTip("the folder recordings go to")
@@ -89,23 +91,29 @@ class RecordingFields(QWidget):
         self.div.setValue(NO_DIV)
         self.div.setToolTip("days in vitro; counts up by itself from one day to the next")
         self.experimenter = QLineEdit()
-        self.experimenter.setPlaceholderText("Last, First; another")
+        self.experimenter.setPlaceholderText("experimenter")
+        self.experimenter.setToolTip("experimenter(s): Last, First; several separated by ;")
         self.description = QLineEdit()
-        self.description.setPlaceholderText("what this session is for")
+        self.description.setPlaceholderText("description: what this session is for")
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder)
         folder_row.addWidget(browse)
         culture_row = QHBoxLayout()
         culture_row.addWidget(self.culture, 1)
+        culture_row.addWidget(QLabel("DIV"))
         culture_row.addWidget(self.div)
-        form = QFormLayout(self)
+        culture_row.addWidget(QLabel("by"))
+        culture_row.addWidget(self.experimenter, 2)
+        form = QFormLayout(self)  # compact: the side panel's height is for the protocol
         form.setContentsMargins(0, 0, 0, 0)
         form.setVerticalSpacing(2)
-        form.addRow("Folder", folder_row)
-        form.addRow("File", self.name)
-        form.addRow("Culture, DIV", culture_row)
-        form.addRow("Experimenter", self.experimenter)
-        form.addRow("Description", self.description)
+        if file_label is None:
+            form.addRow("File", self.name)
+        else:
+            form.addRow(file_label, self.name)
+        form.addRow("in folder", folder_row)
+        form.addRow("Culture", culture_row)
+        form.addRow("About", self.description)
         for field in (self.folder, self.culture):
             field.textChanged.connect(self.show_next_name)
         self._timer = QTimer(self, interval=1000)  # files appear as recordings start

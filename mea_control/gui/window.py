@@ -167,16 +167,18 @@ class MainWindow(QMainWindow):
                                  self.device_info, self.device_status)
 
     def _build_recording_panel(self) -> None:
-        self.record_check = QCheckBox("Record protocol runs")
-        self.record_fields = RecordingFields()
+        self.record_check = QCheckBox("Record protocol runs to")
+        self.record_fields = RecordingFields(self.record_check)
         self.record_button = QPushButton("Record now")
         self.record_button.setToolTip("record what runs now (the monitoring or a protocol) "
                                       "until you stop it or that run ends")
         self.record_button.clicked.connect(self._toggle_recording)
         self.record_status = QLabel("not recording")
         self.record_status.setWordWrap(True)
-        self.recording_box = _group(None, self.record_check, self.record_fields,
+        self.recording_box = _group(None, self.record_fields,
                                     _row(self.record_button, self.record_status))
+        self.recording_box.layout().setSpacing(2)  # compact: the height is for the protocol
+        self.recording_box.layout().setContentsMargins(6, 2, 6, 2)
 
     def _build_safety_panel(self) -> None:
         self.stop_button = QPushButton("STOP STIMULATION")
