@@ -94,7 +94,7 @@ class RecordingFields(QWidget):
         self.experimenter.setPlaceholderText("experimenter")
         self.experimenter.setToolTip("experimenter(s): Last, First; several separated by ;")
         self.description = QLineEdit()
-        self.description.setPlaceholderText("description: what this session is for")
+        self.description.setPlaceholderText("the session's description")
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder)
         folder_row.addWidget(browse)
@@ -103,17 +103,20 @@ class RecordingFields(QWidget):
         culture_row.addWidget(QLabel("DIV"))
         culture_row.addWidget(self.div)
         culture_row.addWidget(QLabel("by"))
-        culture_row.addWidget(self.experimenter, 2)
+        culture_row.addWidget(self.experimenter, 1)
         form = QFormLayout(self)  # compact: the side panel's height is for the protocol
         form.setContentsMargins(0, 0, 0, 0)
         form.setVerticalSpacing(2)
         if file_label is None:
             form.addRow("File", self.name)
-        else:
-            form.addRow(file_label, self.name)
-        form.addRow("in folder", folder_row)
+        else:  # the label's own row: the other labels stay narrow
+            file_row = QHBoxLayout()
+            file_row.addWidget(file_label)
+            file_row.addWidget(self.name, 1)
+            form.addRow(file_row)
+        form.addRow("Folder", folder_row)
         form.addRow("Culture", culture_row)
-        form.addRow("About", self.description)
+        form.addRow("Notes", self.description)
         for field in (self.folder, self.culture):
             field.textChanged.connect(self.show_next_name)
         self._timer = QTimer(self, interval=1000)  # files appear as recordings start
