@@ -196,6 +196,36 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
     assert s["interrupted"] is True and s["blocks"] > 0
 
 
+def test_info_says_how_a_recorded_run_ended(tmp_path):
+    """A run stopped by Ctrl-C mid-trials says so in its file and in `mea-control info`:
+    ended early, n of N trials; a run that ran all its trials says completed."""
+    stopped, done = tmp_path / "stopped.nwb", tmp_path / "done.nwb"
+    proc = subprocess.Popen(
+        cli_command("run", "bss_isomura", "--sessions", "1", "--param", "trials_per_session=40",
+                    "--param", "isi_s=0.35", "--no-raw", "--record", str(stopped)),
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        preexec_fn=ctrl_c_works,
+    )
+    for line in proc.stderr:  # progress every 10 %: trials are being run
+        if re.search(r"trial [1-9]\d*/40", line):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert run_cli("run", "bss_isomura", "--fast", "--quiet", "--sessions", "1", "--param",
+                   "trials_per_session=4", "--no-raw", "--record", str(done)).returncode == 0
+    (code, _, early), (code_done, _, complete) = cli_batch([["info", str(stopped)],
+                                                            ["info", str(done)]])
+    assert code == 0 and code_done == 0
+    n = int(re.search(r"^trials +(\d+) in", early, re.M).group(1))
+    assert 0 < n < 40
+    ended = f"interrupted (Ctrl-C or a stop signal), {n} of 40 trials"
+    assert f"ended           {ended}\n" in early
+    assert f"health          ended early: {ended}" in early
+    assert "ended           completed, 4 of 4 trials\n" in complete
+    assert "health          ok" in complete
+
+
 def test_sim_serve_with_a_bad_option_is_a_one_line_error(capsys):
     """The simulated device checks its own options (hardware_sim.mea.SimError): the CLI
     says which, in one line, and serves nothing."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ from mea_control.preflight import check_start
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
+from mea_control.recording.nwbfile import RecordingMeta
 from mea_control.recording.switch import RecordingSwitch
-from mea_control.sinks import EventKind, Sink
+from mea_control.sinks import EventKind, Sink, ending_text
 from mea_control.types import DeviceInfo
 
 #: Lines kept in the log panel's deque.
@@ -45,6 +46,10 @@ KEEP_LOG = 2000
 OPERATOR_STOP = "stimulation stopped by the operator"
 #: What the log says when the monitor takes over.
 WATCHING = "watching the culture (no protocol runs, no stimulation)"
+#: How a run ends (the summary's and the recording's "ended"), by who ended it.
+STOPPED_BY_OPERATOR = "stopped by the operator"
+DISCONNECTED = "stopped: the device was disconnected"
+WINDOW_CLOSED = "stopped: the window was closed"
 
 
 class Monitor(Protocol):
@@ -65,6 +70,7 @@ class _Job:
     fast: bool
     duration_s: float | None
     overwrite: bool
+    meta: RecordingMeta | None
 
 
 class RigSession:
@@ -142,14 +148,15 @@ class RigSession:
         self._thread.start()
         return driver.info
 
-    def disconnect(self, timeout: float = 2.0) -> bool:
-        """Stop what runs and close the device; False if it is still winding down
-        after ``timeout`` s (a recorder finishing its file): it closes when done."""
+    def disconnect(self, timeout: float = 2.0, reason: str = DISCONNECTED) -> bool:
+        """Stop what runs (``reason``: how its recording says it ended) and close the
+        device; False if it is still winding down after ``timeout`` s (a recorder
+        finishing its file): it closes when done."""
         with self._state:
             self._connected = False
             self._queued = None
             if self._engine is not None:
-                self._engine.stop()
+                self._engine.stop(reason)
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -159,8 +166,8 @@ class RigSession:
     def close(self, timeout: float = 30.0) -> bool:
         """End the session (the window closes): stop, disconnect; False if a recording
         is still being closed after ``timeout`` s."""
-        self.stop()
-        return self.disconnect(timeout)
+        self.stop(WINDOW_CLOSED)
+        return self.disconnect(timeout, WINDOW_CLOSED)
 
     @property
     def connected(self) -> bool:
@@ -170,8 +177,10 @@ class RigSession:
     # -- protocol runs -------------------------------------------------------------------------
     def start(self, protocol: str, params: dict[str, Any] | None = None,
               record_path: str | Path | None = None, fast: bool = False, *,
-              duration_s: float | None = None, overwrite: bool = False) -> Protocol:
-        """Run a protocol (shipped name or .py path) in place of the monitor.
+              duration_s: float | None = None, overwrite: bool = False,
+              meta: RecordingMeta | None = None) -> Protocol:
+        """Run a protocol (shipped name or .py path) in place of the monitor; ``meta``:
+        the recording's culture, DIV, experimenter and description.
 
         Bad names, parameters (and values the limits in force would refuse, checked by
         :func:`~mea_control.preflight.check_start`) and recording paths raise
@@ -206,7 +215,7 @@ class RigSession:
             from mea_control.recording.writer import check_target
 
             target = check_target(record_path, overwrite)
-        job = _Job(instance, path, target, fast, duration_s, overwrite)
+        job = _Job(instance, path, target, fast, duration_s, overwrite, meta)
         with self._state:
             if not self._connected:
                 raise RuntimeError("the device was disconnected")
@@ -216,14 +225,15 @@ class RigSession:
         self._say(f"starting {cls.name}" + (f", recording to {target}" if target else ""))
         return instance
 
-    def stop(self) -> None:
-        """End the protocol run, or cancel it if it has not begun (the monitor takes over)."""
+    def stop(self, reason: str = STOPPED_BY_OPERATOR) -> None:
+        """End the protocol run (``reason``: how its recording says it ended), or cancel
+        it if it has not begun (the monitor takes over)."""
         with self._state:
             if self._queued is not None:
                 self._say(f"cancelled {self._queued.protocol.name}")
                 self._queued = None
             if self._job is not None and self._engine is not None:
-                self._engine.stop()
+                self._engine.stop(reason)
                 self._say(f"stopping {self._job.protocol.name}")
 
     def wait(self, timeout: float) -> bool:
@@ -286,9 +296,11 @@ class RigSession:
         self._say(f"{'pausing' if pause else 'resuming'} {job.protocol.name}")
 
     # -- recording -------------------------------------------------------------------------
-    def record(self, path: str | Path, overwrite: bool = False) -> Path:
+    def record(self, path: str | Path, overwrite: bool = False,
+               meta: RecordingMeta | None = None) -> Path:
         """Record the run in progress (the monitor's or a protocol's) from now until
-        stop_recording() or the end of that run; returns the file's path."""
+        stop_recording() or the end of that run; returns the file's path. ``meta``: as
+        for start()."""
         with self._state:
             engine = self._engine if self._connected else None
             job = self._job
@@ -296,7 +308,8 @@ class RigSession:
             raise RuntimeError("connect a device first")
         if self.switch.recorder is not None:
             raise RuntimeError(f"already recording to {self.switch.recorder.path}")
-        recorder = self._recorder(engine, job.path if job else None, path, overwrite, None)
+        recorder = self._recorder(engine, job.path if job else None, path, overwrite, None,
+                                  meta)
         try:
             self.switch.put(recorder)
         except RuntimeError:
@@ -316,6 +329,10 @@ class RigSession:
         # the run's figures so far, which the engine computes on its loop between two items
         summary = engine.summary() if engine is not None else {}
         summary["note"] = "recording stopped by the operator"
+        summary["ended"] = ending_text("recording stopped by the operator; the run went on",
+                                       summary.get("trials", 0),
+                                       summary.get("trials_planned"))
+        summary["ended_early"] = False
         self.switch.close(recorder, summary)
         stats = recorder.stats()
         self._say(f"recording {recorder.path} closed: {stats['samples_written']} samples, "
@@ -439,7 +456,7 @@ class RigSession:
         if job is not None and job.record_path is not None:
             try:
                 recorder = self._recorder(engine, job.path, job.record_path, job.overwrite,
-                                          job.duration_s)
+                                          job.duration_s, job.meta)
                 self.switch.put(recorder)
             except (RecordingError, OSError, RuntimeError) as exc:
                 if recorder is not None:
@@ -504,12 +521,15 @@ class RigSession:
                                  [self.feed, self.switch])
 
     def _recorder(self, engine: Engine, protocol_file: Path | None, path: str | Path,
-                  overwrite: bool, duration_s: float | None) -> Any:
+                  overwrite: bool, duration_s: float | None,
+                  meta: RecordingMeta | None = None) -> Any:
         """An NWB recorder of ``engine``'s run (it creates the file: bad paths raise here)."""
-        from mea_control.recording import Recorder, RecordingMeta
+        from mea_control.recording import Recorder
         from mea_control.recording.writer import run_provenance
 
-        meta = RecordingMeta(session_description=f"{engine.protocol.name} (mea-control gui)")
+        meta = meta or RecordingMeta()
+        if not meta.session_description:
+            meta = replace(meta, session_description=f"{engine.protocol.name} (mea-control gui)")
         if engine.info.simulated:
             meta = meta.for_simulator()
         provenance = run_provenance(engine.describe(), protocol_file, source="gui")

@@ -19,12 +19,10 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDockWidget,
-    QFileDialog,
     QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
@@ -40,6 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from mea_control.gui.forms import ProtocolPanel
+from mea_control.gui.recordings import RecordingFields, next_free, taken
 from mea_control.gui.remote import RemoteSession
 from mea_control.gui.session import RigSession
 from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TracesPanel
@@ -145,6 +144,9 @@ class MainWindow(QMainWindow):
         self.settings = settings or user_settings()
         #: Asks the operator a yes/no question (tests replace it).
         self.confirm = confirm or self._confirm
+        #: Asks the operator to pick one of some answers: its index, None if none (tests
+        #: replace it).
+        self.choose = self._choose
         self._layout_name = ""
         self._selected: list[int] = list(range(DEFAULT_TRACES))
         self._recorded = ""  # the file of the latest recording, for the panel
@@ -253,16 +255,15 @@ class MainWindow(QMainWindow):
 
     def _build_recording_panel(self) -> None:
         self.record_check = QCheckBox("Record protocol runs to")
-        self.record_path = QLineEdit("run.nwb")
-        browse = QPushButton("…")
-        browse.setFixedWidth(28)
-        browse.clicked.connect(self._browse_recording)
+        self.record_fields = RecordingFields(self.record_check)
         self.record_button = QPushButton("Record now")
         self.record_button.setToolTip("record what runs now (the monitoring or a protocol) "
                                       "until you stop it or that run ends")
         self.record_button.clicked.connect(self._toggle_recording)
         self.record_status = StatusLine("not recording")  # with the button, below the scroll
-        self.recording_box = _group(None, _row(self.record_check, self.record_path, browse))
+        self.recording_box = _group(None, self.record_fields)
+        self.recording_box.layout().setSpacing(2)  # compact: the height is for the protocol
+        self.recording_box.layout().setContentsMargins(6, 2, 6, 2)
 
     def _build_safety_panel(self) -> None:
         self.stop_button = QPushButton("STOP STIMULATION")
@@ -347,9 +348,14 @@ class MainWindow(QMainWindow):
         if not self.session.connected and not self.connect_device(
                 self.device_url.currentText().strip()):
             return
-        record = Path(self.record_path.text()) if self.record_check.isChecked() else None
+        record, overwrite = None, False
+        if self.record_check.isChecked():
+            if (target := self._recording_target()) is None:
+                return
+            record, overwrite = target
         try:
-            self.session.start(protocol, values, record_path=record)
+            self.session.start(protocol, values, record_path=record, overwrite=overwrite,
+                               meta=self.record_fields.meta())
         except ProtocolError as exc:  # its set-up or what it would send: said beside Start
             self.protocol_panel.refuse(str(exc))
             self.log(f"not started: {exc}")
@@ -375,13 +381,28 @@ class MainWindow(QMainWindow):
         if self.session.recording is not None:
             self.session.stop_recording()
             return
-        path = Path(self.record_path.text())
-        if path.exists() and not self.confirm(f"{path} exists. Overwrite it?"):
+        if (target := self._recording_target()) is None:
             return
+        path, overwrite = target
         try:
-            self.session.record(path, overwrite=True)
+            self.session.record(path, overwrite=overwrite, meta=self.record_fields.meta())
         except Exception as exc:
             self.error(f"cannot record to {path}: {exc}")
+
+    def _recording_target(self) -> tuple[Path, bool] | None:
+        """The next recording's file and whether it replaces one; None if the operator
+        cancelled. A typed name that exists: the operator chooses a free name or to
+        overwrite it (never silently)."""
+        self.record_fields.save(self.settings)
+        path, typed = self.record_fields.target()
+        if not typed or not taken(path):
+            return path, False
+        free = next_free(path)
+        answer = self.choose(f"{path.name} exists in {path.parent}.",
+                             [f"Record to {free.name}", f"Overwrite {path.name}", "Cancel"])
+        if answer == 0:
+            return free, False
+        return (path, True) if answer == 1 else None
 
     def stop_stimulation(self) -> None:
         self.session.stop_stimulation()
@@ -398,12 +419,6 @@ class MainWindow(QMainWindow):
 
     def _select(self, channels: list[int]) -> None:
         self._selected = list(channels)
-
-    def _browse_recording(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Record to", self.record_path.text(),
-                                              "NWB recordings (*.nwb)")
-        if path:
-            self.record_path.setText(path)
 
     # -- the 30 Hz frame ---------------------------------------------------------------------
     def refresh(self) -> None:
@@ -545,6 +560,13 @@ class MainWindow(QMainWindow):
         answer = QMessageBox.question(self, "mea-control", question)
         return answer == QMessageBox.Yes
 
+    def _choose(self, question: str, answers: list[str]) -> int | None:
+        box = QMessageBox(QMessageBox.Question, "mea-control", question, parent=self)
+        buttons = [box.addButton(text, QMessageBox.AcceptRole) for text in answers]
+        box.setDefaultButton(buttons[0])
+        box.exec()
+        return buttons.index(box.clickedButton()) if box.clickedButton() in buttons else None
+
     def _limits_text(self) -> str:
         lim = self.session.limits
         return "limits: " + ", ".join(f"{k} {v:g}" for k, v in vars(lim).items()
@@ -566,7 +588,7 @@ class MainWindow(QMainWindow):
         if name:
             values = self.settings.value(f"values/{name}") or {}
             self.protocol_panel.set_protocol(name, dict(values))
-        self.record_path.setText(self.settings.value("record_path", "run.nwb"))
+        self.record_fields.restore(self.settings)
         self.window_seconds.setValue(int(self.settings.value("window_s", 10)))
         if self.settings.value("views_split") is not None:
             self.central.restoreState(self.settings.value("views_split"))
@@ -587,7 +609,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("state", self.saveState())
         self.settings.setValue("views_split", self.central.saveState())
-        self.settings.setValue("record_path", self.record_path.text())
+        self.record_fields.save(self.settings)
         self.settings.setValue("window_s", self.window_seconds.value())
         self.settings.setValue("filtered", "true" if self.filtered_check.isChecked() else "false")
         if not self.session.close(timeout=30.0):
