@@ -130,7 +130,8 @@ def test_banner_and_title_show_rec_paused_and_disarmed(qtbot, window, tmp_path):
     _wait(qtbot, lambda: "MONITORING" in w.banner.text())
     assert w.windowTitle() == "mea-control"
     w.record_check.setChecked(True)
-    w.record_path.setText(str(tmp_path / "culture7.nwb"))
+    w.record_fields.folder.setText(str(tmp_path))
+    w.record_fields.name.setText("culture7.nwb")
     w.protocol_panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 40,
                                                    "isi_s": 0.31})
     w.protocol_panel.start.click()
