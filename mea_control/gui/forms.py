@@ -74,6 +74,14 @@ def _steps_enabled(box: QSpinBox | QDoubleSpinBox) -> QAbstractSpinBox.StepEnabl
     return flags
 
 
+def _compact(box: QSpinBox | QDoubleSpinBox, hint: QSize) -> QSize:
+    """The width a value within the box's bounds needs, not its typing range's (which
+    would widen the form beyond its panel)."""
+    texts = [box.textFromValue(v) for v in box.bounds if abs(v) < 1e9] or ["0.000000"]
+    text = max(texts, key=len) + box.suffix()
+    return QSize(box.fontMetrics().horizontalAdvance(text) + 40, hint.height())
+
+
 class _IntBox(QSpinBox):
     """A spin box that takes any typed integer and steps within ``bounds``."""
 
@@ -87,6 +95,12 @@ class _IntBox(QSpinBox):
 
     def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:  # noqa: N802 (Qt override)
         return _steps_enabled(self)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().sizeHint())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().minimumSizeHint())
 
 
 class _FloatBox(QDoubleSpinBox):
@@ -109,6 +123,12 @@ class _FloatBox(QDoubleSpinBox):
 
     def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:  # noqa: N802 (Qt override)
         return _steps_enabled(self)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().sizeHint())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().minimumSizeHint())
 
 
 def _step(param: Parameter) -> float:
