@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mea_control.gui.status_line import StatusLine
 from mea_control.protocol import (
     Parameter,
     Protocol,
@@ -403,8 +404,7 @@ class ProtocolPanel(QWidget):
         self.combo.insertSeparator(self.combo.count())
         self.combo.addItem(self.OPEN_FILE)
         self.combo.setToolTip("a shipped protocol, or a protocol .py file of your own")
-        self.description = QLabel()
-        self.description.setWordWrap(True)
+        self.description = StatusLine()  # one line; the whole text is its tooltip
         self.description.setStyleSheet("color: palette(placeholder-text);")
         #: Why Start is disabled: the protocol's message, or why its file did not load.
         self.status = QLabel()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer
-from PySide6.QtGui import QFont, QFontMetrics
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,7 +28,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSpinBox,
     QSplitter,
     QStackedWidget,
@@ -41,6 +40,7 @@ from mea_control.gui.forms import ProtocolPanel
 from mea_control.gui.recordings import RecordingFields, next_free, taken
 from mea_control.gui.remote import RemoteSession
 from mea_control.gui.session import RigSession
+from mea_control.gui.status_line import StatusLine
 from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TracesPanel
 from mea_control.layouts import load_layout
 from mea_control.protocol import ProtocolError
@@ -92,43 +92,6 @@ def _row(*widgets: QWidget) -> QHBoxLayout:
     for w in widgets:
         lay.addWidget(w)
     return lay
-
-
-class StatusLine(QLabel):
-    """A status that never changes its size: ``lines`` lines (word-wrapped), text too long
-    for one line is elided, the whole text is its tooltip (the details are in the log)."""
-
-    def __init__(self, text: str = "", lines: int = 1) -> None:
-        super().__init__()
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(lines * self.fontMetrics().lineSpacing() + 4)
-        self.setWordWrap(lines > 1)
-        self.setAlignment(Qt.AlignLeft | (Qt.AlignTop if lines > 1 else Qt.AlignVCenter))
-        self._full = ""
-        self.setText(text)
-
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
-        if text == self._full and self.toolTip() == text:
-            return  # every frame sets it: a label re-laid out for nothing costs
-        self._full = text
-        self.setToolTip(text)
-        self._elide()
-
-    def text(self) -> str:
-        """The whole text (what is shown may be elided)."""
-        return self._full
-
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        super().resizeEvent(event)
-        self._elide()
-
-    def _elide(self) -> None:
-        if self.wordWrap():
-            super().setText(self._full)
-            return
-        shown = QFontMetrics(self.font()).elidedText(self._full, Qt.ElideRight,
-                                                     max(self.width(), 1))
-        super().setText(shown)
 
 
 class MainWindow(QMainWindow):
@@ -249,7 +212,7 @@ class MainWindow(QMainWindow):
         self.connect_button = QPushButton("Connect")
         self.connect_button.clicked.connect(self._toggle_connection)
         self.device_info = StatusLine("not connected")
-        self.device_status = StatusLine("", lines=2)
+        self.device_status = StatusLine("")
         self.device_box = _group("Device", _row(self.device_url, self.connect_button),
                                  self.device_info, self.device_status)
 
