@@ -252,6 +252,7 @@ def test_recordings_get_dated_numbered_names_and_say_how_they_ended(qtbot, windo
     _wait(qtbot, lambda: not w.session.running)
     _wait(qtbot, lambda: fields.name.placeholderText() == f"new: {day}_MEA-17_002.nwb")
     panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 3, "isi_s": 0.35})
+    _wait(qtbot, panel.start.isEnabled)  # the panel learns the run ended at its next frame
     panel.start.click()
     second = tmp_path / f"{day}_MEA-17_002.nwb"
     _wait(qtbot, lambda: second.exists())
