@@ -15,6 +15,7 @@ from mea_control import recording
 from mea_control.gui.recordings import RecordingFields
 from mea_control.gui.remote import GUI_NICE
 from mea_control.gui.window import MainWindow
+from mea_control.layouts import load_layout
 
 #: Seconds a step may take on a busy machine (the rig process starts, compiles, runs).
 WAIT_S = 60.0
@@ -210,6 +211,13 @@ def test_settings_persist_between_runs(qtbot, tmp_path):
     fields.div.setValue(21)
     fields.experimenter.setText("Doe, Jane; Roe, Rich")
     fields.description.setText("BSS training, day 2")
+    w.traces.set_gain(200)
+    w.traces.set_time_base(0.5)
+    w.traces.set_arrangement("array")
+    w.traces.threshold.setChecked(False)
+    w.array.set_colour_scale(50.0)
+    w._build_views(load_layout("mcs60mea200"))  # another array: the views look the same
+    assert (w.traces.gain_uv, w.traces.time_base_s, w.array.fixed_max) == (200, 0.5, 50)
     w.close()
     again = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
     qtbot.addWidget(again)
@@ -221,7 +229,16 @@ def test_settings_persist_between_runs(qtbot, tmp_path):
     assert kept.folder.text() == str(tmp_path) and kept.culture.text() == "MEA-17"
     assert kept.div.value() == 21 and kept.description.text() == "BSS training, day 2"
     assert kept.meta().experimenter == ("Doe, Jane", "Roe, Rich")
+    t = again.traces
+    assert (t.gain_uv, t.time_base_s, t.view, t.threshold.isChecked()) == (200, 0.5, t.grid,
+                                                                         False)
+    assert again.array.fixed_max == 50 and again.array.colour_mode.currentText() == "fixed"
+    again.array.set_colour_scale(None)
     again.close()
+    third = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(third)
+    assert third.array.fixed_max is None and third.array.colour_mode.currentText() == "automatic"
+    third.close()
     # the culture is two days older two days later
     later = RecordingFields()
     later.restore(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat),

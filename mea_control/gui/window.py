@@ -259,6 +259,7 @@ class MainWindow(QMainWindow):
         if layout.name == self._layout_name:
             return
         self._layout_name = layout.name
+        shown = self._display() if self.plots.count() else None
         for i in reversed(range(self.plots.count())):
             self.plots.widget(i).deleteLater()
         self.views.clear()
@@ -275,6 +276,31 @@ class MainWindow(QMainWindow):
         self.views.addTab(self.array, "Array (firing rate)")
         self.views.addTab(self.psth, "PSTH")
         self.views.addTab(self.model, "Model")
+        if shown is not None:
+            self._show_display(shown)  # the new array's views look as the old ones did
+
+    def _display(self) -> dict[str, str]:
+        """The display controls of the traces and the heatmap, as settings' strings."""
+        t, top = self.traces, self.array.fixed_max
+        return {"gain_uv": f"{t.gain_uv:g}", "time_base_s": f"{t.time_base_s:g}",
+                "arrangement": t.arrangement.currentData(),
+                "threshold": "true" if t.threshold.isChecked() else "false",
+                "colour_max_hz": "automatic" if top is None else f"{top:g}"}
+
+    def _show_display(self, shown: dict[str, str]) -> None:
+        """Set the display controls from :meth:`_display`'s strings (missing: unchanged)."""
+        t = self.traces
+        if "gain_uv" in shown:
+            t.set_gain(float(shown["gain_uv"]))
+        if "time_base_s" in shown:
+            t.set_time_base(float(shown["time_base_s"]))
+        if shown.get("arrangement") in t.ARRANGEMENTS:
+            t.set_arrangement(shown["arrangement"])
+        if "threshold" in shown:
+            t.threshold.setChecked(shown["threshold"] == "true")
+        if "colour_max_hz" in shown:
+            top = shown["colour_max_hz"]
+            self.array.set_colour_scale(None if top == "automatic" else float(top))
 
     # -- actions -----------------------------------------------------------------------------
     def _toggle_connection(self) -> None:
@@ -556,6 +582,13 @@ class MainWindow(QMainWindow):
         if self.settings.value("views_split") is not None:
             self.central.restoreState(self.settings.value("views_split"))
         self.filtered_check.setChecked(self.settings.value("filtered", "true") == "true")
+        self.settings.beginGroup("display")
+        shown = {key: str(self.settings.value(key)) for key in self.settings.childKeys()}
+        self.settings.endGroup()
+        try:
+            self._show_display(shown)
+        except ValueError:  # a hand-edited settings file: the defaults, said in the log
+            self.log(f"display settings not understood, defaults used: {shown}")
 
     def _save_protocol(self) -> None:
         name = self.protocol_panel.protocol()
@@ -575,6 +608,8 @@ class MainWindow(QMainWindow):
         self.record_fields.save(self.settings)
         self.settings.setValue("window_s", self.window_seconds.value())
         self.settings.setValue("filtered", "true" if self.filtered_check.isChecked() else "false")
+        for key, value in self._display().items():
+            self.settings.setValue(f"display/{key}", value)
         if not self.session.close(timeout=30.0):
             self.log("the rig did not close cleanly")
         event.accept()
