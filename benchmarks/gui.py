@@ -191,8 +191,8 @@ class _TimedWindow(MainWindow):
     """The main window, timing its refresh (snapshot + update_view, not the paint)."""
 
     def __init__(self, **kwargs) -> None:
+        self.refresh_ms: list[float] = []  # before MainWindow's own first refresh
         super().__init__(**kwargs)
-        self.refresh_ms: list[float] = []
 
     def refresh(self) -> None:
         t0 = time.perf_counter()
