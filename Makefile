@@ -29,8 +29,12 @@ data: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The suite on TEST_WORKERS processes (pytest-xdist; the tests compare device samples,
+# not wall-clock time, so a busy machine slows them but does not fail them).
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The README's pictures of the real window: the smoke test under Xvfb (CI=1: it fails
 # rather than skips without Xvfb), its screenshots copied to docs/img.
