@@ -198,7 +198,7 @@ def test_bss_run_fills_psth_and_marks_pulses(rig):
     executed = rig.last_summary["stims_executed"]
     assert rig.buffers.wait_for(lambda: rig.buffers.snapshot().psth_pulses == executed, WAIT_S)
     snap = rig.buffers.snapshot()
-    assert snap.psth_pulses == executed == 12 and snap.psth.shape == (60,)
+    assert snap.psth_pulses == executed >= 4 and snap.psth.shape == (60,)
     assert snap.psth_edges_ms[0] == 0 and snap.psth_edges_ms[-1] == 300
     evoked, baseline = evoked_and_baseline(snap.psth, snap.psth_edges_ms)
     assert evoked > 3 * baseline and evoked > 1
