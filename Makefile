@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: demo test data lint bench clean cl-env
+.PHONY: demo test data lint bench clean cl-env screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,19 @@ data: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The suite on TEST_WORKERS processes (pytest-xdist; the tests compare device samples,
+# not wall-clock time, so a busy machine slows them but does not fail them).
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
+# The README's pictures of the real window: the smoke test under Xvfb (CI=1: it fails
+# rather than skips without Xvfb), its screenshots copied to docs/img.
+screenshots: $(STAMP)
+	CI=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_gui_command.py -k real_window
+	mkdir -p docs/img
+	cp tests/output/gui_1024x700.png tests/output/gui_1600x1000.png docs/img/
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loop.py

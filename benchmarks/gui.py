@@ -7,12 +7,12 @@ QT_QPA_PLATFORM says otherwise). Parts:
     GUI thread, while ``sim://?seed=1`` is monitored in real time by a rig process (a
     :class:`RemoteSession`, as ``mea-control gui`` runs it: 64 channels at 25 kHz; live
     data, not synthetic snapshots): ``LiveBuffers.snapshot`` (taking the new samples from
-    the shared rings and folding them into envelopes; traces of 8 or 64 electrodes, 10 s
-    or 60 s windows, the raster and rates of all 64) and each view's ``update_view`` plus
-    the paints the event loop then does (a few ``processEvents`` calls: pyqtgraph's scene
-    paints in two passes). Frames come every 33 ms as the window's timer makes them. The
-    60 s windows wait for 60 s of data (``--quick``: what 2 s gave). Goal: traces +
-    raster + heatmap <= 10 ms a frame.
+    the shared rings and folding them into envelopes; traces of 8 or 64 electrodes in rows
+    or all 64 in the array layout ("64 grid"), over 10 s or 60 s windows, the raster and
+    rates of all 64) and each view's ``update_view`` plus the paints the event loop then
+    does (a few ``processEvents`` calls: pyqtgraph's scene paints in two passes). Frames
+    come every 33 ms as the window's timer makes them. The 60 s windows wait for 60 s of
+    data (``--quick``: what 2 s gave). Goal: traces + raster + heatmap <= 10 ms a frame.
 (b) :func:`bench_gui_latency` - benchmarks/loop.py's (c) (spike -> pulse execution in
     real time on the simulator) without any GUI; with the GUI's feed filled by the run but
     no window; with a MainWindow drawing that feed at 30 Hz in the same process (the run
@@ -87,10 +87,15 @@ def _paint(app: QApplication) -> None:
 
 
 # -- (a) frame cost --------------------------------------------------------------------------
-def bench_frames(app: QApplication, window: MainWindow, window_s: float, n_traces: int,
+def bench_frames(app: QApplication, window: MainWindow, window_s: float, traces: str,
                  frames: int, warmup: int = 5) -> dict[str, np.ndarray]:
-    """Wall ms per frame of the snapshot and of each view (update_view + paint)."""
-    buffers, chans = window.session.buffers, list(range(n_traces))
+    """Wall ms per frame of the snapshot and of each view (update_view + paint), for
+    ``traces``: "8" or "64" electrodes in rows, or "64 grid" (every electrode on the array);
+    the traces' time base is the raster's window (the heaviest)."""
+    grid = traces.endswith("grid")
+    window.traces.set_arrangement("array" if grid else "rows")
+    chans = window.traces.grid.channels() if grid else list(range(int(traces)))
+    buffers = window.session.buffers
     views = {"traces": window.traces, "raster": window.raster, "heatmap": window.array,
              "psth": window.psth, "model": window.model}
     ms = {part: np.empty(frames + warmup) for part in PARTS}
@@ -116,7 +121,8 @@ def bench_frames(app: QApplication, window: MainWindow, window_s: float, n_trace
 
 
 def run_frames(app: QApplication, quick: bool, repeats: int) -> dict:
-    """(a) for 8 and 64 traces over 10 s and 60 s, ``repeats`` rounds each: {"rounds":
+    """(a) for 8 and 64 traces in rows and 64 on the array over 10 s and 60 s, ``repeats``
+    rounds each: {"rounds":
     {(window s, traces): [per-part ms of each round]}, "data_s": {window s: data at the end}}."""
     frames, fill = (12, 2.0) if quick else (150, None)
     results: dict = {"rounds": {}, "data_s": {}}
@@ -133,9 +139,9 @@ def run_frames(app: QApplication, quick: bool, repeats: int) -> dict:
                                                 window_s + 30.0):
                     raise RuntimeError(f"{DEVICE} gave no {need / fs:g} s of data")
                 for _ in range(repeats):
-                    for n_traces in (8, 64):
-                        rounds = results["rounds"].setdefault((window_s, n_traces), [])
-                        rounds.append(bench_frames(app, window, window_s, n_traces, frames))
+                    for traces in ("8", "64", "64 grid"):
+                        rounds = results["rounds"].setdefault((window_s, traces), [])
+                        rounds.append(bench_frames(app, window, window_s, traces, frames))
                 results["data_s"][window_s] = session.buffers.now / fs
         finally:
             _discard(window)
@@ -185,8 +191,8 @@ class _TimedWindow(MainWindow):
     """The main window, timing its refresh (snapshot + update_view, not the paint)."""
 
     def __init__(self, **kwargs) -> None:
+        self.refresh_ms: list[float] = []  # before MainWindow's own first refresh
         super().__init__(**kwargs)
-        self.refresh_ms: list[float] = []
 
     def refresh(self) -> None:
         t0 = time.perf_counter()

@@ -26,10 +26,10 @@ from mea_control.driver import Driver, DriverError, Event
 from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.limits import SafetyLimits, effective_limits
 from mea_control.patterns import PatternLog
-from mea_control.protocol import Protocol
+from mea_control.protocol import Protocol, ProtocolError
 from mea_control.pulse_history import PulseHistory
 from mea_control.run_stats import RunStats
-from mea_control.safety import SafetyGate, SafetyRefusal
+from mea_control.safety import SafetyGate, SafetyRefusal, check_stim_mode
 from mea_control.sinks import (
     RUN_ENDED,
     EventKind,
@@ -38,6 +38,7 @@ from mea_control.sinks import (
     Sink,
     SinkError,
     StimRecord,
+    ending_text,
 )
 from mea_control.trials import Trials
 from mea_control.types import Block, SpikeEvents, StimPattern, StimReport, Tick
@@ -136,6 +137,10 @@ class Engine:
         #: The exception that ended the run, if any.
         self.exception: BaseException | None = None
         self.interrupted = False
+        #: Why the run was asked to stop (the first reason given to stop()), "" if none was.
+        self.stop_reason = ""
+        #: The run reached its planned end: all its trials, or its duration.
+        self.reached_end = False
         #: The operator paused the protocol (pause()); samples spent in ended pauses.
         self.paused = False
         self.paused_samples = 0
@@ -165,8 +170,12 @@ class Engine:
         self.ctx: Context | None = None
 
     # -- control, from any thread -------------------------------------------------
-    def stop(self) -> None:
-        """Ask the loop to end after the current block."""
+    def stop(self, reason: str = "") -> None:
+        """Ask the loop to end after the current block; ``reason`` (the first one given)
+        is how the summary and the recording say the run ended, e.g. "stopped by the
+        operator"."""
+        if reason and not self.stop_reason:
+            self.stop_reason = reason
         self._stop.set()
 
     def stop_stimulation(self, reason: str) -> None:
@@ -295,7 +304,7 @@ class Engine:
                     earliest = self.driver.earliest_stim_sample()
                     if earliest is not None:
                         pattern = replace(pattern, at_sample=max(self.now, earliest))
-                self._check_mode(pattern)
+                check_stim_mode(pattern, self.info)
                 self.gate.admit(pattern, self.now)
                 ticket = self.driver.stimulate(pattern)
                 if not self.gate.armed:  # a STOP came while it was on its way (see _halt)
@@ -308,19 +317,6 @@ class Engine:
             raise
         self.patterns.sent(ticket, pattern, trigger, self.now)
         return ticket
-
-    def _check_mode(self, pattern: StimPattern) -> None:
-        modes = self.info.capabilities.stim_modes
-        for channel, pulse in pattern.pulses:
-            if not 0 <= channel < self.info.layout.n_electrodes:
-                continue  # the gate refuses it, naming the layout's channels
-            if pulse.mode not in modes:
-                label = self.info.layout.labels[channel]
-                raise SafetyRefusal(
-                    "mode", label, pulse.mode, modes,
-                    f"refused: {pulse.mode} stimulation on electrode {label}: "
-                    f"{self.info.name} supports {', '.join(modes) or 'no stimulation'}",
-                )
 
     def _on_report(self, report: StimReport) -> None:
         if report.pulses_run is not None:
@@ -525,8 +521,10 @@ class Engine:
         except Exception as exc:
             # on the last line, which the log shows
             where = where_in(self.protocol, traceback.extract_tb(exc.__traceback__))
-            self._fail("protocol", f"{traceback.format_exc().rstrip()} {where}".rstrip() + "\n",
-                       exc)
+            trace = traceback.format_exc().rstrip()
+            if isinstance(exc, ProtocolError):  # the log's line: its message, no class name
+                trace += f"\n{exc}"
+            self._fail("protocol", f"{trace} {where}".rstrip() + "\n", exc)
             return None
         finally:
             self._hook = None
@@ -646,8 +644,10 @@ class Engine:
             elif isinstance(item, SpikeEvents):
                 self._on_spikes(item)
             if self.trials is not None and self.trials.done:
+                self.reached_end = True
                 break
             if duration is not None and self.now - self.t0 - self._paused_so_far() >= duration:
+                self.reached_end = True
                 break
             item = self._read()
 
@@ -776,6 +776,25 @@ class Engine:
             start_sample=self.t0, armed=self.gate.armed, disarm_reason=self.gate.disarm_reason)
 
     # -- results -------------------------------------------------------------------
+    def _ending(self) -> dict[str, Any]:
+        """How the run ended, in words ("ended") and whether before its planned end
+        ("ended_early"; a run with no planned end that is stopped ends as it should)."""
+        planned_end = self.trials is not None or self.config.duration_s is not None
+        early = not self.reached_end and (
+            planned_end or self.error_kind is not None or self.interrupted)
+        if self.error_kind is not None:
+            how = f"ended by a {self.error_kind} error"
+        elif self.interrupted:
+            how = "interrupted (Ctrl-C or a stop signal)"
+        elif self.stop_reason and not self.reached_end:
+            how = self.stop_reason
+        else:
+            how = "ended early" if early else "completed"
+        trials = self.trials
+        return {"ended": ending_text(how, len(trials.finished) if trials else 0,
+                                     trials.n_trials if trials else None),
+                "ended_early": early}
+
     def summary(self) -> dict[str, Any]:
         """The run's figures. Any thread: while the loop runs, it computes them between
         two items, so that nothing changes under them."""
@@ -823,10 +842,13 @@ class Engine:
             else self.armed_at_end,
             "max_lag_ms": round(self.lag.max_ms, 1),
             "trials": len(self.trials.finished) if self.trials is not None else 0,
+            "trials_planned": self.trials.n_trials if self.trials is not None else None,
             "limits": self.gate.limits.as_dict(),
             "interrupted": self.interrupted,
             "error": self.error_kind,
         }
+        if self._finished.is_set() or self._abandoned:  # the run is over: how it ended
+            out.update(self._ending())
         if self.trials is not None and self.trials.finished:
             out["evoked"] = self.trials.table().evoked_summary()
         try:

@@ -5,7 +5,9 @@ its parameters (type, default, unit, range) and implements any of the hooks
 ``setup``, ``on_block``, ``on_spikes``, ``on_trial`` and ``teardown``; each
 hook receives the run's :class:`~mea_control.context.Context` (``ctx``), which
 gives the clock (``ctx.now``, in device samples), the layout, a seeded random
-generator and ``ctx.stimulate``. See ``protocols/`` for examples.
+generator and ``ctx.stimulate``. ``planned_patterns`` says before the run what
+it will send, for the check against the limits (:mod:`mea_control.preflight`).
+See ``protocols/`` for examples.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from mea_control.context import Context
 from mea_control.trials import Trial, Trials, TrialSpec, TrialTable
-from mea_control.types import Block, SpikeEvents, parse_value
+from mea_control.types import Block, SpikeEvents, StimPattern, parse_value
 
 __all__ = [
     "Context",
@@ -137,6 +139,18 @@ class Protocol:
 
     def validate(self) -> None:
         """Check parameters against each other; raise ProtocolError with a clear message."""
+
+    def planned_patterns(self, ctx: Context) -> list[StimPattern] | None:
+        """The patterns this run will send, checked against the limits in force before it
+        starts (:mod:`mea_control.preflight`); None: the protocol cannot tell (its
+        parameters in uA or mV are checked instead), []: it never stimulates.
+
+        Each distinct pattern once, or the largest a trial can send; ``at_sample`` is
+        ignored. ``ctx`` is the run's device (layout, ``can_stimulate``) and a
+        ``ctx.rng`` that draws as the run's will, with the clock at 0; it cannot
+        stimulate. Raise ProtocolError for a set-up that cannot work on this device.
+        Set nothing on ``self`` here: the run starts from ``setup``."""
+        return None
 
     @classmethod
     def describe(cls) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mea_control.limits import EPS, LIMIT_UNITS, SafetyLimits
-from mea_control.types import Layout, StimPattern, StimPulse
+from mea_control.types import DeviceInfo, Layout, StimPattern, StimPulse
 
 RECENT_REFUSALS = 100
 
@@ -71,6 +71,22 @@ def _exceeds(
         f"refused: {what} {value:.2f}{u} on electrode {label} exceeds {limit} = {allowed:.2f}{u}"
         + (f" ({detail})" if detail else ""),
     )
+
+
+def check_stim_mode(pattern: StimPattern, info: DeviceInfo) -> None:
+    """SafetyRefusal (limit "mode") if the device cannot deliver a pulse of the pattern in its
+    mode (current or voltage). Channels outside the layout are left to the gate."""
+    modes = info.capabilities.stim_modes
+    for channel, pulse in pattern.pulses:
+        if not 0 <= channel < info.layout.n_electrodes:
+            continue  # the gate refuses it, naming the layout's channels
+        if pulse.mode not in modes:
+            label = info.layout.labels[channel]
+            raise SafetyRefusal(
+                "mode", label, pulse.mode, modes,
+                f"refused: {pulse.mode} stimulation on electrode {label}: "
+                f"{info.name} supports {', '.join(modes) or 'no stimulation'}",
+            )
 
 
 def shannon_k(charge_uC: float, area_cm2: float) -> float:

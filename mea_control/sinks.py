@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 RUN_ENDED = "the run has ended"
 
 
+def ending_text(how: str, trials: int, trials_planned: int | None) -> str:
+    """How a run (or its recording) ended, as the summary's "ended" says it: "completed",
+    "stopped by the operator", ...; with the trials done of those planned, if any."""
+    return how + (f", {trials} of {trials_planned} trials" if trials_planned else "")
+
+
 class EventKind(StrEnum):
     """What a run event is about. Members are strings: recordings, logs, LSL markers and
     JSON hold the same text as ever. A kind a third-party driver reports that is not here

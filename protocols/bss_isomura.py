@@ -18,6 +18,8 @@ from mea_control.protocol import Parameter, Protocol, ProtocolError, Trials, Tri
 from mea_control.types import StimPattern, StimPulse
 
 N_PER_GROUP = 16
+#: The group of each stimulated electrode: 0 for the first 16, 1 for the rest.
+GROUP = np.repeat([0, 1], N_PER_GROUP)
 
 
 class BSSIsomura(Protocol):
@@ -50,12 +52,18 @@ class BSSIsomura(Protocol):
         if p.window_stop_ms > p.isi_s * 1000:
             raise ProtocolError("the response window must end before the next trial (isi_s)")
 
+    def planned_patterns(self, ctx):
+        """The largest trial: every chosen electrode with the pulse."""
+        return [StimPattern.single(self._electrodes(ctx), self._pulse())]
+
+    def _pulse(self):
+        p = self.p
+        return StimPulse.biphasic(p.amplitude, p.phase_us, mode=p.pulse_mode)
+
     def setup(self, ctx):
         p = self.p
         self.channels = self._electrodes(ctx)
-        # group[i] is 0 for the first 16 electrodes and 1 for the rest
-        self.group = np.repeat([0, 1], N_PER_GROUP)
-        self.pulse = StimPulse.biphasic(p.amplitude, p.phase_us, mode=p.pulse_mode)
+        self.pulse = self._pulse()
         self.sequence = self._sequence(ctx.rng)
         ctx.use_trials(Trials(
             self.design,
@@ -103,7 +111,7 @@ class BSSIsomura(Protocol):
         n = self.p.trials_per_session
         s = (rng.random((n, 2)) < 0.5).astype(np.uint8)
         other = rng.random((n, 2 * N_PER_GROUP)) < self.p.mixing
-        source = np.where(other, 1 - self.group, self.group)  # which source each electrode follows
+        source = np.where(other, 1 - GROUP, GROUP)  # which source each electrode follows
         o = np.take_along_axis(s, source, axis=1)
         return s, o.astype(np.uint8)
 

@@ -113,6 +113,8 @@ HISTORY = 512
 LAST_DECISIONS = 8
 #: Trials over which model_state() gives the job's success rate.
 SUCCESS_WINDOW = 100
+#: Calibration trials whose sources the check before the run looks at.
+CHECKED_TRIALS = 100_000
 
 
 def _round(values, digits=4):
@@ -351,6 +353,35 @@ class FEPClosedLoop(BSSIsomura):
                                 "1, for ensembles 1 and 2, e.g. 0.95,0.05")
         self.preferred = np.array(c)
 
+    def planned_patterns(self, ctx):
+        """BSS's, after checking that the calibration can find the two ensembles that
+        control and train need (see _check_calibration)."""
+        patterns = super().planned_patterns(ctx)
+        if self.p.job != "identify":  # identify runs without the ensembles
+            self._check_calibration(ctx.rng)
+        return patterns
+
+    def _check_calibration(self, rng):
+        """ProtocolError unless every calibration session has a trial with only source 1
+        on and one with only source 2 on (the ensembles' selectivity needs both). ``rng``
+        draws the sessions' sequences as the run will (nothing else draws before the
+        models start); checked up to CHECKED_TRIALS trials, past which a miss is
+        vanishingly rare."""
+        p = self.p
+        sessions = 1 if p.repeat_sequence else p.calibration_sessions
+        sessions = min(sessions, max(1, CHECKED_TRIALS // p.trials_per_session))
+        for session in range(sessions):
+            s, _ = self._sequence(rng)
+            for source, other in ((0, 1), (1, 0)):
+                if not np.any((s[:, source] == 1) & (s[:, other] == 0)):
+                    which = "the session's sequence" if p.repeat_sequence else (
+                        f"calibration session {session + 1}")
+                    raise ProtocolError(
+                        f"job={p.job} needs a trial with only source {source + 1} on in "
+                        f"every calibration session to find the ensembles, and "
+                        f"{which} ({p.trials_per_session} trials) has none: use more "
+                        "trials_per_session")
+
     # -- trials ------------------------------------------------------------------------
     def design(self, ctx, index):
         spec = super().design(ctx, index)  # keeps the BSS sequence's bookkeeping
@@ -503,10 +534,11 @@ class FEPClosedLoop(BSSIsomura):
         """A snapshot of both models for displays; cheap, and safe to call from any thread.
 
         running, job, selection, trials finished (of calibration_trials before the models
-        start), the stimulated electrodes (the columns of W1, W0 and electrode_sd), probes;
-        the culture's model: the latest per-trial free energies, observed x and predicted
-        x_hat (trials x 2), W1 and W0 (2 x 32, or None), the session free energies; the
-        experimenter's model: electrode_sd (32, or None: what is still unknown), and for
+        start), trials_per_session, the stimulated electrodes (the columns of W1, W0 and
+        electrode_sd), probes; the culture's model: the latest per-trial free energies
+        (nats), observed x and predicted x_hat (trials x 2), W1 and W0 (2 x 32, or None),
+        the session free energies (each the sum over its trials_per_session trials, nats);
+        the experimenter's model: electrode_sd (32, or None: what is still unknown), and for
         each trial after calibration its trial index, probe flag, observed and predicted
         outputs and sd (trials x outputs), the job's measure per trial (``measure``:
         success for control, target_sd for identify) and ``success_rate`` (control: over
@@ -528,6 +560,7 @@ class FEPClosedLoop(BSSIsomura):
                 "channels": [int(c) for c in getattr(self, "channels", [])],
                 "trials": self._trials,
                 "calibration_trials": self.p.calibration_sessions * self.p.trials_per_session,
+                "trials_per_session": self.p.trials_per_session,
                 "probes": self.probes,
                 "free_energy": list(self._free_energy),
                 "x": np.array(self._x).reshape(-1, 2),

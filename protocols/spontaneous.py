@@ -16,6 +16,9 @@ class Spontaneous(Protocol):
         ),
     }
 
+    def planned_patterns(self, ctx):
+        return []  # never stimulates
+
     def setup(self, ctx):
         self.counts = np.zeros(ctx.n_channels, np.int64)
         self.start = ctx.now

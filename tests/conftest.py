@@ -54,15 +54,21 @@ EXPECTED = Path(__file__).resolve().parent / "data" / "isomura2023_expected.json
 
 def require_isomura_data() -> Path:
     """The folder of the published data. Without it the calling test is skipped, saying how
-    to get it; when CI is set it fails, so that CI can never pass by skipping."""
+    to get it (when CI is set, it fails)."""
     folder = published.locate()
     if folder is None:
         tried = ", ".join(str(p) for p in published.candidates())
-        message = f"the published Isomura 2023 data are not in {tried}: {published.HOW_TO_GET}"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"CI is set and {message}", pytrace=False)
-        pytest.skip(message)
+        skip_or_fail_on_ci(f"the published Isomura 2023 data are not in {tried}: "
+                           f"{published.HOW_TO_GET}")
     return folder
+
+
+def skip_or_fail_on_ci(message: str) -> None:
+    """Skip the calling test, saying why; when CI is set, fail it, so that CI can never
+    pass by skipping."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"CI is set and {message}", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -172,10 +172,10 @@ def test_the_gate_keeps_protocols_within_the_cl1s_limits(fake_cl, capsys, tmp_pa
     assert cli.main([*bss, "--param", f"electrodes={first_32}"]) == 2
     assert "electrodes: 11, 18 cannot stimulate here" in capsys.readouterr().err
     summary = tmp_path / "s.json"
-    assert cli.main([*bss, "--summary-json", str(summary)]) == 0  # its default is 5 uA
-    s = json.loads(summary.read_text())
-    assert s["stims_executed"] == 0 and s["stims_refused"] >= 1
-    assert "exceeds max_current_uA = 3.00 uA" in capsys.readouterr().err
+    assert cli.main([*bss, "--summary-json", str(summary)]) == 2  # its default is 5 uA
+    assert ("cannot start: current 5.00 uA on electrode 13 exceeds max_current_uA = 3.00 uA "
+            "(the device's limit); set by amplitude = 5") in capsys.readouterr().err
+    assert not summary.exists()  # refused before the run
 
 
 # -- open, discover ----------------------------------------------------------------------------

@@ -196,6 +196,36 @@ def test_ctrl_c_ends_cleanly_with_a_summary(tmp_path):
     assert s["interrupted"] is True and s["blocks"] > 0
 
 
+def test_info_says_how_a_recorded_run_ended(tmp_path):
+    """A run stopped by Ctrl-C mid-trials says so in its file and in `mea-control info`:
+    ended early, n of N trials; a run that ran all its trials says completed."""
+    stopped, done = tmp_path / "stopped.nwb", tmp_path / "done.nwb"
+    proc = subprocess.Popen(
+        cli_command("run", "bss_isomura", "--sessions", "1", "--param", "trials_per_session=40",
+                    "--param", "isi_s=0.35", "--no-raw", "--record", str(stopped)),
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        preexec_fn=ctrl_c_works,
+    )
+    for line in proc.stderr:  # progress every 10 %: trials are being run
+        if re.search(r"trial [1-9]\d*/40", line):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert run_cli("run", "bss_isomura", "--fast", "--quiet", "--sessions", "1", "--param",
+                   "trials_per_session=4", "--no-raw", "--record", str(done)).returncode == 0
+    (code, _, early), (code_done, _, complete) = cli_batch([["info", str(stopped)],
+                                                            ["info", str(done)]])
+    assert code == 0 and code_done == 0
+    n = int(re.search(r"^trials +(\d+) in", early, re.M).group(1))
+    assert 0 < n < 40
+    ended = f"interrupted (Ctrl-C or a stop signal), {n} of 40 trials"
+    assert f"ended           {ended}\n" in early
+    assert f"health          ended early: {ended}" in early
+    assert "ended           completed, 4 of 4 trials\n" in complete
+    assert "health          ok" in complete
+
+
 def test_sim_serve_with_a_bad_option_is_a_one_line_error(capsys):
     """The simulated device checks its own options (hardware_sim.mea.SimError): the CLI
     says which, in one line, and serves nothing."""
@@ -248,10 +278,40 @@ def run_bss_with_rig(tmp_path, rig_text, trials):
     return proc, json.loads(summary.read_text())
 
 
+#: A protocol that cannot tell what it will send (no planned_patterns): 5 uA every 100 ms.
+BLIND = """
+from mea_control.protocol import Protocol
+from mea_control.types import StimPattern, StimPulse
+
+class Blind(Protocol):
+    def setup(self, ctx):
+        self.next = ctx.now
+
+    def on_block(self, ctx, block, filtered):
+        if ctx.now >= self.next:
+            self.next = ctx.now + ctx.samples(0.1)
+            ctx.stimulate(StimPattern.single([ctx.layout.channel("12")],
+                                             StimPulse.biphasic(5.0, 200.0)))
+"""
+
+
 def test_rig_file_limits_are_enforced_and_reported(tmp_path):
-    proc, s = run_bss_with_rig(
-        tmp_path, '[rig]\nname = "rig 2"\n[limits]\nmax_current_uA = 2.0\n', trials=6
-    )
+    rig = tmp_path / "rig.toml"
+    rig.write_text('[rig]\nname = "rig 2"\n[limits]\nmax_current_uA = 2.0\n')
+    # before the run: what BSS would send breaks the rig's limit, so it does not start
+    proc = run_cli("run", "bss_isomura", "--fast", "--rig", str(rig), "--sessions", "1",
+                   "--param", "trials_per_session=6")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mea-control: error: bss_isomura cannot start: current 5.00 uA on electrode 12 "
+        "exceeds max_current_uA = 2.00 uA (the rig's limit); set by amplitude = 5")
+    # during the run: the gate refuses what a protocol that cannot tell sends
+    blind, summary = tmp_path / "blind.py", tmp_path / "s.json"
+    blind.write_text(BLIND)
+    proc = run_cli("run", str(blind), "--fast", "--rig", str(rig), "--duration", "0.5",
+                   "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(summary.read_text())
     assert s["limits"]["max_current_uA"] == 2.0
     assert s["stims_executed"] == 0 and s["stims_refused"] > 0
     assert "refused: " in proc.stderr and "max_current_uA" in proc.stderr

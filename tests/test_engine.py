@@ -79,6 +79,7 @@ def test_spontaneous_run_counts_blocks_and_spikes():
 def test_trials_stimulate_with_all_three_samples_recorded():
     engine, driver, s = run(EveryTenthSecond())
     assert s["trials"] == 12 and s["stims_executed"] == 8 and len(driver.sent) == 8
+    assert s["ended"] == "completed, 12 of 12 trials" and not s["ended_early"]
     lead = engine.trials._lead
     assert lead == 1250  # 50 ms ahead: the simulator runs patterns at a requested sample
     for record in engine.patterns.recent:
@@ -150,9 +151,49 @@ def test_protocol_error_stops_stimulation_and_the_run():
     proto = Explodes()
     engine, driver, s = run(proto, duration_s=5.0)
     assert s["error"] == "protocol" and "RuntimeError: analysis bug" in engine.error
+    assert s["ended"] == "ended by a protocol error" and s["ended_early"]
     assert not engine.gate.armed and driver.aborts >= 1
     assert s["blocks"] < 200 and proto.torn_down
     assert s["stims_executed"] == 0  # the queued pulse was aborted before it ran
+
+
+class StopsAt(Sink):
+    """Asks the engine to stop, giving ``reason``, at the ``trial``-th trial (or block)."""
+
+    def __init__(self, reason, trial=None, block=None):
+        self.reason, self.trial, self.block = reason, trial, block
+        self.engine, self.trials, self.blocks = None, 0, 0
+
+    def on_trial(self, trial):
+        self.trials += 1
+        if self.trials == self.trial:
+            self.engine.stop(self.reason)
+
+    def on_block(self, block, filtered):
+        self.blocks += 1
+        if self.blocks == self.block:
+            self.engine.stop(self.reason)
+
+
+@pytest.mark.parametrize("protocol, stop, ended, early", [
+    (EveryTenthSecond, StopsAt("stopped by the operator", trial=3),
+     "stopped by the operator, 3 of 12 trials", True),
+    (EveryTenthSecond, StopsAt("", trial=5), "ended early, 5 of 12 trials", True),
+    # a run with no planned end ends when it is stopped: not early
+    (Quiet, StopsAt("stopped: the window was closed", block=300),
+     "stopped: the window was closed", False),
+], ids=["operator", "no-reason", "open-ended"])
+def test_the_summary_says_how_a_stopped_run_ended(protocol, stop, ended, early):
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    engine = Engine(driver, protocol(), EngineConfig(fast=True), sinks=[stop])
+    stop.engine = engine
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    assert s["ended"] == ended and s["ended_early"] is early
+    assert s["trials_planned"] == (12 if protocol is EveryTenthSecond else None)
 
 
 class Reacts(Protocol):

@@ -50,12 +50,12 @@ def test_form_shows_every_parameter_with_its_default(qtbot, name):
     assert form.validate() is None and not form.message.isVisible()
     kinds = {n: type(e) for n, e in form.editors.items()}
     assert kinds["mixing"] is not QSpinBox and issubclass(kinds["mixing"], QDoubleSpinBox)
-    assert kinds["sessions"] is QSpinBox
+    assert issubclass(kinds["sessions"], QSpinBox)
     assert kinds["repeat_sequence"] is QCheckBox
     assert kinds["pulse_mode"] is QComboBox
     assert kinds["electrodes"] is QLineEdit
     isi = form.editors["isi_s"]
-    assert isi.suffix() == " s" and (isi.minimum(), isi.maximum()) == (0.05, 600.0)
+    assert isi.suffix() == " s" and isi.bounds == (0.05, 600.0)  # any number may be typed
     assert isi.text() == "1 s"
     assert form.editors["mixing"].text() == "0.25"
     assert "inter-stimulus interval" in isi.toolTip()

@@ -9,6 +9,7 @@ import pytest
 
 from mea_control import recording
 from mea_control.driver import DriverError, open_driver
+from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.gui.feed import FLUSH_S, LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.gui.session import RigSession
@@ -91,6 +92,51 @@ def test_a_run_stopped_before_its_first_block_leaves_the_feed_alone():
     assert not feed.rings.header.any()
 
 
+def _description(info):
+    return RunDescription(
+        protocol="monitor", parameters={}, device_url="sim://", info=info, limits={},
+        limit_notes=(), block_samples=25, fast=True, seed=0, watchdog_ms=200.0, detector={},
+        software_version="test")
+
+
+def test_snapshot_carries_the_detectors_threshold_of_each_trace():
+    """The feed writes the run's detection thresholds with the data; a snapshot gives
+    those of its traces' electrodes (NaN before the detector's first noise estimate)."""
+    info = open_driver("sim://").described
+    detector = SpikeDetector(info.n_channels, FS, info.uV_per_bit, DetectorConfig())
+    feed, buffers = LiveFeed(Rings(info.n_channels)), LiveBuffers()
+    buffers.bind(feed.rings, info, feed.take_notes)
+    feed.expect(None, lambda: detector.thresholds_uV)
+    feed.on_start(_description(info))
+    sigma_bits = np.linspace(2, 40, info.n_channels)  # each channel its own noise
+    data = (np.random.default_rng(0).normal(0, 1, (FS // 2, info.n_channels))
+            * sigma_bits).astype(np.int16)
+    seen = []
+    for i, start in enumerate(range(0, len(data), 25)):
+        block = Block(start, data[start:start + 25], info.uV_per_bit, i)
+        filtered, _ = detector.process(block)
+        feed.on_block(block, filtered)
+        feed.on_clock(block.stop_sample)
+        if start in (500, len(data) - 25):  # 20 ms (warm-up) and the end
+            seen.append(buffers.snapshot(0.2, channels=[3, 60], pixels=50))
+    assert np.isnan(seen[0].trace_threshold_uV).all()
+    want = detector.thresholds_uV[[3, 60]]
+    assert np.isfinite(want).all() and want[1] < want[0] < 0
+    assert seen[1].trace_threshold_uV == pytest.approx(want)
+    feed.on_start(_description(info))  # a new run: a new detector, no threshold yet
+    assert np.isnan(buffers.snapshot(0.2, channels=[3], pixels=50).trace_threshold_uV).all()
+
+
+def test_the_rigs_thresholds_reach_the_window(rig):
+    buffers = rig.buffers
+    assert buffers.wait_for(lambda: np.isfinite(buffers.snapshot(
+        1.0, channels=[0, 9], pixels=20).trace_threshold_uV).all(), WAIT_S)
+    thr = buffers.snapshot(1.0, channels=[0, 9], pixels=20).trace_threshold_uV
+    # the monitor's detector at -5 sigma of noise of about 7 uV rms
+    assert ((thr > -100) & (thr < -10)).all()
+    assert thr == pytest.approx(rig._engine.detector.thresholds_uV[[0, 9]], rel=0.25)
+
+
 def columns(snap, bin_samples: int, uV: np.ndarray, sent: np.ndarray):
     """What each trace column must show: the extremes of the samples sent in its bins."""
     starts = np.rint((snap.trace_t * FS + snap.now) / bin_samples - 0.5).astype(int)
@@ -147,8 +193,12 @@ def test_bss_run_fills_psth_and_marks_pulses(rig):
     assert rig.wait(WAIT_S) and not rig.running
     assert rig.last_summary["protocol"] == "bss_isomura"
     assert rig.last_summary["stims_executed"] >= snap.status["stims_executed"]
-    snap = rig.buffers.snapshot()  # the PSTH outlives its run
-    assert snap.psth_pulses >= 4 and snap.psth.shape == (60,)
+    # the PSTH outlives its run, and once the last pulse's window has passed (the
+    # monitor's data carries it on) it holds every pulse the run's summary counts
+    executed = rig.last_summary["stims_executed"]
+    assert rig.buffers.wait_for(lambda: rig.buffers.snapshot().psth_pulses == executed, WAIT_S)
+    snap = rig.buffers.snapshot()
+    assert snap.psth_pulses == executed >= 4 and snap.psth.shape == (60,)
     assert snap.psth_edges_ms[0] == 0 and snap.psth_edges_ms[-1] == 300
     evoked, baseline = evoked_and_baseline(snap.psth, snap.psth_edges_ms)
     assert evoked > 3 * baseline and evoked > 1

@@ -8,11 +8,16 @@ from PySide6 import QtCore  # noqa: E402
 
 from mea_control.gui.snapshot import Snapshot  # noqa: E402
 from mea_control.gui.views import (  # noqa: E402
+    DEFAULT_MAX_RATE_HZ,
     DENSE_ROWS,
+    FE_UNITS,
+    ROW_DIVISIONS,
+    ArrayTraceView,
     ArrayView,
     ModelView,
     PsthView,
     RasterView,
+    TracesPanel,
     TraceView,
 )
 from mea_control.layouts import load_layout  # noqa: E402
@@ -70,9 +75,10 @@ def _model_state(rng, trials=320, n_candidates=16):
     observed = rng.poisson(3.0, (len(after), 12)).astype(float)
     predicted = np.clip(observed + rng.normal(0, 1.0, observed.shape), 0, None)
     return {"running": True, "job": "control", "selection": "efe", "trials": trials,
-            "calibration_trials": 100, "probes": 37, "free_energy": fe.tolist(),
+            "calibration_trials": 100, "trials_per_session": 100, "probes": 37,
+            "free_energy": fe.tolist(),
             "x": x, "x_hat": x_hat, "W1": w1, "W0": rng.normal(0, 0.3, (2, 32)),
-            "session_free_energy": [31.2, 28.4, 26.9], "decisions": decisions,
+            "session_free_energy": [3120.0, 2840.0, 2690.0], "decisions": decisions,
             "channels": np.flatnonzero(layout_channels(rng))[:32].tolist(),
             "electrode_sd": np.linspace(0.05, 0.3, 32)[rng.permutation(32)],
             "update_trials": after.tolist(), "update_probe": (after % 3 == 1).tolist(),
@@ -106,7 +112,9 @@ def make_snapshot(layout, n_trace=8, window_s=30.0, seed=1, model=True):
     return Snapshot(
         sample_rate=FS, now=int(600 * FS), n_electrodes=n,
         trace_channels=channels, trace_t=trace_t, trace_min=lo, trace_max=hi,
-        trace_filtered=True, spike_t=spike_t, spike_channel=spike_ch, stim_t=stim_t,
+        trace_filtered=True, trace_window_s=2.0,
+        trace_threshold_uV=np.full(n_trace, -27.5), spike_t=spike_t, spike_channel=spike_ch,
+        stim_t=stim_t,
         stim_channels=[tuple(stim_ch)] * len(stim_t), window_s=window_s, rates_hz=rates,
         rate_window_s=2.0, psth_edges_ms=edges, psth=np.clip(psth, 0, None),
         psth_pulses=len(stim_t) * 20, stimulated=stim_ch.astype(np.int32),
@@ -129,8 +137,10 @@ def layout(request):
 
 def test_views_draw_a_realistic_frame(qtbot, output_dir, layout):
     snap = make_snapshot(layout)
+    grid_snap = make_snapshot(layout, n_trace=layout.n_electrodes, model=False)
     views = {
         "traces": (TraceView(layout), 1000, 560),
+        "traces_grid": (ArrayTraceView(layout), 1000, 640),
         "raster": (RasterView(layout), 1000, 520),
         "array": (ArrayView(layout), 620, 560),
         "psth": (PsthView(), 560, 360),
@@ -141,14 +151,13 @@ def test_views_draw_a_realistic_frame(qtbot, output_dir, layout):
         _show(qtbot, view, w, h)
         if name == "array":
             view.set_selection([layout.channel("34"), layout.channel("45")])
-        view.update_view(snap)
+        view.update_view(grid_snap if name == "traces_grid" else snap)
         qtbot.wait(20)  # let a changed title re-lay out the plot, as the next frame would
         image = view.grab()
         assert not image.isNull()
         assert image.save(str(output_dir / f"gui_{name}{tag}.png"))
     array = views["array"][0]
-    top = snap.rates_hz.max()
-    assert top <= array.max_rate <= 2 * top  # the colour bar's top follows the rates
+    assert array.max_rate == DEFAULT_MAX_RATE_HZ  # a fixed colour scale by default
     assert len(array.stimulated.data) == len(snap.stimulated)
     model = views["model"][0]
     assert len(model.cells.data) == 32  # one cell for each stimulated electrode
@@ -225,7 +234,8 @@ def test_the_heaviest_frame_shows_each_spike_once_in_its_row(qtbot, n_trace):
     the upper part of its row; the raster thins to one tick a row and pixel."""
     layout = load_layout("grid8x8_200um")
     snap = make_snapshot(layout, n_trace=n_trace, window_s=60.0, model=False)
-    trace = _show(qtbot, TraceView(layout, spacing_uv=100), 1000, 600)
+    snap.trace_window_s = 60.0
+    trace = _show(qtbot, TraceView(layout, gain_uv=50), 1000, 600)
     raster = _show(qtbot, RasterView(layout), 1000, 400)
     trace.update_view(snap)
     raster.update_view(snap)
@@ -259,3 +269,165 @@ def test_the_heaviest_frame_shows_each_spike_once_in_its_row(qtbot, n_trace):
     assert set(tick_rows.tolist()) == set(sc[st >= -snap.window_s].tolist())
     assert len(set(zip(tick_rows.tolist(), ticks.tolist(), strict=True))) == len(ticks)
     assert len(ticks) < len(st)  # 60 s of a busy array: more spikes than pixels
+
+
+def _flat(layout, channels, lo_uv, hi_uv, window_s=2.0, bins=400, threshold=None):
+    """Traces of ``channels`` whose every column spans [lo_uv, hi_uv]."""
+    n = len(channels)
+    return Snapshot(sample_rate=FS, now=int(60 * FS), n_electrodes=layout.n_electrodes,
+                    trace_channels=list(channels),
+                    trace_t=np.linspace(-window_s, 0, bins, endpoint=False),
+                    trace_min=np.full((n, bins), lo_uv), trace_max=np.full((n, bins), hi_uv),
+                    trace_window_s=window_s,
+                    trace_threshold_uV=np.asarray(threshold if threshold is not None
+                                                  else np.full(n, np.nan), float))
+
+
+def _pixels(view, y):
+    """Scene y (pixels) of view y values."""
+    return np.array([view.plot.vb.mapViewToScene(QtCore.QPointF(0, v)).y() for v in y])
+
+
+@pytest.mark.parametrize("gain", [20.0, 50.0, 200.0])
+def test_gain_sets_microvolts_per_division(qtbot, gain):
+    """A +-100 uV trace spans 200/gain divisions; a row is ROW_DIVISIONS divisions tall."""
+    layout = load_layout("grid8x8_200um")
+    panel = _show(qtbot, TracesPanel(layout), 900, 500)
+    panel.set_gain(gain)
+    assert panel.gain_uv == gain
+    view = panel.view
+    n = 4
+    view.update_view(_flat(layout, range(n), -100.0, 100.0))
+    qtbot.wait(20)
+    y0, y1 = view.plot.vb.viewRange()[1]
+    division_px = view.plot.vb.height() / (n * ROW_DIVISIONS)
+    assert (y1 - y0) / (n * ROW_DIVISIONS) == pytest.approx(gain)  # one division, in uV
+    lo, hi = view.curve.yData[0::2], view.curve.yData[1::2]
+    span_px = np.abs(_pixels(view, [lo[0]]) - _pixels(view, [hi[0]]))[0]
+    assert span_px == pytest.approx(200.0 / gain * division_px, rel=1e-3)
+    bar = view.scale_bar.yData
+    assert bar[1] - bar[0] == gain and view.scale_text.textItem.toPlainText() == f"{gain:g} µV"
+    assert f"{gain:g} µV/div" in view.plot.titleLabel.text
+
+
+@pytest.mark.parametrize("seconds", [0.2, 1.0, 5.0])
+def test_time_base_sets_the_traces_window(qtbot, seconds):
+    """The window asks the buffers for the time base; the traces span exactly it."""
+    layout = load_layout("grid8x8_200um")
+    panel = _show(qtbot, TracesPanel(layout), 900, 400)
+    panel.set_time_base(seconds)
+    asked = panel.request([2, 5])
+    assert asked["trace_window_s"] == seconds and asked["channels"] == [2, 5]
+    panel.update_view(_flat(layout, [2, 5], -10, 10, window_s=seconds))
+    x0, x1 = panel.view.plot.vb.viewRange()[0]
+    assert x0 == pytest.approx(-seconds)
+    assert x1 == pytest.approx(seconds * (panel.view.x_margin - 1))  # the scale bar's margin
+
+
+@pytest.mark.parametrize("arrangement", ["rows", "array"])
+def test_threshold_line_is_at_each_electrodes_threshold(qtbot, arrangement):
+    layout = load_layout("grid8x8_200um")
+    panel = _show(qtbot, TracesPanel(layout), 900, 600)
+    panel.set_arrangement(arrangement)
+    panel.set_gain(50)
+    chans = panel.request([1, 6, 9])["channels"]
+    thr = -np.linspace(20, 45, len(chans))
+    thr[1] = np.nan  # no threshold yet on this one
+    view = panel.view
+    view.update_view(_flat(layout, chans, -5, 5, threshold=thr))
+    ys = view.threshold.yData
+    assert np.array_equal(ys[0::2], ys[1::2]) and len(ys) == 2 * (len(chans) - 1)
+    drawn = np.flatnonzero(np.isfinite(thr))
+    if arrangement == "rows":
+        baseline = (len(chans) - 1 - drawn) * view.spacing_uv
+        assert ys[0::2] == pytest.approx(baseline + thr[drawn])
+        assert view.threshold.xData[0::2] == pytest.approx(-2.0)  # across the window
+    else:
+        centre = layout.positions_um[np.asarray(chans)[drawn], 1]
+        per_uv = view.cell_h / (ROW_DIVISIONS * 50.0)
+        assert ys[0::2] == pytest.approx(centre + thr[drawn] * per_uv)
+    raw = _flat(layout, chans, -5, 5, threshold=thr)
+    raw.trace_filtered = False  # the detector sees filtered data only
+    view.update_view(raw)
+    assert len(view.threshold.yData) == 0
+    panel.threshold.setChecked(False)
+    view.update_view(_flat(layout, chans, -5, 5, threshold=thr))
+    assert len(view.threshold.yData) == 0
+
+
+def test_array_layout_places_each_trace_at_its_electrode(qtbot, output_dir, layout):
+    panel = _show(qtbot, TracesPanel(layout), 1000, 700)
+    panel.set_arrangement("array")
+    asked = panel.request([3])
+    assert asked["channels"] == list(range(layout.n_electrodes))
+    snap = make_snapshot(layout, n_trace=layout.n_electrodes, model=False)
+    # each channel's trace sits at a level of its own: its index in uV
+    snap.trace_min = np.repeat(np.arange(layout.n_electrodes, dtype=float)[:, None],
+                               len(snap.trace_t), axis=1)
+    snap.trace_max = snap.trace_min + 1.0
+    panel.set_gain(100)
+    panel.update_view(snap)
+    qtbot.wait(20)
+    grid = panel.grid
+    # the envelope's columns, black and (where spikes are) red
+    x = np.concatenate([grid.curve.xData[0::2], grid.spikes.xData[0::2]])
+    y = np.concatenate([grid.curve.yData[0::2], grid.spikes.yData[0::2]])
+    assert len(grid.spikes.xData) > 0
+    pos = layout.positions_um
+    per_uv = grid.cell_h / (ROW_DIVISIONS * 100.0)
+    for ch in (0, 7, layout.n_electrodes // 2, layout.n_electrodes - 1):
+        mine = np.abs(y - (pos[ch, 1] + ch * per_uv)) < 1e-6
+        mine &= np.abs(x - pos[ch, 0]) <= grid.cell_w / 2 + 1e-6
+        assert mine.sum() == len(snap.trace_t)  # every column, in its electrode's cell
+        cell_x = np.sort(x[mine]) - (pos[ch, 0] - grid.cell_w / 2)
+        assert cell_x == pytest.approx((snap.trace_t + 2.0) / 2.0 * grid.cell_w)
+    suffix = "" if layout.name == "grid8x8_200um" else f"_{layout.name}"
+    assert panel.grab().save(str(output_dir / f"gui_traces_array{suffix}.png"))
+
+
+def test_heatmap_colour_scale_fixed_or_automatic(qtbot):
+    layout = load_layout("grid8x8_200um")
+    view = _show(qtbot, ArrayView(layout), 600, 560)
+    low = make_snapshot(layout, model=False)
+    high = make_snapshot(layout, model=False)
+    high.rates_hz = low.rates_hz * 4
+    colours = []
+    for snap in (low, high):
+        view.update_view(snap)
+        colours.append(view.cells[0].brush().color().name())
+        assert view.max_rate == DEFAULT_MAX_RATE_HZ
+        assert view.bar.levels() == (0, DEFAULT_MAX_RATE_HZ)
+    assert colours[0] != colours[1]  # the same colour means the same rate, at any time
+    view.colour_max.setValue(50.0)
+    view.update_view(low)
+    assert view.bar.levels() == (0, 50.0)
+    view.colour_mode.setCurrentIndex(1)  # automatic: the scale follows the rates
+    assert not view.colour_max.isEnabled()
+    tops = []
+    for snap in (low, high, low):
+        view.update_view(snap)
+        tops.append(view.max_rate)
+        assert snap.rates_hz.max() <= view.max_rate <= 2 * snap.rates_hz.max()
+        assert view.bar.levels() == (0, view.max_rate)
+    assert tops[1] > tops[0] and tops[2] == tops[0]
+
+
+def test_model_header_and_plot_give_free_energy_in_the_same_units(qtbot):
+    layout = load_layout("grid8x8_200um")
+    view = _show(qtbot, ModelView(layout), 1100, 900)
+    snap = make_snapshot(layout)
+    m = snap.model
+    view.update_view(snap)
+    per, last = m["trials_per_session"], m["session_free_energy"][-1]
+    text = view.status.text()
+    assert f"{last / per:.4g} nats per trial" in text and f"mean of its {per} trials" in text
+    assert f"{last:.4g}" not in text  # not the session's sum beside a per-trial plot
+    assert view.fe.getAxis("left").labelText == FE_UNITS.split(" (")[0] or \
+        "nats per trial" in view.fe.getAxis("left").label.toPlainText()
+    assert "nats per trial" in view.fe.titleLabel.text
+    # the session means drawn are the header's figure, over the sessions' trials
+    x, y = view.fe_sessions.xData, view.fe_sessions.yData
+    assert y[-1] == pytest.approx(last / per)
+    assert x[-1] == len(m["session_free_energy"]) * per - 1
+    fe_x = view.fe_curve.xData
+    assert x.min() >= fe_x[0]

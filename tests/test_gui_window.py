@@ -3,15 +3,19 @@
 import os
 import subprocess
 import time
+from datetime import date, timedelta
 
+import h5py
 import numpy as np
 import pytest
 from conftest import ROOT, cli_command
 from PySide6.QtCore import QSettings
 
 from mea_control import recording
+from mea_control.gui.recordings import RecordingFields
 from mea_control.gui.remote import GUI_NICE
 from mea_control.gui.window import MainWindow
+from mea_control.layouts import load_layout
 
 #: Seconds a step may take on a busy machine (the rig process starts, compiles, runs).
 WAIT_S = 60.0
@@ -51,7 +55,8 @@ def test_connect_watch_run_record_and_close(qtbot, window, tmp_path, output_dir)
     # a short BSS run, recorded
     rec = tmp_path / "run.nwb"
     w.record_check.setChecked(True)
-    w.record_path.setText(str(rec))
+    w.record_fields.folder.setText(str(tmp_path))
+    w.record_fields.name.setText("run.nwb")
     panel = w.protocol_panel
     panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 10, "isi_s": 0.4})
     assert panel.is_valid()
@@ -91,7 +96,8 @@ def test_closing_while_recording_asks_then_closes_the_file(qtbot, window, tmp_pa
     rec = tmp_path / "closing.nwb"
     assert w.connect_device("sim://?seed=3")
     w.record_check.setChecked(True)
-    w.record_path.setText(str(rec))
+    w.record_fields.folder.setText(str(tmp_path))
+    w.record_fields.name.setText("closing.nwb")
     w.protocol_panel.set_protocol("spontaneous", {})
     w.protocol_panel.start.click()
     _wait(qtbot, lambda: w.session.protocol is not None)
@@ -100,12 +106,15 @@ def test_closing_while_recording_asks_then_closes_the_file(qtbot, window, tmp_pa
     assert w.questions and "recording" in w.questions[-1]
     with recording.open(rec) as r:
         assert r.complete and r.n_samples > 0
+        assert r.summary["ended"] == "stopped: the window was closed"
+        assert "ended           stopped: the window was closed" in recording.describe(r)
 
 
 def test_record_now_and_pause_from_the_panels(qtbot, window, tmp_path, output_dir):
     w = window
     rec = tmp_path / "watching.nwb"
-    w.record_path.setText(str(rec))
+    w.record_fields.folder.setText(str(tmp_path))
+    w.record_fields.name.setText(rec.name)
     assert not w.record_button.isEnabled() or not w.session.connected
     assert w.connect_device("sim://?seed=4")
     _wait(qtbot, lambda: w.record_button.isEnabled())
@@ -119,6 +128,7 @@ def test_record_now_and_pause_from_the_panels(qtbot, window, tmp_path, output_di
     assert w.record_button.text() == "Record now"
     with recording.open(rec) as r:
         assert r.complete and r.n_samples >= 1.5 * 25000 and r.summary["protocol"] == "monitor"
+        assert r.summary["ended"] == "recording stopped by the operator; the run went on"
     # pause and resume a protocol run
     panel = w.protocol_panel
     panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 40, "isi_s": 0.3})
@@ -195,7 +205,19 @@ def test_settings_persist_between_runs(qtbot, tmp_path):
     w.protocol_panel.set_protocol("bss_isomura", {"mixing": 0.5})
     w.window_seconds.setValue(30)
     w.filtered_check.setChecked(False)
-    w.record_path.setText(str(tmp_path / "x.nwb"))
+    fields = w.record_fields
+    fields.folder.setText(str(tmp_path))
+    fields.culture.setText("MEA-17")
+    fields.div.setValue(21)
+    fields.experimenter.setText("Doe, Jane; Roe, Rich")
+    fields.description.setText("BSS training, day 2")
+    w.traces.set_gain(200)
+    w.traces.set_time_base(0.5)
+    w.traces.set_arrangement("array")
+    w.traces.threshold.setChecked(False)
+    w.array.set_colour_scale(50.0)
+    w._build_views(load_layout("mcs60mea200"))  # another array: the views look the same
+    assert (w.traces.gain_uv, w.traces.time_base_s, w.array.fixed_max) == (200, 0.5, 50)
     w.close()
     again = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
     qtbot.addWidget(again)
@@ -203,8 +225,98 @@ def test_settings_persist_between_runs(qtbot, tmp_path):
     assert again.protocol_panel.protocol() == "bss_isomura"
     assert again.protocol_panel.values()["mixing"] == 0.5
     assert again.window_seconds.value() == 30 and not again.filtered_check.isChecked()
-    assert again.record_path.text() == str(tmp_path / "x.nwb")
+    kept = again.record_fields
+    assert kept.folder.text() == str(tmp_path) and kept.culture.text() == "MEA-17"
+    assert kept.div.value() == 21 and kept.description.text() == "BSS training, day 2"
+    assert kept.meta().experimenter == ("Doe, Jane", "Roe, Rich")
+    t = again.traces
+    assert (t.gain_uv, t.time_base_s, t.view, t.threshold.isChecked()) == (200, 0.5, t.grid,
+                                                                         False)
+    assert again.array.fixed_max == 50 and again.array.colour_mode.currentText() == "fixed"
+    again.array.set_colour_scale(None)
     again.close()
+    third = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(third)
+    assert third.array.fixed_max is None and third.array.colour_mode.currentText() == "automatic"
+    third.close()
+    # the culture is two days older two days later
+    later = RecordingFields()
+    later.restore(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat),
+                  today=date.today() + timedelta(days=2))
+    assert later.div.value() == 23 and later.meta().culture_id == "MEA-17"
+
+
+def test_recordings_get_dated_numbered_names_and_say_how_they_ended(qtbot, window, tmp_path):
+    """Two protocol runs in a row, recorded: each gets a new dated, numbered file in the
+    chosen folder with the culture's fields; the one stopped with Stop says so."""
+    w, fields = window, window.record_fields
+    fields.folder.setText(str(tmp_path))
+    fields.culture.setText("MEA 17")  # made safe for a file name
+    fields.div.setValue(21)
+    fields.experimenter.setText("Doe, Jane")
+    fields.description.setText("two runs")
+    day = date.today().isoformat()
+    assert fields.name.placeholderText() == f"new: {day}_MEA-17_001.nwb"
+    assert w.connect_device("sim://?seed=5")
+    w.record_check.setChecked(True)
+    panel = w.protocol_panel
+    panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 30, "isi_s": 0.35})
+    panel.start.click()
+    first = tmp_path / f"{day}_MEA-17_001.nwb"
+    _wait(qtbot, lambda: w.session.running and first.exists())
+    _wait(qtbot, lambda: "trial 2/30" in panel.progress_text.text())
+    panel.stop.click()
+    _wait(qtbot, lambda: not w.session.running)
+    _wait(qtbot, lambda: fields.name.placeholderText() == f"new: {day}_MEA-17_002.nwb")
+    panel.set_protocol("bss_isomura", {"sessions": 1, "trials_per_session": 3, "isi_s": 0.35})
+    _wait(qtbot, panel.start.isEnabled)  # the panel learns the run ended at its next frame
+    panel.start.click()
+    second = tmp_path / f"{day}_MEA-17_002.nwb"
+    _wait(qtbot, lambda: second.exists())
+    _wait(qtbot, lambda: not w.session.running)
+    _wait(qtbot, lambda: "recorded" in w.record_status.text())
+    assert sorted(p.name for p in tmp_path.glob("*.nwb")) == [first.name, second.name]
+    with recording.open(first) as r:
+        n = len(r.trials)
+        assert 2 <= n < 30 and r.summary["ended"] == f"stopped by the operator, {n} of 30 trials"
+        assert "health          ended early: stopped by the operator" in recording.describe(r)
+    with recording.open(second) as r:
+        assert r.summary["ended"] == "completed, 3 of 3 trials" and len(r.trials) == 3
+    with h5py.File(second, "r") as f:
+        assert f["general/subject/subject_id"].asstr()[()] == "MEA 17"
+        assert f["general/subject/age"].asstr()[()] == "P21D"
+        assert list(f["general/experimenter"].asstr()[:]) == ["Doe, Jane"]
+        assert f["session_description"].asstr()[()] == "two runs"
+
+
+def test_an_existing_name_offers_a_choice_never_a_dead_end(qtbot, window, tmp_path):
+    w, fields = window, window.record_fields
+    taken = tmp_path / "pilot.nwb"
+    taken.write_bytes(b"an earlier recording")
+    fields.folder.setText(str(tmp_path))
+    fields.name.setText("pilot")
+    asked = []
+    w.choose = lambda question, answers: asked.append((question, answers)) or 0
+    assert w.connect_device("sim://?seed=6")
+    _wait(qtbot, lambda: w.record_button.isEnabled())
+    w.record_button.click()  # the operator takes the next free name
+    assert asked[-1] == (f"pilot.nwb exists in {tmp_path}.",
+                         ["Record to pilot_001.nwb", "Overwrite pilot.nwb", "Cancel"])
+    _wait(qtbot, lambda: "recording pilot_001.nwb" in w.record_status.text())
+    w.record_button.click()
+    _wait(qtbot, lambda: "recorded pilot_001.nwb" in w.record_status.text())
+    assert taken.read_bytes() == b"an earlier recording"
+    w.choose = lambda question, answers: 2  # cancel: nothing is recorded, nothing fails
+    w.record_button.click()
+    assert w.session.recording is None and "ERROR" not in w.log_view.toPlainText()
+    w.choose = lambda question, answers: 1  # overwrite, as the operator chose
+    w.record_button.click()
+    _wait(qtbot, lambda: "recording pilot.nwb" in w.record_status.text())
+    w.record_button.click()
+    _wait(qtbot, lambda: "recorded pilot.nwb" in w.record_status.text())
+    with recording.open(taken) as r:
+        assert r.complete
+    assert "ERROR" not in w.log_view.toPlainText()
 
 
 def test_side_panel_controls_never_overlap(qtbot, window):

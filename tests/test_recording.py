@@ -156,6 +156,40 @@ def test_info_prints_a_readable_summary(recorded):
     assert "64 channels at 25000 Hz" in out and "complete" in out
     assert "trials          12 in 1 session(s)" in out
     assert "protocol        bss_isomura" in out and "health          ok" in out
+    assert "ended           completed, 12 of 12 trials\n" in out
+
+
+def _with_summary(path, tmp_path, **fields):
+    """A copy of the recording at ``path`` whose end-of-run summary has ``fields`` (None:
+    the field removed, as in a file written before the summary had it)."""
+    import shutil
+
+    copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}.nwb"
+    shutil.copy(path, copy)
+    with h5py.File(copy, "r+") as f:
+        data = f["scratch/mea_control_summary"]
+        summary = {**json.loads(data.asstr()[()]), **fields}
+        data[()] = json.dumps({k: v for k, v in summary.items() if v is not None})
+    return copy
+
+
+@pytest.mark.parametrize("fields, ended, health", [
+    ({"ended": "stopped by the operator, 7 of 12 trials", "ended_early": True},
+     "stopped by the operator, 7 of 12 trials",
+     "ended early: stopped by the operator, 7 of 12 trials"),
+    ({"ended": "stopped: the window was closed", "ended_early": False},
+     "stopped: the window was closed", "ok"),
+    ({"ended": "ended by a device error, 3 of 12 trials", "ended_early": True,
+      "error": "device"},
+     "ended by a device error, 3 of 12 trials", "the run ended with a device error"),
+    ({"ended": None, "ended_early": None}, None, "ok"),  # a file from before: no line
+], ids=["operator", "open-ended", "error", "older-file"])
+def test_describe_says_how_the_run_ended(recorded, tmp_path, fields, ended, health):
+    with recording.open(_with_summary(recorded[0], tmp_path, **fields)) as rec:
+        text = recording.describe(rec)
+    lines = dict(line.split(None, 1) for line in text.splitlines())
+    assert lines.get("ended") == ended
+    assert lines["health"] == health
 
 
 #: What the closed loop needs and the reader, the file commands and the recording process not.

@@ -171,7 +171,8 @@ def test_stalled_disk_loses_raw_blocks_but_not_the_loop(tmp_path, monkeypatch):
         assert rec.n_samples == total
         ranges = [[int(x) for x in e["message"].split()[1].split("-")] for e in lost]
         assert sum(b - a for a, b in ranges) == r["samples_lost"]
-        assert ranges[0][0] < 100_000 <= ranges[0][1]  # the stall, until the disk came back
+        # the stall, until the disk came back (a busy machine's writer may lose more)
+        assert any(a < 100_000 <= b for a, b in ranges), ranges
         raw = rec.samples[:]
         kept = np.ones(total, bool)
         for a, b in ranges:

@@ -24,6 +24,7 @@ from mea_control.cli.console import (
 from mea_control.cli.options import count, positive, positive_int
 from mea_control.driver import DriverError, installed_drivers, open_driver
 from mea_control.limits import SafetyLimits
+from mea_control.preflight import check_start
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory, names_history_file
 from mea_control.rig import RecordingDefaults, Rig, load_rig
@@ -166,6 +167,7 @@ def _run(args: argparse.Namespace, stop_signals: StopSignals) -> int:
                             pulse_history=history)
         except ValueError as exc:  # limits or detection settings that do not fit this device
             raise UserError(str(exc)) from None
+        check_start(protocol, driver.info, limits, args.seed)  # nothing has run yet
         if args.lsl:
             engine.sinks.append(_open_lsl(engine))
         if args.record is not None:  # last: it replaces an --overwrite target

@@ -19,6 +19,7 @@ even again (a sequence lock): a reader that sees it odd or changed retries.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,8 @@ class Rings:
         self.stim_at = self._take(np.int64, (STIM_SLOTS, 2))  # execution (-1: none), trigger
         self.stim_status = self._take(np.int8, (STIM_SLOTS,))
         self.stim_electrodes = self._take(np.bool_, (STIM_SLOTS, n_channels))
+        #: The spike detector's threshold per channel (uV; NaN: none yet).
+        self.threshold = self._take(np.float32, (n_channels,))
         left = (len(self.buffer) - self._offset - 64) // (6 * n_channels)
         if left < 1024:
             raise ValueError(f"{n_channels} channels do not fit the live rings")
@@ -84,8 +87,9 @@ class Rings:
         return array
 
     def reset(self) -> None:
-        """Zero the header (before the first run on a new layout)."""
+        """Zero the header and forget the thresholds (before the first run on a new layout)."""
         self.header[:] = 0
+        self.threshold[:] = np.nan
 
 
 def _put(ring: np.ndarray, first: int, values: np.ndarray) -> None:
@@ -129,16 +133,22 @@ class LiveFeed(Sink):
         #: The name of the protocol of the latest run.
         self.protocol: str | None = None
         self._next_protocol: Protocol | None = None
+        self._next_thresholds: Callable[[], np.ndarray] | None = None
+        self._thresholds: Callable[[], np.ndarray] | None = None
         self._model_source: Any = None
         self._events: deque[RunEvent] = deque(maxlen=KEEP_NOTES)
         self._decisions: deque[dict[str, Any]] = deque(maxlen=KEEP_NOTES)
         self._started = False
         self._armed, self._disarm_reason = True, ""
 
-    def expect(self, protocol: Protocol) -> None:
+    def expect(self, protocol: Protocol,
+               thresholds: Callable[[], np.ndarray] | None = None) -> None:
         """The protocol of the next run (call before it): from that run's start, the model
-        panel shows its ``model_state()``; a passive run keeps the model shown."""
+        panel shows its ``model_state()``; a passive run keeps the model shown.
+        ``thresholds`` gives that run's detection threshold per channel (uV, NaN in its
+        warm-up); it is read on the acquisition thread at every write into the rings."""
         self._next_protocol = protocol
+        self._next_thresholds = thresholds
 
     # -- Sink, on the acquisition thread ---------------------------------------------------
     def on_start(self, run: RunDescription) -> None:
@@ -152,6 +162,8 @@ class LiveFeed(Sink):
         h[T0] = h[NOW] = run.start_sample
         h[ARMED] = run.armed
         h[BLOCK_SAMPLES] = run.block_samples
+        self.rings.threshold[:] = np.nan
+        self._thresholds, self._next_thresholds = self._next_thresholds, None
         self.info, self.protocol = info, run.protocol
         self._armed, self._disarm_reason = run.armed, run.disarm_reason
         self._blocks: list[tuple[int, np.ndarray, np.ndarray | None]] = []
@@ -217,6 +229,8 @@ class LiveFeed(Sink):
             h[SPIKES] = k + len(spikes)
             if not h[RAW_END]:  # a spikes-only device: its spikes move the clock too
                 now = max(now, int(spikes.sample[-1]) + 1)
+        if self._thresholds is not None:
+            r.threshold[:] = self._thresholds()
         h[N_BLOCKS] = self._ticks
         h[SAMPLES_LOST] = self._lost
         h[ARMED] = self._armed

@@ -1,10 +1,11 @@
 """Protocol choice and parameters: a form built from a protocol's declared parameters.
 
 :class:`ParameterForm` has one row per :class:`~mea_control.protocol.Parameter`
-(spin box, check box, combo box or line edit), checks the whole set with the
-protocol's own ``validate`` after every edit and shows its message inline.
-:class:`ProtocolPanel` adds the protocol choice, Start / Pause / Stop and the
-run's progress; the main window connects to its signals.
+(spin box, check box, combo box or line edit), checks each value against its range
+(a value typed outside it stays, and its field turns red and says why) and the whole
+set with the protocol's own ``validate`` after every edit, and shows the message
+inline. :class:`ProtocolPanel` adds the protocol choice, Start / Pause / Stop, the
+run's progress and why a Start was refused; the main window connects to its signals.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -35,6 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mea_control.gui.status_line import StatusLine
 from mea_control.protocol import (
     Parameter,
     Protocol,
@@ -46,19 +50,86 @@ from mea_control.protocol import (
 __all__ = ["ParameterForm", "ProtocolPanel"]
 
 ERROR_STYLE = "color: #b00020;"
+#: Background and text of an editor holding a value outside its parameter's range.
+INVALID_BASE, INVALID_TEXT = "#ffd6dc", "#b00020"
 INT_LIMIT = 2**31 - 1
 FLOAT_LIMIT = 1e12
 #: The parameter form's least height, in text lines (about 6 rows of editors).
 FORM_MIN_LINES = 12
 
 
+def _step_within(box: QSpinBox | QDoubleSpinBox, steps: int) -> None:
+    """An arrow or wheel step that stays within the parameter's range (a typed value may
+    leave it: the form then says so at the field)."""
+    lo, hi = box.bounds
+    box.setValue(min(max(box.value() + steps * box.singleStep(), lo), hi))
+
+
+def _steps_enabled(box: QSpinBox | QDoubleSpinBox) -> QAbstractSpinBox.StepEnabledFlag:
+    lo, hi = box.bounds
+    flags = QAbstractSpinBox.StepEnabledFlag.StepNone
+    if box.value() < hi:
+        flags |= QAbstractSpinBox.StepEnabledFlag.StepUpEnabled
+    if box.value() > lo:
+        flags |= QAbstractSpinBox.StepEnabledFlag.StepDownEnabled
+    return flags
+
+
+def _compact(box: QSpinBox | QDoubleSpinBox, hint: QSize) -> QSize:
+    """The width a value within the box's bounds needs, not its typing range's (which
+    would widen the form beyond its panel)."""
+    texts = [box.textFromValue(v) for v in box.bounds if abs(v) < 1e9] or ["0.000000"]
+    text = max(texts, key=len) + box.suffix()
+    return QSize(box.fontMetrics().horizontalAdvance(text) + 40, hint.height())
+
+
+class _IntBox(QSpinBox):
+    """A spin box that takes any typed integer and steps within ``bounds``."""
+
+    def __init__(self, bounds: tuple[float, float]) -> None:
+        super().__init__()
+        self.bounds = bounds
+        self.setRange(-INT_LIMIT, INT_LIMIT)
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt override)
+        _step_within(self, steps)
+
+    def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:  # noqa: N802 (Qt override)
+        return _steps_enabled(self)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().sizeHint())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().minimumSizeHint())
+
+
 class _FloatBox(QDoubleSpinBox):
-    """A double spin box with six decimals that shows no trailing zeros (0.25, not 0.250000)."""
+    """A double spin box with six decimals that shows no trailing zeros (0.25, not
+    0.250000), takes any typed number and steps within ``bounds``."""
+
+    def __init__(self, bounds: tuple[float, float]) -> None:
+        super().__init__()
+        self.bounds = bounds
+        self.setDecimals(6)
+        self.setRange(-FLOAT_LIMIT, FLOAT_LIMIT)
 
     def textFromValue(self, value: float) -> str:  # noqa: N802 (Qt override)
         text = super().textFromValue(value)
         point = self.locale().decimalPoint()
         return text.rstrip("0").rstrip(point) if point in text else text
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt override)
+        _step_within(self, steps)
+
+    def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:  # noqa: N802 (Qt override)
+        return _steps_enabled(self)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().sizeHint())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+        return _compact(self, super().minimumSizeHint())
 
 
 def _step(param: Parameter) -> float:
@@ -79,14 +150,11 @@ def _editor(param: Parameter) -> QWidget:
     if param.type is bool:
         return QCheckBox()
     if param.type is int:
-        spin = QSpinBox()
         lo, hi = param.range or (-INT_LIMIT, INT_LIMIT)
-        spin.setRange(int(max(lo, -INT_LIMIT)), int(min(hi, INT_LIMIT)))
+        spin = _IntBox((max(lo, -INT_LIMIT), min(hi, INT_LIMIT)))
         spin.setSingleStep(max(1, int(_step(param))))
     elif param.type is float:
-        spin = _FloatBox()
-        spin.setDecimals(6)
-        spin.setRange(*(param.range or (-FLOAT_LIMIT, FLOAT_LIMIT)))
+        spin = _FloatBox(param.range or (-FLOAT_LIMIT, FLOAT_LIMIT))
         spin.setSingleStep(_step(param))
     else:
         return QLineEdit()
@@ -112,6 +180,10 @@ class ParameterForm(QWidget):
         self.show_message = show_message
         self.editors: dict[str, QWidget] = {}
         self.labels: dict[str, QLabel] = {}
+        self.tips: dict[str, str] = {}
+        self.palettes: dict[str, QPalette] = {}
+        #: What is wrong with each field's own value (outside its range), by name.
+        self.field_errors: dict[str, str] = {}
         #: The message of the last :meth:`validate`, or None when the values are valid.
         self.error: str | None = None
         layout = QFormLayout(self)
@@ -124,7 +196,8 @@ class ParameterForm(QWidget):
             label = QLabel(name)
             label.setToolTip(tip)
             editor.setToolTip(tip)
-            self.editors[name], self.labels[name] = editor, label
+            self.editors[name], self.labels[name], self.tips[name] = editor, label, tip
+            self.palettes[name] = editor.palette()
             self._put(name, param.default)
             self._connect(editor)
             editor.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
@@ -209,23 +282,76 @@ class ParameterForm(QWidget):
         self._edited()
 
     def validate(self) -> str | None:
-        """Build the protocol from the values; its error message (one line) or None.
+        """Check each field's range, then build the protocol from the values; the first
+        error message (one line) or None.
 
-        The message is shown under the fields, and the labels of the parameters it names
-        turn red."""
-        try:
-            self.protocol_cls(**self.values())
-            self.error = None
-        except ProtocolError as exc:
-            self.error = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
-        except Exception as exc:  # a user's validate() may raise anything
-            self.error = f"{type(exc).__name__} in {self.protocol_cls.name}.validate: {exc}"
+        A field outside its range keeps the typed value, turns red and says why in its
+        tooltip ("0.5 at most"); the message is shown under the fields, and the labels of
+        the parameters it names turn red."""
+        values = self.values()
+        self.field_errors = {}
+        for name, param in self.protocol_cls.parameters.items():
+            problem = _out_of_range(param, values[name])
+            if problem:
+                self.field_errors[name] = problem
+        for name, editor in self.editors.items():
+            problem = self.field_errors.get(name)
+            editor.setPalette(_invalid_palette(editor) if problem else self.palettes[name])
+            editor.setToolTip(f"{problem}\n{self.tips[name]}" if problem else self.tips[name])
+        if self.field_errors:
+            name, problem = next(iter(self.field_errors.items()))
+            self.error = f"{name}: {problem}, not {values[name]:g}"
+        else:
+            self.error = self._protocol_error(values)
         self.message.setText(self.error or "")
         self.message.setVisible(self.show_message and self.error is not None)
-        for name, label in self.labels.items():
-            named = self.error is not None and re.search(rf"\b{re.escape(name)}\b", self.error)
-            label.setStyleSheet(ERROR_STYLE + " font-weight: bold;" if named else "")
+        self.mark(self.error)
         return self.error
+
+    def _protocol_error(self, values: dict[str, Any]) -> str | None:
+        """The protocol's own check of the values: its message (one line) or None."""
+        try:
+            self.protocol_cls(**values)
+        except ProtocolError as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        except Exception as exc:  # a user's validate() may raise anything
+            return f"{type(exc).__name__} in {self.protocol_cls.name}.validate: {exc}"
+        return None
+
+    def mark(self, message: str | None) -> None:
+        """Turn red the labels of the parameters ``message`` names (none: all plain)."""
+        for name, label in self.labels.items():
+            named = message is not None and re.search(rf"\b{re.escape(name)}\b", message)
+            label.setStyleSheet(ERROR_STYLE + " font-weight: bold;" if named else "")
+
+    def commit_typing(self) -> None:
+        """Take what is typed in a spin box that has not reported it yet (the focus may
+        not have left it)."""
+        for editor in self.editors.values():
+            if isinstance(editor, (QSpinBox, QDoubleSpinBox)):
+                editor.interpretText()
+
+
+def _invalid_palette(editor: QWidget) -> QPalette:
+    """The editor's colours with a red background and text (its native frame and arrows
+    stay, which a style sheet would replace)."""
+    palette = QPalette(editor.palette())
+    palette.setColor(QPalette.ColorRole.Base, QColor(INVALID_BASE))
+    palette.setColor(QPalette.ColorRole.Text, QColor(INVALID_TEXT))
+    return palette
+
+
+def _out_of_range(param: Parameter, value: Any) -> str | None:
+    """'0.5 at most' or '0.05 s at least' when a number is outside the parameter's range."""
+    if param.range is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    lo, hi = param.range
+    unit = f" {param.unit}" if param.unit else ""
+    if value > hi:
+        return f"{hi:g}{unit} at most"
+    if value < lo:
+        return f"{lo:g}{unit} at least"
+    return None
 
 
 class _FormScroll(QScrollArea):
@@ -268,6 +394,8 @@ class ProtocolPanel(QWidget):
         self.form: ParameterForm | None = None
         self.running = False
         self.load_error: str | None = None
+        #: Why the last Start was refused before the run (see refuse()), until an edit.
+        self.refusal: str | None = None
         self._current = -1
 
         self.combo = QComboBox()
@@ -276,8 +404,7 @@ class ProtocolPanel(QWidget):
         self.combo.insertSeparator(self.combo.count())
         self.combo.addItem(self.OPEN_FILE)
         self.combo.setToolTip("a shipped protocol, or a protocol .py file of your own")
-        self.description = QLabel()
-        self.description.setWordWrap(True)
+        self.description = StatusLine()  # one line; the whole text is its tooltip
         self.description.setStyleSheet("color: palette(placeholder-text);")
         #: Why Start is disabled: the protocol's message, or why its file did not load.
         self.status = QLabel()
@@ -383,6 +510,7 @@ class ProtocolPanel(QWidget):
         self._form_changed()
 
     def _form_changed(self) -> None:
+        self.refusal = None  # the values it was about have changed
         self._update_buttons()
         self.changed.emit()
 
@@ -402,13 +530,24 @@ class ProtocolPanel(QWidget):
 
     def _start(self) -> None:
         if self.form is not None:
+            self.form.commit_typing()
             self.form.validate()  # a line edit may not have reported its last edit yet
         self._update_buttons()
         if self.is_valid() and not self.running:
             self.start_requested.emit(self.protocol(), self.values())
 
+    def refuse(self, message: str) -> None:
+        """Say beside Start why the run was not started (the check before a run,
+        :mod:`mea_control.preflight`), with the parameters it names in red, until the
+        next edit."""
+        self.refusal = message
+        if self.form is not None:
+            self.form.mark(message)
+        self._update_buttons()
+
     def _update_buttons(self) -> None:
-        self.status.setText(self.load_error or (self.form.error if self.form else None) or "")
+        form_error = self.form.error if self.form else None
+        self.status.setText(self.load_error or form_error or self.refusal or "")
         self.status.setVisible(bool(self.status.text()))
         self.start.setEnabled(not self.running and self.is_valid())
         self.pause.setEnabled(self.running)

@@ -189,9 +189,14 @@ class LiveBuffers:
     """The latest minute of a run for the GUI: traces, spikes, pulses, PSTH, events.
 
     One object serves a whole session; :meth:`bind` points it at a device's
-    rings. Each run's start clears the traces, spikes and pulses (the device
-    clock may restart); the PSTH is kept until the first pulse of a later run,
-    so it stays on screen after its run.
+    rings (or none: the views go blank). The views are continuous across runs:
+    a device whose clock restarts with each run (the simulator starts again at
+    sample 0) is shifted so that the views' clock runs on from the previous
+    run's last sample. A run's start resets only its counts (blocks, spikes,
+    pulses, latency); the PSTH is kept until the first pulse of a later run, so
+    it stays on screen after its run. The PSTH holds the pulses whose window
+    (PSTH_MS) has passed: at a run's end, those with the whole window in the
+    data; a pulse whose window the end of its run cut is left out.
     """
 
     def __init__(self) -> None:
@@ -229,10 +234,10 @@ class LiveBuffers:
 
     @property
     def now(self) -> int:
-        """The device sample just after the newest data."""
+        """The device sample just after the newest data of the run shown."""
         with self._lock:
             self._pull()
-            return self._now
+            return self._now - self._shift
 
     @property
     def protocol(self) -> str | None:
@@ -249,18 +254,22 @@ class LiveBuffers:
                     "psth_pulses": self._psth_pulses, **self._stim_counts}
 
     def snapshot(self, window_s: float = 10.0, channels: Sequence[int] | None = None,
-                 filtered: bool = True, pixels: int = 1000, model: bool = True) -> Snapshot:
-        """One frame: traces of ``channels`` (default all) over ``window_s`` as ``pixels``
-        min/max columns (NaN where there are no data), the raster, rates, PSTH, status and
+                 filtered: bool = True, pixels: int = 1000, model: bool = True,
+                 trace_window_s: float | None = None) -> Snapshot:
+        """One frame: traces of ``channels`` (default all) over ``trace_window_s`` (default
+        ``window_s``) as ``pixels`` min/max columns (NaN where there are no data) with their
+        detection thresholds, the raster over ``window_s``, rates, PSTH, status and
         (``model``) the model; takes the events and decisions."""
         window_s = float(min(max(window_s, 1e-3), KEEP_S))
+        trace_s = window_s if trace_window_s is None else float(
+            min(max(trace_window_s, 1e-3), KEEP_S))
         notes = self._notes(model=model)
         with self._lock:
             self._pull()
             info = self.info
             if info is None:
                 return Snapshot(sample_rate=0.0, now=0, n_electrodes=0, window_s=window_s,
-                                events=notes.get("events", []))
+                                trace_window_s=trace_s, events=notes.get("events", []))
             fs, n = info.sample_rate, info.n_channels
             chans = list(range(n)) if channels is None else [int(c) for c in channels]
             if any(not 0 <= c < n for c in chans):
@@ -269,12 +278,15 @@ class LiveBuffers:
             self._protocol = notes.get("protocol", self._protocol)
             self._disarmed = notes.get("disarmed")
             snap = Snapshot(sample_rate=fs, now=now, n_electrodes=n, window_s=window_s,
-                            trace_filtered=filtered, events=notes.get("events", []),
+                            trace_filtered=filtered, trace_window_s=trace_s,
+                            events=notes.get("events", []),
                             decisions=notes.get("decisions", []), model=notes.get("model"))
             if self._raw_seen and now > 0 and chans and pixels > 0:
-                trace = self._window(filtered, now, int(window_s * fs), chans, pixels)
+                trace = self._window(filtered, now, int(trace_s * fs), chans, pixels)
                 _traces(snap, *trace, chans, pixels)
-            start = now - int(window_s * fs)
+            if self.rings is not None:
+                snap.trace_threshold_uV = self.rings.threshold[chans].astype(float)
+            start = now - int(max(window_s, trace_s) * fs)
             sample, channel = self._spikes.between(start, now)
             stims = [(at, c) for at, c in self._stims if at >= start]
             _raster(snap, sample, channel, stims, self._t0 if self._t0 >= 0 else now)
@@ -288,20 +300,32 @@ class LiveBuffers:
 
     # -- taking what is new from the rings (hold the lock) ---------------------------------
     def _clear(self) -> None:
-        """Forget the previous run's data (not the PSTH)."""
+        """Forget what the views showed (a new device, or none); not the PSTH."""
         self.raw: _Trace | None = None
         self.filtered: _Trace | None = None
         self._spikes = _Spikes()
         self._stims: deque[tuple[int, tuple[int, ...]]] = deque()
         self._open_pulses: deque[int] = deque()
+        #: The views' clock (samples): the device's plus ``_shift`` for the run shown.
+        self._now = 0
+        self._shift = 0
+        self._t0 = -1  # the views' first sample
+        self._raw_seen = False
+        self._new_run(0)
+
+    def _new_run(self, t0: int) -> None:
+        """A run starting at device sample ``t0``: its counts start from zero, the views'
+        clock runs on. Pulses still waiting for their PSTH window join it if the data
+        hold the whole window; the others are left out (the run's end cut them)."""
+        self._settle(margin_ms=0.0)
+        self._open_pulses.clear()
         self._latency: Counter[int] = Counter()
         self._stim_counts = {"executed": 0, "dropped": 0, "refused": 0, "sent": 0}
         self._n_spikes = self._blocks = self._lost = self._block_samples = 0
         self._armed = True
-        self._now = 0
-        self._t0 = -1
-        self._raw_seen = False
         self._taken = (0, 0, 0)  # blocks, spikes, pulses read so far
+        if t0 + self._shift < self._now:  # the device's clock went back: follow on
+            self._shift = self._now - t0
 
     def _pull(self) -> None:
         """Take the blocks, spikes and pulses the feed wrote since the last pull."""
@@ -313,7 +337,7 @@ class LiveBuffers:
         if run % 2:
             return  # a run is starting: next time
         if run != self._run:
-            self._clear()
+            self._new_run(int(h[f.T0]))
             self._run = run
             self._psth_stale = True
         nb, ns, nst = (int(h[k]) for k in (f.BLOCKS, f.SPIKES, f.STIMS))
@@ -335,13 +359,16 @@ class LiveBuffers:
         lapped_spikes = max(0, int(h[f.SPIKES]) - f.SPIKE_SLOTS - s0)
         lapped_stims = max(0, int(h[f.STIMS]) - f.STIM_SLOTS - st0)
         self._taken = nb, ns, nst
-        self._now, self._t0 = max(self._now, now), t0
+        shift = self._shift
+        self._now = max(self._now, now + shift)
+        if self._t0 < 0:
+            self._t0 = t0 + shift
         self._blocks, self._lost, self._armed, self._block_samples = status
-        self._fold([(a, raw[max(0, oldest - a):], uV[max(0, oldest - a):])
+        self._fold([(max(a, oldest) + shift, raw[max(0, oldest - a):], uV[max(0, oldest - a):])
                     for a, raw, uV in samples if a + len(raw) > oldest])
         sample, channel = (x[lapped_spikes:] for x in spikes)
         fs = info.sample_rate
-        self._spikes.add(sample, channel, self._now - int(KEEP_S * fs))
+        self._spikes.add(sample + shift, channel, self._now - int(KEEP_S * fs))
         self._n_spikes += len(sample)
         self._add_stims(*(x[lapped_stims:] for x in stims))
         self._settle()
@@ -381,22 +408,24 @@ class LiveBuffers:
             if fate != "executed" or executed < 0:
                 continue
             self._latency[int(executed - trigger)] += 1
-            self._stims.append((int(executed), tuple(int(c) for c in np.flatnonzero(mask))))
+            executed = int(executed) + self._shift  # on the views' clock
+            self._stims.append((executed, tuple(int(c) for c in np.flatnonzero(mask))))
             if self._psth_stale:
                 self._psth_sum[:] = 0.0
                 self._psth_pulses = 0
                 self._psth_stale = False
-            self._open_pulses.append(int(executed))
+            self._open_pulses.append(executed)
         while self._stims and self._stims[0][0] < self._now - keep:
             self._stims.popleft()
 
-    def _settle(self) -> None:
-        """Move the pulses whose window closed (plus a margin) into the PSTH."""
+    def _settle(self, margin_ms: float = PSTH_SETTLE_MS) -> None:
+        """Move the pulses whose window closed (plus ``margin_ms`` for late spikes) into
+        the PSTH."""
         if not self._open_pulses:
             return
         fs = self.info.sample_rate if self.info is not None else 1.0
         span = int(PSTH_MS * fs / 1000.0)
-        wait = int((PSTH_MS + PSTH_SETTLE_MS) * fs / 1000.0)
+        wait = int((PSTH_MS + margin_ms) * fs / 1000.0)
         while self._open_pulses and self._open_pulses[0] + wait <= self._now:
             at = self._open_pulses.popleft()
             sample, _ = self._spikes.between(at, at + span)
@@ -455,4 +484,6 @@ def _raster(snap: Snapshot, sample: np.ndarray, channel: np.ndarray,
     # a pulse reported executed may run in the block after ``now`` (t >= 0)
     snap.stim_t = np.array([(at - now) / fs for at, _ in stims])
     snap.stim_channels = [chans for _, chans in stims]
-    snap.stimulated = np.unique(np.array([c for _, chans in stims for c in chans], np.int32))
+    first = now - int(snap.window_s * fs)  # the raster's window (the traces' may be longer)
+    snap.stimulated = np.unique(np.array([c for at, chans in stims if at >= first
+                                          for c in chans], np.int32))

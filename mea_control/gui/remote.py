@@ -49,8 +49,8 @@ MODEL_HZ = 5.0
 GUI_NICE = 10
 _yielded = False
 #: The calls the GUI may make, all RigSession methods.
-CALLS = ("connect", "disconnect", "start", "stop", "wait", "pause", "resume", "record",
-         "stop_recording", "stop_stimulation", "rearm")
+CALLS = ("connect", "disconnect", "close", "start", "stop", "wait", "pause", "resume",
+         "record", "stop_recording", "stop_stimulation", "rearm")
 
 
 def yield_cpu_to_the_rig() -> None:
@@ -123,8 +123,7 @@ def serve(conn: Connection, shm_name: str, limits: SafetyLimits, seed: int,
                 conn.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}"),
                            reply[2]))
     finally:
-        session.stop()
-        session.disconnect(timeout=CALL_TIMEOUT_S)
+        session.close(timeout=CALL_TIMEOUT_S)  # the window closed or went away
         session.feed.rings = None
         session.buffers.bind(None, None)
         del session
@@ -181,10 +180,10 @@ class RemoteSession:
 
     def start(self, protocol: str, params: dict[str, Any] | None = None,
               record_path: Any = None, fast: bool = False, *, duration_s: float | None = None,
-              overwrite: bool = False) -> None:
+              overwrite: bool = False, meta: Any = None) -> None:
         """Run a protocol (shipped name or .py path); errors as RigSession.start raises them."""
         self._call("start", protocol, params, record_path, fast, duration_s=duration_s,
-                   overwrite=overwrite)
+                   overwrite=overwrite, meta=meta)
 
     def stop(self) -> None:
         if self._process.is_alive():
@@ -200,9 +199,9 @@ class RemoteSession:
     def resume(self) -> None:
         self._call("resume")
 
-    def record(self, path: Any, overwrite: bool = False) -> Any:
+    def record(self, path: Any, overwrite: bool = False, meta: Any = None) -> Any:
         """Record the run in progress until stop_recording() or its end (RigSession.record)."""
-        return self._call("record", path, overwrite=overwrite)
+        return self._call("record", path, overwrite=overwrite, meta=meta)
 
     def stop_recording(self) -> dict[str, Any] | None:
         return self._call("stop_recording", wait_s=CALL_TIMEOUT_S)
@@ -221,7 +220,7 @@ class RemoteSession:
         clean = self._process.exitcode in (None, 0)  # a rig process that died is not clean
         if self._process.is_alive():
             try:
-                self._call("disconnect", timeout=timeout, wait_s=timeout)
+                self._call("close", timeout=timeout, wait_s=timeout)  # the window closes
                 self._conn.send(("close",))
             except (RigProcessError, OSError):
                 clean = False

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,24 @@ from mea_control.engine import Engine, EngineConfig
 from mea_control.gui.feed import LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.limits import SafetyLimits
+from mea_control.preflight import check_start
 from mea_control.protocol import Protocol, ProtocolError, load_protocol
 from mea_control.pulse_history import PulseHistory
 from mea_control.recording.errors import RecordingError
+from mea_control.recording.nwbfile import RecordingMeta
 from mea_control.recording.switch import RecordingSwitch
-from mea_control.sinks import Sink
+from mea_control.sinks import EventKind, Sink, ending_text
 from mea_control.types import DeviceInfo
 
 #: Lines kept in the log panel's deque.
 KEEP_LOG = 2000
 OPERATOR_STOP = "stimulation stopped by the operator"
+#: What the log says when the monitor takes over.
+WATCHING = "watching the culture (no protocol runs, no stimulation)"
+#: How a run ends (the summary's and the recording's "ended"), by who ended it.
+STOPPED_BY_OPERATOR = "stopped by the operator"
+DISCONNECTED = "stopped: the device was disconnected"
+WINDOW_CLOSED = "stopped: the window was closed"
 
 
 class Monitor(Protocol):
@@ -62,6 +70,7 @@ class _Job:
     fast: bool
     duration_s: float | None
     overwrite: bool
+    meta: RecordingMeta | None
 
 
 class RigSession:
@@ -133,20 +142,21 @@ class RigSession:
             self.info, self.url, self._connected = driver.info, url, True
             self._engine = monitor
         self._say(f"connected to {url} ({driver.info.name}, {driver.info.n_channels} channels "
-                  f"at {driver.info.sample_rate:g} Hz)")
+                  f"at {driver.info.sample_rate:g} Hz); {WATCHING}")
         self._thread = threading.Thread(target=self._serve, args=(monitor,),
                                         name="mea-rig", daemon=True)
         self._thread.start()
         return driver.info
 
-    def disconnect(self, timeout: float = 2.0) -> bool:
-        """Stop what runs and close the device; False if it is still winding down
-        after ``timeout`` s (a recorder finishing its file): it closes when done."""
+    def disconnect(self, timeout: float = 2.0, reason: str = DISCONNECTED) -> bool:
+        """Stop what runs (``reason``: how its recording says it ended) and close the
+        device; False if it is still winding down after ``timeout`` s (a recorder
+        finishing its file): it closes when done."""
         with self._state:
             self._connected = False
             self._queued = None
             if self._engine is not None:
-                self._engine.stop()
+                self._engine.stop(reason)
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -156,8 +166,8 @@ class RigSession:
     def close(self, timeout: float = 30.0) -> bool:
         """End the session (the window closes): stop, disconnect; False if a recording
         is still being closed after ``timeout`` s."""
-        self.stop()
-        return self.disconnect(timeout)
+        self.stop(WINDOW_CLOSED)
+        return self.disconnect(timeout, WINDOW_CLOSED)
 
     @property
     def connected(self) -> bool:
@@ -167,11 +177,15 @@ class RigSession:
     # -- protocol runs -------------------------------------------------------------------------
     def start(self, protocol: str, params: dict[str, Any] | None = None,
               record_path: str | Path | None = None, fast: bool = False, *,
-              duration_s: float | None = None, overwrite: bool = False) -> Protocol:
-        """Run a protocol (shipped name or .py path) in place of the monitor.
+              duration_s: float | None = None, overwrite: bool = False,
+              meta: RecordingMeta | None = None) -> Protocol:
+        """Run a protocol (shipped name or .py path) in place of the monitor; ``meta``:
+        the recording's culture, DIV, experimenter and description.
 
-        Bad names, parameters and recording paths raise ProtocolError,
-        RecordingError or ValueError here; the run itself reports to :attr:`log`.
+        Bad names, parameters (and values the limits in force would refuse, checked by
+        :func:`~mea_control.preflight.check_start`) and recording paths raise
+        ProtocolError, RecordingError or ValueError here; nothing has started then. The
+        run itself reports to :attr:`log`.
         """
         if not self.connected or self.info is None:
             raise RuntimeError("connect a device first")
@@ -189,12 +203,19 @@ class RigSession:
         except Exception as exc:  # a user's validate() may raise anything
             raise ProtocolError(f"protocol {cls.name} failed while checking its parameters: "
                                 f"{type(exc).__name__}: {exc}") from None
+        try:
+            check_start(instance, self.info, self.limits, self.seed)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a user's planned_patterns may raise anything
+            raise ProtocolError(f"protocol {cls.name} failed while planning its patterns: "
+                                f"{type(exc).__name__}: {exc}") from None
         target = None
         if record_path is not None:
             from mea_control.recording.writer import check_target
 
             target = check_target(record_path, overwrite)
-        job = _Job(instance, path, target, fast, duration_s, overwrite)
+        job = _Job(instance, path, target, fast, duration_s, overwrite, meta)
         with self._state:
             if not self._connected:
                 raise RuntimeError("the device was disconnected")
@@ -204,14 +225,15 @@ class RigSession:
         self._say(f"starting {cls.name}" + (f", recording to {target}" if target else ""))
         return instance
 
-    def stop(self) -> None:
-        """End the protocol run, or cancel it if it has not begun (the monitor takes over)."""
+    def stop(self, reason: str = STOPPED_BY_OPERATOR) -> None:
+        """End the protocol run (``reason``: how its recording says it ended), or cancel
+        it if it has not begun (the monitor takes over)."""
         with self._state:
             if self._queued is not None:
                 self._say(f"cancelled {self._queued.protocol.name}")
                 self._queued = None
             if self._job is not None and self._engine is not None:
-                self._engine.stop()
+                self._engine.stop(reason)
                 self._say(f"stopping {self._job.protocol.name}")
 
     def wait(self, timeout: float) -> bool:
@@ -274,9 +296,11 @@ class RigSession:
         self._say(f"{'pausing' if pause else 'resuming'} {job.protocol.name}")
 
     # -- recording -------------------------------------------------------------------------
-    def record(self, path: str | Path, overwrite: bool = False) -> Path:
+    def record(self, path: str | Path, overwrite: bool = False,
+               meta: RecordingMeta | None = None) -> Path:
         """Record the run in progress (the monitor's or a protocol's) from now until
-        stop_recording() or the end of that run; returns the file's path."""
+        stop_recording() or the end of that run; returns the file's path. ``meta``: as
+        for start()."""
         with self._state:
             engine = self._engine if self._connected else None
             job = self._job
@@ -284,7 +308,8 @@ class RigSession:
             raise RuntimeError("connect a device first")
         if self.switch.recorder is not None:
             raise RuntimeError(f"already recording to {self.switch.recorder.path}")
-        recorder = self._recorder(engine, job.path if job else None, path, overwrite, None)
+        recorder = self._recorder(engine, job.path if job else None, path, overwrite, None,
+                                  meta)
         try:
             self.switch.put(recorder)
         except RuntimeError:
@@ -304,6 +329,10 @@ class RigSession:
         # the run's figures so far, which the engine computes on its loop between two items
         summary = engine.summary() if engine is not None else {}
         summary["note"] = "recording stopped by the operator"
+        summary["ended"] = ending_text("recording stopped by the operator; the run went on",
+                                       summary.get("trials", 0),
+                                       summary.get("trials_planned"))
+        summary["ended_early"] = False
         self.switch.close(recorder, summary)
         stats = recorder.stats()
         self._say(f"recording {recorder.path} closed: {stats['samples_written']} samples, "
@@ -427,14 +456,14 @@ class RigSession:
         if job is not None and job.record_path is not None:
             try:
                 recorder = self._recorder(engine, job.path, job.record_path, job.overwrite,
-                                          job.duration_s)
+                                          job.duration_s, job.meta)
                 self.switch.put(recorder)
             except (RecordingError, OSError, RuntimeError) as exc:
                 if recorder is not None:
                     recorder.discard()
                 self._error(f"{job.protocol.name} did not run: {exc}")
                 return True  # the driver has not started: it still can
-        self.feed.expect(engine.protocol)
+        self.feed.expect(engine.protocol, lambda: engine.detector.thresholds_uV)
         try:
             summary = engine.run()
         except Exception as exc:  # the device did not start (or a bug): say so, disconnect
@@ -446,13 +475,16 @@ class RigSession:
                 left.close()
         if engine.error_kind == "device" or (engine.error and job is None):
             self._lost(f"{engine.protocol.name}: {_last_line(engine.error)}")
+        elif isinstance(engine.exception, ProtocolError):  # its own one line, as the CLI's
+            self._error(f"{engine.protocol.name}: {engine.exception}")
         elif engine.error:
             self._error(f"{engine.protocol.name}: {_last_line(engine.error)}")
         if job is not None:
             summary["protocol_file"] = str(job.path)
             self.last_summary = summary
             self._say(f"{engine.protocol.name} ended: {summary['duration_s']:g} s, "
-                      f"{summary['stims_executed']} pulses, {summary['spikes']} spikes")
+                      f"{summary['stims_executed']} pulses, {summary['spikes']} spikes"
+                      + (f"; {WATCHING}" if self.connected else ""))
         return False
 
     def _lost(self, message: str) -> None:
@@ -466,9 +498,9 @@ class RigSession:
                             seed=self.seed, limits=self.limits)
 
     def _engine_with(self, protocol: Protocol, config: EngineConfig,
-                     sinks: list[Sink]) -> Engine:
+                     sinks: list[Sink], log: Any = None) -> Engine:
         assert self._driver is not None
-        engine = Engine(self._driver, protocol, config, sinks=sinks, log=self._say,
+        engine = Engine(self._driver, protocol, config, sinks=sinks, log=log or self._say,
                         pulse_history=self.pulse_history)
         if self._stim_stopped is not None:  # an operator's stop holds until rearm()
             engine.gate.disarm(self._stim_stopped)
@@ -476,19 +508,28 @@ class RigSession:
 
     def _monitor_engine(self) -> Engine:
         return self._engine_with(Monitor(), self._config(self._monitor_fast),
-                                 [self.feed, self.switch])
+                                 [self.feed, self.switch], log=self._monitor_say)
+
+    def _monitor_say(self, message: str) -> None:
+        """The monitor's log, but its start and end: the session says what runs instead
+        (a monitor's "end of run" at a protocol's start reads as if that had ended)."""
+        if not message.startswith((f"[{EventKind.START}] ", f"[{EventKind.STOP}] ")):
+            self._say(message)
 
     def _job_engine(self, job: _Job) -> Engine:
         return self._engine_with(job.protocol, self._config(job.fast, job.duration_s),
                                  [self.feed, self.switch])
 
     def _recorder(self, engine: Engine, protocol_file: Path | None, path: str | Path,
-                  overwrite: bool, duration_s: float | None) -> Any:
+                  overwrite: bool, duration_s: float | None,
+                  meta: RecordingMeta | None = None) -> Any:
         """An NWB recorder of ``engine``'s run (it creates the file: bad paths raise here)."""
-        from mea_control.recording import Recorder, RecordingMeta
+        from mea_control.recording import Recorder
         from mea_control.recording.writer import run_provenance
 
-        meta = RecordingMeta(session_description=f"{engine.protocol.name} (mea-control gui)")
+        meta = meta or RecordingMeta()
+        if not meta.session_description:
+            meta = replace(meta, session_description=f"{engine.protocol.name} (mea-control gui)")
         if engine.info.simulated:
             meta = meta.for_simulator()
         provenance = run_provenance(engine.describe(), protocol_file, source="gui")

@@ -19,7 +19,8 @@ class Snapshot:
     """One frame's data. Times are seconds relative to ``now`` (negative: the past)."""
 
     sample_rate: float
-    #: The device sample just after the newest data.
+    #: The views' clock just after the newest data: the device's sample, shifted to run on
+    #: across runs whose device clock restarted (LiveBuffers).
     now: int
     n_electrodes: int
     # Traces of the selected electrodes as a min/max envelope, one column a pixel bin.
@@ -28,7 +29,12 @@ class Snapshot:
     trace_min: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (C, P) uV
     trace_max: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (C, P) uV
     trace_filtered: bool = True
-    # Spikes and pulses in the raster window.
+    #: The traces' window (the time base), seconds.
+    trace_window_s: float = 10.0
+    #: The spike detector's threshold of each trace's electrode (uV, negative; NaN: none
+    #: yet, as in its warm-up, or on a device that detects spikes itself).
+    trace_threshold_uV: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (C,)
+    # Spikes and pulses in the raster window (or the traces' when that is longer).
     spike_t: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (S,) s
     spike_channel: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     stim_t: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,) s, executed

@@ -19,8 +19,12 @@ from mea_control.types import Layout
 SPIKE_COLOUR = "#ff4d4d"
 STIM_COLOUR = (255, 165, 0, 200)
 SELECT_COLOUR = "#ff3df5"
+THRESHOLD_COLOUR = (44, 168, 160, 190)
 ENSEMBLE_COLOURS = ("#4c9be8", "#f28e2b")
 N_COLOURS = 256
+FE_UNITS = "free energy (nats per trial)"
+#: The top of the firing-rate colour scale until the operator sets another (Hz).
+DEFAULT_MAX_RATE_HZ = 20.0
 #: Items that never change are painted from a pixmap: 64 outlined discs cost 1 ms a frame
 CACHED = QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache
 
@@ -41,11 +45,29 @@ def _segments(x0, y0, x1, y1) -> tuple[np.ndarray, np.ndarray]:
 
 def _columns(t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
              where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical segments from ``lo`` to ``hi`` (rows x columns at times ``t``) ``where``
-    True, as :func:`_segments` gives them."""
+    """Vertical segments from ``lo`` to ``hi`` (rows x columns at ``t``: one x a column,
+    or rows x columns of x) ``where`` True, as :func:`_segments` gives them."""
     at = np.flatnonzero(where)  # faster than 2-D masks and nonzero
-    x = t[at % len(t)]
+    x = t.ravel()[at] if t.ndim == 2 else t[at % len(t)]
     return _segments(x, lo.ravel()[at], x, hi.ravel()[at])
+
+
+def _spiky(t: np.ndarray, rows: np.ndarray, st: np.ndarray, have: np.ndarray) -> np.ndarray:
+    """Which envelope columns (rows x len(t), where ``have`` data) hold a spike of
+    ``rows`` at times ``st``."""
+    spiky = np.zeros_like(have)
+    cols = np.clip(np.searchsorted(t, st, "right") - 1, 0, len(t) - 1)
+    spiky.ravel()[rows * len(t) + cols] = True
+    return spiky & have
+
+
+def _thresholds(snap: Snapshot, n: int) -> np.ndarray:
+    """The detection threshold of each of the ``n`` traces (uV; NaN: none, or raw traces,
+    which the detector does not see)."""
+    thr = np.asarray(snap.trace_threshold_uV, float)
+    if not snap.trace_filtered or thr.shape != (n,):
+        return np.full(n, np.nan)
+    return thr
 
 
 def _vlines(t: np.ndarray, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +134,13 @@ MIN_COLUMNS = 200
 DEFAULT_COLUMNS = 1000
 #: Above this many rows the trace view draws one envelope column every two pixels.
 DENSE_ROWS = 16
+#: A trace's row (or array cell) is this many divisions tall, its baseline in the middle.
+ROW_DIVISIONS = 2
+#: The traces' gains (uV per division) and time bases (s) to choose from, and the defaults.
+GAINS_UV = (5, 10, 20, 25, 50, 75, 100, 150, 200, 300, 500, 1000)
+DEFAULT_GAIN_UV = 75.0
+TIME_BASES_S = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60)
+DEFAULT_TIME_BASE_S = 1.0
 
 
 class _PlotView(QtWidgets.QWidget):
@@ -159,16 +188,20 @@ class TraceView(_PlotView):
     """The selected electrodes' traces stacked top to bottom, with spikes and pulses.
 
     Each row is drawn from the snapshot's min/max envelope, a vertical segment per pixel
-    bin; all rows are one curve. Red ticks above a row are its spikes, orange lines pulses.
+    bin; all rows are one curve. Rows are ROW_DIVISIONS divisions apart at a fixed gain
+    (``gain_uv`` microvolts a division, the scale bar one division); the x range is the
+    snapshot's trace window. Red ticks above a row are its spikes, orange lines pulses, a
+    teal line the detector's threshold on each filtered trace (``show_threshold``).
     """
 
     x_margin = 1.12
 
-    def __init__(self, layout: Layout, spacing_uv: float = 150.0,
+    def __init__(self, layout: Layout, gain_uv: float = DEFAULT_GAIN_UV,
                  parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.electrode_layout = layout
-        self.spacing_uv = float(spacing_uv)
+        self.gain_uv = float(gain_uv)
+        self.show_threshold = True
         self.plot.setLabel("bottom", "time relative to now", units="s")
         self.plot.setLabel("left", "electrode")
         self.plot.getAxis("left").enableAutoSIPrefix(False)
@@ -176,12 +209,19 @@ class TraceView(_PlotView):
         self.curve = _segment_curve(pg.mkPen(_foreground()))
         # spike ticks are 2 px wide as two 1-px lines: a 2-px pen costs Qt 8x more
         self.spikes = _segment_curve(pg.mkPen(SPIKE_COLOUR, width=1))
+        self.threshold = _segment_curve(pg.mkPen(THRESHOLD_COLOUR))  # solid: dashed costs 1 ms
         self.scale_bar = pg.PlotCurveItem(pen=pg.mkPen(_foreground(), width=3))
         self.scale_text = pg.TextItem(anchor=(0, 0.5), color=_foreground())
-        for item in (self.stims, self.curve, self.spikes, self.scale_bar, self.scale_text):
+        for item in (self.stims, self.curve, self.spikes, self.threshold, self.scale_bar,
+                     self.scale_text):
             self.plot.addItem(item)
         self._channels: list[int] | None = None
         self._bar: tuple | None = None
+
+    @property
+    def spacing_uv(self) -> float:
+        """Microvolts between two rows' baselines."""
+        return ROW_DIVISIONS * self.gain_uv
 
     def columns(self, rows: int) -> int:
         """Envelope columns to ask a snapshot for: one a pixel, or one every two pixels
@@ -190,7 +230,7 @@ class TraceView(_PlotView):
         return self.pixels() // 2 if rows > DENSE_ROWS else self.pixels()
 
     def update_view(self, snap: Snapshot) -> None:
-        """Draw the snapshot's envelope, spikes and pulses."""
+        """Draw the snapshot's envelope, spikes, pulses and thresholds."""
         chans = [int(c) for c in snap.trace_channels]
         n, t = len(chans), np.asarray(snap.trace_t, float)
         lo, hi = np.asarray(snap.trace_min, float), np.asarray(snap.trace_max, float)
@@ -201,21 +241,25 @@ class TraceView(_PlotView):
             self._channels = chans
             _label_rows(self.plot.getAxis("left"), offsets,
                         [_label(self.electrode_layout, c) for c in chans])
-        kind = "band-pass filtered" if snap.trace_filtered else "raw (unfiltered)"
-        self._set_title(f"Traces, <b>{kind}</b>, rows {s:g} µV apart; "
+        kind = "filtered" if snap.trace_filtered else "raw"
+        threshold = (" <span style='color:#2ca8a0'>— threshold</span>"
+                     if self.show_threshold and snap.trace_filtered else "")
+        self._set_title(f"Traces, <b>{kind}</b>, {self.gain_uv:g} µV/div, "
+                        f"{snap.trace_window_s:g} s; "
                         f"<span style='color:{SPIKE_COLOUR}'>| spikes</span> "
-                        f"<span style='color:#ffa500'>| pulses</span>" if n else
+                        f"<span style='color:#ffa500'>| pulses</span>{threshold}" if n else
                         "Traces: no electrode selected (click electrodes on the array)")
+        t0, t1 = -float(snap.trace_window_s), 0.0
+        y_range = (-0.5 * s, (n - 0.5) * s) if n else (-0.5 * s, 0.5 * s)
         if not ok:
-            for item in (self.curve, self.spikes, self.stims, self.scale_bar):
+            for item in (self.curve, self.spikes, self.stims, self.threshold, self.scale_bar):
                 item.setData([], [])
             self.scale_text.setText("")
             self._bar = None
-            self._set_range((-1.0, 0.0), (-0.6 * s, (max(n, 1) - 0.4) * s))
+            self._set_range((t0, t1), y_range)
             return
         # the snapshot's window, not its bins' times: those shift a little every frame,
         # and a moving range makes pyqtgraph rebuild the axis and repaint twice a frame
-        t0, t1 = -float(snap.window_s), 0.0
         rows, st = _shown_spikes(snap, chans, t0, t1)
         # one vertical segment from min to max per pixel bin and row; bins without data
         # (NaN: before the run, gaps) are left out, as the curve skips finite checks
@@ -224,10 +268,7 @@ class TraceView(_PlotView):
         if n > DENSE_ROWS:
             # rows a few pixels tall: a spike is its envelope column drawn red (a tick
             # above the row would touch the next row up)
-            spiky = np.zeros_like(have)
-            cols = np.clip(np.searchsorted(t, st, "right") - 1, 0, len(t) - 1)
-            spiky.ravel()[rows * len(t) + cols] = True
-            spiky &= have
+            spiky = _spiky(t, rows, st, have)
             have &= ~spiky
             self.spikes.setData(*_columns(t, lo, hi, spiky))
         else:
@@ -241,16 +282,218 @@ class TraceView(_PlotView):
         stim = np.asarray(snap.stim_t, float)
         stim = stim[(stim >= t0) & (stim <= t1)]
         self.stims.setData(*_vlines(stim, -0.5 * s, (n - 0.5) * s))
-        # a vertical scale bar of 100 uV (or half a row) right of the traces, by the top row
-        bar = 100.0 if s >= 120 else s / 2
+        thr = _thresholds(snap, n) if self.show_threshold else np.full(n, np.nan)
+        drawn = np.flatnonzero(np.isfinite(thr))
+        y = offsets[drawn] + thr[drawn]
+        self.threshold.setData(*_segments(np.full(len(drawn), t0), y, np.full(len(drawn), t1), y))
+        # a vertical scale bar of one division right of the traces, by the top row
         xb = t1 + 0.012 * (t1 - t0)
-        yb = offsets[0] + 0.1 * s
-        if (xb, yb, bar) != self._bar:
-            self._bar = (xb, yb, bar)
-            self.scale_bar.setData([xb, xb], [yb - bar / 2, yb + bar / 2])
-            self.scale_text.setText(f"{bar:g} µV")
-            self.scale_text.setPos(xb, yb)
-        self._set_range((t0, t1 + (self.x_margin - 1) * (t1 - t0)), (-0.6 * s, (n - 0.4) * s))
+        yb = offsets[0]
+        if (xb, yb, self.gain_uv) != self._bar:
+            self._bar = (xb, yb, self.gain_uv)
+            self.scale_bar.setData([xb, xb], [yb, yb + self.gain_uv])
+            self.scale_text.setText(f"{self.gain_uv:g} µV")
+            self.scale_text.setPos(xb, yb + self.gain_uv / 2)
+        self._set_range((t0, t1 + (self.x_margin - 1) * (t1 - t0)), y_range)
+
+
+class ArrayTraceView(_PlotView):
+    """Every electrode's trace in a small cell at its place on the array (as MC_Rack
+    shows an 8x8 MEA), with its label, spikes (red), pulses (orange) and threshold.
+
+    A cell is ROW_DIVISIONS divisions of ``gain_uv`` microvolts tall (a trace is clipped
+    to its cell) and spans the snapshot's trace window. All cells are one curve.
+    """
+
+    #: A cell's width and height as fractions of the electrode pitch.
+    CELL_W, CELL_H = 0.92, 0.84
+
+    def __init__(self, layout: Layout, gain_uv: float = DEFAULT_GAIN_UV,
+                 parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.electrode_layout = layout
+        self.gain_uv = float(gain_uv)
+        self.show_threshold = True
+        pos = layout.positions_um
+        self.pitch = p = _pitch(pos)
+        for axis in ("left", "bottom"):
+            self.plot.hideAxis(axis)
+        self.plot.setMouseEnabled(False, False)
+        self.plot.setMenuEnabled(False)
+        self.cell_w, self.cell_h = self.CELL_W * p, self.CELL_H * p
+        left, bottom = pos[:, 0] - self.cell_w / 2, pos[:, 1] - self.cell_h / 2
+        right, top = left + self.cell_w, bottom + self.cell_h
+        frames = _segment_curve(pg.mkPen(_foreground(60), width=1))
+        frames.setData(*_segments(np.concatenate([left, left, left, right]),
+                                  np.concatenate([bottom, top, bottom, bottom]),
+                                  np.concatenate([right, right, left, right]),
+                                  np.concatenate([bottom, top, top, top])))
+        self.plot.addItem(frames)
+        self.stims = _segment_curve(pg.mkPen(STIM_COLOUR, width=1))
+        self.curve = _segment_curve(pg.mkPen(_foreground()))
+        self.spikes = _segment_curve(pg.mkPen(SPIKE_COLOUR, width=1))
+        self.threshold = _segment_curve(pg.mkPen(THRESHOLD_COLOUR))  # solid: dashed costs 1 ms
+        for item in (self.stims, self.curve, self.spikes, self.threshold):
+            self.plot.addItem(item)
+        font = QtGui.QFont()
+        font.setPointSizeF(7)
+        for ch in range(layout.n_electrodes):
+            self.plot.addItem(_tag(layout.labels[ch], left[ch], top[ch], font))
+        lo, hi = pos.min(axis=0) - 0.5 * p, pos.max(axis=0) + 0.5 * p
+        self._set_range((float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1])))
+
+    def channels(self) -> list[int]:
+        """Every electrode of the layout."""
+        return list(range(self.electrode_layout.n_electrodes))
+
+    def columns(self) -> int:
+        """Envelope columns to ask a snapshot for: one a pixel of a cell's width."""
+        x0, x1 = self._range[0] if self._range else (0.0, 1.0)
+        width = self.plot.getViewBox().width() * self.devicePixelRatioF()
+        if not self.isVisible():
+            width = DEFAULT_COLUMNS
+        return max(16, int(width * self.cell_w / (x1 - x0)))
+
+    def update_view(self, snap: Snapshot) -> None:
+        """Draw each electrode's envelope, spikes, pulses and threshold in its cell."""
+        chans = np.asarray(snap.trace_channels, int)
+        n, t = len(chans), np.asarray(snap.trace_t, float)
+        lo, hi = np.asarray(snap.trace_min, float), np.asarray(snap.trace_max, float)
+        ok = (n > 0 and len(t) > 0 and lo.shape == hi.shape == (n, len(t))
+              and chans.max() < self.electrode_layout.n_electrodes)
+        kind = "filtered" if snap.trace_filtered else "raw"
+        self._set_title(f"Traces on the array, <b>{kind}</b>, {self.gain_uv:g} µV/div, "
+                        f"{snap.trace_window_s:g} s a cell")
+        if not ok:
+            for item in (self.curve, self.spikes, self.stims, self.threshold):
+                item.setData([], [])
+            return
+        t0, t1 = -float(snap.trace_window_s), 0.0
+        pos = self.electrode_layout.positions_um[chans]
+        left, mid = pos[:, 0] - self.cell_w / 2, pos[:, 1]
+        x = left[:, None] + (t - t0)[None, :] * (self.cell_w / (t1 - t0))
+        g, per_uv = self.gain_uv, self.cell_h / (ROW_DIVISIONS * self.gain_uv)
+        have = np.isfinite(lo) & np.isfinite(hi)
+        lo = mid[:, None] + np.clip(lo, -g, g) * per_uv
+        hi = mid[:, None] + np.clip(hi, -g, g) * per_uv
+        rows, st = _shown_spikes(snap, chans.tolist(), t0, t1)
+        spiky = _spiky(t, rows, st, have)
+        self.spikes.setData(*_columns(x, lo, hi, spiky))
+        self.curve.setData(*_columns(x, lo, hi, have & ~spiky))
+        stim = np.asarray(snap.stim_t, float)
+        stim = stim[(stim >= t0) & (stim <= t1)]
+        xs = (left[:, None] + (stim - t0)[None, :] * (self.cell_w / (t1 - t0))).ravel()
+        ys = np.repeat(mid, len(stim))
+        self.stims.setData(*_segments(xs, ys - self.cell_h / 2, xs, ys + self.cell_h / 2))
+        thr = _thresholds(snap, n) if self.show_threshold else np.full(n, np.nan)
+        drawn = np.flatnonzero(np.isfinite(thr))
+        y = mid[drawn] + np.clip(thr[drawn], -g, g) * per_uv
+        self.threshold.setData(*_segments(left[drawn], y, left[drawn] + self.cell_w, y))
+
+
+class TracesPanel(QtWidgets.QWidget):
+    """The traces with their display controls: rows of the selected electrodes or every
+    electrode on the array, gain (uV/div), time base and the detection threshold.
+
+    The window asks :meth:`request` what to put in the snapshot and hands the snapshot
+    to :meth:`update_view`.
+    """
+
+    ARRANGEMENTS = ("rows", "array")
+
+    def __init__(self, layout: Layout, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.rows = TraceView(layout)
+        self.grid = ArrayTraceView(layout)
+        self.arrangement = QtWidgets.QComboBox()
+        self.arrangement.addItem("rows: selected electrodes", "rows")
+        self.arrangement.addItem("array: every electrode", "array")
+        self.gain = QtWidgets.QComboBox()
+        for g in GAINS_UV:
+            self.gain.addItem(f"{g:g} µV/div", float(g))
+        self.time_base = QtWidgets.QComboBox()
+        for tb in TIME_BASES_S:
+            self.time_base.addItem(f"{tb:g} s" if tb >= 1 else f"{tb * 1000:g} ms", float(tb))
+        self.threshold = QtWidgets.QCheckBox("threshold")
+        self.threshold.setToolTip("draw the spike detector's threshold on each filtered trace")
+        self.threshold.setChecked(True)
+        bar = QtWidgets.QHBoxLayout()
+        bar.setContentsMargins(4, 0, 4, 0)
+        for label, control in (("traces", self.arrangement), ("gain", self.gain),
+                               ("time base", self.time_base), (None, self.threshold)):
+            if label:
+                bar.addWidget(QtWidgets.QLabel(label))
+            bar.addWidget(control)
+        bar.addStretch()
+        self.stack = QtWidgets.QStackedWidget()
+        self.stack.addWidget(self.rows)
+        self.stack.addWidget(self.grid)
+        box = QtWidgets.QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.setSpacing(2)
+        box.addLayout(bar)
+        box.addWidget(self.stack, 1)
+        self.arrangement.currentIndexChanged.connect(self._arranged)
+        self.gain.currentIndexChanged.connect(self._gain_changed)
+        self.threshold.toggled.connect(self._threshold_toggled)
+        self.set_gain(DEFAULT_GAIN_UV)
+        self.set_time_base(DEFAULT_TIME_BASE_S)
+
+    # -- the controls --------------------------------------------------------------------
+    @property
+    def gain_uv(self) -> float:
+        return float(self.gain.currentData())
+
+    @property
+    def time_base_s(self) -> float:
+        return float(self.time_base.currentData())
+
+    @property
+    def view(self) -> TraceView | ArrayTraceView:
+        """The trace view shown."""
+        return self.grid if self.arrangement.currentData() == "array" else self.rows
+
+    def set_gain(self, uv_per_div: float) -> None:
+        """Show ``uv_per_div`` microvolts a division (one of GAINS_UV)."""
+        self.gain.setCurrentIndex(_choice(self.gain, uv_per_div))
+        self._gain_changed()
+
+    def set_time_base(self, seconds: float) -> None:
+        """Show the last ``seconds`` (one of TIME_BASES_S)."""
+        self.time_base.setCurrentIndex(_choice(self.time_base, seconds))
+
+    def set_arrangement(self, name: str) -> None:
+        """"rows" (the selected electrodes) or "array" (every electrode at its place)."""
+        self.arrangement.setCurrentIndex(self.ARRANGEMENTS.index(name))
+
+    def _arranged(self) -> None:
+        self.stack.setCurrentWidget(self.view)
+
+    def _gain_changed(self) -> None:
+        self.rows.gain_uv = self.grid.gain_uv = self.gain_uv
+
+    def _threshold_toggled(self, on: bool) -> None:
+        self.rows.show_threshold = self.grid.show_threshold = on
+
+    # -- the frame -----------------------------------------------------------------------
+    def request(self, selected: list[int]) -> dict:
+        """What the shown view needs in a snapshot (keywords of LiveBuffers.snapshot)."""
+        channels = self.grid.channels() if self.view is self.grid else list(selected)
+        return {"channels": channels, "pixels": self.columns(len(channels)),
+                "trace_window_s": self.time_base_s}
+
+    def columns(self, rows: int) -> int:
+        """Envelope columns the shown view draws for ``rows`` traces."""
+        return self.grid.columns() if self.view is self.grid else self.rows.columns(rows)
+
+    def update_view(self, snap: Snapshot) -> None:
+        self.view.update_view(snap)
+
+
+def _choice(combo: QtWidgets.QComboBox, value: float) -> int:
+    """The index of the item whose data is nearest ``value``."""
+    values = [float(combo.itemData(i)) for i in range(combo.count())]
+    return int(np.argmin(np.abs(np.log(np.asarray(values) / max(float(value), 1e-9)))))
 
 
 class RasterView(_PlotView):
@@ -284,10 +527,12 @@ class RasterView(_PlotView):
         keep = (t >= t0) & (t <= 0.0) & (ch >= 0) & (ch < n)
         ch, t = _one_a_pixel(ch[keep], t[keep], n, t0, 0.0, self.pixels())
         self.spikes.setData(*_segments(t, ch - 0.4, t, ch + 0.4))
-        self.stims.setData(*_vlines(np.asarray(snap.stim_t, float), -0.5, n - 0.5))
+        stim = np.asarray(snap.stim_t, float)
+        stim = stim[stim >= t0]  # the traces' window may be longer
+        self.stims.setData(*_vlines(stim, -0.5, n - 0.5))
         # no spike count here: a title that changes every frame re-lays out the plot
         self._set_title(f"Spike raster, last {snap.window_s:g} s; "
-                        f"<span style='color:#ffa500'>| {len(snap.stim_t)} pulses</span>")
+                        f"<span style='color:#ffa500'>| {len(stim)} pulses</span>")
         self._set_range((-float(snap.window_s), 0.0), (-0.5, n - 0.5))
 
 
@@ -318,11 +563,14 @@ class ArrayView(QtWidgets.QWidget):
     stimulated in the raster window, magenta frames the selection. Clicking a cell
     toggles it and emits ``selection_changed`` with the sorted selected channels.
     Cells, discs and labels are plain Qt items (painted in C++: a frame costs little).
+
+    The colour scale is fixed (0 to ``max_rate_hz``, so colours compare over time) unless
+    the operator sets it automatic (None): it then follows the highest rate.
     """
 
     selection_changed = QtCore.Signal(list)
 
-    def __init__(self, layout: Layout, max_rate_hz: float | None = None,
+    def __init__(self, layout: Layout, max_rate_hz: float | None = DEFAULT_MAX_RATE_HZ,
                  parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.electrode_layout = layout
@@ -389,6 +637,7 @@ class ArrayView(QtWidgets.QWidget):
         box = QtWidgets.QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
         box.setSpacing(2)
+        box.addLayout(self._colour_controls())
         box.addWidget(self.glw, 1)
         box.addWidget(self.legend)
         self._selection: list[int] = []
@@ -397,6 +646,44 @@ class ArrayView(QtWidgets.QWidget):
         self._window: float | None = None
         self._bar_max = self.max_rate
         self.glw.scene().sigMouseClicked.connect(self._clicked)
+
+    def _colour_controls(self) -> QtWidgets.QHBoxLayout:
+        """Colour scale: fixed from 0 to a rate the operator sets, or automatic."""
+        self.colour_mode = QtWidgets.QComboBox()
+        self.colour_mode.addItems(["fixed", "automatic"])
+        self.colour_max = QtWidgets.QDoubleSpinBox(minimum=0.5, maximum=1000.0, decimals=1,
+                                                   suffix=" Hz")
+        self.colour_max.setValue(self.fixed_max or DEFAULT_MAX_RATE_HZ)
+        self.colour_max.setToolTip("the firing rate at the top of the colour scale")
+        self.set_colour_scale(self.fixed_max)
+        self.colour_mode.currentIndexChanged.connect(self._colour_changed)
+        self.colour_max.valueChanged.connect(self._colour_changed)
+        bar = QtWidgets.QHBoxLayout()
+        bar.setContentsMargins(4, 0, 4, 0)
+        for widget in (QtWidgets.QLabel("colour scale"), self.colour_mode,
+                       QtWidgets.QLabel("0 to"), self.colour_max):
+            bar.addWidget(widget)
+        bar.addStretch()
+        return bar
+
+    def set_colour_scale(self, max_hz: float | None) -> None:
+        """Fix the colour scale at 0 to ``max_hz``, or (None) make it automatic."""
+        for widget in (self.colour_mode, self.colour_max):
+            widget.blockSignals(True)
+        self.colour_mode.setCurrentIndex(1 if max_hz is None else 0)
+        if max_hz is not None:
+            self.colour_max.setValue(max_hz)
+        self.colour_max.setEnabled(max_hz is not None)
+        for widget in (self.colour_mode, self.colour_max):
+            widget.blockSignals(False)
+        self.fixed_max = None if max_hz is None else float(self.colour_max.value())
+        # automatic: the next frame sets the top from its rates (5 Hz is the lowest top)
+        self.max_rate = self.fixed_max or 5.0
+
+    def _colour_changed(self) -> None:
+        fixed = self.colour_mode.currentIndex() == 0
+        self.set_colour_scale(self.colour_max.value() if fixed else None)
+        self._colour_idx[:] = -2  # recolour every cell at the next frame
 
     @property
     def selection(self) -> list[int]:
@@ -494,8 +781,10 @@ class PsthView(_PlotView):
         edges = np.asarray(snap.psth_edges_ms, float)
         psth = np.asarray(snap.psth, float)
         pulses = snap.psth_pulses
-        self._set_title(f"PSTH, all electrodes, {pulses} pulse{'s' * (pulses != 1)}"
-                        if pulses else "PSTH: no pulses yet")
+        # a pulse counts once the data hold its whole window: the latest ones wait for it
+        span = f"{edges[-1]:g} ms" if len(edges) else "window"
+        self._set_title(f"PSTH, all electrodes, {pulses} pulse{'s' * (pulses != 1)} with "
+                        f"their {span} after them" if pulses else "PSTH: no pulses yet")
         if len(edges) < 2 or len(psth) != len(edges) - 1:
             self.hist.setData([], [])
             self._set_range((0.0, 100.0), (0.0, 1.0))
@@ -535,17 +824,25 @@ class ModelView(QtWidgets.QWidget):
         self.placeholder.setWordWrap(True)
         self.placeholder.setStyleSheet("color: #888; font-size: 14pt")
         self.status = QtWidgets.QLabel()
+        # a long line wraps: it never widens the tab (nor the window) when data arrive
+        self.status.setWordWrap(True)
+        self.status.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                  QtWidgets.QSizePolicy.Policy.Preferred)
         self.glw = pg.GraphicsLayoutWidget()
-        self.fe = self.glw.addPlot(row=0, col=0, rowspan=2, title="Free energy per trial")
+        self.fe = self.glw.addPlot(
+            row=0, col=0, rowspan=2, title="Free energy, nats per trial: "
+            f"— each trial, <span style='color:{ENSEMBLE_COLOURS[1]}'>— session mean</span>")
         self.fe.setLabel("bottom", "trial")
-        self.fe.setLabel("left", "free energy (nats)")
+        self.fe.setLabel("left", FE_UNITS)
         self.fe_curve = self.fe.plot(pen=pg.mkPen(_foreground(), width=1))
+        self.fe_sessions = self.fe.plot(pen=pg.mkPen(ENSEMBLE_COLOURS[1], width=2),
+                                        connect="pairs")
         self.observed, self.predicted, self.resp = [], [], []
         for k, colour in enumerate(ENSEMBLE_COLOURS):
             title = (f"Ensemble {k + 1}: <span style='color:{colour}'>● observed x</span>, "
                      f"<span style='color:{colour}'>— predicted x_hat</span>")
             plot = self.glw.addPlot(row=k, col=1, colspan=2, title=title)
-            plot.setLabel("left", "x")
+            plot.setLabel("left", "x (0-1)")
             plot.setYRange(0, 1, padding=0.12)
             plot.getAxis("left").setTicks([[(0, "0"), (0.5, "0.5"), (1, "1")]])
             plot.showGrid(y=True, alpha=0.2)
@@ -587,9 +884,17 @@ class ModelView(QtWidgets.QWidget):
         col.addWidget(self._experimenter_plots(), 2)
         col.addWidget(QtWidgets.QLabel("Last decisions (newest first)"))
         col.addWidget(self.table)
+        # the plots never get narrower than their titles, axes and colour bars need (they
+        # would be clipped): a narrower tab scrolls
+        for glw in (self.glw, self.unknown.getViewWidget()):
+            glw.setMinimumWidth(int(np.ceil(glw.ci.layout.minimumWidth())))
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setWidget(page)
         self.stack = QtWidgets.QStackedLayout(self)
         self.stack.addWidget(self.placeholder)
-        self.stack.addWidget(page)
+        self.stack.addWidget(scroll)
         self._key: tuple | None = None
 
     def update_view(self, snap: Snapshot) -> None:
@@ -597,7 +902,8 @@ class ModelView(QtWidgets.QWidget):
         m = snap.model
         if m is None:
             self.stack.setCurrentIndex(0)
-            self._key = None
+            if self._key is not None:
+                self.clear()
             return
         self.stack.setCurrentIndex(1)
         fe = np.asarray(m.get("free_energy", []), float)
@@ -606,11 +912,14 @@ class ModelView(QtWidgets.QWidget):
                else None, m.get("running"))
         if key == self._key:
             return
+        if self._key is not None and (key[0] or 0) < (self._key[0] or 0):
+            self.clear()  # a new run's model: none of the previous run's data and axes
         self._key = key
         self._status(m)
         trials = int(m.get("trials", len(fe)))
         first = trials - len(fe)
         self.fe_curve.setData(np.arange(first, trials), fe)
+        self._session_means(m, first)
         self.fe.enableAutoRange()
         x = np.asarray(m.get("x", np.zeros((0, 2))), float).reshape(-1, 2)[-self.n_trials:]
         xh = np.asarray(m.get("x_hat", np.zeros((0, 2))), float).reshape(-1, 2)[-len(x):]
@@ -627,6 +936,21 @@ class ModelView(QtWidgets.QWidget):
         self._measure(m)
         self._decisions(decisions)
 
+    def clear(self) -> None:
+        """Forget the drawn model: empty plots with automatic axes, no decisions."""
+        self._key = None
+        self._sd_layout = None
+        self.status.setText("")
+        for curve in (self.fe_curve, *self.observed, *self.predicted, self.job_curve,
+                      self.diagonal):
+            curve.setData([], [])
+        self.image.clear()
+        self.cells.clear()
+        self.pred_points.clear()
+        for plot in (self.fe, *self.resp, self.pred, self.job_plot):
+            plot.enableAutoRange()
+        self.table.setRowCount(0)
+
     def _status(self, m: dict) -> None:
         sfe = m.get("session_free_energy") or []
         if not m.get("running", True):
@@ -634,13 +958,32 @@ class ModelView(QtWidgets.QWidget):
                     "trials; the model starts after calibration.")
         else:
             rate = m.get("success_rate")
+            per = m.get("trials_per_session")
+            last = ""
+            if sfe and per:  # the plot's quantity: nats per trial
+                last = (f", last session's free energy {sfe[-1] / per:.4g} nats per trial "
+                        f"(mean of its {per} trials)")
+            elif sfe:
+                last = f", last session's free energy {sfe[-1]:.4g} nats (sum over its trials)"
             text = (f"Job: {m.get('job', '?')}, selection: {m.get('selection', '?')}; "
                     f"trials {m.get('trials', '?')}, probes {m.get('probes', 0)}"
                     + (f"; success {rate:.0%} of the last {min(m.get('probes', 0), 100)} "
                        "probes" if rate is not None else "")
-                    + f"; sessions done {len(sfe)}"
-                    + (f", last session free energy {sfe[-1]:.4g}" if sfe else ""))
+                    + f"; sessions done {len(sfe)}{last}")
         self.status.setText(text)
+
+    def _session_means(self, m: dict, first: int) -> None:
+        """Each finished session's free energy per trial (its sum over its trials, as
+        the status line gives it) as a line over its trials, for those in the plot."""
+        sfe, per = np.asarray(m.get("session_free_energy") or [], float), m.get(
+            "trials_per_session")
+        if not per or not len(sfe):
+            self.fe_sessions.setData([], [])
+            return
+        start = np.arange(len(sfe)) * per
+        keep = start + per > first
+        x0, mean = np.maximum(start[keep], first), sfe[keep] / per
+        self.fe_sessions.setData(*_segments(x0, mean, start[keep] + per - 1, mean))
 
     def _weights(self, m: dict) -> None:
         w1, w0 = m.get("W1"), m.get("W0")

@@ -19,12 +19,10 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDockWidget,
-    QFileDialog,
     QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
@@ -32,22 +30,40 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QSplitter,
+    QStackedWidget,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from mea_control.gui.forms import ProtocolPanel
+from mea_control.gui.recordings import RecordingFields, next_free, taken
 from mea_control.gui.remote import RemoteSession
 from mea_control.gui.session import RigSession
-from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TraceView
+from mea_control.gui.status_line import StatusLine
+from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TracesPanel
 from mea_control.layouts import load_layout
+from mea_control.protocol import ProtocolError
 
 #: The device preselected on any machine.
 DEFAULT_DEVICE = "sim://?seed=1"
 FRAME_MS = 33
 #: Electrodes shown in the trace view until the operator picks others.
 DEFAULT_TRACES = 8
+#: The side panel's width: room for the protocol form, the rest for the views.
+SIDE_WIDTH = 330
+#: The least width of the trace and raster plots, and of the array / PSTH / model tabs.
+PLOTS_MIN_WIDTH = 320
+TABS_MIN_WIDTH = 260
+#: The banner's colours: the run's state at a glance.
+BANNER_STYLE = "QLabel {{ background: {}; color: white; font-weight: bold; padding: 3px 8px; }}"
+BANNER_COLOURS = {"DISARMED": "#c62828", "REC": "#ad1457", "PAUSED": "#ef6c00",
+                  "RUNNING": "#2e7d32", "MONITORING": "#455a64", "NOT CONNECTED": "#616161"}
+
+
+def user_settings() -> QSettings:
+    """The user's settings, kept between sessions (on Linux ~/.config/mea-control)."""
+    return QSettings("mea-control", "mea-control")
 
 
 def serial_devices() -> list[str]:
@@ -88,14 +104,18 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("mea-control")
         self.session = session or RemoteSession()
-        self.settings = settings or QSettings("mea-control", "mea-control")
+        self.settings = settings or user_settings()
         #: Asks the operator a yes/no question (tests replace it).
         self.confirm = confirm or self._confirm
+        #: Asks the operator to pick one of some answers: its index, None if none (tests
+        #: replace it).
+        self.choose = self._choose
         self._layout_name = ""
         self._selected: list[int] = list(range(DEFAULT_TRACES))
         self._recorded = ""  # the file of the latest recording, for the panel
         self._refusals = 0
         self._last_refusal = ""
+        self._progress_shown = False  # the progress bar shows a run's progress
 
         self.protocol_panel = ProtocolPanel()
         self.protocol_panel.start_requested.connect(self._start)
@@ -112,16 +132,14 @@ class MainWindow(QMainWindow):
         self._dock("Rig", self._side_panel(), Qt.LeftDockWidgetArea)
         self.setCorner(Qt.BottomLeftCorner, Qt.LeftDockWidgetArea)  # the Rig dock: full height
         self._dock("Log", self.log_view, Qt.BottomDockWidgetArea)
-        self.views = QTabWidget()
-        self._dock("Array and responses", self.views, Qt.RightDockWidgetArea)
-        self.central = QSplitter(Qt.Vertical)
-        self.setCentralWidget(self.central)
+        self.setCentralWidget(self._central())
         self._build_views(load_layout())
 
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.refresh)
         self.timer.start(FRAME_MS)
         self._restore(device, protocol)
+        self.refresh()  # the banner and the panels say the state from the first paint on
 
     # -- building ----------------------------------------------------------------------------
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
@@ -130,9 +148,42 @@ class MainWindow(QMainWindow):
         dock.setWidget(widget)
         self.addDockWidget(area, dock)
 
+    def _central(self) -> QWidget:
+        """The banner over the views: traces over raster (or "not connected") beside the
+        array, PSTH and model tabs; a splitter between them, the traces taking the spare
+        width. The banner is a coloured line: NOT CONNECTED, MONITORING, RUNNING, PAUSED,
+        REC (the file) and DISARMED, as the window's title says too (the side panel keeps
+        the window's whole height)."""
+        self.banner = StatusLine()
+        self.banner.setFixedHeight(self.banner.fontMetrics().height() + 10)
+        self.plots = QSplitter(Qt.Vertical)
+        self.plots.setMinimumWidth(PLOTS_MIN_WIDTH)
+        self.not_connected = QLabel()
+        self.not_connected.setAlignment(Qt.AlignCenter)
+        self.not_connected.setWordWrap(True)
+        self.not_connected.setStyleSheet("color: #888; font-size: 14pt")
+        self.live = QStackedWidget()
+        self.live.addWidget(self.not_connected)
+        self.live.addWidget(self.plots)
+        self.views = QTabWidget()
+        self.views.setMinimumWidth(TABS_MIN_WIDTH)
+        self.central = QSplitter(Qt.Horizontal)
+        self.central.setChildrenCollapsible(False)
+        self.central.addWidget(self.live)
+        self.central.addWidget(self.views)
+        self.central.setStretchFactor(0, 11)
+        self.central.setStretchFactor(1, 9)
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.central, 1)
+        return page
+
     def _side_panel(self) -> QWidget:
         """Device, protocol (taking the spare height) and recording / display / limits tabs
-        in a scroll area; Safety below it, always in view."""
+        in a scroll area; recording and safety below it, always in view and never moving."""
         self.side_tabs = QTabWidget()
         self.side_tabs.addTab(self.recording_box, "Recording")
         self.side_tabs.addTab(self.display_box, "Display")
@@ -146,9 +197,12 @@ class MainWindow(QMainWindow):
         self.side_scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
         self.side_scroll.setWidget(panels)
         side = QWidget()
+        side.setFixedWidth(max(SIDE_WIDTH, panels.minimumSizeHint().width() + 12
+                               + self.side_scroll.verticalScrollBar().sizeHint().width()))
         side_lay = QVBoxLayout(side)
         side_lay.setContentsMargins(4, 4, 4, 4)
         side_lay.addWidget(self.side_scroll, 1)
+        side_lay.addLayout(_row(self.record_button, self.record_status))
         side_lay.addWidget(self.safety_box)
         return side
 
@@ -157,27 +211,22 @@ class MainWindow(QMainWindow):
         self.device_url.addItems([DEFAULT_DEVICE, *serial_devices()])
         self.connect_button = QPushButton("Connect")
         self.connect_button.clicked.connect(self._toggle_connection)
-        self.device_info = QLabel("not connected")
-        self.device_info.setWordWrap(True)
-        self.device_status = QLabel("")
-        self.device_status.setWordWrap(True)
+        self.device_info = StatusLine("not connected")
+        self.device_status = StatusLine("")
         self.device_box = _group("Device", _row(self.device_url, self.connect_button),
                                  self.device_info, self.device_status)
 
     def _build_recording_panel(self) -> None:
         self.record_check = QCheckBox("Record protocol runs to")
-        self.record_path = QLineEdit("run.nwb")
-        browse = QPushButton("…")
-        browse.setFixedWidth(28)
-        browse.clicked.connect(self._browse_recording)
+        self.record_fields = RecordingFields(self.record_check)
         self.record_button = QPushButton("Record now")
         self.record_button.setToolTip("record what runs now (the monitoring or a protocol) "
                                       "until you stop it or that run ends")
         self.record_button.clicked.connect(self._toggle_recording)
-        self.record_status = QLabel("not recording")
-        self.record_status.setWordWrap(True)
-        self.recording_box = _group(None, _row(self.record_check, self.record_path, browse),
-                                    _row(self.record_button, self.record_status))
+        self.record_status = StatusLine("not recording")  # with the button, below the scroll
+        self.recording_box = _group(None, self.record_fields)
+        self.recording_box.layout().setSpacing(2)  # compact: the height is for the protocol
+        self.recording_box.layout().setContentsMargins(6, 2, 6, 2)
 
     def _build_safety_panel(self) -> None:
         self.stop_button = QPushButton("STOP STIMULATION")
@@ -190,12 +239,10 @@ class MainWindow(QMainWindow):
         self.stop_button.clicked.connect(self.stop_stimulation)
         self.rearm_button = QPushButton("Re-arm stimulation")
         self.rearm_button.clicked.connect(self.rearm)
-        self.safety_state = QLabel("")
-        self.safety_state.setWordWrap(True)
+        self.safety_state = StatusLine("")
         self.limits_label = QLabel(self._limits_text())
         self.limits_label.setWordWrap(True)
         self.limits_label.setStyleSheet("color: #555;")
-        self.safety_state.setMinimumWidth(120)
         self.safety_box = _group("Safety", self.stop_button,
                                  _row(self.rearm_button, self.safety_state))
 
@@ -212,10 +259,11 @@ class MainWindow(QMainWindow):
         if layout.name == self._layout_name:
             return
         self._layout_name = layout.name
-        for i in reversed(range(self.central.count())):
-            self.central.widget(i).deleteLater()
+        shown = self._display() if self.plots.count() else None
+        for i in reversed(range(self.plots.count())):
+            self.plots.widget(i).deleteLater()
         self.views.clear()
-        self.traces = TraceView(layout)
+        self.traces = TracesPanel(layout)
         self.raster = RasterView(layout)
         self.array = ArrayView(layout)
         self.psth = PsthView()
@@ -223,11 +271,36 @@ class MainWindow(QMainWindow):
         self._selected = [c for c in self._selected if c < layout.n_electrodes]
         self.array.set_selection(self._selected)
         self.array.selection_changed.connect(self._select)
-        self.central.addWidget(self.traces)
-        self.central.addWidget(self.raster)
+        self.plots.addWidget(self.traces)
+        self.plots.addWidget(self.raster)
         self.views.addTab(self.array, "Array (firing rate)")
         self.views.addTab(self.psth, "PSTH")
         self.views.addTab(self.model, "Model")
+        if shown is not None:
+            self._show_display(shown)  # the new array's views look as the old ones did
+
+    def _display(self) -> dict[str, str]:
+        """The display controls of the traces and the heatmap, as settings' strings."""
+        t, top = self.traces, self.array.fixed_max
+        return {"gain_uv": f"{t.gain_uv:g}", "time_base_s": f"{t.time_base_s:g}",
+                "arrangement": t.arrangement.currentData(),
+                "threshold": "true" if t.threshold.isChecked() else "false",
+                "colour_max_hz": "automatic" if top is None else f"{top:g}"}
+
+    def _show_display(self, shown: dict[str, str]) -> None:
+        """Set the display controls from :meth:`_display`'s strings (missing: unchanged)."""
+        t = self.traces
+        if "gain_uv" in shown:
+            t.set_gain(float(shown["gain_uv"]))
+        if "time_base_s" in shown:
+            t.set_time_base(float(shown["time_base_s"]))
+        if shown.get("arrangement") in t.ARRANGEMENTS:
+            t.set_arrangement(shown["arrangement"])
+        if "threshold" in shown:
+            t.threshold.setChecked(shown["threshold"] == "true")
+        if "colour_max_hz" in shown:
+            top = shown["colour_max_hz"]
+            self.array.set_colour_scale(None if top == "automatic" else float(top))
 
     # -- actions -----------------------------------------------------------------------------
     def _toggle_connection(self) -> None:
@@ -258,18 +331,29 @@ class MainWindow(QMainWindow):
             self.log("the device is still finishing a recording; it closes when done")
         self.connect_button.setText("Connect")
         self.device_info.setText("not connected")
+        self.session.buffers.bind(None, None)  # the views are cleared at the next frame
 
     def _start(self, protocol: str, values: dict) -> None:
         if not self.session.connected and not self.connect_device(
                 self.device_url.currentText().strip()):
             return
-        record = Path(self.record_path.text()) if self.record_check.isChecked() else None
+        record, overwrite = None, False
+        if self.record_check.isChecked():
+            if (target := self._recording_target()) is None:
+                return
+            record, overwrite = target
         try:
-            self.session.start(protocol, values, record_path=record)
+            self.session.start(protocol, values, record_path=record, overwrite=overwrite,
+                               meta=self.record_fields.meta())
+        except ProtocolError as exc:  # its set-up or what it would send: said beside Start
+            self.protocol_panel.refuse(str(exc))
+            self.log(f"not started: {exc}")
+            return
         except Exception as exc:
             self.error(f"cannot start {protocol}: {exc}")
             return
         self.protocol_panel.set_running(True)
+        self._forget_refusals()
 
     def _pause(self) -> None:
         """Pause the protocol, or resume it if paused."""
@@ -286,13 +370,28 @@ class MainWindow(QMainWindow):
         if self.session.recording is not None:
             self.session.stop_recording()
             return
-        path = Path(self.record_path.text())
-        if path.exists() and not self.confirm(f"{path} exists. Overwrite it?"):
+        if (target := self._recording_target()) is None:
             return
+        path, overwrite = target
         try:
-            self.session.record(path, overwrite=True)
+            self.session.record(path, overwrite=overwrite, meta=self.record_fields.meta())
         except Exception as exc:
             self.error(f"cannot record to {path}: {exc}")
+
+    def _recording_target(self) -> tuple[Path, bool] | None:
+        """The next recording's file and whether it replaces one; None if the operator
+        cancelled. A typed name that exists: the operator chooses a free name or to
+        overwrite it (never silently)."""
+        self.record_fields.save(self.settings)
+        path, typed = self.record_fields.target()
+        if not typed or not taken(path):
+            return path, False
+        free = next_free(path)
+        answer = self.choose(f"{path.name} exists in {path.parent}.",
+                             [f"Record to {free.name}", f"Overwrite {path.name}", "Cancel"])
+        if answer == 0:
+            return free, False
+        return (path, True) if answer == 1 else None
 
     def stop_stimulation(self) -> None:
         self.session.stop_stimulation()
@@ -300,15 +399,15 @@ class MainWindow(QMainWindow):
 
     def rearm(self) -> None:
         self.session.rearm()
+        self._forget_refusals()
+
+    def _forget_refusals(self) -> None:
+        """Re-armed or a new run: the safety line counts refusals from now on."""
+        self._refusals = 0
+        self._last_refusal = ""
 
     def _select(self, channels: list[int]) -> None:
         self._selected = list(channels)
-
-    def _browse_recording(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Record to", self.record_path.text(),
-                                              "NWB recordings (*.nwb)")
-        if path:
-            self.record_path.setText(path)
 
     # -- the 30 Hz frame ---------------------------------------------------------------------
     def refresh(self) -> None:
@@ -316,9 +415,8 @@ class MainWindow(QMainWindow):
         for line in self.session.drain_log():
             self.log(line)
         snap = self.session.buffers.snapshot(window_s=float(self.window_seconds.value()),
-                                             channels=self._selected,
                                              filtered=self.filtered_check.isChecked(),
-                                             pixels=self.traces.columns(len(self._selected)))
+                                             **self.traces.request(self._selected))
         for view in (self.traces, self.raster, self.array, self.psth, self.model):
             view.update_view(snap)
         for ev in snap.events:
@@ -329,26 +427,73 @@ class MainWindow(QMainWindow):
 
     def _update_panels(self, status: dict) -> None:
         s = self.session
-        if s.info is not None and s.connected:
-            lat = status.get("latency_p50_ms"), status.get("latency_p99_ms")
-            lat_text = ("latency p50 {:.2f} / p99 {:.2f} ms".format(*lat)
-                        if None not in lat else "latency: no pulse yet")
-            self.device_status.setText(
-                f"{s.info.sample_rate:g} Hz; blocks {status.get('blocks', 0)}, dropped "
-                f"{status.get('blocks_dropped', 0)}; {lat_text}; watchdog "
-                f"{status.get('watchdog', 'armed')}")
-        running = s.running and s.protocol is not None
+        connected = s.connected and s.info is not None
+        rec = s.recording
+        if not connected and s.buffers.info is not None:
+            s.buffers.bind(None, None)  # disconnected: the views draw nothing from now on
+        self._show_device(connected, status)
+        running = connected and s.running and s.protocol is not None
+        paused = running and s.paused
         self.protocol_panel.set_running(running)
-        self.protocol_panel.pause.setText("Resume" if running and s.paused else "Pause")
+        self.protocol_panel.pause.setText("Resume" if paused else "Pause")
         if running:
             self.protocol_panel.set_progress(*s.progress())
-        armed = s.armed
-        self.safety_state.setText(
-            ("stimulation armed" if armed else "<b>stimulation STOPPED</b> (re-arm to allow)")
-            + f"; refusals {self._refusals}"
-            + (f", last: {self._last_refusal}" if self._last_refusal else ""))
-        self.rearm_button.setEnabled(not armed)
-        rec = s.recording
+        elif self._progress_shown:
+            self.protocol_panel.set_progress(0.0, "not running")
+        self._progress_shown = running
+        armed = connected and s.armed
+        self._show_safety(connected, armed)
+        self._show_recording(rec, connected)
+        self._show_state(connected, running, paused, armed, rec)
+        if s.last_error:
+            self.error(s.last_error)
+            s.last_error = None
+
+    def _show_device(self, connected: bool, status: dict) -> None:
+        """The device's lines and, when it is not connected, "press Connect" in the views."""
+        info = self.session.info
+        if not connected:
+            self.device_info.setText("not connected")
+            self.device_status.setText("")
+            self.connect_button.setText("Connect")
+            url = self.device_url.currentText().strip()
+            self.not_connected.setText(f"Not connected.\n\nPress Connect (top left) to open\n"
+                                       f"{url}\nand see its traces.")
+            self.live.setCurrentWidget(self.not_connected)
+            return
+        self.live.setCurrentWidget(self.plots)
+        lat = status.get("latency_p50_ms"), status.get("latency_p99_ms")
+        lat_text = ("latency p50 {:.2f} / p99 {:.2f} ms".format(*lat)
+                    if None not in lat else "latency: no pulse yet")
+        watchdog = status.get("watchdog", "armed")
+        self.device_status.setText(
+            f"blocks {status.get('blocks', 0)}, dropped {status.get('blocks_dropped', 0)}; "
+            f"{lat_text}; watchdog {watchdog.split(':')[0]}")
+        self.device_status.setToolTip(f"{info.sample_rate:g} Hz; watchdog {watchdog}")
+
+    def _show_safety(self, connected: bool, armed: bool) -> None:
+        """One line: armed or STOPPED, and the refusals since the last re-arm (each one is
+        in the log; the last one is the line's tooltip)."""
+        if not connected:
+            text = "not connected"
+        elif armed:
+            text = "armed"
+        else:
+            text = "STOPPED"
+        if connected and self._refusals:
+            text += f" · refusals {self._refusals}"
+        self.safety_state.setText(text)
+        self.safety_state.setToolTip(
+            {"armed": "stimulation armed", "STOPPED": "stimulation STOPPED: re-arm to allow",
+             "not connected": "no device: no stimulation"}[text.split(" · ")[0]]
+            + (f"; refusals since armed: {self._refusals} (each is in the log), the last: "
+               f"{self._last_refusal}" if self._last_refusal else ""))
+        style = "" if armed or not connected else "color: #c62828; font-weight: bold;"
+        if style != self.safety_state.styleSheet():
+            self.safety_state.setStyleSheet(style)
+        self.rearm_button.setEnabled(connected and not armed)
+
+    def _show_recording(self, rec: dict | None, connected: bool) -> None:
         if rec is not None:
             self._recorded = Path(rec["file"]).name
             self.record_status.setText(
@@ -358,10 +503,34 @@ class MainWindow(QMainWindow):
         elif self._recorded:
             self.record_status.setText(f"recorded {self._recorded}; not recording")
         self.record_button.setText("Stop recording" if rec is not None else "Record now")
-        self.record_button.setEnabled(s.connected or rec is not None)
-        if s.last_error:
-            self.error(s.last_error)
-            s.last_error = None
+        self.record_button.setEnabled(connected or rec is not None)
+
+    def _show_state(self, connected: bool, running: bool, paused: bool, armed: bool,
+                    rec: dict | None) -> None:
+        """The banner and the window's title: DISARMED, REC (the file), PAUSED, and what
+        runs; the banner's colour is that of the most urgent."""
+        states = []
+        if connected and not armed:
+            states.append("DISARMED")
+        if rec is not None:
+            states.append(f"REC {Path(rec['file']).name}")
+        if paused:
+            states.append("PAUSED")
+        if not connected:
+            what = "NOT CONNECTED: press Connect"
+        elif running:
+            what = f"RUNNING {self.session.protocol}"
+        else:
+            what = f"MONITORING {self.session.url or ''} (no protocol runs)"
+        text = "  ·  ".join([*states, what])
+        urgent = (states[0] if states else what).split(" ")[0]
+        urgent = "NOT CONNECTED" if urgent == "NOT" else urgent
+        if text != self.banner.text():
+            self.banner.setText(text)
+            self.banner.setStyleSheet(BANNER_STYLE.format(BANNER_COLOURS[urgent]))
+        title = "mea-control" + "".join(f" — {state}" for state in states)
+        if title != self.windowTitle():
+            self.setWindowTitle(title)
 
     # -- messages ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -380,6 +549,13 @@ class MainWindow(QMainWindow):
         answer = QMessageBox.question(self, "mea-control", question)
         return answer == QMessageBox.Yes
 
+    def _choose(self, question: str, answers: list[str]) -> int | None:
+        box = QMessageBox(QMessageBox.Question, "mea-control", question, parent=self)
+        buttons = [box.addButton(text, QMessageBox.AcceptRole) for text in answers]
+        box.setDefaultButton(buttons[0])
+        box.exec()
+        return buttons.index(box.clickedButton()) if box.clickedButton() in buttons else None
+
     def _limits_text(self) -> str:
         lim = self.session.limits
         return "limits: " + ", ".join(f"{k} {v:g}" for k, v in vars(lim).items()
@@ -394,8 +570,6 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1400, 900)
             docks = {d.objectName(): d for d in self.findChildren(QDockWidget)}
-            self.resizeDocks([docks["Rig"], docks["Array and responses"]], [400, 440],
-                             Qt.Horizontal)
             self.resizeDocks([docks["Log"]], [110], Qt.Vertical)
         url = device or self.settings.value("device", DEFAULT_DEVICE)
         self.device_url.setCurrentText(url)
@@ -403,9 +577,18 @@ class MainWindow(QMainWindow):
         if name:
             values = self.settings.value(f"values/{name}") or {}
             self.protocol_panel.set_protocol(name, dict(values))
-        self.record_path.setText(self.settings.value("record_path", "run.nwb"))
+        self.record_fields.restore(self.settings)
         self.window_seconds.setValue(int(self.settings.value("window_s", 10)))
+        if self.settings.value("views_split") is not None:
+            self.central.restoreState(self.settings.value("views_split"))
         self.filtered_check.setChecked(self.settings.value("filtered", "true") == "true")
+        self.settings.beginGroup("display")
+        shown = {key: str(self.settings.value(key)) for key in self.settings.childKeys()}
+        self.settings.endGroup()
+        try:
+            self._show_display(shown)
+        except ValueError:  # a hand-edited settings file: the defaults, said in the log
+            self.log(f"display settings not understood, defaults used: {shown}")
 
     def _save_protocol(self) -> None:
         name = self.protocol_panel.protocol()
@@ -421,9 +604,12 @@ class MainWindow(QMainWindow):
         self.timer.stop()
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("state", self.saveState())
-        self.settings.setValue("record_path", self.record_path.text())
+        self.settings.setValue("views_split", self.central.saveState())
+        self.record_fields.save(self.settings)
         self.settings.setValue("window_s", self.window_seconds.value())
         self.settings.setValue("filtered", "true" if self.filtered_check.isChecked() else "false")
+        for key, value in self._display().items():
+            self.settings.setValue(f"display/{key}", value)
         if not self.session.close(timeout=30.0):
             self.log("the rig did not close cleanly")
         event.accept()

@@ -282,6 +282,8 @@ def health(rec: Recording) -> tuple[str, list[str]]:
                         f"({s.get('samples_lost', 0)} samples missing)")
     if s.get("error"):
         problems.append(f"the run ended with a {s['error']} error")
+    elif s.get("ended_early"):
+        problems.append(f"ended early: {s['ended']}")
     torn = (s["recovered"].get("torn_journal_lines", 0) if "recovered" in s
             else rec.journal.torn_lines if rec.journal is not None else 0)
     if torn:
@@ -344,6 +346,8 @@ def describe(rec: Recording) -> str:
     params = ", ".join(f"{k}={v}" for k, v in (prov.get("parameters") or {}).items())
     lines.append(f"protocol        {prov.get('protocol')} ({prov.get('protocol_file')})"
                  + (f": {params}" if params else ""))
+    if "ended" in s:  # older files do not say
+        lines.append(f"ended           {s['ended']}")
     pace = "fast" if prov.get("fast") else "real time"
     lines.append(f"seed            {prov.get('seed')}, {pace}")
     lines.append("health          " + ("; ".join(problems) if problems else "ok"))

@@ -392,7 +392,9 @@ class Recorder(Sink):
     def close(self) -> None:
         """Stop without a summary (the run never got to its end): keep what was written."""
         if not self._stopped:
-            self.on_stop({"interrupted": True, "note": "the run did not finish"})
+            self.on_stop({"interrupted": True, "note": "the run did not finish",
+                          "ended": "the run did not finish (it ended without its summary)",
+                          "ended_early": True})
 
     def discard(self) -> None:
         """The run never started: stop the disk side and delete the file and its journal."""

@@ -1,0 +1,139 @@
+"""The check before a run starts: what the protocol will send, against the limits in force.
+
+Both faces call :func:`check_start` once the device is open and before the run starts
+(`mea-control run`, the GUI's Start), so that a value every trial would have had refused
+stops the start instead. The protocol's :meth:`~mea_control.protocol.Protocol.planned_patterns`
+gives the patterns it will send with its values on this device; each one passes the safety
+gate's own admission rules on a fresh gate (and the device's stimulation modes). A refusal
+becomes a :class:`~mea_control.protocol.ProtocolError` naming the value, the limit, whose
+limit it is and the parameter that set it. A protocol that cannot tell (None) has its
+declared amplitudes checked instead: a parameter in uA against max_current_uA, in mV
+against max_voltage_mV. The plan may itself raise ProtocolError for a set-up that cannot
+work on this device (electrodes the layout lacks, a calibration that cannot succeed).
+
+Patterns are checked one at a time, so rates across patterns (one trial to the next) are
+the gate's to refuse during the run; the pulses of one train are checked together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from mea_control.context import Context
+from mea_control.limits import EPS, LIMIT_UNITS, SafetyLimits, effective_limits
+from mea_control.protocol import Protocol, ProtocolError
+from mea_control.safety import SafetyGate, SafetyRefusal, check_stim_mode
+from mea_control.trials import Trials
+from mea_control.types import DeviceInfo, StimPattern
+
+__all__ = ["check_start"]
+
+#: Declared units whose parameters are checked against a limit when a protocol has no plan.
+_AMPLITUDE_LIMITS = {"uA": "max_current_uA", "mV": "max_voltage_mV"}
+
+
+class _Planning:
+    """The loop behind a plan's ``ctx``: the layout and the gate's electrode rules, a clock
+    at 0, and no way to stimulate."""
+
+    def __init__(self, gate: SafetyGate) -> None:
+        self._gate = gate
+
+    @property
+    def now(self) -> int:
+        return 0
+
+    def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
+        raise RuntimeError("planned_patterns must not stimulate: it runs before the run")
+
+    def can_stimulate(self, channel: int) -> bool:
+        return self._gate.can_stimulate(channel)
+
+    def log(self, message: str) -> None:
+        pass
+
+    def notify_decision(self, decision: dict[str, Any]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def set_trials(self, trials: Trials) -> None:
+        pass
+
+
+def check_start(protocol: Protocol, info: DeviceInfo, limits: SafetyLimits,
+                seed: int = 0) -> None:
+    """Raise ProtocolError (one line) if ``protocol`` would send what the limits in force
+    refuse on this device, or if its plan says it cannot work here.
+
+    ``limits`` are the rig's (the defaults without a rig file); the device's own apply on
+    top, as in the run. ``seed`` is the run's: the plan's ``ctx.rng`` draws as the run's
+    will."""
+    in_force, _ = effective_limits(limits, info.limits)
+    gate = SafetyGate(in_force, info.layout, info.sample_rate)
+    ctx = Context(_Planning(gate), info, 0, seed)
+    try:
+        patterns = protocol.planned_patterns(ctx)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{protocol.name} cannot start: {exc}") from None
+    if patterns is None:
+        _check_declared(protocol, limits, in_force)
+        return
+    for pattern in patterns:
+        try:
+            check_stim_mode(pattern, info)
+            fresh = SafetyGate(in_force, info.layout, info.sample_rate)
+            fresh.admit(replace(pattern, at_sample=None), 0)
+        except SafetyRefusal as refusal:
+            raise ProtocolError(_refused(protocol, refusal, limits, in_force)) from None
+
+
+def _refused(protocol: Protocol, refusal: SafetyRefusal, limits: SafetyLimits,
+             in_force: SafetyLimits) -> str:
+    """'bss_isomura cannot start: current 500.00 uA on electrode 12 exceeds max_current_uA
+    = 10.00 uA (the default limit); set by amplitude = 500'."""
+    text = refusal.message.removeprefix("refused: ")
+    source = _source(refusal.limit, limits, in_force)
+    if source:
+        text += f" ({source})"
+    setters = _set_by(protocol, refusal.value)
+    if len(setters) == 1:
+        text += f"; set by {setters[0]} = {protocol.values[setters[0]]:g}"
+    return f"{protocol.name} cannot start: {text}"
+
+
+def _source(limit: str, limits: SafetyLimits, in_force: SafetyLimits) -> str:
+    """Whose limit this is: the device's (stricter than the rig's), the rig's (not the
+    default) or the default; "" for rules that are not limits (layout roles, modes)."""
+    if limit not in LIMIT_UNITS and limit != "forbidden":
+        return ""
+    if getattr(in_force, limit) != getattr(limits, limit):
+        return "the device's limit"
+    if getattr(limits, limit) != getattr(SafetyLimits(), limit):
+        return "the rig's limit"
+    return "the default limit"
+
+
+def _set_by(protocol: Protocol, value: Any) -> list[str]:
+    """The numeric parameters whose value is the refused value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    return [name for name, v in protocol.values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and abs(v - value) <= EPS * max(1.0, abs(value))]
+
+
+def _check_declared(protocol: Protocol, limits: SafetyLimits, in_force: SafetyLimits) -> None:
+    """A protocol without a plan: its parameters declared in uA or mV against the limits."""
+    for name, param in protocol.parameters.items():
+        limit = _AMPLITUDE_LIMITS.get(param.unit)
+        value = protocol.values[name]
+        if limit is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        allowed = getattr(in_force, limit)
+        if abs(value) > allowed * (1 + EPS):
+            raise ProtocolError(
+                f"{protocol.name} cannot start: {name} = {value:g} {param.unit} exceeds "
+                f"{limit} = {allowed:g} {param.unit} ({_source(limit, limits, in_force)})")
