@@ -68,9 +68,12 @@ class Context:
     def start_sample(self) -> int:
         return self._start_sample
 
-    def can_stimulate(self, channel: int) -> bool:
-        """Whether the layout and the limits in force let this electrode stimulate."""
-        return self._loop.can_stimulate(channel)
+    def can_stimulate(self, electrode: int | str) -> bool:
+        """Whether the layout and the limits in force let this electrode (a channel index
+        or a label) stimulate; ValueError for a label the layout lacks."""
+        if isinstance(electrode, str):
+            electrode = self.layout.channel(electrode)
+        return self._loop.can_stimulate(electrode)
 
     def samples(self, seconds: float) -> int:
         """Seconds -> samples at the device's rate."""
@@ -80,10 +83,11 @@ class Context:
         """Send a pattern through the safety gate; returns the device's ticket.
 
         ``trigger_sample`` is the sample of what caused the pattern (a spike, a
-        scheduled trial); it defaults to now. Raises SafetyRefusal if the gate
-        refuses it, in which case nothing was sent.
+        scheduled trial); it defaults to now. Electrode labels in the pattern are
+        resolved against ``ctx.layout`` (ValueError for a label it lacks). Raises
+        SafetyRefusal if the gate refuses it, in which case nothing was sent.
         """
-        return self._loop.stimulate(pattern, trigger_sample)
+        return self._loop.stimulate(self.layout.resolve(pattern), trigger_sample)
 
     def use_trials(self, trials: Trials) -> Trials:
         """Let the engine run a trial design (one per run)."""

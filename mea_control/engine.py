@@ -233,7 +233,7 @@ class Engine:
             raise RuntimeError("a run has one trial design; use_trials was called twice")
         trials.attach(self.info.sample_rate, self.t0, self.info.n_channels,
                       scheduled=self.info.capabilities.scheduled_stim,
-                      block_samples=self.block_samples)
+                      block_samples=self.block_samples, layout=self.info.layout)
         self.trials = trials
 
     def can_stimulate(self, channel: int) -> bool:

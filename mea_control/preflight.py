@@ -11,12 +11,19 @@ declared amplitudes checked instead: a parameter in uA against max_current_uA, i
 against max_voltage_mV. The plan may itself raise ProtocolError for a set-up that cannot
 work on this device (electrodes the layout lacks, a calibration that cannot succeed).
 
-Patterns are checked one at a time, so rates across patterns (one trial to the next) are
-the gate's to refuse during the run; the pulses of one train are checked together.
+Electrode labels in a plan are resolved on the device's layout (one it lacks stops the
+start). Each planned pattern is checked on its own fresh gate: the pulses of one train are
+checked together (its rate within ``burst_window_ms``, ``max_train_pulses``). A burst
+sequence (the list :meth:`~mea_control.types.StimPattern.bursts` returns, given as one item
+of the plan) is checked together on one gate at its samples, so the rates across its bursts
+(``burst_rate_hz``, ``mean_rate_hz``) are checked before the run too. Rates from one planned
+item to the next (one trial to the next, one burst sequence to the next, the pulse history
+of earlier runs) are the gate's to refuse during the run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -81,13 +88,40 @@ def check_start(protocol: Protocol, info: DeviceInfo, limits: SafetyLimits,
     if patterns is None:
         _check_declared(protocol, limits, in_force)
         return
-    for pattern in patterns:
+    for planned in patterns:
         try:
-            check_stim_mode(pattern, info)
-            fresh = SafetyGate(in_force, info.layout, info.sample_rate)
-            fresh.admit(replace(pattern, at_sample=None), 0)
+            sequence = _resolved(planned, info)
+        except ValueError as exc:  # a label the layout lacks, an unbooked sequence
+            raise ProtocolError(f"{protocol.name} cannot start: {exc}") from None
+        try:
+            _admit_together(sequence, info, in_force)
         except SafetyRefusal as refusal:
             raise ProtocolError(_refused(protocol, refusal, limits, in_force)) from None
+
+
+def _resolved(planned: StimPattern | Sequence[StimPattern],
+              info: DeviceInfo) -> list[StimPattern]:
+    """A planned pattern, or a burst sequence, with its labels resolved on this layout and
+    its samples made relative to its first pattern (ValueError for a label the layout lacks
+    or a sequence with a pattern that is not booked at a sample)."""
+    if isinstance(planned, StimPattern):
+        return [info.layout.resolve(replace(planned, at_sample=None))]
+    group = list(planned)
+    if any(p.at_sample is None for p in group):
+        raise ValueError("a planned burst sequence books each of its patterns at a sample "
+                         "(StimPattern.bursts)")
+    first = min(p.at_sample for p in group)
+    return [info.layout.resolve(replace(p, at_sample=p.at_sample - first)) for p in group]
+
+
+def _admit_together(sequence: list[StimPattern], info: DeviceInfo,
+                    in_force: SafetyLimits) -> None:
+    """The patterns through the device's modes and one fresh gate, its clock at 0
+    (SafetyRefusal)."""
+    gate = SafetyGate(in_force, info.layout, info.sample_rate)
+    for pattern in sequence:
+        check_stim_mode(pattern, info)
+        gate.admit(pattern, 0)
 
 
 def _refused(protocol: Protocol, refusal: SafetyRefusal, limits: SafetyLimits,

@@ -140,15 +140,17 @@ class Protocol:
     def validate(self) -> None:
         """Check parameters against each other; raise ProtocolError with a clear message."""
 
-    def planned_patterns(self, ctx: Context) -> list[StimPattern] | None:
+    def planned_patterns(self, ctx: Context) -> list[StimPattern | list[StimPattern]] | None:
         """The patterns this run will send, checked against the limits in force before it
         starts (:mod:`mea_control.preflight`); None: the protocol cannot tell (its
         parameters in uA or mV are checked instead), []: it never stimulates.
 
-        Each distinct pattern once, or the largest a trial can send; ``at_sample`` is
-        ignored. ``ctx`` is the run's device (layout, ``can_stimulate``) and a
-        ``ctx.rng`` that draws as the run's will, with the clock at 0; it cannot
-        stimulate. Raise ProtocolError for a set-up that cannot work on this device.
+        Each distinct pattern once, or the largest a trial can send; its ``at_sample`` is
+        ignored. A burst sequence (what ``StimPattern.bursts`` returns) goes in as one
+        item, a list, and is checked together at its samples. Electrodes may be labels.
+        ``ctx`` is the run's device (layout, ``can_stimulate``) and a ``ctx.rng`` that
+        draws as the run's will, with the clock at 0; it cannot stimulate. Raise
+        ProtocolError for a set-up that cannot work on this device.
         Set nothing on ``self`` here: the run starts from ``setup``."""
         return None
 

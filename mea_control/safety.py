@@ -78,7 +78,7 @@ def check_stim_mode(pattern: StimPattern, info: DeviceInfo) -> None:
     mode (current or voltage). Channels outside the layout are left to the gate."""
     modes = info.capabilities.stim_modes
     for channel, pulse in pattern.pulses:
-        if not 0 <= channel < info.layout.n_electrodes:
+        if isinstance(channel, str) or not 0 <= channel < info.layout.n_electrodes:
             continue  # the gate refuses it, naming the layout's channels
         if pulse.mode not in modes:
             label = info.layout.labels[channel]
@@ -239,6 +239,13 @@ class SafetyGate:
         """Every check; returns the new history of the pattern's channels, changes nothing."""
         if self._clock is None or now_sample > self._clock:
             self._clock = now_sample
+        if pattern.has_labels:  # Context.stimulate resolves them: a caller that did not
+            label = next(e for e in pattern.channels if isinstance(e, str))
+            raise SafetyRefusal(
+                "electrode", label, label, "a channel index",
+                f"refused: electrode label {label!r} was not resolved to a channel of layout "
+                f"{self.layout.name} (Layout.resolve)",
+            )
         self._prune(pattern.channels)
         now = self._clock
         first = self._label(pattern.channels[0])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mea_control.safety import SafetyRefusal
-from mea_control.types import SpikeEvents, StimPattern, StimReport
+from mea_control.types import Layout, SpikeEvents, StimPattern, StimReport
 
 if TYPE_CHECKING:  # the context module imports this one; ctx is only passed through here
     from mea_control.context import Context
@@ -94,7 +94,7 @@ class Trials:
         self,
         design: Callable[[Context, int], TrialSpec],
         n_trials: int,
-        stim_channels: Sequence[int],
+        stim_channels: Sequence[int | str],
         isi_s: float = 1.0,
         window_ms: tuple[float, float] = (10.0, 300.0),
         n_sources: int = 0,
@@ -110,8 +110,11 @@ class Trials:
             raise ValueError("window_ms must be (start, stop) with 0 <= start < stop")
         self.design = design
         self.n_trials = n_trials
-        self.stim_channels = tuple(int(c) for c in stim_channels)
-        self._stim_index = {ch: i for i, ch in enumerate(self.stim_channels)}
+        #: The electrodes a design may stimulate (the columns of ``o``): channel indices
+        #: or labels as given, channel indices once attached to the device's layout.
+        self.stim_channels: tuple[int | str, ...] = tuple(
+            e if isinstance(e, str) else int(e) for e in stim_channels)
+        self._stim_index: dict[int, int] = {}
         self.isi_s = isi_s
         self.window_ms = window_ms
         self.n_sources = n_sources
@@ -139,12 +142,21 @@ class Trials:
         n_channels: int,
         scheduled: bool = False,
         block_samples: int = 1,
+        layout: Layout | None = None,
     ) -> None:
-        """Start the clock; ``scheduled``: the device runs patterns at a requested sample.
+        """Start the clock; ``scheduled``: the device runs patterns at a requested sample;
+        ``layout``: the device's, on which labels in ``stim_channels`` are resolved
+        (ValueError for one it lacks, or for labels and no layout).
 
         The engine sees time move a block at a time, so the lead is at least a
         block: a pattern is then always sent before its trial's sample.
         """
+        if layout is not None:
+            self.stim_channels = tuple(layout.channel(e) if isinstance(e, str) else e
+                                       for e in self.stim_channels)
+        elif any(isinstance(e, str) for e in self.stim_channels):
+            raise ValueError("stim_channels has electrode labels: attach needs the layout")
+        self._stim_index = {ch: i for i, ch in enumerate(self.stim_channels)}
         self._rate = sample_rate
         self._t0 = start_sample
         self._n_channels = n_channels
@@ -217,13 +229,13 @@ class Trials:
             s[:] = np.asarray(spec.s, dtype=np.uint8)
         pending = _Pending(index, trigger, now, o, s, None, "none", trigger)
         if spec.pattern is not None:
-            for ch in spec.pattern.channels:
+            pattern = ctx.layout.resolve(spec.pattern)
+            for ch in pattern.channels:
                 if ch not in self._stim_index:
                     raise ValueError(
                         f"trial {index}: channel {ch} is not one of the design's stim_channels"
                     )
                 o[self._stim_index[ch]] = 1
-            pattern = spec.pattern
             if pattern.at_sample is None and trigger >= now:
                 pattern = replace(pattern, at_sample=trigger)  # on time, whatever the jitter
             try:

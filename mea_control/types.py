@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -188,15 +188,54 @@ class StimPulse:
         return [a * d * scale for d, a in self.phases if a != 0.0]
 
 
+#: An electrode as a protocol names it: a channel index (int) or a layout label (str).
+#: A label is never turned into an int: "45" is the electrode labelled 45, 45 is channel 45.
+Electrode = int | str
+
+
+def _electrode(electrode: Any) -> int | str:
+    """A channel index as int, a label as it is; ValueError for anything else."""
+    if isinstance(electrode, str):
+        return electrode
+    if isinstance(electrode, (int, np.integer)) and not isinstance(electrode, bool):
+        return int(electrode)
+    raise ValueError(
+        f"an electrode is a channel index (int) or a layout label (str), not {electrode!r}")
+
+
+def _electrodes(electrodes: Electrode | Iterable[Electrode]) -> list[int | str]:
+    """One electrode or several; a single label is one electrode, not its characters."""
+    if isinstance(electrodes, (str, int, np.integer)):
+        return [_electrode(electrodes)]
+    return [_electrode(e) for e in electrodes]
+
+
+def _positive_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
+def _positive_rate(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number of Hz above 0, not {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class StimPattern:
-    """Pulses on electrodes (channel index -> pulse), optionally as a train.
+    """Pulses on electrodes (electrode -> pulse), optionally as a train.
 
-    ``at_sample`` asks the device to run the pattern at that sample; ``None``
-    means as soon as possible. Immutable once built.
+    An electrode is a channel index (int) or a layout label (str, e.g. ``"45"``); labels
+    stay labels here and are resolved against the device's layout when the pattern is
+    sent (:meth:`Layout.resolve`), so drivers, the gate and recordings only see channel
+    indices. Build patterns with :meth:`single`, :meth:`train` and :meth:`bursts`.
+    ``at_sample`` asks the device to run the pattern at that sample; ``None`` means as
+    soon as possible. Immutable once built.
     """
 
-    pulses: tuple[tuple[int, StimPulse], ...]
+    pulses: tuple[tuple[int | str, StimPulse], ...]
     train_count: int = 1
     train_rate_hz: float = 0.0
     at_sample: int | None = None
@@ -206,11 +245,12 @@ class StimPattern:
         pulses = self.pulses
         if isinstance(pulses, Mapping):
             pulses = tuple(pulses.items())
-        pulses = tuple(sorted((int(ch), p) for ch, p in pulses))
+        pulses = tuple(sorted(((_electrode(e), p) for e, p in pulses),
+                              key=lambda item: (isinstance(item[0], str), item[0])))
         if not pulses:
             raise ValueError("a stimulation pattern needs at least one electrode")
-        channels = [ch for ch, _ in pulses]
-        if len(set(channels)) != len(channels):
+        electrodes = [e for e, _ in pulses]
+        if len(set(electrodes)) != len(electrodes):
             raise ValueError("an electrode appears twice in one pattern")
         if self.train_count < 1:
             raise ValueError("train_count must be at least 1")
@@ -223,17 +263,85 @@ class StimPattern:
     @classmethod
     def single(
         cls,
-        channels: Iterable[int],
+        electrodes: Electrode | Iterable[Electrode],
         pulse: StimPulse,
         at_sample: int | None = None,
         label: str = "",
     ) -> StimPattern:
-        """The same pulse on each of ``channels``."""
-        return cls(tuple((int(ch), pulse) for ch in channels), at_sample=at_sample, label=label)
+        """The same pulse once on each electrode (channel indices or labels)."""
+        return cls(tuple((e, pulse) for e in _electrodes(electrodes)), at_sample=at_sample,
+                   label=label)
+
+    @classmethod
+    def train(
+        cls,
+        electrodes: Electrode | Iterable[Electrode],
+        pulse: StimPulse,
+        pulses: int,
+        rate_hz: float,
+        at_sample: int | None = None,
+        label: str = "",
+    ) -> StimPattern:
+        """The same pulse on each electrode, ``pulses`` times at ``rate_hz`` (one pattern:
+        the device runs the whole train from ``at_sample``, or as soon as possible).
+
+        ValueError for a count below 1, a rate that is not a positive number, or pulses
+        longer than the train's period (they would overlap)."""
+        pulses = _positive_count("pulses", pulses)
+        rate_hz = _positive_rate("rate_hz", rate_hz)
+        if pulses > 1 and pulse.duration_us * 1e-6 > 1.0 / rate_hz:
+            raise ValueError(
+                f"a train at {rate_hz:g} Hz has {1e6 / rate_hz:g} us between pulses; its "
+                f"{pulse.duration_us:g} us pulses would overlap")
+        return cls(tuple((e, pulse) for e in _electrodes(electrodes)), train_count=pulses,
+                   train_rate_hz=rate_hz, at_sample=at_sample, label=label)
+
+    @classmethod
+    def bursts(
+        cls,
+        electrodes: Electrode | Iterable[Electrode],
+        pulse: StimPulse,
+        bursts: int,
+        burst_rate_hz: float,
+        pulses: int,
+        rate_hz: float,
+        at_sample: int,
+        sample_rate: float,
+        label: str = "",
+    ) -> list[StimPattern]:
+        """A train of trains (tetanic or patterned stimulation): ``bursts`` bursts at
+        ``burst_rate_hz``, each ``pulses`` pulses at ``rate_hz``, the first at ``at_sample``
+        (``sample_rate``: the device's, to place the bursts in samples).
+
+        One pattern holds one train, so this returns one :meth:`train` per burst, each
+        booked at its sample: send each with ``ctx.stimulate`` (the gate checks each). E.g.
+        10 bursts at 1 Hz of 20 pulses at 100 Hz. ValueError for counts below 1, rates
+        that are not positive numbers, or a burst that lasts longer than its period."""
+        bursts = _positive_count("bursts", bursts)
+        burst_rate_hz = _positive_rate("burst_rate_hz", burst_rate_hz)
+        if not sample_rate > 0:
+            raise ValueError(f"sample_rate must be above 0, not {sample_rate!r}")
+        first = cls.train(electrodes, pulse, pulses, rate_hz, int(at_sample), label)
+        period_s = 1.0 / burst_rate_hz
+        burst_s = (first.train_count - 1) / first.train_rate_hz + pulse.duration_us * 1e-6
+        if bursts > 1 and burst_s > period_s:
+            raise ValueError(
+                f"a burst of {first.train_count} pulses at {first.train_rate_hz:g} Hz lasts "
+                f"{burst_s * 1e3:g} ms, longer than its period of {period_s * 1e3:g} ms "
+                f"({burst_rate_hz:g} Hz bursts)")
+        step = sample_rate * period_s
+        return [replace(first, at_sample=int(at_sample) + int(round(k * step)))
+                for k in range(bursts)]
 
     @property
-    def channels(self) -> tuple[int, ...]:
-        return tuple(ch for ch, _ in self.pulses)
+    def channels(self) -> tuple[int | str, ...]:
+        """The pattern's electrodes: channel indices once resolved (:meth:`Layout.resolve`)."""
+        return tuple(e for e, _ in self.pulses)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether an electrode is named by label (not yet resolved against a layout)."""
+        return any(isinstance(e, str) for e, _ in self.pulses)
 
     def pulse_offsets(self, sample_rate: float) -> list[int]:
         """Sample offsets of each pulse of the train from the pattern's start."""
@@ -301,6 +409,14 @@ class Layout:
             return self.labels.index(str(label))
         except ValueError:
             raise ValueError(f"layout {self.name} has no electrode {label!r}") from None
+
+    def resolve(self, pattern: StimPattern) -> StimPattern:
+        """``pattern`` with each electrode label replaced by its channel index (the same
+        pattern if it has none); ValueError naming a label this layout lacks."""
+        if not pattern.has_labels:
+            return pattern
+        return replace(pattern, pulses=tuple(
+            (self.channel(e) if isinstance(e, str) else e, p) for e, p in pattern.pulses))
 
     def area_cm2(self, channel: int) -> float:
         """Geometric area of a disc electrode in cm^2."""

@@ -667,3 +667,66 @@ def test_event_kinds_are_members_and_a_drivers_own_kind_stays_its_string():
     assert unknown == "vendor_thermal" and not isinstance(unknown, EventKind)
     assert all(isinstance(e.kind, EventKind) for e in engine.recent_events
                if e.message != "probe warm")
+
+
+class ByLabel(Protocol):
+    """Names electrodes by label: a train on "45" and a pulse on channel 45 at 0.1 s, a
+    burst sequence on "45" from 0.3 s, and trials on "12" through the trial helper."""
+
+    def setup(self, ctx):
+        self.can = (ctx.can_stimulate("45"), ctx.can_stimulate(45))
+        self.sent = False
+        ctx.use_trials(Trials(self.design, n_trials=2, stim_channels=["12"], isi_s=0.1,
+                              window_ms=(5, 50), first_trial_s=0.6))
+
+    def design(self, ctx, index):
+        return TrialSpec(StimPattern.single("12", PULSE))
+
+    def on_block(self, ctx, block, filtered):
+        if not self.sent and ctx.now >= ctx.samples(0.1):
+            self.sent = True
+            ctx.stimulate(StimPattern.train("45", PULSE, pulses=3, rate_hz=100.0))
+            ctx.stimulate(StimPattern.single(45, PULSE))
+            for burst in StimPattern.bursts("45", PULSE, 2, 10.0, 2, 100.0,
+                                            ctx.samples(0.3), ctx.sample_rate):
+                ctx.stimulate(burst)
+
+
+def test_electrodes_named_by_label_reach_the_device_on_their_channels():
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    ran = []
+    driver.pulse_listener = ran.extend  # the simulated device's own record of what ran
+    proto = ByLabel()
+    engine = Engine(driver, proto, EngineConfig(fast=True, duration_s=1.0))
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    layout = engine.info.layout
+    label_45, label_12 = layout.channel("45"), layout.channel("12")
+    assert (label_45, label_12) == (28, 1) and layout.labels[45] == "66"  # "45" is not 45
+    assert s["error"] is None and s["stims_refused"] == 0 and proto.can == (True, True)
+    by_channel = {}
+    for sample, _, channel, _ in ran:
+        by_channel.setdefault(channel, []).append(sample)
+    assert sorted(by_channel) == [label_12, label_45, 45]
+    train, bursts = by_channel[label_45][:3], by_channel[label_45][3:]
+    assert np.diff(train).tolist() == [250, 250]  # 3 pulses at 100 Hz
+    start = int(0.3 * 25_000)  # 2 bursts at 10 Hz, each 2 pulses at 100 Hz
+    assert bursts == [start, start + 250, start + 2500, start + 2750]
+    assert len(by_channel[45]) == 1 and len(by_channel[label_12]) == 2
+    assert engine.trials.stim_channels == (label_12,)
+    assert engine.trials.table().o.tolist() == [[1], [1]]
+    # drivers, the gate and recordings see channel indices only
+    assert all(not r.pattern.has_labels for r in engine.patterns.recent)
+
+
+def test_an_unknown_label_is_a_protocol_error_naming_it_and_the_layout():
+    class Unknown(Protocol):
+        def on_block(self, ctx, block, filtered):
+            ctx.stimulate(StimPattern.single("99", PULSE))
+
+    engine, driver, s = run(Unknown(), duration_s=0.2)
+    assert driver.sent == [] and s["error"] == "protocol"
+    assert "ValueError: layout grid8x8_200um has no electrode '99'" in engine.error

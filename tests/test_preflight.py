@@ -105,6 +105,44 @@ def test_the_pulses_of_one_train_are_checked_together():
     assert "max_train_pulses" in refusal(_train(1001, 20.0))
 
 
+def _planning(plan):
+    class Planned(Protocol):
+        parameters = {"bursts": Parameter(int, 10)}
+
+        def planned_patterns(self, ctx):
+            return plan(ctx)
+
+    return Planned()
+
+
+def _tetanus(bursts, burst_rate_hz, electrodes=("45",)):
+    """Bursts of 20 pulses at 100 Hz on the electrode labelled 45."""
+    return StimPattern.bursts(list(electrodes), StimPulse.biphasic(5.0, 200.0), bursts,
+                              burst_rate_hz, 20, 100.0, at_sample=5000, sample_rate=25_000.0)
+
+
+def test_a_burst_sequence_is_checked_together_at_its_samples():
+    assert refusal(_planning(lambda ctx: [_tetanus(10, 1.0)])) is None  # 200 pulses in 10 s
+    # 25 bursts of 20 at 2.5 Hz: each train passes alone, 500 pulses in 10 s do not
+    text = refusal(_planning(lambda ctx: [_tetanus(25, 2.5)]))
+    assert text.startswith("Planned cannot start: 420 pulses in 10 s (42.00 Hz)")
+    assert "on electrode 45 exceeds mean_rate_hz = 40.00 Hz" in text
+    assert refusal(_planning(lambda ctx: _tetanus(25, 2.5))) is None  # as separate patterns
+    unbooked = [StimPattern.train("45", StimPulse.biphasic(5.0, 200.0), 20, 100.0)]
+    assert "books each of its patterns at a sample" in refusal(_planning(lambda ctx: [unbooked]))
+
+
+def test_labels_in_a_plan_are_resolved_on_the_device_layout():
+    assert refusal(_planning(lambda ctx: [_tetanus(2, 1.0, ["45", 3])])) is None
+    assert refusal(_planning(lambda ctx: [_tetanus(2, 1.0, ["99"])])) == (
+        "Planned cannot start: layout grid8x8_200um has no electrode '99'")
+    # the electrode labelled 45 (channel 28) is forbidden; channel 45 (labelled 66) is not
+    forbid_45 = SafetyLimits(forbidden=("45",))
+    text = refusal(_planning(lambda ctx: [_tetanus(2, 1.0, ["45"])]), limits=forbid_45)
+    assert "electrode 45 is forbidden" in text
+    assert refusal(_planning(lambda ctx: [_tetanus(2, 1.0, [45])]), limits=forbid_45) is None
+
+
 def test_a_protocol_that_cannot_tell_has_its_declared_amplitudes_checked():
     class Blind(Protocol):
         parameters = {"current": Parameter(float, 5.0, unit="uA"),

@@ -422,3 +422,13 @@ def test_can_stimulate_agrees_with_the_electrode_checks() -> None:
         else:
             with pytest.raises(SafetyRefusal):
                 gate.admit(pattern, 0)
+
+
+def test_a_label_that_was_not_resolved_never_passes_the_gate():
+    gate = make_gate()
+    with pytest.raises(SafetyRefusal, match="electrode label '34' was not resolved to a channel "
+                                            "of layout grid8x8_200um") as caught:
+        gate.admit(single(bip(5.0), channel="34"), 0)
+    assert caught.value.limit == "electrode" and gate.refused == 1 and gate.history() == {}
+    gate.admit(GRID.resolve(single(bip(5.0), channel="34")), 0)
+    assert gate.history() == {CH34: (0,)}

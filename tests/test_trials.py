@@ -19,7 +19,8 @@ class FakeCtx:
     def __init__(self, refuse=False):
         self.sent = []
         self.refuse = refuse
-        self.gate = SafetyGate(SafetyLimits(max_current_uA=1.0), load_layout(), RATE)
+        self.layout = load_layout()
+        self.gate = SafetyGate(SafetyLimits(max_current_uA=1.0), self.layout, RATE)
 
     def stimulate(self, pattern, trigger_sample=None):
         if self.refuse:
