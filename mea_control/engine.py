@@ -160,6 +160,8 @@ class Engine:
         self._stim_lock = threading.Lock()
         #: (hook name, wall time it was called) while a protocol hook runs.
         self._hook: tuple[str, float] | None = None
+        #: The hooks that let a SafetyRefusal escape this run (said once for each).
+        self._refusal_escaped: set[str] = set()
         self._worker: threading.Thread | None = None
         #: A hook never returned: run() ended the run without its loop.
         self._abandoned = False
@@ -514,7 +516,8 @@ class Engine:
         self._hook = (getattr(hook, "__name__", "hook"), time.perf_counter())
         try:
             return hook(*args)
-        except SafetyRefusal:
+        except SafetyRefusal as refusal:
+            self._say_refusal_escaped(hook, refusal)
             return None  # counted and logged by stimulate(); the run goes on
         except (DriverError, SinkError):
             raise  # not the protocol's fault: the loop reports it as such
@@ -530,6 +533,19 @@ class Engine:
             self._hook = None
             if self._abandoned:
                 raise _Abandoned
+
+    def _say_refusal_escaped(self, hook: Callable[..., Any], refusal: SafetyRefusal) -> None:
+        """Once per hook per run: a refusal it did not catch ended that call early."""
+        name = getattr(hook, "__qualname__", getattr(hook, "__name__", "hook"))
+        if name in self._refusal_escaped:
+            return
+        self._refusal_escaped.add(name)
+        where = where_in(self.protocol, traceback.extract_tb(refusal.__traceback__))
+        self.event(EventKind.REFUSAL_UNCAUGHT,
+                   f"{name} did not catch a SafetyRefusal{' ' + where if where else ''}: "
+                   "the rest of that call did not run; catch SafetyRefusal around "
+                   "ctx.stimulate, or check ctx.can_stimulate first (said once per hook "
+                   "per run)")
 
     def _watch(self) -> None:
         """The watchdog thread: the loop's lag behind the device, and hooks that hang."""

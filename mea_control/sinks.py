@@ -42,6 +42,8 @@ class EventKind(StrEnum):
     PAUSE = "pause"  #: the operator paused the protocol
     RESUME = "resume"  #: the operator resumed it
     REFUSAL = "refusal"  #: the safety gate refused a pattern; nothing of it was sent
+    #: a hook did not catch a refusal, so the rest of that call did not run (once per hook)
+    REFUSAL_UNCAUGHT = "refusal_uncaught"
     STIM_DROPPED = "stim_dropped"  #: the device dropped a pattern (e.g. too late to run)
     TRAIN_CUT = "train_cut"  #: a train ran only in part (aborted or the run ended)
     DISARM = "disarm"  #: a person stopped stimulation (STOP)

@@ -107,7 +107,7 @@ def test_fast_and_real_time_give_identical_results():
 
 class Refused(Protocol):
     def on_block(self, ctx, block, filtered):
-        if ctx.now == ctx.start_sample + 250:
+        if ctx.now in (ctx.start_sample + 250, ctx.start_sample + 500):
             self.caught = None
             try:
                 ctx.stimulate(StimPattern.single([10], StimPulse.biphasic(50.0, 200.0)))
@@ -116,14 +116,27 @@ class Refused(Protocol):
             ctx.stimulate(StimPattern.single([10], StimPulse.biphasic(50.0, 200.0)))
             self.after = True  # never reached: the uncaught refusal ends this hook
 
+    def on_spikes(self, ctx, spikes):
+        ctx.stimulate(StimPattern.single([10], StimPulse.biphasic(50.0, 200.0)))
+
 
 def test_refused_pattern_sends_nothing_is_counted_and_the_run_goes_on():
     proto = Refused()
     engine, driver, s = run(proto, duration_s=0.5)
-    assert driver.sent == [] and s["stims_refused"] == 2 and s["error"] is None
+    assert driver.sent == [] and s["error"] is None
     assert proto.caught.limit == "max_current_uA" and not hasattr(proto, "after")
     assert s["blocks"] == 500
-    assert sum(e.kind == "refusal" for e in engine.recent_events) == 2
+    refusals = [e for e in engine.recent_events if e.kind == "refusal"]
+    assert s["stims_refused"] == len(refusals) > 5  # on_spikes: on every spiking block
+    # said once per hook, the first time: where it escaped, what did not run, what to do
+    escaped = [e for e in engine.recent_events if e.kind == "refusal_uncaught"]
+    assert len(escaped) == 2 and escaped[0].sample == 250
+    line = next(i for i, text in enumerate(open(__file__), 1) if "self.after = True" in text)
+    assert escaped[0].message == (
+        f"Refused.on_block did not catch a SafetyRefusal (at {__file__}:{line - 1} in "
+        "on_block): the rest of that call did not run; catch SafetyRefusal around "
+        "ctx.stimulate, or check ctx.can_stimulate first (said once per hook per run)")
+    assert escaped[1].message.startswith("Refused.on_spikes did not catch a SafetyRefusal")
 
 
 def test_rig_limits_apply_and_device_limits_win():
