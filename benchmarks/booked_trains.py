@@ -37,5 +37,5 @@ class BookedTrains(Protocol):
         self.next_at = ctx.now + int(p.every_ms * ctx.sample_rate / 1000)
         at = ctx.now + int(p.ahead_ms * ctx.sample_rate / 1000)
         electrode = ELECTRODES[self.sent % len(ELECTRODES)]
-        ctx.stimulate(StimPattern(((electrode, self.pulse),), p.count, p.rate_hz, at_sample=at))
+        ctx.stimulate(StimPattern.train(electrode, self.pulse, p.count, p.rate_hz, at_sample=at))
         self.sent += 1
