@@ -3,9 +3,9 @@
 The core (mea_control but its two faces, the CLI and the GUI) does not import drivers,
 hardware_sim or protocols; drivers do not import the engine; the protocol side (the
 scripting API, its context, the trial and response helpers) does not import the engine,
-which imports it; hardware_sim imports from drivers only the wire codec; the sinks (recording/, lsl.py,
-the GUI's live feed) do not import the engine. Imports inside functions and under
-``if TYPE_CHECKING:`` count too.
+which imports it; hardware_sim imports from drivers only the wire codec; the sinks
+(recording/, lsl.py, the GUI's live feed) do not import the engine. Imports inside
+functions and under ``if TYPE_CHECKING:`` count too.
 """
 
 import ast
