@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mea_control.sinks import StimRecord
 from mea_control.trials import Trials
 from mea_control.types import DeviceInfo, StimPattern
 
@@ -28,6 +29,10 @@ class Loop(Protocol):
 
     def can_stimulate(self, channel: int) -> bool:
         """Whether the layout and the limits in force let this electrode stimulate."""
+        ...
+
+    def outcome(self, ticket: int) -> StimRecord | None:
+        """The record of a ticket this run sent, None if unknown or forgotten."""
         ...
 
     def log(self, message: str) -> None:
@@ -88,6 +93,16 @@ class Context:
         SafetyRefusal if the gate refuses it, in which case nothing was sent.
         """
         return self._loop.stimulate(self.layout.resolve(pattern), trigger_sample)
+
+    def outcome(self, ticket: int) -> StimRecord | None:
+        """What became of the pattern ``stimulate`` returned ``ticket`` for: its record,
+        status "sent" until the device reports it ("executed", with its
+        ``execution_sample``, or "dropped"); a train cut short has ``pulses_run``.
+        None for a ticket this run never sent, or one forgotten after
+        mea_control.patterns.KEEP_RECENT later patterns. The record is the one the
+        sinks get: read it, do not change it. ``Protocol.on_stim`` is told when the
+        outcome is final."""
+        return self._loop.outcome(ticket)
 
     def use_trials(self, trials: Trials) -> Trials:
         """Let the engine run a trial design (one per run)."""

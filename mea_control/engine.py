@@ -146,6 +146,10 @@ class Engine:
         self.paused_samples = 0
         self._pause_wanted = False
         self._paused_at = 0
+        #: Whether the protocol hears of its patterns' fates (on_stim): from its first block
+        #: until teardown; the fates settled while it is paused wait here for the resume.
+        self._telling = False
+        self._untold: deque[StimRecord] = deque()
         self._expected: int | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()
@@ -240,6 +244,9 @@ class Engine:
 
     def can_stimulate(self, channel: int) -> bool:
         return self.gate.can_stimulate(channel)
+
+    def outcome(self, ticket: int) -> StimRecord | None:
+        return self.patterns.outcome(ticket)
 
     def log(self, message: str) -> None:
         """A protocol's message (ctx.log): logged and given to the sinks as an event."""
@@ -345,12 +352,23 @@ class Engine:
             self.trials.on_report(report)
         if not self.patterns.running(record):  # a train: the sinks hear of it when it ends
             self._notify("on_stim", record)
+            self._tell(record)
 
     def _stim_final(self, record: StimRecord) -> None:
         """A pattern's record is final: a train cut short is an event too."""
         if record.pulses_run is not None:
             self.event(EventKind.TRAIN_CUT, f"pattern {record.ticket}: {record.reason}")
         self._notify("on_stim", record)
+        self._tell(record)
+
+    def _tell(self, record: StimRecord) -> None:
+        """The protocol's on_stim for a pattern whose fate is final (after the sinks')."""
+        if not self._telling or self.error is not None:
+            return
+        if self.paused:
+            self._untold.append(record)
+        else:
+            self._call(self.protocol.on_stim, self.ctx, record)
 
     # -- the loop ------------------------------------------------------------------
     def run(self, progress: Callable[[float, str], None] | None = None,
@@ -601,9 +619,10 @@ class Engine:
                 self.driver.rearm_stimulation()
             for spikes in early_spikes:
                 self._on_spikes(spikes)
-            self._started = True
+            self._started = self._telling = True
             self._stream(first)
         finally:
+            self._telling = False
             if not self._abandoned:
                 self._call(self.protocol.teardown, self.ctx)
                 self._device_events()
@@ -750,6 +769,8 @@ class Engine:
             if self.trials is not None:
                 self.trials.delay(length)
             self.event(EventKind.RESUME, f"protocol resumed after {length / fs:.1f} s paused")
+            while self._untold:
+                self._tell(self._untold.popleft())
         if self.trials is not None:
             self.trials.paused = self.paused
 

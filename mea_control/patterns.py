@@ -8,7 +8,7 @@ from collections import deque
 from mea_control.sinks import StimRecord
 from mea_control.types import StimPattern, StimReport
 
-#: How many recent pattern records are kept in memory.
+#: How many recent pattern records are kept in memory (and tickets looked up by ticket).
 KEEP_RECENT = 10_000
 
 
@@ -22,13 +22,23 @@ class PatternLog:
         self.pending: dict[int, StimRecord] = {}
         #: The latest pattern records (executed, dropped, refused), oldest first.
         self.recent: deque[StimRecord] = deque(maxlen=KEEP_RECENT)
+        #: The records of the latest KEEP_RECENT patterns sent, by ticket (ctx.outcome).
+        self._by_ticket: dict[int, StimRecord] = {}
         #: Executed trains whose last pulse is still ahead, by ticket, with that pulse's
         #: sample: the sinks hear of a train once it is complete or cut, so that they
         #: list only pulses that ran.
         self._running: dict[int, tuple[StimRecord, int]] = {}
 
     def sent(self, ticket: int, pattern: StimPattern, trigger: int, now: int) -> None:
-        self.pending[ticket] = StimRecord(ticket, pattern, trigger, now)
+        record = StimRecord(ticket, pattern, trigger, now)
+        self.pending[ticket] = self._by_ticket[ticket] = record
+        if len(self._by_ticket) > KEEP_RECENT:  # forget the oldest ticket
+            del self._by_ticket[next(iter(self._by_ticket))]
+
+    def outcome(self, ticket: int) -> StimRecord | None:
+        """The record of a ticket sent (its status "sent" until the device reports), or
+        None for a ticket never sent or forgotten after KEEP_RECENT later patterns."""
+        return self._by_ticket.get(ticket)
 
     def refused(self, pattern: StimPattern, trigger: int, now: int, reason: str) -> StimRecord:
         record = StimRecord(None, pattern, trigger, now, status="refused", reason=reason)

@@ -2,11 +2,12 @@
 
 A protocol is a Python file with one :class:`Protocol` subclass. It declares
 its parameters (type, default, unit, range) and implements any of the hooks
-``setup``, ``on_block``, ``on_spikes``, ``on_trial`` and ``teardown``; each
+``setup``, ``on_block``, ``on_spikes``, ``on_trial``, ``on_stim`` and ``teardown``; each
 hook receives the run's :class:`~mea_control.context.Context` (``ctx``), which
 gives the clock (``ctx.now``, in device samples), the layout, a seeded random
-generator and ``ctx.stimulate``. ``planned_patterns`` says before the run what
-it will send, for the check against the limits (:mod:`mea_control.preflight`).
+generator, ``ctx.stimulate`` and ``ctx.outcome``. ``planned_patterns`` says before
+the run what it will send, for the check against the limits
+(:mod:`mea_control.preflight`); ``model_state`` gives displays the protocol's model.
 See ``protocols/`` for examples.
 """
 
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mea_control.context import Context
+from mea_control.sinks import StimRecord
 from mea_control.trials import Trial, Trials, TrialSpec, TrialTable
 from mea_control.types import Block, SpikeEvents, StimPattern, parse_value
 
@@ -31,6 +33,7 @@ __all__ = [
     "Parameter",
     "Protocol",
     "ProtocolError",
+    "StimRecord",
     "Trial",
     "TrialSpec",
     "TrialTable",
@@ -173,12 +176,34 @@ class Protocol:
     def on_trial(self, ctx: Context, trial: Trial) -> None:
         """Called when a trial's response window has closed."""
 
+    def on_stim(self, ctx: Context, record: StimRecord) -> None:
+        """Called once a pattern this run sent has its final fate, with the record the
+        sinks get (``record.ticket`` is what ``ctx.stimulate`` returned): "executed" at
+        ``record.execution_sample`` (a train once its last pulse has run, or with
+        ``pulses_run`` set when it was cut short) or "dropped" by the device. A refused
+        pattern raised SafetyRefusal from ``ctx.stimulate`` instead and is not told here.
+        Never called from inside ``ctx.stimulate``; while the operator pauses the
+        protocol, the fates settled meanwhile are told on resume; fates settled as the
+        run ends (after ``teardown``) are not told. ``ctx.outcome(ticket)`` looks a
+        ticket up at any time."""
+
     def teardown(self, ctx: Context) -> None:
         """Called once at the end of the run, also after an error or Ctrl-C."""
 
     def summary(self) -> dict[str, Any]:
         """Protocol-specific figures for the end-of-run summary."""
         return {}
+
+    def model_state(self) -> dict[str, Any] | None:
+        """A snapshot of the protocol's model for displays (the GUI's model panel), or
+        None: nothing to show (the default).
+
+        Threading: unlike the hooks, it is called from another thread (the GUI's, a few
+        times a second) while the hooks run on the loop's. It may read only what it
+        guards with a lock of its own that the hooks hold briefly, or values the hooks
+        replace whole; it returns copies, must not block or take long, and must not
+        call ``ctx`` (see protocols/fep_closed_loop.py)."""
+        return None
 
 
 def shipped_protocols() -> dict[str, Path]:

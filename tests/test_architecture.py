@@ -2,10 +2,10 @@
 
 The core (mea_control but its two faces, the CLI and the GUI) does not import drivers,
 hardware_sim or protocols; drivers do not import the engine; the protocol side (the
-scripting API, its context and the trial helper) does not import the engine, which imports
-it; hardware_sim imports from drivers only the wire codec; the sinks (recording/, lsl.py,
-the GUI's live feed) do not import the engine. Imports inside functions and under
-``if TYPE_CHECKING:`` count too.
+scripting API, its context, the trial and response helpers) does not import the engine,
+which imports it; hardware_sim imports from drivers only the wire codec; the sinks
+(recording/, lsl.py, the GUI's live feed) do not import the engine. Imports inside
+functions and under ``if TYPE_CHECKING:`` count too.
 """
 
 import ast
@@ -82,9 +82,11 @@ def test_the_recording_side_lsl_and_the_live_feed_do_not_import_the_engine():
 
 
 def test_the_protocol_side_does_not_import_the_engine():
-    """protocol.py, context.py and trials.py reach the loop only through the context's
-    Loop port, which the engine implements: the engine imports them, never the reverse."""
-    files = [ROOT / "mea_control" / f"{name}.py" for name in ("protocol", "context", "trials")]
+    """protocol.py, context.py, trials.py and responses.py reach the loop only through the
+    context's Loop port, which the engine implements: the engine imports them, never the
+    reverse."""
+    files = [ROOT / "mea_control" / f"{name}.py"
+             for name in ("protocol", "context", "trials", "responses")]
     assert all(p.exists() for p in files)
     assert violations(files, ("mea_control.engine",)) == []
 

@@ -743,3 +743,113 @@ def test_an_unknown_label_is_a_protocol_error_naming_it_and_the_layout():
     engine, driver, s = run(Unknown(), duration_s=0.2)
     assert driver.sent == [] and s["error"] == "protocol"
     assert "ValueError: layout grid8x8_200um has no electrode '99'" in engine.error
+
+
+class Outcomes(Protocol):
+    """At 0.1 s: a pulse, a train of 3 at 100 Hz, a pulse for 0.3 s and one the gate
+    refuses; it writes down what ctx.outcome says just after each send and what on_stim
+    tells it."""
+
+    def setup(self, ctx):
+        self.tickets, self.at_send, self.told = {}, [], []
+        self.in_stimulate = False
+
+    def on_block(self, ctx, block, filtered):
+        if ctx.now == ctx.start_sample + 2500:
+            self.send(ctx, "pulse", StimPattern.single([10], PULSE))
+            self.send(ctx, "train", StimPattern(((20, PULSE),), train_count=3,
+                                                train_rate_hz=100.0, at_sample=ctx.now + 250))
+            self.send(ctx, "cancelled", StimPattern.single([10], PULSE, at_sample=ctx.now + 5000))
+            self.send(ctx, "refused", StimPattern.single([10], StimPulse.biphasic(50.0, 200.0)))
+
+    def send(self, ctx, name, pattern):
+        self.in_stimulate = True
+        try:
+            ticket = ctx.stimulate(pattern)
+        finally:
+            self.in_stimulate = False
+        self.tickets[name] = ticket
+        self.at_send.append(ctx.outcome(ticket).status)
+
+    def on_stim(self, ctx, record):
+        assert not self.in_stimulate
+        self.told.append((record.ticket, record.status, record.execution_sample, ctx.now,
+                          ctx.outcome(record.ticket) is record))
+
+
+class StopsStimulationAt(Sink):
+    """The operator's STOP at a device sample (after the run's start)."""
+
+    def __init__(self, after):
+        self.after, self.engine = after, None
+
+    def on_clock(self, sample):
+        if sample == self.engine.t0 + self.after:
+            self.engine.stop_stimulation("stopped by the operator")
+
+
+def run_with(protocol, sink, **config):
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    engine = Engine(driver, protocol, EngineConfig(fast=True, **config), sinks=[sink])
+    sink.engine = engine
+    try:
+        return engine, engine.run()
+    finally:
+        driver.close()
+
+
+def test_on_stim_tells_each_final_fate_once_and_outcome_looks_tickets_up():
+    protocol = Outcomes()
+    engine, s = run_with(protocol, StopsStimulationAt(4000), duration_s=0.4)
+    assert s["error"] is None and s["stims_refused"] == 1
+    assert s["stims_executed"] == 2 and s["stims_dropped"] == 1
+    assert protocol.at_send == ["sent", "sent", "sent"] and "refused" not in protocol.tickets
+    sent_at = engine.t0 + 2500
+    told = {ticket: rest for ticket, *rest in protocol.told}
+    assert len(told) == len(protocol.told) == 3  # each ticket once, the refusal never
+    status, executed, now, same = told[protocol.tickets["pulse"]]
+    assert status == "executed" and executed >= sent_at and now >= executed and same
+    # a train is told once its last pulse has run, 2 x 250 samples after its first
+    status, executed, now, same = told[protocol.tickets["train"]]
+    assert (status, executed) == ("executed", sent_at + 250) and now > executed + 500 and same
+    status, executed, now, same = told[protocol.tickets["cancelled"]]
+    assert status == "dropped" and engine.t0 + 4000 <= now < sent_at + 5000 and same
+    assert engine.ctx.outcome(protocol.tickets["train"]).status == "executed"
+    assert engine.ctx.outcome(12345) is None
+
+
+class RaisesOnStim(Outcomes):
+    def on_stim(self, ctx, record):
+        raise RuntimeError("bad outcome handler")
+
+
+def test_an_exception_in_on_stim_ends_the_run_as_a_protocol_error():
+    engine, driver, s = run(RaisesOnStim(), duration_s=1.0)
+    assert s["error"] == "protocol" and not s["stimulation_armed"]
+    assert "bad outcome handler" in engine.error and s["duration_s"] < 0.2
+
+
+class PausesAround(Sink):
+    """Pauses the engine at 0.11 s and resumes it at 0.3 s (device time)."""
+
+    engine = None
+
+    def on_clock(self, sample):
+        if sample == self.engine.t0 + 2750:
+            self.engine.pause()
+        elif sample == self.engine.t0 + 7500:
+            self.engine.resume()
+
+
+def test_a_fate_settled_while_paused_is_told_on_resume():
+    class Later(Outcomes):
+        def on_block(self, ctx, block, filtered):
+            if ctx.now == ctx.start_sample + 2500:  # to run at 0.2 s, in the pause
+                self.send(ctx, "pulse", StimPattern.single([10], PULSE, at_sample=ctx.now + 2500))
+
+    protocol = Later()
+    engine, _ = run_with(protocol, PausesAround(), duration_s=0.5)
+    resumed = next(e.sample for e in engine.recent_events if e.kind == "resume")
+    [(ticket, status, executed, now, _)] = protocol.told
+    assert status == "executed" and executed == engine.t0 + 5000 and now == resumed

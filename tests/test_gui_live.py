@@ -13,7 +13,7 @@ from mea_control.dsp import DetectorConfig, SpikeDetector
 from mea_control.gui.feed import FLUSH_S, LiveFeed, Rings
 from mea_control.gui.live import LiveBuffers
 from mea_control.gui.session import RigSession
-from mea_control.protocol import ProtocolError
+from mea_control.protocol import Protocol, ProtocolError
 from mea_control.sinks import RunDescription
 from mea_control.types import Block
 
@@ -328,6 +328,37 @@ def test_spikes_only_device_with_a_model_protocol():
         assert snap.model is not None and snap.model["running"] and snap.model["trials"] == 80
     finally:
         assert rig.disconnect(timeout=WAIT_S)
+
+
+class Shows(Protocol):
+    """A protocol whose model_state() returns what it is given (or raises it)."""
+
+    def __init__(self, state):
+        super().__init__()
+        self.state = state
+
+    def model_state(self):
+        if isinstance(self.state, Exception):
+            raise self.state
+        return self.state
+
+
+def test_the_feed_shows_the_model_a_protocol_returns_and_nothing_for_none():
+    info = open_driver("sim://").described
+    feed = LiveFeed(Rings(info.n_channels))
+
+    def notes_of(protocol):
+        feed.expect(protocol)
+        feed.on_start(RunDescription(
+            protocol=protocol.name, parameters={}, device_url="sim://", info=info, limits={},
+            limit_notes=(), block_samples=25, fast=True, seed=0, watchdog_ms=200.0,
+            detector={}, software_version="test"))
+        return feed.take_notes()
+
+    assert Protocol().model_state() is None  # the default: nothing to show
+    assert notes_of(Shows({"trials": 3}))["model"] == {"trials": 3}
+    assert "model" not in notes_of(Shows(None)) and "model" not in notes_of(Protocol())
+    assert notes_of(Shows(ValueError("no")))["model_error"] == "ValueError: no"
 
 
 def test_disconnect_while_running_ends_cleanly(rig):

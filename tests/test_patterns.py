@@ -65,3 +65,14 @@ def test_refusals_are_kept_with_their_reason():
     record = log.refused(StimPattern.single([1], PULSE), trigger=5, now=10, reason="too much")
     assert (record.ticket, record.status, record.reason) == (None, "refused", "too much")
     assert list(log.recent) == [record] and not log.outstanding
+
+
+def test_outcome_looks_a_ticket_up_and_forgets_the_oldest_beyond_keep_recent(monkeypatch):
+    monkeypatch.setattr("mea_control.patterns.KEEP_RECENT", 3)
+    log = PatternLog(FS)
+    for ticket in range(1, 5):
+        log.sent(ticket, StimPattern.single([2], PULSE), trigger=0, now=0)
+    assert log.outcome(1) is None and log.outcome(9) is None  # forgotten, never sent
+    assert log.outcome(2).status == "sent"
+    log.reported(StimReport(2, 130))
+    assert (log.outcome(2).status, log.outcome(2).execution_sample) == ("executed", 130)

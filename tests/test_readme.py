@@ -55,3 +55,18 @@ def test_readme_fep_example_runs(isomura_data, monkeypatch, capsys):
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("(15, 17) 0.79")
+
+
+def test_readme_responses_example_runs(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"the `Responses`\nhelper.*?```python\n(.*?)```", text, re.S).group(1)
+    path = tmp_path / "probe.py"
+    path.write_text(example)
+    cls, _ = load_protocol(str(path))
+    protocol = cls()
+    driver = open_driver("sim://?seed=1")
+    driver.open()
+    summary = Engine(driver, protocol, EngineConfig(fast=True, duration_s=2.0)).run()
+    driver.close()
+    assert summary["error"] is None and summary["stims_executed"] == 10
+    assert protocol.evoked > 0 and protocol.responses.waiting <= 1

@@ -123,8 +123,9 @@ def _runs(blocks: list[tuple[int, np.ndarray, np.ndarray | None]], uV_per_bit: f
 class LiveFeed(Sink):
     """The engine sink behind the GUI: copies each block, spike batch and pulse into :class:`Rings`.
 
-    Events and decisions wait in deques for :meth:`take_notes`; the model is
-    read from the latest protocol that has a ``model_state()`` (see :meth:`expect`).
+    Events and decisions wait in deques for :meth:`take_notes`; the model is the
+    latest protocol's ``Protocol.model_state()``, read on the caller's thread (see
+    :meth:`expect`).
     """
 
     def __init__(self, rings: Rings | None = None) -> None:
@@ -135,7 +136,7 @@ class LiveFeed(Sink):
         self._next_protocol: Protocol | None = None
         self._next_thresholds: Callable[[], np.ndarray] | None = None
         self._thresholds: Callable[[], np.ndarray] | None = None
-        self._model_source: Any = None
+        self._model_source: Protocol | None = None
         self._events: deque[RunEvent] = deque(maxlen=KEEP_NOTES)
         self._decisions: deque[dict[str, Any]] = deque(maxlen=KEEP_NOTES)
         self._started = False
@@ -175,7 +176,7 @@ class LiveFeed(Sink):
         self._every = max(1, int(FLUSH_S * info.sample_rate))
         protocol, self._next_protocol = self._next_protocol, None
         if protocol is not None and not getattr(protocol, "passive", False):
-            self._model_source = protocol if hasattr(protocol, "model_state") else None
+            self._model_source = protocol
         self._started = True
         h[RUN] += 1  # even: a run's data follow
 
@@ -267,8 +268,11 @@ class LiveFeed(Sink):
             "disarmed": None if self._armed else self._disarm_reason or "stopped"}
         source = self._model_source
         if model and source is not None:
-            try:
-                notes["model"] = source.model_state()
+            try:  # on this thread, while the protocol's hooks run on the loop's
+                state = source.model_state()
             except Exception as exc:  # a protocol's display hook must not stop the display
                 notes["model_error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                if state is not None:  # None: the protocol has no model to show
+                    notes["model"] = state
         return notes

@@ -55,5 +55,5 @@ class Snapshot:
     # Run events and model decisions since the previous snapshot (oldest first).
     events: list[Any] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
-    # The protocol's model_state() when it has one (see protocols/fep_closed_loop.py).
+    # The protocol's model_state() when it returns one (see protocols/fep_closed_loop.py).
     model: dict[str, Any] | None = None
