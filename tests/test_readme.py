@@ -6,7 +6,10 @@ import numpy as np
 from conftest import ROOT, cli_batch
 
 from mea_control import recording
+from mea_control.driver import open_driver
+from mea_control.engine import Engine, EngineConfig
 from mea_control.layouts import load_layout
+from mea_control.protocol import load_protocol
 
 
 def readme_protocol(folder):
