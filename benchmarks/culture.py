@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.sim import population_bursts  # noqa: E402
 from hardware_sim.cultures.network import NetworkCulture, NetworkParams  # noqa: E402
 from hardware_sim.electrodes import ElectrodeArray  # noqa: E402
+from mea_control.bursts import network_bursts, starts_and_stops  # noqa: E402
 from mea_control.fep.ensembles import by_sources  # noqa: E402
 from mea_control.layouts import load_layout  # noqa: E402
 from mea_control.protocol import load_protocol  # noqa: E402
@@ -275,7 +275,7 @@ def activity(seed: int, seconds: float, **changes) -> dict[str, float]:
         f"{stats['electrode_hz']:.1f} Hz per active electrode ({stats['active']:.0f} active), "
         f"{stats['between_hz']:.1f} Hz between bursts; {stats['bursts']:.0f} bursts, every "
         f"{stats['interval_s']:.1f} s, lasting {stats['duration_ms']:.0f} ms (median), "
-        f"{stats['spikes_per_burst']:.0f} spikes each; population_bursts (sim.py): "
+        f"{stats['spikes_per_burst']:.0f} spikes each; network_bursts (mea_control.bursts): "
         f"{stats['pop_bursts']:.0f}, every {stats['pop_interval_s']:.1f} s (mean), lasting "
         f"{stats['pop_duration_ms']:.0f} ms (median)"
     )
@@ -288,7 +288,7 @@ def spontaneous(
     """Firing and burst figures of a fresh culture run for 1 + ``seconds`` s (the first unused).
 
     Bursts by the culture's own detector (its core: > 10 % of the neurons in 10 ms) and by
-    benchmarks/sim.py's ``population_bursts`` (10 ms bins over max(4 x median, 5)).
+    mea_control.bursts.network_bursts (10 ms bins over max(4 x median, 5)).
     """
     t0 = int(RATE)
     culture.advance(0, t0 + int(RATE * seconds))
@@ -307,7 +307,8 @@ def spontaneous(
     quiet_s = seconds - (ends - onsets + RATE * 0.1).sum() / RATE
     between = np.bincount(ev.channel[~in_burst], minlength=electrodes.n_channels) / quiet_s
     in_spk = np.searchsorted(samples, ends) - np.searchsorted(samples, onsets)
-    starts, stops = population_bursts(samples - t0, RATE, seconds)
+    starts, stops = np.divide(starts_and_stops(
+        network_bursts(samples - t0, RATE, 0, int(RATE * seconds))), RATE)
     return {
         "pop_bursts": float(len(starts)),
         "pop_interval_s": float(np.diff(starts).mean()) if len(starts) > 1 else np.inf,

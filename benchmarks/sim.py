@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drivers.sim import SimDriver  # noqa: E402
+from mea_control.bursts import network_bursts, starts_and_stops  # noqa: E402
 from mea_control.driver import open_driver  # noqa: E402
 from mea_control.types import Block, StimPattern, StimPulse  # noqa: E402
 
@@ -59,7 +60,9 @@ def activity(seed: int, seconds: float) -> None:
         f"firing: {per_channel.mean():.2f} Hz per electrode (all {n_ch}), "
         f"{per_channel[active].mean():.2f} Hz per active electrode ({active.sum()} active)"
     )
-    onsets, ends = population_bursts(events.sample, driver.info.sample_rate, seconds)
+    rate = driver.info.sample_rate
+    onsets, ends = np.divide(starts_and_stops(
+        network_bursts(events.sample, rate, 0, int(seconds * rate))), rate)
     if len(onsets) > 1:
         ibi = np.diff(onsets)
         dur = (ends - onsets) * 1e3
@@ -70,19 +73,6 @@ def activity(seed: int, seconds: float) -> None:
         )
     else:
         print(f"bursts: {len(onsets)} in {seconds:g} s")
-
-
-def population_bursts(
-    samples: np.ndarray, rate: float, seconds: float, bin_s: float = 0.01
-) -> tuple[np.ndarray, np.ndarray]:
-    """Burst (start, end) times in s from the population rate: runs of bins above threshold."""
-    counts = np.bincount((samples / (rate * bin_s)).astype(int), minlength=int(seconds / bin_s))
-    threshold = max(4.0 * np.median(counts), 5.0)
-    high = np.convolve(counts > threshold, np.ones(5), mode="same") > 0  # bridge 50 ms gaps
-    edges = np.diff(np.concatenate([[0], high.astype(int), [0]]))
-    starts, stops = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
-    keep = (stops - starts) * bin_s >= 0.08
-    return starts[keep] * bin_s, stops[keep] * bin_s
 
 
 def evoked(seed: int, trials: int) -> None:

@@ -9,10 +9,10 @@ import numpy as np
 from conftest import ROOT, cli_command
 
 from benchmarks.culture import response_figures, spontaneous, summarise
-from benchmarks.sim import population_bursts
 from hardware_sim.cultures import culture_class
 from hardware_sim.cultures.network import NetworkCulture, NetworkParams
 from hardware_sim.electrodes import ElectrodeArray
+from mea_control.bursts import network_bursts, starts_and_stops
 from mea_control.layouts import load_layout
 from mea_control.protocol import load_protocol
 from mea_control.trials import TrialTable
@@ -50,7 +50,8 @@ def test_spontaneous_bursts_in_the_range_of_mature_cultures():
     # a burst every few seconds (mature cultures: 2-10 s), lasting 100-500 ms
     assert 6 <= stats["bursts"] <= 30 and stats["spikes_per_burst"] > 500
     samples, units = c.spike_log()
-    starts, stops = population_bursts(samples[samples >= RATE] - RATE, RATE, 60.0)
+    starts, stops = np.divide(starts_and_stops(
+        network_bursts(samples, RATE, int(RATE), int(61 * RATE))), RATE)
     assert 6 <= len(starts) <= 30
     assert 2.0 < np.diff(starts).mean() < 10.0
     assert 0.1 <= np.median(stops - starts) <= 0.5
