@@ -6,9 +6,11 @@ changed the connection between them.
 
 Conditions (``condition``):
 
-- ``triggered``: each trigger spike books one pulse on the target electrodes at the
-  first sample the loop can still reach (``ctx.now``, the end of the block in which
-  the spike was detected);
+- ``triggered``: each trigger spike books one pulse on the target electrodes
+  ``delay_ms`` after it, or at the first sample the loop can still reach (``ctx.now``,
+  the end of the block in which the spike was detected) if that is later: with the
+  default 0, as soon as possible; a delay above the reaction time gives every pulse
+  the same latency, and lets a busy computer or a device that needs notice keep up;
 - ``random_delay``, its control: the same triggers book the same pulses, each
   ``random_delay_min_ms`` to ``random_delay_max_ms`` (uniform, drawn from the run's
   seeded ``ctx.rng``) after its trigger spike, so that the pulses and their number
@@ -20,23 +22,25 @@ is ignored, and no pulse is booked less than ``dead_time_ms`` after the previous
 Every pulse is booked at its sample (``at_sample``), so the device runs it there or,
 if the loop fell behind and the sample has passed, drops it (the run counts it as
 dropped): a pulse never runs late. Reaction latency, from the trigger spike's sample
-to the sample the pulse runs at, is therefore at most the block in which the spike was
-detected plus the detector's peak search (0.5 ms): the budget,
+to the sample the pulse runs at, is therefore (``delay_ms`` 0) at most the block in which
+the spike was detected plus the detector's peak search (0.5 ms): the budget,
 ``LATENCY_BUDGET_SAMPLES`` = 50 device samples (2 ms at 25 kHz, two 1 ms blocks), holds
-for every pulse that runs with the default 1 ms blocks. A pulse the safety gate
-refuses is counted and logged; the next trigger is taken no sooner than
+for every pulse that runs with the default 1 ms blocks. On a loaded computer more pulses
+are dropped; ``delay_ms=2`` then trades the fastest reaction for fewer drops. A pulse the
+safety gate refuses is counted and logged; the next trigger is taken no sooner than
 ``REFUSAL_PAUSE_S`` later, so a closed gate is not asked again on every spike.
 
 Parameters: ``trigger_electrode`` (label of A), ``target_electrodes`` (labels of B,
-comma-separated), ``dead_time_ms`` (ms), ``pulse_mode`` (current or voltage),
-``amplitude`` (uA in current mode, mV in voltage mode; biphasic, cathodic first),
-``phase_us`` (us per phase), ``condition``, ``random_delay_min_ms`` and
-``random_delay_max_ms`` (ms).
+comma-separated), ``dead_time_ms`` (ms), ``delay_ms`` (ms, triggered condition),
+``pulse_mode`` (current or voltage), ``amplitude`` (uA in current mode, mV in voltage
+mode; biphasic, cathodic first), ``phase_us`` (us per phase), ``condition``,
+``random_delay_min_ms`` and ``random_delay_max_ms`` (ms).
 
 Records: every pulse with its trigger sample (the recording's stimulation table has
-trigger, decision, requested and execution samples); the summary gives the trigger
-spikes seen and taken, pulses sent and refused, and the reaction latency (trigger ->
-booked sample) p50/p99/max in samples and ms next to the budget.
+trigger, decision, requested and execution samples); the summary gives the spikes
+seen on the trigger electrode, pulses sent and refused (with the last refusal), and the
+reaction latency (trigger -> booked sample) p50/p99/max in samples and ms next to the
+budget.
 """
 
 import numpy as np
@@ -63,6 +67,9 @@ class SpikeTriggered(Protocol):
         "dead_time_ms": Parameter(float, 50.0, unit="ms", range=(1.0, 60_000.0),
                                   help="least time between two triggers taken and between "
                                        "two pulses"),
+        "delay_ms": Parameter(float, 0.0, unit="ms", range=(0.0, 10_000.0),
+                              help="trigger spike -> pulse in the triggered condition "
+                                   "(0: as soon as possible)"),
         "pulse_mode": Parameter(str, "current", choices=("current", "voltage")),
         "amplitude": Parameter(float, 5.0, unit="uA or mV", range=(0.0, 10_000.0),
                                help="phase amplitude: uA in current mode, mV in voltage mode"),
@@ -131,7 +138,7 @@ class SpikeTriggered(Protocol):
     def _delay(self, ctx):
         """Samples from the trigger spike to its pulse (before the dead time and the clock)."""
         if self.p.condition == "triggered":
-            return 0
+            return ctx.samples(self.p.delay_ms / 1000.0)
         ms = ctx.rng.uniform(self.p.random_delay_min_ms, self.p.random_delay_max_ms)
         return ctx.samples(ms / 1000.0)
 

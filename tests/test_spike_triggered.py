@@ -82,6 +82,11 @@ def test_the_random_delay_control_gives_as_many_pulses_at_delays_in_its_range(tm
     assert s["protocol_summary"]["condition"] == "random_delay"
 
 
+def test_a_set_delay_gives_every_pulse_the_same_latency(tmp_path):
+    _, trigger, executed, _ = run(tmp_path, "delay", "--param", "delay_ms=2", duration=5.0)
+    assert len(executed) >= 5 and set(executed - trigger) == {50}
+
+
 def test_parameters_that_cannot_work_are_refused_at_start_naming_the_parameter():
     cases = {
         ("--param", "amplitude=25"): "set by amplitude = 25",
