@@ -66,6 +66,8 @@ N_SENSORY = 8
 #: The sensory plan checked before the run: the place electrode at the top rate this long
 #: (the default mean-rate window of the limits).
 SENSE_PLAN_S = 10.0
+#: The longest way the ball may move in one frame (a court is 1 wide).
+MAX_STEP = 0.5
 
 
 def _fold(y):
@@ -184,6 +186,9 @@ class Pong(Protocol):
         p = self.p
         if p.sense_min_hz > p.sense_max_hz:
             raise ProtocolError("sense_min_hz must not exceed sense_max_hz")
+        if p.ball_speed / p.frame_hz > MAX_STEP:
+            raise ProtocolError(f"ball_speed / frame_hz must be at most {MAX_STEP} court a "
+                                "frame (the ball would pass walls unseen): raise frame_hz")
         if self._hit_pulses() < 1:
             raise ProtocolError("hit_ms at hit_rate_hz gives no pulse: lengthen hit_ms")
 
