@@ -248,3 +248,61 @@ def test_summary_counts_agree_with_the_frames(games):
                 aces += rally == 0
                 rally = 0
         assert aces == summary["aces"], condition
+
+
+class FakeCtx:
+    """Just enough of a run's context to call pong's hooks: a clock and a recording gate."""
+
+    def __init__(self):
+        self.layout = load_layout("grid8x8_200um")
+        self.n_channels, self.sample_rate, self.now = 64, FS, 0
+        self.rng = np.random.default_rng(0)
+        self.sent = []
+
+    def can_stimulate(self, ch):
+        return bool(self.layout.can_stimulate[ch])
+
+    def samples(self, seconds):
+        return int(round(seconds * FS))
+
+    def stimulate(self, pattern):
+        self.sent.append((self.now, pattern))
+
+    def decision(self, *args, **kwargs):
+        pass
+
+    def log(self, message):
+        pass
+
+
+def test_unpredictable_pulses_due_together_on_one_electrode_go_one_a_block():
+    """Two pulses due at once on one electrode would overlap (the gate refuses the second):
+    the second waits for the next block."""
+    cls, _ = load_protocol("pong")
+    pong, ctx = cls(), FakeCtx()
+    pong.setup(ctx)
+    pong.game.vx = 0.0  # the ball waits: no sensory pulse
+    ch, other = pong.sensory[0], pong.sensory[1]
+    pong.miss_pulses = [(10, ch), (10, other), (12, ch)]
+    ctx.now = 25
+    pong._deliver(ctx)
+    assert [p.channels for _, p in ctx.sent] == [(ch,), (other,)]
+    ctx.now = 50
+    pong._deliver(ctx)
+    assert [(t, p.channels, p.label) for t, p in ctx.sent[2:]] == [(50, (ch,), "miss")]
+
+
+def test_parameters_that_cannot_work_and_the_model_state():
+    cls, _ = load_protocol("pong")
+    with pytest.raises(ProtocolError, match="ball_speed / frame_hz"):
+        cls(ball_speed=5.0, frame_hz=5.0)
+    with pytest.raises(ProtocolError, match="sense_min_hz"):
+        cls(sense_min_hz=50.0)
+    pong, ctx = cls(), FakeCtx()
+    assert pong.model_state() is None  # before the run
+    pong.setup(ctx)
+    ctx.now = FS  # one second: 25 frames
+    pong.on_block(ctx, None, None)
+    state = pong.model_state()
+    assert state["view"] == "pong" and state["frame"] == 25 and state["condition"] == "stimulus"
+    assert 0 <= state["ball_x"] <= 1 and state["in_play"]
