@@ -140,8 +140,10 @@ class Game:
 
 
 class Pong(Protocol):
-    """Pong (Kagan et al. 2022, DishBrain): ball on sensory electrodes, paddle from motor
-    activity, predictable feedback on a hit and unpredictable on a miss."""
+    """Pong after Kagan et al. 2022 (DishBrain): the culture plays the paddle, fed back.
+
+    The ball on sensory electrodes (place and rate), the paddle from motor activity,
+    predictable feedback on a hit and unpredictable on a miss; see the module's text."""
 
     name = "pong"
     parameters = {
