@@ -14,6 +14,7 @@ from mea_control.gui.views import (  # noqa: E402
     ROW_DIVISIONS,
     ArrayTraceView,
     ArrayView,
+    GameView,
     ModelView,
     PsthView,
     RasterView,
@@ -431,3 +432,33 @@ def test_model_header_and_plot_give_free_energy_in_the_same_units(qtbot):
     assert x[-1] == len(m["session_free_energy"]) * per - 1
     fe_x = view.fe_curve.xData
     assert x.min() >= fe_x[0]
+
+
+def test_game_view_draws_a_pong_state_and_the_model_tab_ignores_it(qtbot, output_dir):
+    """A snapshot whose model is pong's game state draws the court, the ball, the paddle
+    and the score; fep's Model tab keeps its placeholder for it."""
+    state = {"view": "pong", "condition": "stimulus", "frame": 412, "ball_x": 0.3,
+             "ball_y": 0.7, "paddle_y": 0.4, "paddle_size": 0.25, "in_play": True,
+             "event": "hit", "rally": 2, "hits": 5, "misses": 3, "aces": 1,
+             "longest_rally": 3}
+    snap = Snapshot(sample_rate=FS, now=int(16.5 * FS), n_electrodes=64, model=state)
+    game = _show(qtbot, GameView(), 500, 460)
+    game.update_view(Snapshot(sample_rate=FS, now=0, n_electrodes=64))
+    assert game.stack.currentIndex() == 0
+    game.update_view(snap)
+    assert game.stack.currentIndex() == 1
+    x, y = game.ball.getData()
+    assert (list(x), list(y)) == ([0.3], [0.7])
+    assert list(game.paddle.getData()[1]) == pytest.approx([0.275, 0.525])
+    text = game.score.text()
+    assert "hits 5" in text and "misses 3" in text and "aces 1" in text and "62%" in text
+    qtbot.wait(20)
+    image = game.grab()
+    assert not image.isNull()
+    image.save(str(output_dir / "gui_game_pong.png"))
+    game.update_view(Snapshot(sample_rate=FS, now=0, n_electrodes=64,
+                              model={**state, "frame": 413, "in_play": False}))
+    assert len(game.ball.getData()[0]) == 0  # the ball waits for its serve
+    model = _show(qtbot, ModelView(load_layout("grid8x8_200um")), 500, 400)
+    model.update_view(snap)
+    assert model.stack.currentIndex() == 0

@@ -900,7 +900,7 @@ class ModelView(QtWidgets.QWidget):
     def update_view(self, snap: Snapshot) -> None:
         """Redraw when the model has learned since the last frame."""
         m = snap.model
-        if m is None:
+        if m is None or "view" in m:  # no model, or a state for another view (pong's game)
             self.stack.setCurrentIndex(0)
             if self._key is not None:
                 self.clear()
@@ -1124,3 +1124,76 @@ class ModelView(QtWidgets.QWidget):
             for c, value in enumerate(cells):
                 self.table.setItem(r, c, QtWidgets.QTableWidgetItem(str(value)))
         self.table.resizeColumnsToContents()
+
+
+PADDLE_COLOUR = "#4c9be8"
+BALL_COLOUR = "#f28e2b"
+
+
+class GameView(QtWidgets.QWidget):
+    """A game's court: the ball, the paddle and the score, from ``snapshot.model`` when it
+    is a game state (``{"view": "pong", ...}``, see ``protocols/pong.py``); without one it
+    shows a placeholder. Court units: x 0 (the paddle's line) to 1, y 0 to 1."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.placeholder = QtWidgets.QLabel("No game in this protocol.\n\nRun pong to see "
+                                            "the ball, the paddle and the score.")
+        self.placeholder.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+        self.placeholder.setStyleSheet("color: #888; font-size: 14pt")
+        self.score = QtWidgets.QLabel()
+        self.score.setWordWrap(True)
+        self.score.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                 QtWidgets.QSizePolicy.Policy.Preferred)
+        self.plot_widget = pg.PlotWidget()
+        plot = self.plot = self.plot_widget.getPlotItem()
+        plot.hideButtons()
+        plot.setMouseEnabled(False, False)
+        plot.setAspectLocked(True)
+        plot.setRange(xRange=(-0.06, 1.02), yRange=(-0.02, 1.02), padding=0)
+        plot.setLabel("bottom", "x (court widths; the paddle at 0)")
+        plot.setLabel("left", "y (court heights)")
+        walls = pg.PlotCurveItem([0, 1, 1, 0], [1, 1, 0, 0], pen=pg.mkPen(_foreground(), width=2))
+        plot.addItem(walls)
+        self.paddle = pg.PlotCurveItem(pen=pg.mkPen(PADDLE_COLOUR, width=8))
+        self.ball = pg.ScatterPlotItem(size=14, pen=None, brush=BALL_COLOUR)
+        plot.addItem(self.paddle)
+        plot.addItem(self.ball)
+        page = QtWidgets.QWidget()
+        col = QtWidgets.QVBoxLayout(page)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addWidget(self.score)
+        col.addWidget(self.plot_widget, 1)
+        self.stack = QtWidgets.QStackedLayout(self)
+        self.stack.addWidget(self.placeholder)
+        self.stack.addWidget(page)
+        self._key: tuple | None = None
+
+    def update_view(self, snap: Snapshot) -> None:
+        """Redraw when the game moved on since the last frame."""
+        m = snap.model
+        if m is None or m.get("view") != "pong":
+            self.stack.setCurrentIndex(0)
+            self._key = None
+            return
+        self.stack.setCurrentIndex(1)
+        key = (m.get("frame"), m.get("condition"))
+        if key == self._key:
+            return
+        self._key = key
+        half = float(m.get("paddle_size", 0.0)) / 2
+        y = float(m.get("paddle_y", 0.5))
+        self.paddle.setData([-0.02, -0.02], [y - half, y + half])
+        if m.get("in_play", True):
+            self.ball.setData([float(m.get("ball_x", 0.5))], [float(m.get("ball_y", 0.5))])
+        else:
+            self.ball.setData([], [])  # the ball waits for its serve
+        event = m.get("event")
+        outcomes = m.get("hits", 0) + m.get("misses", 0)
+        rate = f"{m.get('hits', 0) / outcomes:.0%}" if outcomes else "–"
+        self.score.setText(
+            f"<b>pong, {m.get('condition', '?')}</b>: hits {m.get('hits', 0)}, misses "
+            f"{m.get('misses', 0)} (aces {m.get('aces', 0)}), hit rate {rate}; rally "
+            f"{m.get('rally', 0)}, longest {m.get('longest_rally', 0)}"
+            + (f" — <b>{event}</b>" if event else ""))

@@ -41,7 +41,14 @@ from mea_control.gui.recordings import RecordingFields, next_free, taken
 from mea_control.gui.remote import RemoteSession
 from mea_control.gui.session import RigSession
 from mea_control.gui.status_line import StatusLine
-from mea_control.gui.views import ArrayView, ModelView, PsthView, RasterView, TracesPanel
+from mea_control.gui.views import (
+    ArrayView,
+    GameView,
+    ModelView,
+    PsthView,
+    RasterView,
+    TracesPanel,
+)
 from mea_control.layouts import load_layout
 from mea_control.protocol import ProtocolError
 
@@ -268,6 +275,7 @@ class MainWindow(QMainWindow):
         self.array = ArrayView(layout)
         self.psth = PsthView()
         self.model = ModelView(layout)
+        self.game = GameView()
         self._selected = [c for c in self._selected if c < layout.n_electrodes]
         self.array.set_selection(self._selected)
         self.array.selection_changed.connect(self._select)
@@ -276,6 +284,7 @@ class MainWindow(QMainWindow):
         self.views.addTab(self.array, "Array (firing rate)")
         self.views.addTab(self.psth, "PSTH")
         self.views.addTab(self.model, "Model")
+        self.views.addTab(self.game, "Game")
         if shown is not None:
             self._show_display(shown)  # the new array's views look as the old ones did
 
@@ -417,7 +426,7 @@ class MainWindow(QMainWindow):
         snap = self.session.buffers.snapshot(window_s=float(self.window_seconds.value()),
                                              filtered=self.filtered_check.isChecked(),
                                              **self.traces.request(self._selected))
-        for view in (self.traces, self.raster, self.array, self.psth, self.model):
+        for view in (self.traces, self.raster, self.array, self.psth, self.model, self.game):
             view.update_view(snap)
         for ev in snap.events:
             if getattr(ev, "kind", "") == "refusal":
