@@ -11,10 +11,10 @@ Conditions (``condition``):
   the end of the block in which the spike was detected) if that is later: with the
   default 0, as soon as possible; a delay above the reaction time gives every pulse
   the same latency, and lets a busy computer or a device that needs notice keep up;
-- ``random_delay``, its control: the same triggers book the same pulses, each
-  ``random_delay_min_ms`` to ``random_delay_max_ms`` (uniform, drawn from the run's
-  seeded ``ctx.rng``) after its trigger spike, so that the pulses and their number
-  stay and their timing relative to the spikes is broken.
+- ``random_delay``, its control: triggers taken by the same rule book the same pulse,
+  each ``random_delay_min_ms`` to ``random_delay_max_ms`` (uniform, drawn from the run's
+  seeded ``ctx.rng``) after its trigger spike: as many pulses as the culture's spikes
+  give, and no fixed timing relative to them.
 
 Dead time: a trigger spike less than ``dead_time_ms`` after the previous trigger taken
 is ignored, and no pulse is booked less than ``dead_time_ms`` after the previous one.
