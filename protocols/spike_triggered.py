@@ -10,11 +10,11 @@ Conditions (``condition``):
   ``delay_ms`` after it, or at the first sample the loop can still reach (``ctx.now``,
   the end of the block in which the spike was detected) if that is later: with the
   default 0, as soon as possible; a delay above the reaction time gives every pulse
-  the same latency, and lets a busy computer or a device that needs notice keep up;
-- ``random_delay``, its control: the same triggers book the same pulses, each
-  ``random_delay_min_ms`` to ``random_delay_max_ms`` (uniform, drawn from the run's
-  seeded ``ctx.rng``) after its trigger spike, so that the pulses and their number
-  stay and their timing relative to the spikes is broken.
+  the same latency, and leaves the loop (or a device that needs notice) that much time;
+- ``random_delay``, its control: triggers taken by the same rule book the same pulse,
+  each ``random_delay_min_ms`` to ``random_delay_max_ms`` (uniform, drawn from the run's
+  seeded ``ctx.rng``) after its trigger spike: as many pulses as the culture's spikes
+  give, and no fixed timing relative to them.
 
 Dead time: a trigger spike less than ``dead_time_ms`` after the previous trigger taken
 is ignored, and no pulse is booked less than ``dead_time_ms`` after the previous one.
@@ -25,8 +25,9 @@ dropped): a pulse never runs late. Reaction latency, from the trigger spike's sa
 to the sample the pulse runs at, is therefore (``delay_ms`` 0) at most the block in which
 the spike was detected plus the detector's peak search (0.5 ms): the budget,
 ``LATENCY_BUDGET_SAMPLES`` = 50 device samples (2 ms at 25 kHz, two 1 ms blocks), holds
-for every pulse that runs with the default 1 ms blocks. On a loaded computer more pulses
-are dropped; ``delay_ms=2`` then trades the fastest reaction for fewer drops. A pulse the
+for every pulse that runs with the default 1 ms blocks. A loop that stalls longer than
+its block (or ``delay_ms``) leaves its pulses dropped: a loaded computer shows as drops
+in the run's summary (``stims_dropped``), never as late pulses. A pulse the
 safety gate refuses is counted and logged; the next trigger is taken no sooner than
 ``REFUSAL_PAUSE_S`` later, so a closed gate is not asked again on every spike.
 
