@@ -202,15 +202,14 @@ class Pong(Protocol):
         return int(round(self.p.hit_ms * self.p.hit_rate_hz / 1000))
 
     def _sense_pattern(self, channel):
-        return StimPattern(((channel, self._pulse(self.p.amplitude)),), label="sense")
+        return StimPattern.single([channel], self._pulse(self.p.amplitude), label="sense")
 
     def _hit_train(self, channels):
-        return StimPattern(tuple((ch, self._pulse(self.p.amplitude)) for ch in channels),
-                           train_count=self._hit_pulses(), train_rate_hz=self.p.hit_rate_hz,
-                           label="hit")
+        return StimPattern.train(channels, self._pulse(self.p.amplitude), self._hit_pulses(),
+                                 self.p.hit_rate_hz, label="hit")
 
     def _miss_pattern(self, channel):
-        return StimPattern(((channel, self._pulse(self.p.miss_amplitude)),), label="miss")
+        return StimPattern.single([channel], self._pulse(self.p.miss_amplitude), label="miss")
 
     def planned_patterns(self, ctx):
         """Sensory: every sensory electrode's pulse, and one electrode at sense_max_hz for
@@ -219,14 +218,14 @@ class Pong(Protocol):
         if self.p.condition == "rest":
             return []
         p, pulse = self.p, self._pulse(self.p.amplitude)
-        plan = [StimPattern(tuple((ch, pulse) for ch in sensory), label="sense"),
-                StimPattern(((sensory[0], pulse),), label="sense",
-                            train_count=max(1, int(round(SENSE_PLAN_S * p.sense_max_hz))),
-                            train_rate_hz=p.sense_max_hz)]
+        plan = [StimPattern.single(sensory, pulse, label="sense"),
+                StimPattern.train([sensory[0]], pulse,
+                                  max(1, int(round(SENSE_PLAN_S * p.sense_max_hz))),
+                                  p.sense_max_hz, label="sense")]
         if p.condition == "stimulus":
             miss = self._pulse(p.miss_amplitude)
             plan += [self._hit_train(sensory),
-                     StimPattern(tuple((ch, miss) for ch in sensory), label="miss")]
+                     StimPattern.single(sensory, miss, label="miss")]
         return plan
 
     # -- electrodes -----------------------------------------------------------------------

@@ -141,7 +141,7 @@ class RateClamp(Protocol):
     def _pattern(self, channel, amplitude):
         """One pulse on one electrode (the pattern this protocol sends)."""
         pulse = StimPulse.biphasic(amplitude, self.p.phase_us, mode=self.p.pulse_mode)
-        return StimPattern(((channel, pulse),), label=self.name)
+        return StimPattern.single([channel], pulse, label=self.name)
 
     def _stim_channels(self, ctx):
         p = self.p
