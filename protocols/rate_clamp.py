@@ -29,7 +29,11 @@ the safety gate; a refused one is counted (``refused``) and the loop goes on. Su
 ``mae_percent`` (mean absolute error from then on), ``held_within`` (the share of the
 update periods from then on within 20 % of the target), the mean rate over that part
 (``held_rate_hz``), the pulses sent. On a spikes-only device (``sim://?raw=0``) the
-protocol acts when spikes arrive (the pulses keep them coming).
+protocol acts when spikes arrive (the pulses keep them coming). On a raw stream the
+engine blanks detection for a few ms after every pulse on every electrode, so the rate
+measured under stimulation is lower than the culture's: at 200 Hz of pulses more than
+half the time is blanked, and a target above what stays visible is not reached (the
+controller then sits at ``max_rate_hz``; ``reached_s`` is None).
 
 On the simulator (``sim://?raw=0``: the network culture, which bursts every 3-5 s, spikes
 only) the default target (18 Hz, about twice the spontaneous rate) is reached in about

@@ -92,19 +92,19 @@ def test_gaps_are_bridged_short_runs_and_low_peaks_left_out():
     counts = SpikeCounts(RATE, 0)
     bins = np.zeros(200, int)
     bins[10:14] = 30  # 40 ms: a burst
-    bins[17:21] = 30  # after a 30 ms gap: the same burst
+    bins[18:22] = 30  # after a 40 ms gap: the same burst
     bins[50:53] = 30  # 30 ms: too short
     bins[100:110] = 12  # long but its peak is low
     bins[150:154] = 30
-    bins[160:164] = 30  # after a 60 ms gap: another burst
+    bins[159:163] = 30  # after a 50 ms gap: another burst
     per_bin = int(RATE * 0.01)
     counts.add(np.repeat(np.arange(200) * per_bin, bins))
     detector = BurstDetector(counts, threshold=10.0, peak=20.0)
     detector.update(200 * per_bin)
     detector.finish()
     starts, stops = starts_and_stops(detector.bursts)
-    assert (starts // per_bin).tolist() == [10, 150, 160]
-    assert (stops // per_bin).tolist() == [21, 154, 164]
+    assert (starts // per_bin).tolist() == [10, 150, 159]
+    assert (stops // per_bin).tolist() == [22, 154, 163]
     assert [b.spikes for b in detector.bursts] == [240, 120, 120]
 
 
