@@ -9,7 +9,8 @@ potentiates or depresses the responses of whole pathways) and Bakkum, Chao & Pot
    one biphasic pulse (``amplitude_uA`` per phase, ``phase_us`` long) every
    ``probe_interval_ms``; the response of each recording electrode is its spikes
    ``window_start_ms``-``window_stop_ms`` after the pulse's execution sample;
-2. tetanus on the ``tetanus`` electrodes ("auto": the first probe electrode):
+2. tetanus on the ``tetanus`` electrodes ("auto": the first probe electrode; "none": a
+   sham, the same time without pulses, the control for drift and noise):
    ``bursts`` bursts at ``burst_rate_hz``, each ``burst_pulses`` pulses at
    ``pulse_rate_hz`` (``StimPattern.bursts``; the default, 10 bursts at 1 Hz of 20
    pulses at 100 Hz), then ``rest_s`` of quiet;
@@ -44,7 +45,8 @@ class Tetanus(Protocol):
         "probe_repetitions": Parameter(int, 20, range=(1, 10_000),
                                        help="probes per electrode per phase"),
         "probe_interval_ms": Parameter(float, 250.0, unit="ms", range=(25.0, 60_000.0)),
-        "tetanus": Parameter(str, "auto", help="'auto' (the first probe electrode) or labels"),
+        "tetanus": Parameter(str, "auto", help="'auto' (the first probe electrode), labels, "
+                             "or 'none' (sham: the same time without pulses)"),
         "bursts": Parameter(int, 10, range=(1, 10_000)),
         "burst_rate_hz": Parameter(float, 1.0, unit="Hz", range=(0.001, 100.0)),
         "burst_pulses": Parameter(int, 20, range=(1, 1000)),
@@ -76,7 +78,7 @@ class Tetanus(Protocol):
     def planned_patterns(self, ctx):
         probes, tetanus = self._electrodes(ctx)
         return [StimPattern.single([ch], self._pulse()) for ch in probes] \
-            + [self._bursts(ctx, tetanus, 0)]
+            + ([self._bursts(ctx, tetanus, 0)] if tetanus else [])
 
     def _bursts(self, ctx, channels, at):
         p = self.p
@@ -101,8 +103,10 @@ class Tetanus(Protocol):
             probes = [usable[int(round(k))] for k in picks[1:-1]]
         else:
             probes = _channels(ctx, "probe", self.p.probe)
-        tetanus = probes[:1] if self.p.tetanus == "auto" else \
-            _channels(ctx, "tetanus", self.p.tetanus)
+        if self.p.tetanus in ("auto", "none"):
+            tetanus = probes[:1] if self.p.tetanus == "auto" else []
+        else:
+            tetanus = _channels(ctx, "tetanus", self.p.tetanus)
         return probes, tetanus
 
     def setup(self, ctx):
@@ -150,8 +154,8 @@ class Tetanus(Protocol):
 
     def _send_tetanus(self, ctx):
         start = ctx.now + ctx.samples(LEAD_MS / 1000)
-        bursts = self._bursts(ctx, self.tetanus_channels, start)
-        for burst in bursts:
+        bursts = self._bursts(ctx, self.tetanus_channels or self.probes[:1], start)
+        for burst in bursts if self.tetanus_channels else ():  # a sham waits as long
             try:
                 ctx.stimulate(burst)
                 self.tetanus_sent += 1

@@ -80,3 +80,10 @@ def test_an_amplitude_above_the_limit_is_refused_at_start(tmp_path, protocol):
     assert done.returncode == 2
     assert "max_current_uA" in done.stderr and "set by amplitude_uA = 20" in done.stderr
     assert not (tmp_path / "probe_map.json").exists()
+
+
+def test_a_sham_tetanus_sends_only_the_probes(tmp_path):
+    summary = run(tmp_path, "tetanus", "n_probe=2", "probe_repetitions=3",
+                  "probe_interval_ms=200", "bursts=3", "rest_s=0.5", "tetanus=none")
+    assert summary["complete"] and summary["tetanus"] == []
+    assert summary["tetanus_bursts_sent"] == 0 and summary["probes_refused"] == 0
