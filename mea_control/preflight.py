@@ -132,7 +132,7 @@ def _refused(protocol: Protocol, refusal: SafetyRefusal, limits: SafetyLimits,
     source = _source(refusal.limit, limits, in_force)
     if source:
         text += f" ({source})"
-    setters = _set_by(protocol, refusal.value)
+    setters = _set_by(protocol, refusal.value, LIMIT_UNITS.get(refusal.limit, ""))
     if len(setters) == 1:
         text += f"; set by {setters[0]} = {protocol.values[setters[0]]:g}"
     return f"{protocol.name} cannot start: {text}"
@@ -150,13 +150,16 @@ def _source(limit: str, limits: SafetyLimits, in_force: SafetyLimits) -> str:
     return "the default limit"
 
 
-def _set_by(protocol: Protocol, value: Any) -> list[str]:
-    """The numeric parameters whose value is the refused value."""
+def _set_by(protocol: Protocol, value: Any, unit: str) -> list[str]:
+    """The numeric parameters whose value is the refused value; of several, those declared
+    in the limit's ``unit`` (an amplitude of 20 uA, not a count of 20 pulses)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return []
-    return [name for name, v in protocol.values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and abs(v - value) <= EPS * max(1.0, abs(value))]
+    found = [name for name, v in protocol.values.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)
+             and abs(v - value) <= EPS * max(1.0, abs(value))]
+    in_unit = [name for name in found if unit and protocol.parameters[name].unit == unit]
+    return in_unit if len(found) > 1 and in_unit else found
 
 
 def _check_declared(protocol: Protocol, limits: SafetyLimits, in_force: SafetyLimits) -> None:

@@ -65,6 +65,8 @@ class Response:
     #: Samples from the execution sample to each electrode's first spike in the window;
     #: -1 where it had none (int64, one per channel).
     latency: np.ndarray
+    #: The window's spikes themselves (device samples), e.g. for a PSTH.
+    spikes: SpikeEvents
 
     @property
     def execution_sample(self) -> int:
@@ -155,7 +157,7 @@ class Responses:
         latency = np.full(ctx.n_channels, -1, np.int64)
         channels, first = np.unique(spikes.channel, return_index=True)
         latency[channels] = spikes.sample[first] - start
-        return Response(ticket, label, record, (w0, w1), counts, latency)
+        return Response(ticket, label, record, (w0, w1), counts, latency, spikes)
 
     def _forget(self, now: int) -> None:
         """Patterns with no outcome by their deadline (never reported, or held back)."""

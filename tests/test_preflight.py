@@ -63,6 +63,21 @@ def test_a_value_the_gate_would_refuse_stops_the_start_naming_value_limit_and_pa
         f"bss_isomura cannot start: {message}")
 
 
+class _Twenty(Protocol):
+    """Twenty pulses of 20 uA."""
+
+    parameters = {"pulses": Parameter(int, 20), "window_ms": Parameter(float, 20.0, unit="ms"),
+                  "amplitude_uA": Parameter(float, 20.0, unit="uA")}
+
+    def planned_patterns(self, ctx):
+        return [StimPattern.train("44", StimPulse.biphasic(self.p.amplitude_uA, 200),
+                                  self.p.pulses, 10.0)]
+
+
+def test_of_several_parameters_with_the_refused_value_the_one_in_the_limits_unit_is_named():
+    assert refusal(_Twenty()).endswith("(the default limit); set by amplitude_uA = 20")
+
+
 def test_the_message_says_whose_limit_it_is():
     five = protocol("bss_isomura", amplitude=5.0)
     rig = SafetyLimits(max_current_uA=4.0)

@@ -74,6 +74,8 @@ def check(response, ticket):
     assert response.window == (2, 50)
     assert response.counts.tolist() == [0, 0, 2, 0, 0, 1, 0, 0]
     assert response.latency.tolist() == [-1, -1, 3, -1, -1, 18, -1, -1]
+    assert list(zip(response.spikes.sample, response.spikes.channel, strict=True)) == [
+        (105, 2), (110, 2), (120, 5)]
 
 
 def test_spikes_before_the_report_are_kept_for_its_window():
