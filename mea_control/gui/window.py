@@ -428,10 +428,13 @@ class MainWindow(QMainWindow):
                                              **self.traces.request(self._selected))
         for view in (self.traces, self.raster, self.array, self.psth, self.model, self.game):
             view.update_view(snap)
-        for ev in snap.events:
-            if getattr(ev, "kind", "") == "refusal":
+        for ev in snap.events:  # in the loop's order: a refusal from before a re-arm that
+            kind = getattr(ev, "kind", "")  # reaches the window after it is forgotten there
+            if kind == "refusal":
                 self._refusals += 1
                 self._last_refusal = ev.message
+            elif kind == "rearm":
+                self._forget_refusals()
         self._update_panels(snap.status)
 
     def _update_panels(self, status: dict) -> None:
