@@ -59,13 +59,22 @@ class _Socket:
         self.sock.close()
 
 
+class _KeepingSerial(serial.Serial):
+    """A serial port whose opening keeps what the device sent: pyserial empties the input
+    at the end of open(), after the device has seen the port open and may already have
+    sent its Hello on connect (the driver does not depend on that Hello: it pings)."""
+
+    def _reset_input_buffer(self) -> None:
+        pass
+
+
 class Host:
     """A bare wire-protocol host: send commands, wait for given messages; while waiting it
     sends a HostHeartbeat every 50 ms (``beat``), as a live host does."""
 
     def __init__(self, link, beat: bool = True) -> None:
         is_tcp = link.name.startswith("socket://")
-        self.port = _Socket(link.name) if is_tcp else serial.Serial(link.name, timeout=0.05)
+        self.port = _Socket(link.name) if is_tcp else _KeepingSerial(link.name, timeout=0.05)
         self.decoder = wire.FrameDecoder()
         self.frames: list[wire.Frame] = []
         self.seq = 0
