@@ -19,6 +19,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(__file__).resolve().parent / "output"
 
+#: Seconds a GUI step may take on a busy machine (the rig process starts, compiles, runs).
+GUI_WAIT_S = 60.0
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_state_dir(tmp_path_factory):
@@ -39,6 +42,30 @@ def state_dir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "state"
     monkeypatch.setenv(STATE_DIR_ENV, str(folder))
     return folder
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    """The main window (offscreen) with its rig in a process of its own, as `mea-control
+    gui` runs it, and settings of its own; every question it asks is answered yes and kept
+    in ``window.questions``."""
+    from PySide6.QtCore import QSettings
+
+    from mea_control.gui.window import MainWindow
+
+    questions = []
+
+    def confirm(question):
+        questions.append(question)
+        return True
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat),
+                   confirm=confirm)
+    w.questions = questions
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    assert w.session.close(timeout=GUI_WAIT_S)
 
 
 @pytest.fixture

@@ -4,28 +4,15 @@ Offscreen, with the rig in its own process as ``mea-control gui`` runs it.
 """
 
 import numpy as np
-import pytest
-from PySide6.QtCore import QPoint, QRect, QSettings
+from conftest import GUI_WAIT_S as WAIT_S
+from PySide6.QtCore import QPoint, QRect
 
 from mea_control.gui.session import RigSession
 from mea_control.gui.snapshot import Snapshot
 from mea_control.gui.views import ModelView
-from mea_control.gui.window import MainWindow
 from mea_control.layouts import load_layout
 
-#: Seconds a step may take on a busy machine (the rig process starts, compiles, runs).
-WAIT_S = 60.0
 FS = 25_000
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat),
-                   confirm=lambda question: True)
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    assert w.session.close(timeout=WAIT_S)
 
 
 def _wait(qtbot, condition):

@@ -3,26 +3,13 @@ with the check's message, out-of-range values said at their field, a protocol's 
 without Python's class name."""
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from conftest import GUI_WAIT_S as WAIT_S
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QPalette
 from PySide6.QtTest import QTest
 
 from mea_control.gui.forms import ProtocolPanel
 from mea_control.gui.session import RigSession
-from mea_control.gui.window import MainWindow
-
-WAIT_S = 60.0
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    """The window with its rig in a process of its own, as `mea-control gui` runs it."""
-    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat),
-                   confirm=lambda question: True)
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    assert w.session.close(timeout=WAIT_S)
 
 
 def _refused(qtbot, w, protocol, values):

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 
 import h5py
 import numpy as np
-import pytest
+from conftest import GUI_WAIT_S as WAIT_S
 from conftest import ROOT, cli_command
 from PySide6.QtCore import QSettings
 
@@ -16,26 +16,6 @@ from mea_control.gui.recordings import RecordingFields
 from mea_control.gui.remote import GUI_NICE
 from mea_control.gui.window import MainWindow
 from mea_control.layouts import load_layout
-
-#: Seconds a step may take on a busy machine (the rig process starts, compiles, runs).
-WAIT_S = 60.0
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    questions = []
-
-    def confirm(question):
-        questions.append(question)
-        return True
-
-    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat),
-                   confirm=confirm)
-    w.questions = questions
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    assert w.session.close(timeout=WAIT_S)
 
 
 def _wait(qtbot, condition):

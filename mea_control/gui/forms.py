@@ -83,13 +83,9 @@ def _compact(box: QSpinBox | QDoubleSpinBox, hint: QSize) -> QSize:
     return QSize(box.fontMetrics().horizontalAdvance(text) + 40, hint.height())
 
 
-class _IntBox(QSpinBox):
-    """A spin box that takes any typed integer and steps within ``bounds``."""
-
-    def __init__(self, bounds: tuple[float, float]) -> None:
-        super().__init__()
-        self.bounds = bounds
-        self.setRange(-INT_LIMIT, INT_LIMIT)
+class _WithinBounds:
+    """What both number boxes share: steps stay within ``bounds`` (typing may leave them),
+    and the box is as wide as its bounds need, not its typing range."""
 
     def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt override)
         _step_within(self, steps)
@@ -104,7 +100,17 @@ class _IntBox(QSpinBox):
         return _compact(self, super().minimumSizeHint())
 
 
-class _FloatBox(QDoubleSpinBox):
+class _IntBox(_WithinBounds, QSpinBox):
+    """A spin box that takes any typed integer and steps within ``bounds``."""
+
+    def __init__(self, bounds: tuple[float, float]) -> None:
+        super().__init__()
+        self.bounds = bounds
+        self.setRange(-INT_LIMIT, INT_LIMIT)
+
+
+
+class _FloatBox(_WithinBounds, QDoubleSpinBox):
     """A double spin box with six decimals that shows no trailing zeros (0.25, not
     0.250000), takes any typed number and steps within ``bounds``."""
 
@@ -119,17 +125,6 @@ class _FloatBox(QDoubleSpinBox):
         point = self.locale().decimalPoint()
         return text.rstrip("0").rstrip(point) if point in text else text
 
-    def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt override)
-        _step_within(self, steps)
-
-    def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:  # noqa: N802 (Qt override)
-        return _steps_enabled(self)
-
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
-        return _compact(self, super().sizeHint())
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
-        return _compact(self, super().minimumSizeHint())
 
 
 def _step(param: Parameter) -> float:
