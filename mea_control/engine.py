@@ -736,17 +736,20 @@ class Engine:
         self._on_clock(block.stop_sample)
 
     def _on_clock(self, sample: int) -> None:
-        """The device delivered everything before ``sample``: trials and the watchdog move on."""
+        """The device delivered everything before ``sample``: trials, the watchdog and then
+        the protocol's on_clock move on (not while paused, nor once the run is ending)."""
         self.now = sample
         self._notify("on_clock", sample)
         for record in self.patterns.trains_done(sample):
             self._stim_final(record)
         if not self.config.fast:
-            self._watchdog()
+            self._watchdog()  # before the protocol decides anything at this sample
         if self.trials is not None and self.error is None:
             for trial in self._call(self.trials.on_block, self.ctx, sample) or ():
                 self._call(self.protocol.on_trial, self.ctx, trial)
                 self._notify("on_trial", trial)
+        if not self.paused and self.error is None and not self._stop.is_set():
+            self._call(self.protocol.on_clock, self.ctx, sample)
 
     def _on_spikes(self, spikes: SpikeEvents) -> None:
         self.stats.spikes += len(spikes)

@@ -2,12 +2,13 @@
 
 A protocol is a Python file with one :class:`Protocol` subclass. It declares
 its parameters (type, default, unit, range) and implements any of the hooks
-``setup``, ``on_block``, ``on_spikes``, ``on_trial``, ``on_stim`` and ``teardown``; each
-hook receives the run's :class:`~mea_control.context.Context` (``ctx``), which
-gives the clock (``ctx.now``, in device samples), the layout, a seeded random
-generator, ``ctx.stimulate`` and ``ctx.outcome``. ``planned_patterns`` says before
-the run what it will send, for the check against the limits
-(:mod:`mea_control.preflight`); ``model_state`` gives displays the protocol's model.
+``setup``, ``on_block``, ``on_spikes``, ``on_clock``, ``on_trial``, ``on_stim`` and
+``teardown``; each hook receives the run's :class:`~mea_control.context.Context`
+(``ctx``), which gives the clock (``ctx.now``, in device samples), the layout, a
+seeded random generator, ``ctx.stimulate`` and ``ctx.outcome``; :func:`electrodes`
+reads an electrode-list parameter. ``planned_patterns`` says before the run what it
+will send, for the check against the limits (:mod:`mea_control.preflight`);
+``model_state`` gives displays the protocol's model.
 See ``protocols/`` for examples.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -38,6 +40,7 @@ __all__ = [
     "TrialSpec",
     "TrialTable",
     "Trials",
+    "electrodes",
     "load_protocol",
     "shipped_protocols",
 ]
@@ -47,6 +50,34 @@ PROTOCOLS_DIR = Path(__file__).resolve().parent.parent / "protocols"
 
 class ProtocolError(Exception):
     """A problem with a protocol file or its parameters that the user can fix."""
+
+
+def electrodes(ctx: Context, labels: str | Sequence[str], parameter: str,
+               stimulating: bool = False) -> list[int]:
+    """An electrode-list parameter (comma-separated labels, or a list of them) -> the
+    channels of ``ctx.layout``, in the order given. ProtocolError naming ``parameter``
+    for an empty list, a label listed twice, a label the layout lacks, or (with
+    ``stimulating``) the electrodes that cannot stimulate here. Words such as "auto" are
+    the protocol's to handle before."""
+    given = [x.strip() for x in labels.split(",")] if isinstance(labels, str) \
+        else [str(x).strip() for x in labels]
+    given = [x for x in given if x]
+    if not given:
+        raise ProtocolError(f"{parameter}: give at least one electrode label")
+    twice = sorted({x for x in given if given.count(x) > 1})
+    if twice:
+        raise ProtocolError(f"{parameter}: {', '.join(twice)} listed twice")
+    try:
+        channels = [ctx.layout.channel(label) for label in given]
+    except ValueError as exc:
+        raise ProtocolError(f"{parameter}: {exc}") from None
+    blocked = [label for label, ch in zip(given, channels, strict=True)
+               if stimulating and not ctx.can_stimulate(ch)]
+    if blocked:
+        raise ProtocolError(f"{parameter}: {', '.join(blocked)} cannot stimulate here "
+                            "(ground, reference, forbidden by the rig, or not a "
+                            "stimulation electrode)")
+    return channels
 
 
 @dataclass(frozen=True)
@@ -172,6 +203,13 @@ class Protocol:
 
     def on_spikes(self, ctx: Context, spikes: SpikeEvents) -> None:
         """Called with the spikes detected in the latest block (only when there are any)."""
+
+    def on_clock(self, ctx: Context, sample: int) -> None:
+        """Called each time the device's clock moves to ``sample`` (``ctx.now``): after
+        every block (its ``on_block`` and ``on_spikes``) and, on a device that streams
+        spikes only, after every tick; every spike before ``sample`` has been heard.
+        The place to pace pulses on any device. Not called while the operator pauses
+        the protocol, nor once the run is ending (``ctx.finish()``, a stop, an error)."""
 
     def on_trial(self, ctx: Context, trial: Trial) -> None:
         """Called when a trial's response window has closed."""

@@ -11,7 +11,7 @@ An ordinary client of the protocol API: the protocol sends through
         def setup(self, ctx):
             self.responses = Responses(window_ms=(2.0, 50.0))
 
-        def on_block(self, ctx, block, filtered):
+        def on_clock(self, ctx, sample):
             if ...:  # time for a probe
                 self.responses.send(ctx, StimPattern.single([ch], pulse), label=ch)
             for response in self.responses.ready(ctx):
@@ -129,9 +129,9 @@ class Responses:
 
     def ready(self, ctx: Context) -> list[Response]:
         """The responses whose window has passed since the last call, oldest window end
-        first. Call it from ``on_block`` (or ``on_spikes`` on a device that sends spikes
-        only): a window is complete once the clock has passed its end (plus SETTLE_MS)
-        at an earlier call, so that the block's own spikes are in."""
+        first. Call it from ``on_clock`` (any device) or ``on_block``: a window is
+        complete once the clock has passed its end (plus SETTLE_MS) at an earlier call,
+        so that the block's own spikes are in."""
         if ctx.now != self._clock:
             self._delivered, self._clock = self._clock, ctx.now
         done: list[Response] = []

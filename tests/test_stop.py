@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 
+import numpy as np
 import pytest
 from conftest import ROOT, cli_command, ctrl_c_works, wait_until
 
@@ -413,3 +414,75 @@ def test_a_protocol_error_points_at_its_line_in_the_log():
     event = next(e for e in engine.recent_events if e.kind == "protocol_error")
     assert event.message.startswith("RuntimeError: protocol bug (injected) (at ")
     assert event.message.endswith(f"test_stop.py:{line} in fails)")
+
+
+# -- on_clock: paced pulses on any device, never while paused, refused after STOP ---------
+
+
+class Pacer(Protocol):
+    """A pulse on channel 10 every 50 ms, paced in on_clock; the samples it heard."""
+
+    def __init__(self):
+        super().__init__()
+        self.clock, self.refused_at, self.next_at = [], [], 0
+
+    def on_clock(self, ctx, sample):
+        self.clock.append(sample)
+        if sample >= self.next_at:
+            self.next_at = sample + ctx.samples(0.05)
+            try:
+                ctx.stimulate(StimPattern.single([10], PULSE))
+            except SafetyRefusal:
+                self.refused_at.append(sample)
+
+
+class AtClock(Sink):
+    """Calls ``act()`` on the loop's thread once the clock reaches ``sample``."""
+
+    def __init__(self, sample, act):
+        self.sample, self.act = sample, act
+
+    def on_clock(self, sample):
+        if self.act is not None and sample >= self.sample:
+            self.act, act = None, self.act
+            act()
+
+
+@pytest.mark.parametrize("url", ["sim://?seed=1", "sim://?seed=1&raw=0"])
+def test_a_pulse_booked_from_on_clock_after_stop_is_refused(url):
+    """The operator's STOP at 0.3 s: the device's own record has the pulses before it and
+    none after, though the protocol went on booking one every 50 ms from on_clock."""
+    driver, ran = sim(url)
+    protocol = Pacer()
+    engine = Engine(driver, protocol, EngineConfig(fast=True, duration_s=1.0))
+    engine.sinks.append(AtClock(int(0.3 * FS), lambda: engine.stop_stimulation("operator")))
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    stop = next(e.sample for e in engine.recent_events if e.kind == "disarm")
+    assert len(ran) >= 5 and max(sample for sample, *_ in ran) <= stop
+    assert protocol.clock[-1] >= 0.99 * FS  # it heard the clock to the end ...
+    assert len(protocol.refused_at) >= 13 and min(protocol.refused_at) >= stop  # ... refused
+    assert s["stims_refused"] == len(protocol.refused_at) and s["error"] is None
+
+
+@pytest.mark.parametrize("url", ["sim://?seed=1", "sim://?seed=1&raw=0"])
+def test_on_clock_hears_every_block_or_tick_but_none_while_paused(url):
+    driver, ran = sim(url)
+    protocol = Pacer()
+    engine = Engine(driver, protocol, EngineConfig(fast=True, duration_s=1.0))
+    engine.sinks += [AtClock(int(0.2 * FS), engine.pause), AtClock(int(0.5 * FS), engine.resume)]
+    try:
+        engine.run()
+    finally:
+        driver.close()
+    events = {e.kind: e.sample for e in engine.recent_events}
+    paused, resumed = events["pause"], events["resume"]
+    clock = np.array(protocol.clock)
+    assert not ((clock > paused) & (clock <= resumed)).any()
+    steps = np.diff(clock)
+    step = engine.block_samples
+    assert (steps == step).sum() == len(steps) - 1  # every block or tick, but the pause
+    assert steps.max() == resumed - paused + step
+    assert not [sample for sample, *_ in ran if paused + step < sample <= resumed]
