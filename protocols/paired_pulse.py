@@ -21,7 +21,7 @@ means (``ppr``, < 1: depression, > 1: facilitation). Every pulse goes through
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
 from mea_control.responses import Responses
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
@@ -71,27 +71,15 @@ class PairedPulse(Protocol):
                 StimPattern.single(channels, pulse, at_sample=second, label="pp2")]
 
     def _electrodes(self, ctx):
-        if not ctx.info.capabilities.raw_stream:
-            raise ProtocolError(f"{self.name} paces its pulses on the device's blocks; "
-                                "this device streams spikes only")
+        if self.p.electrodes != "auto":
+            return electrodes(ctx, self.p.electrodes, "electrodes", stimulating=True)
         layout = ctx.layout
-        if self.p.electrodes == "auto":
-            usable = [ch for ch in range(layout.n_electrodes) if ctx.can_stimulate(ch)]
-            if not usable:
-                raise ProtocolError(f"layout {layout.name} has no stimulation electrode")
-            centre = layout.positions_um.mean(axis=0)
-            return [min(usable, key=lambda ch: float(
-                np.hypot(*(layout.positions_um[ch] - centre))))]
-        labels = [x.strip() for x in self.p.electrodes.split(",") if x.strip()]
-        try:
-            channels = [layout.channel(label) for label in labels]
-        except ValueError as exc:
-            raise ProtocolError(f"electrodes: {exc}") from None
-        blocked = [layout.labels[ch] for ch in channels if not ctx.can_stimulate(ch)]
-        if blocked or not channels:
-            raise ProtocolError(f"electrodes: {', '.join(blocked) or 'none given'} "
-                                "cannot stimulate here")
-        return channels
+        usable = [ch for ch in range(layout.n_electrodes) if ctx.can_stimulate(ch)]
+        if not usable:
+            raise ProtocolError(f"layout {layout.name} has no stimulation electrode")
+        centre = layout.positions_um.mean(axis=0)
+        return [min(usable, key=lambda ch: float(
+            np.hypot(*(layout.positions_um[ch] - centre))))]
 
     def setup(self, ctx):
         p = self.p
@@ -108,7 +96,7 @@ class PairedPulse(Protocol):
         self.done = {ms: [] for ms in self.intervals}  # (first, second) responses
         self.pair_no = self.refused = 0
 
-    def on_block(self, ctx, block, filtered):
+    def on_clock(self, ctx, sample):
         if ctx.now >= self.next_at and any(self.remaining.values()):
             self.next_at += ctx.samples(self.p.pair_interval_s)
             self._send_pair(ctx)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
 from mea_control.responses import Responses
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
@@ -76,24 +76,12 @@ class ProbeMap(Protocol):
         return StimPulse.biphasic(self.p.amplitude_uA, self.p.phase_us)
 
     def _electrodes(self, ctx):
-        if not ctx.info.capabilities.raw_stream:
-            raise ProtocolError(f"{self.name} paces its pulses on the device's blocks; "
-                                "this device streams spikes only")
         """The stimulated channels, in the order they are probed."""
-        layout = ctx.layout
-        if self.p.electrodes == "auto":
-            chosen = [ch for ch in range(layout.n_electrodes) if ctx.can_stimulate(ch)]
-        else:
-            labels = [x.strip() for x in self.p.electrodes.split(",") if x.strip()]
-            try:
-                chosen = [layout.channel(label) for label in labels]
-            except ValueError as exc:
-                raise ProtocolError(f"electrodes: {exc}") from None
-            blocked = [layout.labels[ch] for ch in chosen if not ctx.can_stimulate(ch)]
-            if blocked:
-                raise ProtocolError(f"electrodes: {', '.join(blocked)} cannot stimulate here")
+        if self.p.electrodes != "auto":
+            return electrodes(ctx, self.p.electrodes, "electrodes", stimulating=True)
+        chosen = [ch for ch in range(ctx.layout.n_electrodes) if ctx.can_stimulate(ch)]
         if not chosen:
-            raise ProtocolError(f"layout {layout.name} has no stimulation electrode")
+            raise ProtocolError(f"layout {ctx.layout.name} has no stimulation electrode")
         return chosen
 
     def setup(self, ctx):
@@ -114,7 +102,7 @@ class ProbeMap(Protocol):
         self.sent = self.refused = 0
         self.result = {}
 
-    def on_block(self, ctx, block, filtered):
+    def on_clock(self, ctx, sample):
         total = len(self.stimulated) * self.p.repetitions
         if self.index < total and ctx.now >= self.next_at:
             self._pulse_next(ctx)

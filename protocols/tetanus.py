@@ -26,7 +26,7 @@ labelled "probe", tetanus bursts "tetanus".
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
 from mea_control.responses import Responses
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
@@ -91,9 +91,6 @@ class Tetanus(Protocol):
 
     def _electrodes(self, ctx):
         """(probe channels, tetanus channels)."""
-        if not ctx.info.capabilities.raw_stream:
-            raise ProtocolError(f"{self.name} paces its pulses on the device's blocks; "
-                                "this device streams spikes only")
         layout = ctx.layout
         usable = [ch for ch in range(layout.n_electrodes) if ctx.can_stimulate(ch)]
         if self.p.probe == "auto":
@@ -102,11 +99,11 @@ class Tetanus(Protocol):
             picks = np.linspace(0, len(usable) - 1, min(self.p.n_probe, len(usable)) + 2)
             probes = [usable[int(round(k))] for k in picks[1:-1]]
         else:
-            probes = _channels(ctx, "probe", self.p.probe)
+            probes = electrodes(ctx, self.p.probe, "probe", stimulating=True)
         if self.p.tetanus in ("auto", "none"):
             tetanus = probes[:1] if self.p.tetanus == "auto" else []
         else:
-            tetanus = _channels(ctx, "tetanus", self.p.tetanus)
+            tetanus = electrodes(ctx, self.p.tetanus, "tetanus", stimulating=True)
         return probes, tetanus
 
     def setup(self, ctx):
@@ -123,7 +120,7 @@ class Tetanus(Protocol):
         self.tetanus_sent = self.tetanus_refused = self.probes_refused = 0
         self.figures = {}
 
-    def on_block(self, ctx, block, filtered):
+    def on_clock(self, ctx, sample):
         for response in self.responses.ready(ctx):
             phase, k = response.label
             self.counts[phase][k] += response.counts
@@ -202,16 +199,3 @@ class Tetanus(Protocol):
     def summary(self):
         return self.figures
 
-
-def _channels(ctx, name, text):
-    layout = ctx.layout
-    labels = [x.strip() for x in text.split(",") if x.strip()]
-    try:
-        channels = [layout.channel(label) for label in labels]
-    except ValueError as exc:
-        raise ProtocolError(f"{name}: {exc}") from None
-    blocked = [layout.labels[ch] for ch in channels if not ctx.can_stimulate(ch)]
-    if blocked or not channels:
-        raise ProtocolError(f"{name}: {', '.join(blocked) or 'none given'} cannot "
-                            "stimulate here")
-    return channels
