@@ -28,12 +28,12 @@ the safety gate; a refused one is counted (``refused``) and the loop goes on. Su
 ``reached_s`` (time until the rate first came within 20 % of the target), ``mae_hz`` and
 ``mae_percent`` (mean absolute error from then on), ``held_within`` (the share of the
 update periods from then on within 20 % of the target), the mean rate over that part
-(``held_rate_hz``), the pulses sent. On a spikes-only device (``sim://?raw=0``) the
-protocol acts when spikes arrive (the pulses keep them coming). On a raw stream the
-engine blanks detection for a few ms after every pulse on every electrode, so the rate
-measured under stimulation is lower than the culture's: at 200 Hz of pulses more than
-half the time is blanked, and a target above what stays visible is not reached (the
-controller then sits at ``max_rate_hz``; ``reached_s`` is None).
+(``held_rate_hz``), the pulses sent. The controller steps and paces its pulses in
+``on_clock``, on a raw stream as on a device that streams spikes only. On a raw stream
+the engine blanks detection for a few ms after every pulse on every electrode, so the
+rate measured under stimulation is lower than the culture's: at 200 Hz of pulses more
+than half the time is blanked, and a target above what stays visible is not reached
+(the controller then sits at ``max_rate_hz``; ``reached_s`` is None).
 
 On the simulator (``sim://?raw=0``: the network culture, which bursts every 3-5 s, spikes
 only) the default target (18 Hz, about twice the spontaneous rate) is reached in about
@@ -44,7 +44,7 @@ only) the default target (18 Hz, about twice the spontaneous rate) is reached in
 import numpy as np
 
 from mea_control.bursts import SpikeCounts
-from mea_control.protocol import Parameter, Protocol, ProtocolError
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
 
@@ -66,23 +66,6 @@ class PIController:
         if self.lo <= u <= self.hi or (u > self.hi) == (error < 0):
             self.integral = trial
         return float(np.clip(self.kp * error + self.ki * self.integral, self.lo, self.hi))
-
-
-def channels_of(ctx, text: str, what: str, stimulating: bool = False) -> list[int]:
-    """Comma-separated electrode labels -> channels; ProtocolError naming ``what``."""
-    labels = [x.strip() for x in text.split(",") if x.strip()]
-    if not labels or len(set(labels)) != len(labels):
-        raise ProtocolError(f"{what}: give different comma-separated electrode labels")
-    try:
-        channels = [ctx.layout.channel(label) for label in labels]
-    except ValueError as exc:
-        raise ProtocolError(f"{what}: {exc}") from None
-    blocked = [label for label, ch in zip(labels, channels, strict=True)
-               if stimulating and not ctx.can_stimulate(ch)]
-    if blocked:
-        raise ProtocolError(f"{what}: {', '.join(blocked)} cannot stimulate here (ground, "
-                            "reference, forbidden by the rig, or not a stimulation electrode)")
-    return channels
 
 
 def spread_electrodes(ctx, n: int) -> list[int]:
@@ -151,13 +134,13 @@ class RateClamp(Protocol):
         p = self.p
         if p.stim_electrodes == "auto":
             return spread_electrodes(ctx, p.n_stim)
-        return channels_of(ctx, p.stim_electrodes, "stim_electrodes", stimulating=True)
+        return electrodes(ctx, p.stim_electrodes, "stim_electrodes", stimulating=True)
 
     def _recording_channels(self, ctx):
         if self.p.recording == "all":
             skip = set(ctx.layout.ground) | set(ctx.layout.reference)
             return [ch for ch in range(ctx.n_channels) if ch not in skip]
-        return channels_of(ctx, self.p.recording, "recording")
+        return electrodes(ctx, self.p.recording, "recording")
 
     def setup(self, ctx):
         p = self.p
@@ -184,12 +167,11 @@ class RateClamp(Protocol):
     def stop_clamp(self):
         self.clamping, self.rate_hz, self._next_pulse = False, 0.0, None
 
-    def on_block(self, ctx, block, filtered):
-        self.advance(ctx, block.start_sample)  # this block's spikes come after this hook
-
     def on_spikes(self, ctx, spikes):
         self.count(spikes.sample[np.isin(spikes.channel, self.recording)])
-        self.advance(ctx, ctx.now)
+
+    def on_clock(self, ctx, sample):
+        self.advance(ctx, sample)  # every spike before sample is counted
 
     def count(self, samples):
         """Count the spikes of the recording electrodes (their samples)."""
