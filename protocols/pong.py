@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
 
@@ -240,7 +240,7 @@ class Pong(Protocol):
         sets = []
         for name, default in zip(ELECTRODE_SETS, auto, strict=True):
             labels = given.get(name)
-            sets.append(default if labels is None else _channels(layout, name, labels))
+            sets.append(default if labels is None else electrodes(ctx, labels, name))
         sensory, up, down = sets
         if len(sensory) < 1 or len(up) < 1 or len(down) < 1:
             raise ProtocolError(f"layout {layout.name} is too small for pong's electrode sets")
@@ -269,7 +269,7 @@ class Pong(Protocol):
         given = {name: getattr(self.p, name) for name in ELECTRODE_SETS
                  if getattr(self.p, name) != "auto"}
         if not self.p.electrodes_file:
-            return {name: _split(text) for name, text in given.items()}
+            return given
         path = Path(self.p.electrodes_file)
         try:
             data = json.loads(path.read_text())
@@ -278,14 +278,13 @@ class Pong(Protocol):
         if not isinstance(data, dict):
             raise ProtocolError(f"electrodes_file {path}: expected a JSON object with "
                                 + ", ".join(ELECTRODE_SETS))
-        out = {name: _split(text) for name, text in given.items()}
+        out = dict(given)
         for name in ELECTRODE_SETS:
             if name in data:
                 if name in given:
                     raise ProtocolError(f"{name} is given both as a parameter and in "
                                         f"electrodes_file {path}: give it once")
-                value = data[name]
-                out[name] = _split(value) if isinstance(value, str) else [str(v) for v in value]
+                out[name] = data[name]  # labels, comma-separated or a list
         return out
 
     # -- the run --------------------------------------------------------------------------
@@ -309,15 +308,11 @@ class Pong(Protocol):
         self.sent, self.refused = Counter(), Counter()
         self._state = self._snapshot(None)
 
-    def on_block(self, ctx, block, filtered):
-        self._advance(ctx)
-
     def on_spikes(self, ctx, spikes):
-        self._advance(ctx)  # a spikes-only device has no blocks: its spikes move the game
         self.up += int(np.count_nonzero(self.up_mask[spikes.channel]))
         self.down += int(np.count_nonzero(self.down_mask[spikes.channel]))
 
-    def _advance(self, ctx):
+    def on_clock(self, ctx, sample):
         """Run the frames due by now, then the pulses due."""
         while ctx.now >= self.start + (self.frames + 1) * self.frame_samples:
             self._frame(ctx)
@@ -437,22 +432,6 @@ class Pong(Protocol):
             "motor_up": [int(c) for c in self.motor_up],
             "motor_down": [int(c) for c in self.motor_down],
         }
-
-
-def _split(text):
-    return [x.strip() for x in str(text).split(",") if x.strip()]
-
-
-def _channels(layout, name, labels):
-    """Labels -> channels, each once; ProtocolError naming the set otherwise."""
-    if not labels:
-        raise ProtocolError(f"{name}: give at least one electrode label")
-    if len(set(labels)) != len(labels):
-        raise ProtocolError(f"{name}: an electrode is listed twice")
-    try:
-        return [layout.channel(label) for label in labels]
-    except ValueError as exc:
-        raise ProtocolError(f"{name}: {exc}") from None
 
 
 def _auto_sets(layout, recording, can_stimulate):

@@ -114,7 +114,7 @@ def test_electrodes_file_and_parameters(tmp_path):
     path.write_text(json.dumps({"sensory": ["11", "12"], "motor_up": "87, 88",
                                 "motor_down": ["81"]}))
     assert cls(electrodes_file=str(path))._given_sets() == {
-        "sensory": ["11", "12"], "motor_up": ["87", "88"], "motor_down": ["81"]}
+        "sensory": ["11", "12"], "motor_up": "87, 88", "motor_down": ["81"]}  # as given
     with pytest.raises(ProtocolError, match="sensory is given both"):
         cls(electrodes_file=str(path), sensory="13,14")._given_sets()
     with pytest.raises(ProtocolError, match="electrodes_file"):
@@ -163,6 +163,21 @@ def games(tmp_path_factory):
             frames = [d for d in rec.decisions if d["details"].get("kind") == "frame"]
         out[c] = summary, pulses, frames
     return out
+
+
+def test_frames_keep_time_on_a_device_that_streams_spikes_only(tmp_path):
+    """The game moves on the device's clock (on_clock), not when spikes happen to come:
+    one frame every 40 ms of device samples, each taken at its sample."""
+    nwb, summary = tmp_path / "pong.nwb", tmp_path / "pong.json"
+    [(code, err, _)] = cli_batch([["run", "pong", "--device", "sim://?seed=1&raw=0", "--fast",
+                                   "--quiet", "--duration", "10", *SHORT, "--record", str(nwb),
+                                   "--summary-json", str(summary)]], timeout=600)
+    assert code == 0, err
+    with recording.open(nwb) as rec:
+        frames = [d["sample"] for d in rec.decisions if d["details"].get("kind") == "frame"]
+    assert len(frames) >= 249 and set(np.diff(frames)) == {FS // 25}
+    played = json.loads(summary.read_text())["protocol_summary"]
+    assert played["rallies"] >= 1 and played["pulses_sent"]["sense"] > 0
 
 
 def _events(frames, kind):
@@ -302,7 +317,7 @@ def test_parameters_that_cannot_work_and_the_model_state():
     assert pong.model_state() is None  # before the run
     pong.setup(ctx)
     ctx.now = FS  # one second: 25 frames
-    pong.on_block(ctx, None, None)
+    pong.on_clock(ctx, ctx.now)
     state = pong.model_state()
     assert state["view"] == "pong" and state["frame"] == 25 and state["condition"] == "stimulus"
     assert 0 <= state["ball_x"] <= 1 and state["in_play"]
