@@ -46,7 +46,7 @@ budget.
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
 
@@ -102,18 +102,8 @@ class SpikeTriggered(Protocol):
             raise ProtocolError(f"trigger_electrode: {exc}") from None
 
     def _target_channels(self, ctx):
-        labels = [x.strip() for x in self.p.target_electrodes.split(",") if x.strip()]
-        if not labels or len(set(labels)) != len(labels):
-            raise ProtocolError("target_electrodes: give one or more different labels")
-        try:
-            channels = [ctx.layout.channel(label) for label in labels]
-        except ValueError as exc:
-            raise ProtocolError(f"target_electrodes: {exc}") from None
-        blocked = [lb for lb, ch in zip(labels, channels, strict=True) if not ctx.can_stimulate(ch)]
-        if blocked:
-            raise ProtocolError(f"target_electrodes: {', '.join(blocked)} cannot stimulate here "
-                                "(ground, reference, forbidden by the rig, or not a stimulation "
-                                "electrode)")
+        channels = electrodes(ctx, self.p.target_electrodes, "target_electrodes",
+                              stimulating=True)
         if self._trigger_channel(ctx) in channels:
             raise ProtocolError("target_electrodes: the trigger electrode cannot be a target "
                                 "(its own pulses would trigger it)")
