@@ -1,20 +1,32 @@
-"""Blind-source-separation training of Isomura et al. (2015, 2023).
+"""Blind-source-separation training: a culture stimulated with mixtures of two hidden
+sources comes to respond to the sources themselves.
 
-Two hidden binary sources s1, s2, each 1 with p = 1/2 in every trial. The 32
-stimulated electrodes form two groups of 16: in each trial a group-1
-electrode follows source 1 with p = 1 - mixing and source 2 with p = mixing,
-and group 2 the reverse; an electrode whose source is 1 gets a pulse. One
-pattern a second, 256 trials a session; by default the same 256-trial
-sequence repeats in every session, as in the published experiment. Responses
-are spike counts per electrode 10-300 ms after each pulse.
+After Isomura, Kotani & Jimbo 2015 (PLoS Comput Biol 11:e1004643) and Isomura, Kotani,
+Jimbo & Friston 2023 (Nat Commun 14:4547: the culture separates the sources as the
+free-energy principle predicts). Two hidden binary sources s1, s2, each 1 with p = 1/2
+in every trial. The 32 stimulated electrodes form two groups of 16: in each trial a
+group-1 electrode follows source 1 with p = 1 - ``mixing`` and source 2 with p =
+``mixing``, and group 2 the reverse; an electrode whose source is 1 gets a pulse. One
+pattern every ``isi_s``, ``trials_per_session`` trials a session; by default the same
+sequence repeats in every session (``repeat_sequence``), as in the published experiment.
 
-mixing = 0.25 is the published control condition; 0 and 0.5 give the mix0
-and mix50 conditions.
+Parameters: ``mixing`` (a probability, 0 to 0.5: 0.25 is the published control
+condition, 0 and 0.5 the mix0 and mix50 conditions), ``sessions``,
+``trials_per_session`` (256 published), ``isi_s`` (s, 1 published), the response window
+``window_start_ms``-``window_stop_ms`` (ms after each pulse, 10-300 published), the
+pulse (``pulse_mode``, ``amplitude`` per phase in uA or mV, ``phase_us`` in us), and
+``electrodes``: 32 comma-separated labels, group 1 first, or "auto" (16 spread over each
+half of the array, the left half group 1).
+
+Records: the trial helper's table (``o``: which of the 32 electrodes were pulsed, ``s``:
+the sources, ``r``: each electrode's spike count in the window), the pulses labelled
+"bss"; the summary names the stimulated electrodes (``stim_channels``, channel indices).
+Every pattern goes through the safety gate.
 """
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError, Trials, TrialSpec
+from mea_control.protocol import Parameter, Protocol, ProtocolError, Trials, TrialSpec, electrodes
 from mea_control.types import StimPattern, StimPulse
 
 N_PER_GROUP = 16
@@ -83,17 +95,7 @@ class BSSIsomura(Protocol):
                 raise ProtocolError(
                     f"electrodes: give {2 * N_PER_GROUP} different labels, not {len(labels)}"
                     + (" with repeats" if len(set(labels)) != len(labels) else ""))
-            try:
-                channels = [layout.channel(label) for label in labels]
-            except ValueError as exc:
-                raise ProtocolError(f"electrodes: {exc}") from None
-            blocked = [label for label, ch in zip(labels, channels, strict=True)
-                       if not ctx.can_stimulate(ch)]
-            if blocked:
-                raise ProtocolError(
-                    f"electrodes: {', '.join(blocked)} cannot stimulate here (ground, "
-                    "reference, forbidden by the rig, or not a stimulation electrode)")
-            return channels
+            return electrodes(ctx, labels, "electrodes", stimulating=True)
         # Left half of the array is group 1, right half group 2, 16 spread over each.
         usable = [i for i in range(layout.n_electrodes) if ctx.can_stimulate(i)]
         usable.sort(key=lambda i: tuple(layout.positions_um[i]))

@@ -1,7 +1,10 @@
 """Closed-loop BSS training with two models in the loop: the culture's and the experimenter's.
 
-The blind-source-separation training of ``bss_isomura`` (same parameters,
-electrodes and sequence) with two models of :mod:`mea_control.fep`:
+Source: the training of Isomura, Kotani, Jimbo & Friston 2023 (Nat Commun 14:4547), with
+its culture model fitted online, and this project's experimenter's model (Bayesian
+experimental design on a GLM of the responses). The blind-source-separation training of
+``bss_isomura`` (same parameters, electrodes and sequence) with two models of
+:mod:`mea_control.fep`:
 
 - the culture's model (:class:`~mea_control.fep.online.OnlineModel`, the
   published reading of the culture as a free-energy minimiser) learns online
@@ -72,6 +75,13 @@ they never enter its source-condition means and are referenced to session 1's
 mean response. s = (0, 0) keeps them out of the ensembles' selectivity
 contrast; an offline normalisation would reference them to the unstimulated
 condition, so leave them out there.
+
+Parameters, beyond ``bss_isomura``'s: ``job`` and ``selection`` (above),
+``probe_fraction`` (a probability), ``n_candidates`` (patterns scored a choice),
+``calibration_sessions`` (sessions), ``gamma`` (efe's softmax precision, per nat of G),
+``preferred`` (two on-probabilities, comma-separated), ``max_electrodes``,
+``drift_sd`` (the experimenter's model's weight random walk, sd a trial) and
+``lambda`` (pseudo-trials, below).
 
 Records (``ctx.decision``). Every choice: method, candidates, scores, the
 experimenter's model's ``prediction`` and its posterior ``sd`` (candidates x
