@@ -10,6 +10,7 @@ from mea_control.protocol import (
     Parameter,
     Protocol,
     ProtocolError,
+    electrodes,
     load_protocol,
     shipped_protocols,
 )
@@ -196,3 +197,19 @@ def test_bss_auto_electrodes_leave_out_those_that_cannot_stimulate():
     other.setup(FakeCtx(forbidden=forbidden))
     assert len(other.channels) == 32
     assert not {ctx.layout.channel(label) for label in forbidden} & set(other.channels)
+
+
+def test_an_electrode_list_parameter_becomes_channels_or_an_error_naming_it():
+    ctx = FakeCtx(forbidden=["23", "24"])
+    ch = ctx.layout.channel
+    assert electrodes(ctx, " 45, 12 ,", "stim") == [ch("45"), ch("12")]  # the order given
+    assert electrodes(ctx, ["45", 12], "stim") == [ch("45"), ch("12")]  # a list of labels
+    with pytest.raises(ProtocolError, match="^stim: layout grid8x8_200um has no electrode '99'"):
+        electrodes(ctx, "45,99", "stim")
+    with pytest.raises(ProtocolError, match="^stim: 45 listed twice"):
+        electrodes(ctx, "45,12,45", "stim")
+    with pytest.raises(ProtocolError, match="^stim: give at least one electrode label"):
+        electrodes(ctx, " , ", "stim")
+    with pytest.raises(ProtocolError, match="^stim: 23, 24 cannot stimulate here"):
+        electrodes(ctx, "12,23,24", "stim", stimulating=True)
+    assert electrodes(ctx, "23", "recording") == [ch("23")]  # recording only: allowed
