@@ -42,6 +42,7 @@ __all__ = [
     "Trials",
     "electrodes",
     "load_protocol",
+    "next_due",
     "shipped_protocols",
 ]
 
@@ -78,6 +79,15 @@ def electrodes(ctx: Context, labels: str | Sequence[str], parameter: str,
                             "(ground, reference, forbidden by the rig, or not a "
                             "stimulation electrode)")
     return channels
+
+
+def next_due(due: int, step: int, now: int) -> int:
+    """The sample at which a paced pulse is due after the one due at ``due``: ``step``
+    later, or ``step`` after ``now`` if the clock has passed that already (the operator
+    paused the protocol): a schedule resumes at its pace, not with a burst that catches
+    up."""
+    due += step
+    return due if due > now else now + step
 
 
 @dataclass(frozen=True)
@@ -208,8 +218,9 @@ class Protocol:
         """Called each time the device's clock moves to ``sample`` (``ctx.now``): after
         every block (its ``on_block`` and ``on_spikes``) and, on a device that streams
         spikes only, after every tick; every spike before ``sample`` has been heard.
-        The place to pace pulses on any device. Not called while the operator pauses
-        the protocol, nor once the run is ending (``ctx.finish()``, a stop, an error)."""
+        The place to pace pulses on any device (:func:`next_due` keeps a schedule from
+        catching up in a burst after a pause). Not called while the operator pauses the
+        protocol, nor once the run is ending (``ctx.finish()``, a stop, an error)."""
 
     def on_trial(self, ctx: Context, trial: Trial) -> None:
         """Called when a trial's response window has closed."""

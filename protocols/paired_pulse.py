@@ -21,7 +21,7 @@ means (``ppr``, < 1: depression, > 1: facilitation). Every pulse goes through
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes, next_due
 from mea_control.responses import Responses
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
@@ -98,7 +98,7 @@ class PairedPulse(Protocol):
 
     def on_clock(self, ctx, sample):
         if ctx.now >= self.next_at and any(self.remaining.values()):
-            self.next_at += ctx.samples(self.p.pair_interval_s)
+            self.next_at = next_due(self.next_at, ctx.samples(self.p.pair_interval_s), ctx.now)
             self._send_pair(ctx)
         for response in self.responses.ready(ctx):
             self._add(response)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes, next_due
 from mea_control.responses import Responses
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
@@ -114,7 +114,7 @@ class ProbeMap(Protocol):
     def _pulse_next(self, ctx):
         k = self.index // self.p.repetitions
         self.index += 1
-        self.next_at += ctx.samples(self.p.interval_ms / 1000)
+        self.next_at = next_due(self.next_at, ctx.samples(self.p.interval_ms / 1000), ctx.now)
         try:
             self.responses.send(ctx, StimPattern.single([self.stimulated[k]], self.pulse,
                                                         label="probe"), label=k)

@@ -26,7 +26,7 @@ labelled "probe", tetanus bursts "tetanus".
 
 import numpy as np
 
-from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes
+from mea_control.protocol import Parameter, Protocol, ProtocolError, electrodes, next_due
 from mea_control.responses import Responses
 from mea_control.safety import SafetyRefusal
 from mea_control.types import StimPattern, StimPulse
@@ -142,7 +142,8 @@ class Tetanus(Protocol):
             return
         k = self.index % len(self.probes)  # interleaved: every electrode in turn
         self.index += 1
-        self.next_at += ctx.samples(self.p.probe_interval_ms / 1000)
+        self.next_at = next_due(self.next_at, ctx.samples(self.p.probe_interval_ms / 1000),
+                                ctx.now)
         pattern = StimPattern.single([self.probes[k]], self._pulse(), label="probe")
         try:
             self.responses.send(ctx, pattern, label=(self.phase, k))
