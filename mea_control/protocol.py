@@ -217,7 +217,9 @@ class Protocol:
     def on_clock(self, ctx: Context, sample: int) -> None:
         """Called each time the device's clock moves to ``sample`` (``ctx.now``): after
         every block (its ``on_block`` and ``on_spikes``) and, on a device that streams
-        spikes only, after every tick; every spike before ``sample`` has been heard.
+        spikes only, after every tick (every spike before ``sample`` has been heard; on
+        a raw stream the host's detector reports a spike up to
+        ``SpikeDetector.max_report_delay_samples`` after its peak).
         The place to pace pulses on any device (:func:`next_due` keeps a schedule from
         catching up in a burst after a pause). Not called while the operator pauses the
         protocol, nor once the run is ending (``ctx.finish()``, a stop, an error)."""

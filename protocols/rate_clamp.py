@@ -171,7 +171,7 @@ class RateClamp(Protocol):
         self.count(spikes.sample[np.isin(spikes.channel, self.recording)])
 
     def on_clock(self, ctx, sample):
-        self.advance(ctx, sample)  # every spike before sample is counted
+        self.advance(ctx, sample)  # the spikes before sample are counted
 
     def count(self, samples):
         """Count the spikes of the recording electrodes (their samples)."""
