@@ -124,13 +124,17 @@ def spike_triggered_outcome(runs: Runs, study: Runs) -> str:
     return text
 
 
+def _figure(summaries: list[dict[str, Any]], key: str) -> list[Any]:
+    """A protocol's summary figure from each run (each seed)."""
+    return [s["protocol_summary"].get(key) for s in summaries]
+
+
 def burst_quieting_outcome(runs: Runs, study: Runs) -> str:
     """Bursts per minute and burstiness in the quieting phase, with and without pulses."""
     on, off = study["stimulated"], study["unstimulated"]
-    rate_on = [s["protocol_summary"]["quieting_bursts_per_min"] for s in on]
-    rate_off = [s["protocol_summary"]["quieting_bursts_per_min"] for s in off]
-    index_on = [s["protocol_summary"]["quieting_burstiness"] for s in on]
-    index_off = [s["protocol_summary"]["quieting_burstiness"] for s in off]
+    rate_on, rate_off = (_figure(on, "quieting_bursts_per_min"),
+                         _figure(off, "quieting_bursts_per_min"))
+    index_on, index_off = _figure(on, "quieting_burstiness"), _figure(off, "quieting_burstiness")
     reduction = 100.0 * (1.0 - _mean(rate_on) / _mean(rate_off)) if _mean(rate_off) else None
     return (f"quieting phase, bursts per minute {_fmt(_mean(rate_on), 1)} stimulated "
             f"({_per_seed(rate_on, 1)}) against {_fmt(_mean(rate_off), 1)} unstimulated "
@@ -140,28 +144,26 @@ def burst_quieting_outcome(runs: Runs, study: Runs) -> str:
 
 def rate_clamp_outcome(runs: Runs, study: Runs) -> str:
     """Clamp error over the held part and the time to come within 20 % of the target."""
-    clamped = [s["protocol_summary"] for s in study["clamped"]]
-    reached = [s.get("reached_s") for s in clamped]
-    errors = [s.get("mae_percent") for s in clamped]
+    clamped = study["clamped"]
+    reached, errors = _figure(clamped, "reached_s"), _figure(clamped, "mae_percent")
     held = [e for e in errors if e is not None]
-    return (f"target {clamped[0]['target_hz']:g} Hz per electrode, reached within 20 % in "
-            f"{_per_seed(reached, 1)} s; clamp error |rate - target| / target over the held "
-            f"part {_fmt(_mean(held) if held else None, 1)} % ({_per_seed(errors, 1)}), "
-            f"{sum(r is not None for r in reached)} of {len(clamped)} seeds reached")
+    return (f"target {_figure(clamped, 'target_hz')[0]:g} Hz per electrode, reached within "
+            f"20 % in {_per_seed(reached, 1)} s; clamp error |rate - target| / target over "
+            f"the held part {_fmt(_mean(held) if held else None, 1)} % "
+            f"({_per_seed(errors, 1)}), {len(held)} of {len(clamped)} seeds reached")
 
 
 def _hit_rate(summaries: list[dict[str, Any]]) -> tuple[float | None, int]:
     """Hits / (hits + misses) over all the runs, and the hits and misses counted."""
-    hits = sum(s["protocol_summary"]["hits"] for s in summaries)
-    outcomes = hits + sum(s["protocol_summary"]["misses"] for s in summaries)
+    hits = sum(_figure(summaries, "hits"))
+    outcomes = hits + sum(_figure(summaries, "misses"))
     return (hits / outcomes if outcomes else None), outcomes
 
 
 def pong_outcome(runs: Runs, study: Runs) -> str:
     """Hit rate with feedback against without, pooled over the seeds."""
     (on, n_on), (off, n_off) = _hit_rate(study["stimulus"]), _hit_rate(study["no_feedback"])
-    per_seed = [_per_seed([s["protocol_summary"]["hit_rate"] for s in study[c]], 3)
-                for c in ("stimulus", "no_feedback")]
+    per_seed = [_per_seed(_figure(study[c], "hit_rate"), 3) for c in ("stimulus", "no_feedback")]
     return (f"hit rate {_fmt(on, 3)} in the stimulus condition ({n_on} balls; per seed "
             f"{per_seed[0]}) against {_fmt(off, 3)} with no feedback ({n_off} balls; "
             f"{per_seed[1]})")
