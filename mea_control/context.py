@@ -23,6 +23,9 @@ class Loop(Protocol):
         """The device sample just after the latest processed block."""
         ...
 
+    #: Samples of this run's ended pauses (the operator's Pause protocol), summed.
+    paused_samples: int
+
     def stimulate(self, pattern: StimPattern, trigger_sample: int | None) -> int:
         """Send a pattern through the safety gate; the device's ticket, or SafetyRefusal."""
         ...
@@ -72,6 +75,14 @@ class Context:
     @property
     def start_sample(self) -> int:
         return self._start_sample
+
+    @property
+    def paused_samples(self) -> int:
+        """Device samples the operator has held this protocol paused so far in the run
+        (the pauses that ended). While paused, no hook runs; on resume this has grown by
+        the pause's length, so a protocol that keeps time can skip or shift what fell in
+        the pause."""
+        return self._loop.paused_samples
 
     def can_stimulate(self, electrode: int | str) -> bool:
         """Whether the layout and the limits in force let this electrode (a channel index

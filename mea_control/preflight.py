@@ -46,6 +46,7 @@ class _Planning:
 
     def __init__(self, gate: SafetyGate) -> None:
         self._gate = gate
+        self.paused_samples = 0
 
     @property
     def now(self) -> int:

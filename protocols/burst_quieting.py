@@ -15,13 +15,15 @@ when stimulation stopped. This protocol runs three phases:
    the same phases without a pulse: the unstimulated control.
 3. ``after`` (``after_s``): no stimulation.
 
-The run ends after the third phase. Network bursts (:mod:`mea_control.bursts`): the
-spikes of the recording electrodes in 10 ms bins; a bin above ``burst_threshold`` x the
-baseline's rate is high, a burst is a run of high bins (gaps up to 40 ms bridged, at
-least 40 ms) whose highest bin reaches ``burst_peak`` x the baseline's rate: a network
-burst recruits the whole array at once, while the responses to single pulses, which
-also cross the first threshold, stay far below that peak. Burstiness index (Wagenaar et
-al. 2005): the spikes in 1-s bins, ``(f15 - 0.15) / 0.85``, 0 flat, 1 all in bursts.
+The run ends after the third phase; an operator's Pause lengthens the phase it falls in
+by its length, and the phase's figures leave the paused time out. Network bursts
+(:mod:`mea_control.bursts`): the spikes of the recording electrodes in 10 ms bins; a bin
+above ``burst_threshold`` x the baseline's rate is high, a burst is a run of high bins
+(gaps up to 40 ms bridged, at least 40 ms) whose highest bin reaches ``burst_peak`` x
+the baseline's rate: a network burst recruits the whole array at once, while the
+responses to single pulses, which also cross the first threshold, stay far below that
+peak. Burstiness index (Wagenaar et al. 2005): the spikes in 1-s bins, ``(f15 - 0.15) /
+0.85``, 0 flat, 1 all in bursts.
 
 Parameters: phase durations (s), ``target_hz`` (Hz per recording electrode),
 ``target_factor``, ``burst_threshold`` and ``burst_peak`` (multiples of the baseline's
@@ -92,6 +94,17 @@ class BurstQuieting(RateClamp):
         self.detector = None  # once the baseline's rate is known
         self.phases = {}
         self._sent_before = 0
+        self.paused_spans = []  # (first, stop) samples of the operator's pauses
+
+    def resume(self, ctx, paused):
+        """A pause lengthens the phase it fell in by as much, and is left out of its figures."""
+        super().resume(ctx, paused)
+        self.paused_spans.append((ctx.now - paused, ctx.now))
+        self.ends[self.phase:] = [end + paused for end in self.ends[self.phase:]]
+
+    def _paused_in(self, start, stop):
+        """Samples of [start, stop) that fell in a pause."""
+        return sum(max(min(b, stop) - max(a, start), 0) for a, b in self.paused_spans)
 
     def count(self, samples):
         super().count(samples)
@@ -109,7 +122,7 @@ class BurstQuieting(RateClamp):
         name = PHASES[self.phase]
         start = self.start if self.phase == 0 else self.ends[self.phase - 1]
         stop = self.ends[self.phase]
-        seconds = (stop - start) / ctx.sample_rate
+        seconds = (stop - start - self._paused_in(start, stop)) / ctx.sample_rate  # heard
         rate = self.bins.counts(self.bins.complete(start), self.bins.complete(stop)).sum()
         rate = float(rate) / seconds / len(self.recording)
         if self.detector is None:
@@ -119,6 +132,9 @@ class BurstQuieting(RateClamp):
         bursts = [b for b in self.detector.bursts if start <= b.start < stop]
         first_s = self.seconds.complete(start)
         per_second = self.seconds.counts(first_s, self.seconds.complete(stop))
+        heard = [not self._paused_in(self.seconds.bin_start(i), self.seconds.bin_start(i + 1))
+                 for i in range(first_s, first_s + len(per_second))]
+        per_second = per_second[heard]
         figures = {
             "bursts": len(bursts),
             "bursts_per_min": round(per_minute(bursts, seconds), 2),

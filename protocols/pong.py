@@ -34,6 +34,7 @@ ball's y (place code: the list runs along the paddle axis, y = 0 first) at a rat
 Sensory pulses pause while a hit train runs and while the ball waits for its serve. A
 serve puts the ball at mid-court (x = 0.5, a random y) heading for the paddle at a random
 angle (|vy| up to the x speed). An ace is a miss with no hit before it in that rally.
+The operator's Pause freezes the game: on resume it goes on where it stood.
 
 Electrodes (labels, comma-separated, or "auto"): ``sensory`` (8 from the left third of
 the array, spread along y), ``motor_up`` and ``motor_down`` (the right third's electrodes
@@ -306,6 +307,7 @@ class Pong(Protocol):
         self.miss_pulses = []  # (sample, channel) of the unpredictable stimulation due
         self.play_s = 0.0  # seconds with the ball moving
         self.sent, self.refused = Counter(), Counter()
+        self._paused = ctx.paused_samples
         self._state = self._snapshot(None)
 
     def on_spikes(self, ctx, spikes):
@@ -314,9 +316,23 @@ class Pong(Protocol):
 
     def on_clock(self, ctx, sample):
         """Run the frames due by now, then the pulses due."""
+        if ctx.paused_samples != self._paused:
+            self._resume(ctx.paused_samples - self._paused)
         while ctx.now >= self.start + (self.frames + 1) * self.frame_samples:
             self._frame(ctx)
         self._deliver(ctx)
+
+    def _resume(self, paused):
+        """The operator paused the game for ``paused`` samples: it goes on where it stood,
+        its frames, serve and unpredictable pulses later by as much."""
+        self._paused += paused
+        self.start += paused
+        if self.serve_at is not None:
+            self.serve_at += paused
+        if self.last_sense is not None:
+            self.last_sense += paused
+        self.miss_pulses = [(at + paused, channel) for at, channel in self.miss_pulses]
+        self.up = self.down = 0  # spikes of the last frame before the pause: not heard whole
 
     def _frame(self, ctx):
         p, game = self.p, self.game

@@ -33,7 +33,8 @@ update periods from then on within 20 % of the target), the mean rate over that 
 the engine blanks detection for a few ms after every pulse on every electrode, so the
 rate measured under stimulation is lower than the culture's: at 200 Hz of pulses more
 than half the time is blanked, and a target above what stays visible is not reached
-(the controller then sits at ``max_rate_hz``; ``reached_s`` is None).
+(the controller then sits at ``max_rate_hz``; ``reached_s`` is None). The update periods
+that overlap an operator's Pause are not measured: the controller resumes where it stood.
 
 On the simulator (``sim://?raw=0``: the network culture, which bursts every 3-5 s, spikes
 only) the default target (18 Hz, about twice the spontaneous rate) is reached in about
@@ -152,6 +153,7 @@ class RateClamp(Protocol):
         self.sent = self.refused = 0
         self._next_pulse = None  # sample of the next pulse (None: not stimulating)
         self._turn = 0  # the next stimulation electrode, round robin
+        self._paused = ctx.paused_samples
         self.start_clamp(ctx, p.target_hz)
 
     def start_clamp(self, ctx, target_hz):
@@ -171,7 +173,16 @@ class RateClamp(Protocol):
         self.count(spikes.sample[np.isin(spikes.channel, self.recording)])
 
     def on_clock(self, ctx, sample):
+        if ctx.paused_samples != self._paused:
+            self.resume(ctx, ctx.paused_samples - self._paused)
         self.advance(ctx, sample)  # the spikes before sample are counted
+
+    def resume(self, ctx, paused):
+        """The operator held the protocol paused for the ``paused`` samples before now:
+        the update periods that overlap the pause heard no spikes and are not measured
+        (the controller goes on from where it stood)."""
+        self._paused += paused
+        self.updated = max(self.updated, self.counts.complete(ctx.now) + 1)
 
     def count(self, samples):
         """Count the spikes of the recording electrodes (their samples)."""

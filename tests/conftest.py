@@ -13,6 +13,7 @@ import pytest
 
 from mea_control.fep import published
 from mea_control.pulse_history import STATE_DIR_ENV
+from mea_control.sinks import Sink
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -211,3 +212,42 @@ def read_until(driver, done, timeout: float = 30.0) -> list:
             if done(item):
                 return events
     raise AssertionError(f"nothing matched within {timeout} s; last events: {events[-3:]}")
+
+
+class _PauseAt(Sink):
+    """A sink: the operator pauses the protocol at ``pause`` and resumes it at ``resume``
+    (device samples); it keeps the protocol's decisions."""
+
+    def __init__(self, engine, pause: int, resume: int) -> None:
+        self.todo = [(pause, engine.pause), (resume, engine.resume)]
+        self.decisions: list[tuple[int, dict]] = []
+
+    def on_clock(self, sample: int) -> None:
+        if self.todo and sample >= self.todo[0][0]:
+            self.todo.pop(0)[1]()
+
+    def on_decision(self, sample: int, decision: dict) -> None:
+        self.decisions.append((sample, decision))
+
+
+def run_paused(protocol, device: str, seconds: float, pause_s: float, resume_s: float):
+    """Run ``protocol`` in fast mode on the simulated ``device`` while the operator pauses it
+    from ``pause_s`` to ``resume_s`` of device time: (summary, pulses the device ran as
+    (sample, ...) rows, decisions as (sample, details), the resume's sample)."""
+    from mea_control.driver import open_driver
+    from mea_control.engine import Engine, EngineConfig
+
+    driver = open_driver(device)
+    driver.open()
+    ran: list = []
+    driver.pulse_listener = ran.extend
+    engine = Engine(driver, protocol, EngineConfig(fast=True, duration_s=seconds))
+    fs = engine.info.sample_rate
+    operator = _PauseAt(engine, int(pause_s * fs), int(resume_s * fs))
+    engine.sinks.append(operator)
+    try:
+        summary = engine.run()
+    finally:
+        driver.close()
+    resumed = next(e.sample for e in engine.recent_events if e.kind == "resume")
+    return summary, ran, operator.decisions, resumed

@@ -6,9 +6,10 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_batch, cli_command
+from conftest import ROOT, cli_batch, cli_command, run_paused
 
 from mea_control import recording
+from mea_control.protocol import load_protocol
 
 #: The default network culture, spikes only (fast): it bursts every 3-5 s.
 DEVICE = "sim://?raw=0&seed=0"
@@ -116,3 +117,28 @@ def test_listed_with_one_line_each():
              if not line.startswith(" ")}
     assert "Wagenaar et al. 2005" in lines["burst_quieting"]
     assert "Newman et al. 2015" in lines["rate_clamp"]
+
+
+def test_rate_clamp_after_a_pause_goes_on_from_where_it_stood():
+    """The operator pauses from 8 to 12 s: no update measures the silent pause (the integral
+    does not wind up), the first one after it a whole period heard."""
+    cls, _ = load_protocol("rate_clamp")
+    s, _, decisions, resumed = run_paused(cls(target_hz=18.0), DEVICE, 16.0, 8.0, 12.0)
+    assert s["error"] is None and s["stims_refused"] == 0
+    before = [d for at, d in decisions if at < resumed]
+    after = [(at, d) for at, d in decisions if at > resumed]
+    assert len(after) >= 6 and after[0][0] >= resumed + 0.5 * 25_000  # update_s = 0.5
+    assert min(d["measured_hz"] for _, d in after) > 5.0  # every update heard the culture
+    assert after[0][1]["integral"] <= max(d["integral"] for d in before) + 18.0 * 0.5
+
+
+def test_burst_quieting_leaves_a_pause_out_of_its_phase():
+    """A 4 s pause in the quieting phase lengthens it by 4 s; its rate is of the time heard."""
+    cls, _ = load_protocol("burst_quieting")
+    protocol = cls(baseline_s=10.0, quieting_s=10.0, after_s=5.0)
+    s, ran, _, resumed = run_paused(protocol, DEVICE, 60.0, 14.0, 18.0)
+    q = s["protocol_summary"]
+    assert s["duration_s"] == pytest.approx(29.0, abs=0.02) and s["paused_s"] == 4.0
+    assert protocol.ends[1] - protocol.ends[0] == 14 * 25_000  # 10 s heard + 4 s paused
+    assert abs(q["quieting_rate_hz"] / q["clamp_target_hz"] - 1) < 0.25
+    assert not [x for x in ran if resumed - 4 * 25_000 + 250 < x[0] < resumed]

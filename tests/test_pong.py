@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import cli_batch
+from conftest import cli_batch, run_paused
 
 from mea_control import recording
 from mea_control.layouts import load_layout
@@ -321,3 +321,21 @@ def test_parameters_that_cannot_work_and_the_model_state():
     state = pong.model_state()
     assert state["view"] == "pong" and state["frame"] == 25 and state["condition"] == "stimulus"
     assert 0 <= state["ball_x"] <= 1 and state["in_play"]
+
+
+def test_a_pause_freezes_the_game():
+    """Paused from 10 to 14 s: no frame and no pulse while paused; then one frame per
+    40 ms again, the next numbered on, not the 100 frames the clock ran ahead."""
+    cls, _ = load_protocol("pong")
+    s, ran, decisions, resumed = run_paused(cls(ball_speed=1.0, miss_s=1.0),
+                                            "sim://?seed=1", 20.0, 10.0, 14.0)
+    assert s["error"] is None
+    frames = [(at, d["frame"]) for at, d in decisions if d.get("kind") == "frame"]
+    paused = resumed - 4 * FS
+    assert not [at for at, _ in frames if paused + 1000 < at < resumed]
+    assert not [x for x in ran if paused + 1000 < x[0] < resumed]
+    after = [(at, n) for at, n in frames if at >= resumed]
+    before = [n for at, n in frames if at < resumed]
+    assert after[0][1] == before[-1] + 1
+    assert after[0][0] - resumed <= 1000
+    assert after[1][0] - after[0][0] == pytest.approx(1000, abs=25)

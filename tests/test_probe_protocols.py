@@ -6,13 +6,10 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli_command
+from conftest import ROOT, cli_command, run_paused
 
-from mea_control.driver import open_driver
-from mea_control.engine import Engine, EngineConfig
 from mea_control.layouts import load_layout
 from mea_control.protocol import load_protocol, shipped_protocols
-from mea_control.sinks import Sink
 
 DEVICE = "sim://?seed=1"
 
@@ -103,17 +100,6 @@ def test_a_sham_tetanus_sends_only_the_probes(tmp_path):
     assert summary["tetanus_bursts_sent"] == 0 and summary["probes_refused"] == 0
 
 
-class PauseAt(Sink):
-    """The operator pauses the protocol at 2 s of device time and resumes it at 4 s."""
-
-    def __init__(self, engine):
-        self.engine, self.todo = engine, [(50_000, engine.pause), (100_000, engine.resume)]
-
-    def on_clock(self, sample):
-        if self.todo and sample >= self.todo[0][0]:
-            self.todo.pop(0)[1]()
-
-
 @pytest.mark.parametrize(("protocol", "params"), [
     ("probe_map", {"baseline_s": 0.5, "interval_ms": 100.0}),
     ("paired_pulse", {"pair_interval_s": 1.0, "intervals_ms": "20,100"}),
@@ -123,18 +109,7 @@ def test_after_a_pause_the_pulses_resume_at_their_pace_not_in_a_burst(tmp_path, 
     """The simulator's own record: one probe (or one pair) in the 100 ms after the resume,
     not the two seconds' worth the schedule fell behind."""
     cls, _ = load_protocol(protocol)
-    driver = open_driver(DEVICE)
-    driver.open()
-    ran = []
-    driver.pulse_listener = ran.extend
-    engine = Engine(driver, cls(**params, **({"out": str(tmp_path / "map.json")}
-                                            if protocol == "probe_map" else {})),
-                    EngineConfig(fast=True, duration_s=6.0))
-    engine.sinks.append(PauseAt(engine))
-    try:
-        s = engine.run()
-    finally:
-        driver.close()
-    resumed = next(e.sample for e in engine.recent_events if e.kind == "resume")
+    extra = {"out": str(tmp_path / "map.json")} if protocol == "probe_map" else {}
+    s, ran, _, resumed = run_paused(cls(**params, **extra), DEVICE, 6.0, 2.0, 4.0)
     soon = [sample for sample, *_ in ran if resumed <= sample < resumed + 2500]
     assert 1 <= len(soon) <= 2 and s["stims_refused"] == 0 and s["error"] is None
