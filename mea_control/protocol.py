@@ -200,9 +200,9 @@ class Protocol:
 
     @classmethod
     def describe(cls) -> str:
-        """The first line of the class docstring."""
+        """The summary of the class docstring: its first paragraph, on one line."""
         doc = inspect.getdoc(cls) or ""
-        return doc.splitlines()[0] if doc else ""
+        return " ".join(doc.split("\n\n")[0].split())
 
     # Hooks, all optional. They run on the engine's acquisition thread.
     def setup(self, ctx: Context) -> None:

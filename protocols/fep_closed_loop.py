@@ -281,8 +281,7 @@ JOBS = {job.name: job for job in (Identify, Control, Train)}
 
 
 class FEPClosedLoop(BSSIsomura):
-    """BSS training with the culture's model learning online and the experimenter's model
-    choosing probe trials for a job."""
+    """BSS training with two models learning online; the experimenter's chooses probes."""
 
     name = "fep_closed_loop"
     parameters = {

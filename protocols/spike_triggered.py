@@ -57,7 +57,7 @@ REFUSAL_PAUSE_S = 1.0
 
 
 class SpikeTriggered(Protocol):
-    """Stimulate electrode B whenever electrode A spikes (dead time; random-delay control)."""
+    """Pulse electrode B whenever electrode A spikes (dead time; random-delay control)."""
 
     name = "spike_triggered"
     parameters = {

@@ -1,4 +1,10 @@
-"""Record spontaneous activity; never stimulates."""
+"""Record spontaneous activity; never stimulates.
+
+A culture at rest, for a baseline or before another protocol; the run lasts ``--duration``
+(or until Ctrl-C). Parameter: ``active_rate_hz`` (Hz), the rate from which an electrode
+counts as active. Records the spikes (the run's summary and recording); its summary adds
+``active_electrodes`` (how many) and ``mean_rate_active_hz`` (their mean rate, Hz).
+"""
 
 import numpy as np
 

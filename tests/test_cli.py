@@ -12,6 +12,7 @@ from conftest import ROOT, cli_batch, cli_command, ctrl_c_works
 
 from mea_control import cli
 from mea_control.engine import EngineConfig
+from mea_control.protocol import shipped_protocols
 from mea_control.trials import TrialTable
 
 
@@ -128,9 +129,16 @@ def test_protocol_exception_prints_traceback_and_exits_1(tmp_path):
 
 
 def test_protocols_lists_shipped_protocols_and_parameters():
+    """One line a shipped protocol, its summary a whole sentence (not a docstring's first
+    line cut mid-sentence), then its parameters; nothing wider than a 100-column terminal."""
     proc = run_cli("protocols")
-    assert proc.returncode == 0
-    assert "bss_isomura:" in proc.stdout and "spontaneous:" in proc.stdout
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    summaries = dict(line.split(": ", 1) for line in lines if not line.startswith(" "))
+    assert list(summaries) == list(shipped_protocols())
+    for name, summary in summaries.items():
+        assert summary[0].isupper() and summary.endswith(".") and "..." not in summary, name
+    assert max(len(line) for line in lines) <= 100
     assert "mixing" in proc.stdout and "[0.0 .. 0.5]" in proc.stdout
 
 

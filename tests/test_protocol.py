@@ -101,6 +101,17 @@ def test_user_protocol_file_loads(tmp_path):
     assert cls.describe() == "Does nothing, politely."
 
 
+def test_describe_is_the_docstrings_whole_first_paragraph():
+    class Wrapped(Protocol):
+        """A summary sentence long enough that its author
+        wrapped it over two lines.
+
+        The body, not part of it."""
+
+    assert Wrapped.describe() == ("A summary sentence long enough that its author wrapped it "
+                                  "over two lines.")
+
+
 class FakeCtx:
     def __init__(self, seed=0, forbidden=()):
         self.layout = load_layout()

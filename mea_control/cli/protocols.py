@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
-from mea_control.protocol import load_protocol, shipped_protocols
+from mea_control.protocol import Parameter, load_protocol, shipped_protocols
+
+#: Columns of the listing: a protocol's line fits, its parameters' lines wrap to fit.
+WIDTH = 100
 
 
 def cmd_protocols(args: argparse.Namespace) -> int:
@@ -13,11 +17,15 @@ def cmd_protocols(args: argparse.Namespace) -> int:
         cls, _ = load_protocol(str(path))
         print(f"{name}: {cls.describe()}")
         for pname, p in cls.parameters.items():
-            line = f"    {pname:<20} {p.describe()}"
-            if p.help:
-                line += f"  -- {p.help}"
-            print(line)
+            print(_parameter_lines(pname, p))
     return 0
+
+
+def _parameter_lines(name: str, p: Parameter) -> str:
+    """``name type = default unit [range] -- help``, indented, wrapped under its text."""
+    text = f"{name:<20} {p.describe()}" + (f"  -- {p.help}" if p.help else "")
+    return textwrap.fill(text, WIDTH, initial_indent="    ", subsequent_indent=" " * 25,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def add_commands(sub: Any) -> None:
