@@ -116,7 +116,8 @@ class PairedPulse(Protocol):
         self.open[self.pair_no] = {"interval": interval}
         try:
             for which, pattern in enumerate(self._pair(ctx, self.channels, interval, at), 1):
-                self.responses.send(ctx, pattern, label=(self.pair_no, which))
+                self.responses.send(ctx, pattern, label=(self.pair_no, which),
+                                    trigger_sample=pattern.at_sample)
         except SafetyRefusal:
             self.refused += 1  # the first pulse may have gone: its pair is incomplete
 

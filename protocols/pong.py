@@ -292,6 +292,7 @@ class Pong(Protocol):
     def setup(self, ctx):
         p = self.p
         self.sensory, self.motor_up, self.motor_down = self._electrodes(ctx)
+        self.labels = ctx.layout.labels
         self.up_mask = np.zeros(ctx.n_channels, bool)
         self.up_mask[self.motor_up] = True
         self.down_mask = np.zeros(ctx.n_channels, bool)
@@ -389,9 +390,11 @@ class Pong(Protocol):
         if self.p.condition == "rest" or not game.in_play or now < self.quiet_until:
             return
         interval = ctx.sample_rate / self._sense_rate(game.ball_x)
-        if self.last_sense is None or now - self.last_sense >= interval:
+        place = self._place(game.ball_y)
+        if (self.last_sense is None or now - self.last_sense >= interval) \
+                and place not in used:  # else next call: it would overlap a miss pulse
             self.last_sense = now
-            self._send(ctx, self._sense_pattern(self._place(game.ball_y)))
+            self._send(ctx, self._sense_pattern(place))
 
     def _sense_rate(self, x):
         p = self.p
@@ -444,9 +447,8 @@ class Pong(Protocol):
             "hits_per_min": round(game.hits / minutes, 3) if minutes else None,
             "mean_rally": round(float(np.mean(game.rallies)), 3) if game.rallies else None,
             "pulses_sent": dict(self.sent), "pulses_refused": dict(self.refused),
-            "sensory": [int(c) for c in self.sensory],
-            "motor_up": [int(c) for c in self.motor_up],
-            "motor_down": [int(c) for c in self.motor_down],
+            **{name: [self.labels[c] for c in getattr(self, name)]
+               for name in ("sensory", "motor_up", "motor_down")},
         }
 
 

@@ -155,7 +155,7 @@ class Tetanus(Protocol):
         bursts = self._bursts(ctx, self.tetanus_channels or self.probes[:1], start)
         for burst in bursts if self.tetanus_channels else ():  # a sham waits as long
             try:
-                ctx.stimulate(burst)
+                ctx.stimulate(burst, burst.at_sample)  # latency: from its booked sample
                 self.tetanus_sent += 1
             except SafetyRefusal:
                 self.tetanus_refused += 1

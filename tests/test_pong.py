@@ -196,7 +196,8 @@ def test_stimulus_hits_get_the_predictable_train_and_misses_the_unpredictable(ga
     assert len(hits) >= 1 and len(misses) >= 2
     assert (summary["hits"], summary["misses"]) == (len(hits), len(misses))
     assert summary["pulses_refused"] == {} and set(pulses["status"]) == {"executed"}
-    sensory = set(summary["sensory"])
+    layout = load_layout("grid8x8_200um")  # sim://'s
+    sensory = {layout.channel(label) for label in summary["sensory"]}
     train = _executed(pulses, "hit")
     # every hit: 10 pulses on each sensory electrode, decided at the hit's frame
     assert sorted(set(train["decision_sample"])) == hits
@@ -270,7 +271,7 @@ class FakeCtx:
 
     def __init__(self):
         self.layout = load_layout("grid8x8_200um")
-        self.n_channels, self.sample_rate, self.now = 64, FS, 0
+        self.n_channels, self.sample_rate, self.now, self.paused_samples = 64, FS, 0, 0
         self.rng = np.random.default_rng(0)
         self.sent = []
 
@@ -305,6 +306,23 @@ def test_unpredictable_pulses_due_together_on_one_electrode_go_one_a_block():
     ctx.now = 50
     pong._deliver(ctx)
     assert [(t, p.channels, p.label) for t, p in ctx.sent[2:]] == [(50, (ch,), "miss")]
+
+
+def test_a_sensory_pulse_due_with_a_miss_pulse_on_its_electrode_waits_a_block():
+    """After a late call, a miss pulse may be due as the served ball's first sensory pulse,
+    on the same electrode: the sensory pulse goes at the next call, not into the gate's
+    overlap refusal."""
+    cls, _ = load_protocol("pong")
+    pong, ctx = cls(), FakeCtx()
+    pong.setup(ctx)
+    place = pong._place(pong.game.ball_y)
+    pong.miss_pulses = [(10, place)]
+    ctx.now = 25
+    pong._deliver(ctx)
+    assert [(p.channels, p.label) for _, p in ctx.sent] == [((place,), "miss")]
+    ctx.now = 50
+    pong._deliver(ctx)
+    assert [(t, p.channels, p.label) for t, p in ctx.sent[1:]] == [(50, (place,), "sense")]
 
 
 def test_parameters_that_cannot_work_and_the_model_state():
