@@ -81,8 +81,18 @@ def _format_summary(s: dict[str, Any]) -> str:
         )
     extra = {k: v for k, v in (s.get("protocol_summary") or {}).items() if k != "stim_channels"}
     if extra:
-        lines.append(f"{s['protocol']:<15} " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+        lines.append(f"{s['protocol']:<15} " + ", ".join(f"{k} {_brief(v)}"
+                                                          for k, v in extra.items()))
     return "\n".join(lines)
+
+
+def _brief(value: Any) -> str:
+    """A protocol's summary value as printed: a long list or table by its size only (the
+    whole is in --summary-json and the recording)."""
+    text = str(value)
+    if len(text) <= 80 or not isinstance(value, list | tuple | dict):
+        return text
+    return f"[{len(value)} entries: see --summary-json]"
 
 
 def _write_json(path: str | None, data: dict[str, Any]) -> None:

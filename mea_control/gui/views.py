@@ -803,6 +803,25 @@ def _step_up(x: float) -> float:
     return _nice_ceiling(x)
 
 
+def _placeholder(text: str) -> QtWidgets.QLabel:
+    """The grey centred text a view shows while its protocol has nothing for it."""
+    label = QtWidgets.QLabel(text)
+    label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #888; font-size: 14pt")
+    return label
+
+
+def _wrapping_label() -> QtWidgets.QLabel:
+    """A status label whose long lines wrap: it never widens the tab (nor the window)
+    when data arrive."""
+    label = QtWidgets.QLabel()
+    label.setWordWrap(True)
+    label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                        QtWidgets.QSizePolicy.Policy.Preferred)
+    return label
+
+
 class ModelView(QtWidgets.QWidget):
     """The protocol's two models: the culture's (free energy, predicted vs observed ensemble
     responses, weights) and the experimenter's (what is still unknown per stimulated
@@ -818,16 +837,9 @@ class ModelView(QtWidgets.QWidget):
         super().__init__(parent)
         self.electrode_layout = layout
         self.n_trials = n_trials
-        self.placeholder = QtWidgets.QLabel("No model in this protocol.\n\nRun fep_closed_loop "
-                                            "to see its free energy, predictions and weights.")
-        self.placeholder.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.placeholder.setWordWrap(True)
-        self.placeholder.setStyleSheet("color: #888; font-size: 14pt")
-        self.status = QtWidgets.QLabel()
-        # a long line wraps: it never widens the tab (nor the window) when data arrive
-        self.status.setWordWrap(True)
-        self.status.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
-                                  QtWidgets.QSizePolicy.Policy.Preferred)
+        self.placeholder = _placeholder("No model in this protocol.\n\nRun fep_closed_loop "
+                                        "to see its free energy, predictions and weights.")
+        self.status = _wrapping_label()
         self.glw = pg.GraphicsLayoutWidget()
         self.fe = self.glw.addPlot(
             row=0, col=0, rowspan=2, title="Free energy, nats per trial: "
@@ -1137,15 +1149,9 @@ class GameView(QtWidgets.QWidget):
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
-        self.placeholder = QtWidgets.QLabel("No game in this protocol.\n\nRun pong to see "
-                                            "the ball, the paddle and the score.")
-        self.placeholder.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.placeholder.setWordWrap(True)
-        self.placeholder.setStyleSheet("color: #888; font-size: 14pt")
-        self.score = QtWidgets.QLabel()
-        self.score.setWordWrap(True)
-        self.score.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
-                                 QtWidgets.QSizePolicy.Policy.Preferred)
+        self.placeholder = _placeholder("No game in this protocol.\n\nRun pong to see "
+                                        "the ball, the paddle and the score.")
+        self.score = _wrapping_label()
         self.plot_widget = pg.PlotWidget()
         plot = self.plot = self.plot_widget.getPlotItem()
         plot.hideButtons()
