@@ -40,13 +40,18 @@ Electrodes (labels, comma-separated, or "auto"): ``sensory`` (8 from the left th
 the array, spread along y), ``motor_up`` and ``motor_down`` (the right third's electrodes
 above and below the array's middle). ``electrodes_file``: a JSON file with the lists
 ``sensory``, ``motor_up`` and ``motor_down`` (labels, or comma-separated strings), as
-probe_map writes them; a set given both there and as a parameter is an error.
+probe_map writes them; a set given both there and as a parameter is an error. Pulses:
+biphasic, ``pulse_mode`` current or voltage, ``amplitude`` (sensory and hit, per phase in
+uA or mV), ``miss_amplitude`` (the unpredictable ones), ``phase_us`` (us per phase).
 
 Every pulse goes through ``ctx.stimulate``; a refused one is counted (and the first of
 each kind logged), never retried. Pulses are labelled "sense", "hit" and "miss" in the
 recording's pulses table. The summary: condition, rallies (completed: ended by a miss),
 hits, misses, aces, hit_rate (hits / (hits + misses)), hits_per_min (per minute of play:
-the ball moving), mean_rally (hits per completed rally), pulses sent and refused by label.
+the ball moving), mean_rally (hits per completed rally), pulses sent and refused by label,
+and the electrode sets (labels). Every frame is a decision (``ctx.decision``: the paddle's
+move, with the ball, the paddle, the event and the score); ``model_state()`` gives the
+latest frame to the GUI's Game view.
 """
 
 import json
