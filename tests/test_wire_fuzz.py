@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import zlib
 
-from hypothesis import given, settings
+import numpy as np
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_wire import messages
 
@@ -68,6 +69,7 @@ def _mutate(frame: bytes, how: str, where: int, junk: bytes) -> bytes:
     return frame
 
 
+_BLOCK = wire.SampleBlock(first_sample=0, data=np.zeros((4, 32), np.int16))
 MUTATIONS = st.sampled_from(["none", "flip", "truncate", "garbage", "dup", "none"])
 
 
@@ -75,6 +77,11 @@ MUTATIONS = st.sampled_from(["none", "flip", "truncate", "garbage", "dup", "none
 @given(st.lists(st.tuples(messages, MUTATIONS, st.integers(0, 10**6), st.binary(max_size=40)),
                 min_size=1, max_size=8),
        st.integers(1, 200))
+@example(  # found by CI: duplicates made the stream long enough that no tail was added
+    items=[(_BLOCK, "dup", 0, b""), (_BLOCK, "dup", 0, b""),
+           (wire.Hello(0, 0.0, 0.0, "", "f" * 80, {}, 0), "truncate", 30, b""),
+           (wire.Ack(0, 0, ""), "none", 0, b"")],
+    piece=1)
 def test_spoiled_streams_resynchronise_to_every_intact_frame(items, piece):
     stream, intact = b"", []
     for seq, (message, how, where, junk) in enumerate(items):
@@ -82,10 +89,13 @@ def test_spoiled_streams_resynchronise_to_every_intact_frame(items, piece):
         stream += _mutate(frame, how, where, junk)
         if how in ("none", "garbage", "dup"):
             intact.append(seq)
-    # a live link goes on: frames after a spoiled one let the decoder past its stated length
-    longest = max(len(wire.encode(m, 0)) for m, *_ in items)
-    tail_seq = len(items)
-    while len(stream) < sum(len(wire.encode(m, 0)) for m, *_ in items) + longest + 64:
+    # a live link goes on: frames after a spoiled one let the decoder past the length its
+    # header states: at most the longest frame here, or MAX_OTHER_PAYLOAD for a header of
+    # another version that the spoiling made up
+    longest = max(max(len(wire.encode(m, 0)) for m, *_ in items),
+                  wire.HEADER.size + wire.MAX_OTHER_PAYLOAD + wire.CRC.size)
+    tail_seq, tail_end = len(items), len(stream) + longest + 64
+    while len(stream) < tail_end:
         stream += wire.encode(wire.Heartbeat(tail_seq), tail_seq)
         tail_seq += 1
     frames, _ = decode_in_pieces(stream, piece)
