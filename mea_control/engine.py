@@ -362,8 +362,9 @@ class Engine:
         self._tell(record)
 
     def _tell(self, record: StimRecord) -> None:
-        """The protocol's on_stim for a pattern whose fate is final (after the sinks')."""
-        if not self._telling or self.error is not None:
+        """The protocol's on_stim for a pattern whose fate is final (after the sinks'):
+        not once the run is ending (a stop asked for, an error), as on_clock."""
+        if not self._telling or self.error is not None or self._stop.is_set():
             return
         if self.paused:
             self._untold.append(record)

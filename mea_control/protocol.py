@@ -234,9 +234,9 @@ class Protocol:
         ``pulses_run`` set when it was cut short) or "dropped" by the device. A refused
         pattern raised SafetyRefusal from ``ctx.stimulate`` instead and is not told here.
         Never called from inside ``ctx.stimulate``; while the operator pauses the
-        protocol, the fates settled meanwhile are told on resume; fates settled as the
-        run ends (after ``teardown``) are not told. ``ctx.outcome(ticket)`` looks a
-        ticket up at any time."""
+        protocol, the fates settled meanwhile are told on resume; fates settled once the
+        run is ending (a stop asked for, an error, after ``teardown``) are not told.
+        ``ctx.outcome(ticket)`` looks a ticket up at any time."""
 
     def teardown(self, ctx: Context) -> None:
         """Called once at the end of the run, also after an error or Ctrl-C."""

@@ -486,3 +486,50 @@ def test_on_clock_hears_every_block_or_tick_but_none_while_paused(url):
     assert (steps == step).sum() == len(steps) - 1  # every block or tick, but the pause
     assert steps.max() == resumed - paused + step
     assert not [sample for sample, *_ in ran if paused + step < sample <= resumed]
+
+
+class Chain(Protocol):
+    """Each executed pulse on channel 10 sends the next from on_stim (first from on_clock)."""
+
+    def __init__(self):
+        super().__init__()
+        self.told = []
+
+    def on_clock(self, ctx, sample):
+        if not self.told and ctx.outcome(0) is None:
+            self._next(ctx)
+
+    def on_stim(self, ctx, record):
+        self.told.append(ctx.now)
+        self._next(ctx)
+
+    def _next(self, ctx):
+        ctx.stimulate(StimPattern.single([10], PULSE, at_sample=ctx.now + ctx.samples(0.02)))
+
+
+class StopAfter(Sink):
+    """Asks the run to end when it hears of the ``n``-th executed pattern (the sinks hear
+    of a fate before the protocol does)."""
+
+    def __init__(self, engine, n):
+        self.engine, self.n, self.executed = engine, n, 0
+
+    def on_stim(self, record):
+        self.executed += record.status == "executed"
+        if self.executed == self.n:
+            self.engine.stop("operator")
+
+
+def test_on_stim_is_not_told_once_a_stop_is_asked_for():
+    """A protocol that answers each executed pulse with the next: once the run is asked to
+    end (as Ctrl-C or the GUI's Stop do), it hears no more fates and sends nothing more;
+    the device's own record holds the 5 pulses before the stop."""
+    driver, ran = sim("sim://?seed=1")
+    protocol = Chain()
+    engine = Engine(driver, protocol, EngineConfig(fast=True, duration_s=5.0))
+    engine.sinks.append(StopAfter(engine, 5))
+    try:
+        s = engine.run()
+    finally:
+        driver.close()
+    assert len(protocol.told) == 4 and len(ran) == 5 and s["error"] is None
